@@ -1,0 +1,376 @@
+"""Exact inference for HMM language models, written as batched GEMMs.
+
+Notation: ``K`` hidden states, vocabulary ``V``, a batch of ``B`` sequences of (padded) length ``T``.
+The model is given by three tensors of *log* parameters (they need not be normalised; gradients are
+taken with respect to them):
+
+* ``log_start``      ``(K,)``   log π
+* ``log_transition`` ``(K, K)`` log A, row ``i`` = distribution of the next state after state ``i``
+* ``log_emission``   ``(K, V)`` log B, row ``k`` = distribution of the word emitted by state ``k``
+
+The forward algorithm runs in probability space with per-step scaling (Rabiner's scaled α): each
+step is one ``(B, K) @ (K, K)`` GEMM followed by ``O(B·K)`` element-wise work, so no ``(B, K, K)``
+broadcast and no ``(B, T, V)`` emission tensor is ever built. Emission columns are max-shifted per
+word (``exp(log B[:, v] - max_k log B[k, v])``) so that a word that is very unlikely under every
+state cannot underflow to zero; the shift is added back to the log-likelihood.
+
+The gradient of ``log P(O)`` with respect to the log parameters is the vector of expected counts
+(posterior state marginals and expected transitions), computed by the scaled backward recursion in
+:class:`ForwardLogLikelihood` instead of back-propagating through the time loop; only the scaled
+α's (``(T, B, K)``, i.e. ``O(B·K)`` per step) are kept between the two passes.
+
+Padding: ``mask`` is ``(B, T)`` bool, ``True`` on real tokens; every row must be a non-empty prefix
+(right padding). Padded steps leave the recursion unchanged and contribute nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "ExpectedCounts",
+    "ForwardLogLikelihood",
+    "check_observations",
+    "expected_counts",
+    "forward_log_likelihood",
+    "joint_log_likelihood",
+    "posterior_marginals",
+    "viterbi",
+]
+
+
+def check_observations(obs: Tensor, mask: Tensor | None, vocab_size: int | None = None) -> Tensor:
+    """Validate a batch of observations and return its (possibly default) padding mask.
+
+    Args:
+        obs: ``(B, T)`` integer word ids.
+        mask: ``(B, T)`` bool, ``True`` on real tokens, or ``None`` for "no padding".
+        vocab_size: when given, every id under the mask must be ``< vocab_size``.
+
+    Returns:
+        The ``(B, T)`` bool mask.
+
+    Raises:
+        ValueError: wrong shapes or dtypes, empty sequences, masks that are not right-padded, or ids
+            outside the vocabulary.
+    """
+    if obs.dim() != 2:
+        raise ValueError(f"obs must be (B, T), got shape {tuple(obs.shape)}")
+    if obs.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"obs must hold integer word ids, got {obs.dtype}")
+    if obs.shape[1] == 0:
+        raise ValueError("obs has length 0: every sequence needs at least one token")
+    if mask is None:
+        mask = torch.ones_like(obs, dtype=torch.bool)
+    if mask.shape != obs.shape or mask.dtype != torch.bool:
+        raise ValueError(f"mask must be bool of shape {tuple(obs.shape)}, got {mask.dtype} {tuple(mask.shape)}")
+    if not bool(mask[:, 0].all()):
+        raise ValueError("mask: every sequence must start with a real token (empty or left-padded sequence)")
+    if obs.shape[1] > 1 and bool((mask[:, 1:] & ~mask[:, :-1]).any()):
+        raise ValueError("mask must be right-padded: a real token follows a padding position")
+    if vocab_size is not None:
+        ids = obs[mask]
+        if bool((ids < 0).any()) or bool((ids >= vocab_size).any()):
+            raise ValueError(f"obs holds word ids outside [0, {vocab_size})")
+    return mask
+
+
+def _shifted_emission_table(log_emission: Tensor) -> tuple[Tensor, Tensor]:
+    """Return ``(E, shift)``: ``E[v, k] = exp(log B[k, v] - shift[v])`` with ``shift[v] = max_k``.
+
+    ``E`` is ``(V, K)`` so that gathering the rows of a batch of words gives a contiguous ``(B, K)``.
+    """
+    shift = log_emission.max(dim=0).values  # (V,)
+    table = torch.exp(log_emission - shift).t().contiguous()  # (V, K)
+    return table, shift
+
+
+@dataclass
+class _ForwardPass:
+    """What the scaled forward pass leaves for the backward pass."""
+
+    log_likelihood: Tensor  # (B,)
+    alphas: Tensor | None  # (T, B, K) scaled α, rows sum to one
+    scales: Tensor  # (T, B) normaliser c_t (1 on padded steps)
+
+
+def _scaled_forward(
+    start: Tensor, transition: Tensor, table: Tensor, shift: Tensor, obs: Tensor, mask: Tensor, keep: bool
+) -> _ForwardPass:
+    batch, length = obs.shape
+    num_states = start.shape[0]
+    full_steps = mask.all(dim=0).tolist()
+    alphas = torch.empty(length, batch, num_states, dtype=start.dtype) if keep else None
+    scales = torch.ones(length, batch, dtype=start.dtype)
+    alpha = start.unsqueeze(0) * table[obs[:, 0]]  # (B, K)
+    scale = alpha.sum(dim=1, keepdim=True)
+    alpha = alpha / scale
+    scales[0] = scale.squeeze(1)
+    if keep:
+        alphas[0] = alpha
+    for t in range(1, length):
+        new = torch.mm(alpha, transition)  # (B, K): one GEMM per step
+        new.mul_(table[obs[:, t]])
+        scale = new.sum(dim=1, keepdim=True)
+        new.div_(scale)
+        if full_steps[t]:
+            alpha = new
+            scales[t] = scale.squeeze(1)
+        else:
+            step_mask = mask[:, t : t + 1]
+            alpha = torch.where(step_mask, new, alpha)
+            scales[t] = torch.where(step_mask, scale, torch.ones_like(scale)).squeeze(1)
+        if keep:
+            alphas[t] = alpha
+    emission_shift = torch.where(mask, shift[obs], torch.zeros((), dtype=shift.dtype)).sum(dim=1)
+    log_likelihood = scales.log().sum(dim=0) + emission_shift
+    return _ForwardPass(log_likelihood, alphas, scales)
+
+
+@dataclass
+class ExpectedCounts:
+    """Posterior expected counts of one batch (weighted by per-sequence weights).
+
+    Attributes:
+        start: ``(K,)`` Σ_b w_b P(s_1 = k | O_b).
+        transition: ``(K, K)`` Σ_b w_b Σ_t P(s_t = i, s_{t+1} = j | O_b).
+        emission: ``(K, V)`` Σ_b w_b Σ_t P(s_t = k | O_b) [o_t = v].
+        log_likelihood: ``(B,)`` log P(O_b).
+        posteriors: ``(B, T, K)`` state marginals when requested, else ``None``.
+    """
+
+    start: Tensor
+    transition: Tensor
+    emission: Tensor
+    log_likelihood: Tensor
+    posteriors: Tensor | None = None
+
+
+def _scaled_backward(
+    transition: Tensor,
+    table: Tensor,
+    obs: Tensor,
+    mask: Tensor,
+    fwd: _ForwardPass,
+    weights: Tensor,
+    keep_posteriors: bool,
+) -> ExpectedCounts:
+    length, batch, num_states = fwd.alphas.shape
+    vocab_size = table.shape[0]
+    dtype = transition.dtype
+    full_steps = mask.all(dim=0).tolist()
+    # β̂_T = w_b: the recursion is linear in β, so the per-sequence weights (the incoming gradient)
+    # are folded in at the end and every count comes out already weighted.
+    beta = weights.to(dtype).unsqueeze(1).expand(batch, num_states).contiguous()  # (B, K)
+    emission_t = torch.zeros(vocab_size, num_states, dtype=dtype)  # (V, K)
+    messages = torch.zeros(length, batch, num_states, dtype=dtype)  # (T, B, K), u_t (0 at t=0)
+    posteriors = torch.empty(length, batch, num_states, dtype=dtype) if keep_posteriors else None
+    for t in range(length - 1, 0, -1):
+        gamma = fwd.alphas[t] * beta  # (B, K) = w_b P(s_t | O)
+        step_mask = None if full_steps[t] else mask[:, t : t + 1]
+        if step_mask is not None:
+            gamma = gamma * step_mask
+        if keep_posteriors:
+            posteriors[t] = gamma
+        emission_t.index_add_(0, obs[:, t], gamma)
+        message = table[obs[:, t]] * beta / fwd.scales[t].unsqueeze(1)  # (B, K) u_t = e_t β̂_t / c_t
+        if step_mask is not None:
+            message = message * step_mask
+        messages[t] = message
+        new_beta = torch.mm(message, transition.t())  # (B, K) β̂_{t-1} = A u_t
+        beta = new_beta if step_mask is None else torch.where(step_mask, new_beta, beta)
+    gamma = fwd.alphas[0] * beta
+    if keep_posteriors:
+        posteriors[0] = gamma
+    emission_t.index_add_(0, obs[:, 0], gamma)
+    # Σ_t α̂_{t-1}ᵀ u_t as one (K, T·B) @ (T·B, K) GEMM, then ⊙ A gives the expected transitions.
+    if length > 1:
+        previous = fwd.alphas[:-1].reshape(-1, num_states)
+        transition_counts = torch.mm(previous.t(), messages[1:].reshape(-1, num_states)) * transition
+    else:
+        transition_counts = torch.zeros_like(transition)
+    return ExpectedCounts(
+        start=gamma.sum(dim=0),
+        transition=transition_counts,
+        emission=emission_t.t(),
+        log_likelihood=fwd.log_likelihood,
+        posteriors=posteriors.transpose(0, 1) if keep_posteriors else None,
+    )
+
+
+def _forward_pass(log_start, log_transition, log_emission, obs, mask, keep):
+    # Global max shifts keep exp() in range for unnormalised inputs; they are added back exactly:
+    # once for π, once per real transition for A, and per word for B (see _shifted_emission_table).
+    start_shift = log_start.max()
+    transition_shift = log_transition.max()
+    start = torch.exp(log_start - start_shift)
+    transition = torch.exp(log_transition - transition_shift)
+    table, shift = _shifted_emission_table(log_emission)
+    fwd = _scaled_forward(start, transition, table, shift, obs, mask, keep)
+    num_transitions = (mask.sum(dim=1) - 1).to(log_start.dtype)
+    fwd.log_likelihood = fwd.log_likelihood + start_shift + num_transitions * transition_shift
+    return fwd, transition, table
+
+
+class ForwardLogLikelihood(torch.autograd.Function):
+    """``log P(O)`` per sequence, with the gradient given by forward–backward expected counts."""
+
+    @staticmethod
+    def forward(ctx, log_start, log_transition, log_emission, obs, mask):  # noqa: D102
+        with torch.no_grad():
+            keep = any(ctx.needs_input_grad[:3])
+            fwd, transition, table = _forward_pass(
+                log_start.detach(), log_transition.detach(), log_emission.detach(), obs, mask, keep
+            )
+        if keep:
+            ctx.fwd = fwd
+            ctx.save_for_backward(transition, table, obs, mask)
+        return fwd.log_likelihood
+
+    @staticmethod
+    def backward(ctx, grad_output):  # noqa: D102
+        transition, table, obs, mask = ctx.saved_tensors
+        with torch.no_grad():
+            counts = _scaled_backward(transition, table, obs, mask, ctx.fwd, grad_output, False)
+        del ctx.fwd
+        return counts.start, counts.transition, counts.emission, None, None
+
+
+def forward_log_likelihood(
+    log_start: Tensor, log_transition: Tensor, log_emission: Tensor, obs: Tensor, mask: Tensor | None = None
+) -> Tensor:
+    """``log P(O)`` of every sequence by the scaled forward algorithm.
+
+    Args:
+        log_start: ``(K,)`` log π.
+        log_transition: ``(K, K)`` log A.
+        log_emission: ``(K, V)`` log B.
+        obs: ``(B, T)`` word ids.
+        mask: ``(B, T)`` bool padding mask (right-padded), or ``None``.
+
+    Returns:
+        ``(B,)`` log-likelihoods. Differentiable in the three parameter tensors; the backward pass
+        is the scaled β recursion (expected counts), not autograd through time.
+    """
+    mask = check_observations(obs, mask, log_emission.shape[1])
+    return ForwardLogLikelihood.apply(log_start, log_transition, log_emission, obs, mask)
+
+
+def expected_counts(
+    log_start: Tensor,
+    log_transition: Tensor,
+    log_emission: Tensor,
+    obs: Tensor,
+    mask: Tensor | None = None,
+    weights: Tensor | None = None,
+    posteriors: bool = False,
+) -> ExpectedCounts:
+    """Posterior expected counts of one batch by forward–backward (the E-step of EM).
+
+    Args:
+        log_start, log_transition, log_emission: log parameters, shapes as above.
+        obs: ``(B, T)`` word ids; mask: ``(B, T)`` padding mask or ``None``.
+        weights: ``(B,)`` per-sequence weights (default ones).
+        posteriors: also return the ``(B, T, K)`` state marginals.
+
+    Returns:
+        :class:`ExpectedCounts`.
+    """
+    mask = check_observations(obs, mask, log_emission.shape[1])
+    if weights is None:
+        weights = torch.ones(obs.shape[0], dtype=log_transition.dtype)
+    with torch.no_grad():
+        fwd, transition, table = _forward_pass(
+            log_start.detach(), log_transition.detach(), log_emission.detach(), obs, mask, True
+        )
+        return _scaled_backward(transition, table, obs, mask, fwd, weights, posteriors)
+
+
+def posterior_marginals(
+    log_start: Tensor, log_transition: Tensor, log_emission: Tensor, obs: Tensor, mask: Tensor | None = None
+) -> Tensor:
+    """``(B, T, K)`` posterior state marginals ``P(s_t = k | O)`` (zero on padded steps)."""
+    return expected_counts(log_start, log_transition, log_emission, obs, mask, posteriors=True).posteriors
+
+
+def joint_log_likelihood(
+    log_start: Tensor,
+    log_transition: Tensor,
+    log_emission: Tensor,
+    obs: Tensor,
+    states: Tensor,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """``log P(O, S)`` for given state sequences, by direct gather.
+
+    ``log π[s_1] + Σ_t log A[s_t, s_{t+1}] + Σ_t log B[s_t, o_t]`` over the real (unmasked) tokens.
+
+    Args:
+        log_start, log_transition, log_emission: log parameters.
+        obs: ``(B, T)`` word ids; states: ``(B, T)`` state ids; mask: ``(B, T)`` or ``None``.
+
+    Returns:
+        ``(B,)`` joint log-likelihoods, differentiable in the parameters.
+    """
+    mask = check_observations(obs, mask, log_emission.shape[1])
+    if states.shape != obs.shape:
+        raise ValueError(f"states must have the shape of obs {tuple(obs.shape)}, got {tuple(states.shape)}")
+    ids = states[mask]
+    if bool((ids < 0).any()) or bool((ids >= log_start.shape[0]).any()):
+        raise ValueError(f"states hold ids outside [0, {log_start.shape[0]})")
+    zero = torch.zeros((), dtype=log_emission.dtype)
+    states = torch.where(mask, states, torch.zeros_like(states))
+    emission = torch.where(mask, log_emission[states, obs], zero).sum(dim=1)  # (B, T) gather -> (B,)
+    transition = torch.where(mask[:, 1:], log_transition[states[:, :-1], states[:, 1:]], zero).sum(dim=1)
+    return log_start[states[:, 0]] + transition + emission
+
+
+def viterbi(
+    log_start: Tensor,
+    log_transition: Tensor,
+    log_emission: Tensor,
+    obs: Tensor,
+    mask: Tensor | None = None,
+    max_chunk_elements: int = 1 << 24,
+) -> tuple[Tensor, Tensor]:
+    """Most likely state sequence (max-product in log space).
+
+    The max over previous states is taken in chunks of target states so that the temporary
+    ``(B, K, chunk)`` stays below ``max_chunk_elements`` entries.
+
+    Returns:
+        ``(paths, scores)``: ``(B, T)`` state ids (0 on padded steps) and ``(B,)`` ``log P(O, S*)``.
+    """
+    mask = check_observations(obs, mask, log_emission.shape[1])
+    batch, length = obs.shape
+    num_states = log_start.shape[0]
+    chunk = max(1, min(num_states, max_chunk_elements // max(1, batch * num_states)))
+    with torch.no_grad():
+        emission_t = log_emission.t()  # (V, K) view
+        score = log_start.unsqueeze(0) + emission_t[obs[:, 0]]  # (B, K)
+        backpointers = torch.zeros(length, batch, num_states, dtype=torch.long)
+        for t in range(1, length):
+            best = torch.empty_like(score)
+            for lo in range(0, num_states, chunk):
+                cand = score.unsqueeze(2) + log_transition[:, lo : lo + chunk].unsqueeze(0)  # (B, K, c)
+                values, argmax = cand.max(dim=1)
+                best[:, lo : lo + chunk] = values
+                backpointers[t, :, lo : lo + chunk] = argmax
+            new = best + emission_t[obs[:, t]]
+            step_mask = mask[:, t : t + 1]
+            score = torch.where(step_mask, new, score)
+        scores, last = score.max(dim=1)
+        lengths = mask.sum(dim=1)
+        paths = torch.zeros(batch, length, dtype=torch.long)
+        current = last
+        rows = torch.arange(batch)
+        for t in range(length - 1, -1, -1):
+            active = t < lengths
+            paths[:, t] = torch.where(active, current, torch.zeros_like(current))
+            if t > 0:
+                previous = backpointers[t, rows, current]
+                current = torch.where(active, previous, current)
+    return paths, scores
