@@ -1,0 +1,291 @@
+"""Bidirectional RWKV-6/7-style linear recurrence ("WKV") and the time-mix / channel-mix layers.
+
+Seed 002 ("RWKV diffusion denoiser"): the sequence mixer of the two-stream denoiser is an RWKV-style
+linear recurrence with a *data-dependent* per-channel decay (RWKV-6 "Finch"; RWKV-7 keeps the same
+diagonal-decay state update).  For denoising, every position must see the whole sequence, so the scan
+runs forward and backward and the two are added, with the current token counted once through the
+"bonus" ``u``.
+
+Notation (per head): ``r_t, k_t, w_t in R^K``, ``v_t in R^V``, state ``S in R^{K x V}``,
+``log_w_t <= 0`` (the decay is ``w_t = exp(log_w_t)``)::
+
+    forward  past-only scan:  y_t = r_t^T S_{t-1},       S_t = diag(w_t) S_{t-1} + k_t v_t^T
+    backward past-only scan:  the same on the reversed sequence
+    bidirectional:            y_t = fwd_t + bwd_t + (r_t . (u_t * k_t)) v_t
+
+so that position ``s != t`` contributes ``r_t^T diag(prod_{j strictly between s and t} w_j) k_s v_s^T``.
+
+Two implementations of the past-only scan are given and tested equal in float64:
+``wkv_naive`` (one step per token) and ``wkv_chunked`` (exact chunked-parallel form: within a chunk of
+``C`` tokens an explicit decayed ``C x C`` score matrix, between chunks a state recurrence).  All
+exponents in the chunked form are sums of ``log_w`` and hence ``<= 0``, so nothing overflows.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "bidirectional_wkv",
+    "wkv_naive",
+    "wkv_chunked",
+    "TimeMixStream",
+    "JointTimeMix",
+    "ChannelMix",
+    "bidirectional_token_shift",
+]
+
+
+def _check_wkv_inputs(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_w: torch.Tensor) -> None:
+    if r.dim() != 4 or r.shape != k.shape or r.shape != log_w.shape:
+        raise ValueError(
+            f"wkv: r, k, log_w must share shape (B, H, T, K); got {tuple(r.shape)}, "
+            f"{tuple(k.shape)}, {tuple(log_w.shape)}"
+        )
+    if v.dim() != 4 or v.shape[:3] != r.shape[:3]:
+        raise ValueError(f"wkv: v must be (B, H, T, V) matching r's (B, H, T); got {tuple(v.shape)}")
+
+
+def wkv_naive(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_w: torch.Tensor) -> torch.Tensor:
+    """Past-only WKV scan, one step per token (the reference recurrence).
+
+    Args:
+        r: receptance, (B, H, T, K).
+        k: keys, (B, H, T, K).
+        v: values, (B, H, T, V).
+        log_w: log decay (<= 0), (B, H, T, K).
+
+    Returns:
+        y: (B, H, T, V) with ``y_t = r_t^T S_{t-1}``.
+    """
+    _check_wkv_inputs(r, k, v, log_w)
+    B, H, T, K = r.shape
+    state = r.new_zeros(B, H, K, v.shape[-1])  # (B, H, K, V)
+    outputs = []
+    for t in range(T):
+        outputs.append(torch.einsum("bhk,bhkv->bhv", r[:, :, t], state))
+        state = log_w[:, :, t].exp().unsqueeze(-1) * state + k[:, :, t].unsqueeze(-1) * v[:, :, t].unsqueeze(-2)
+    return torch.stack(outputs, dim=2)
+
+
+def wkv_chunked(
+    r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_w: torch.Tensor, chunk_size: int = 32
+) -> torch.Tensor:
+    """Past-only WKV scan in exact chunked-parallel form (same result as ``wkv_naive``).
+
+    Args:
+        r, k, v, log_w: as in ``wkv_naive``.
+        chunk_size: tokens per chunk ``C``; the intra-chunk work is O(C^2 K) per chunk.
+
+    Returns:
+        y: (B, H, T, V).
+    """
+    _check_wkv_inputs(r, k, v, log_w)
+    if chunk_size < 1:
+        raise ValueError(f"wkv_chunked: chunk_size must be >= 1, got {chunk_size}")
+    B, H, T, K = r.shape
+    V = v.shape[-1]
+    C = chunk_size
+    pad = (-T) % C
+    if pad:
+        # Zero keys/values and zero log-decay after the end change nothing before it.
+        r, k, log_w = (F.pad(x, (0, 0, 0, pad)) for x in (r, k, log_w))
+        v = F.pad(v, (0, 0, 0, pad))
+    N = (T + pad) // C
+    r, k, log_w = (x.reshape(B, H, N, C, K) for x in (r, k, log_w))
+    v = v.reshape(B, H, N, C, V)
+
+    cum = log_w.cumsum(dim=3)  # A_t = sum_{j<=t} log w_j within the chunk, (B, H, N, C, K)
+    cum_excl = cum - log_w  # A_{t-1}
+    # Intra-chunk: score[t, s] = sum_c r_tc k_sc exp(A_{t-1,c} - A_{s,c}) for s < t.
+    causal = torch.ones(C, C, dtype=torch.bool, device=r.device).tril(diagonal=-1)  # (C_t, C_s)
+    diff = cum_excl.unsqueeze(4) - cum.unsqueeze(3)  # (B, H, N, C_t, C_s, K)
+    diff = diff.masked_fill(~causal[:, :, None], float("-inf"))
+    scores = torch.einsum("bhntk,bhnsk,bhntsk->bhnts", r, k, diff.exp())
+    y = scores @ v  # (B, H, N, C, V)
+
+    # Inter-chunk: state entering each chunk, then its contribution r_t^T diag(exp A_{t-1}) S_n.
+    chunk_decay = cum[:, :, :, -1].exp()  # (B, H, N, K)
+    k_to_end = k * (cum[:, :, :, -1:] - cum).exp()  # decay from s to chunk end, (B, H, N, C, K)
+    chunk_kv = k_to_end.transpose(-1, -2) @ v  # (B, H, N, K, V)
+    states = []
+    state = r.new_zeros(B, H, K, V)
+    for n in range(N):
+        states.append(state)
+        state = chunk_decay[:, :, n].unsqueeze(-1) * state + chunk_kv[:, :, n]
+    entering = torch.stack(states, dim=2)  # (B, H, N, K, V)
+    y = y + (r * cum_excl.exp()) @ entering
+    return y.reshape(B, H, N * C, V)[:, :, :T]
+
+
+def bidirectional_wkv(
+    r: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    log_w: torch.Tensor,
+    u: torch.Tensor,
+    impl: str = "chunked",
+    chunk_size: int = 32,
+) -> torch.Tensor:
+    """Bidirectional WKV: forward scan + backward scan + the current-token bonus.
+
+    Args:
+        r, k, v, log_w: as in ``wkv_naive``.
+        u: bonus for the current token, broadcastable to (B, H, T, K) (e.g. (H, 1, K) or per token).
+        impl: ``"chunked"`` or ``"naive"``.
+        chunk_size: chunk length for ``"chunked"``.
+
+    Returns:
+        y: (B, H, T, V).
+    """
+    if impl == "chunked":
+        forward = wkv_chunked(r, k, v, log_w, chunk_size)
+        backward = wkv_chunked(*(x.flip(2) for x in (r, k, v, log_w)), chunk_size).flip(2)
+    elif impl == "naive":
+        forward = wkv_naive(r, k, v, log_w)
+        backward = wkv_naive(*(x.flip(2) for x in (r, k, v, log_w))).flip(2)
+    else:
+        raise ValueError(f"bidirectional_wkv: impl must be 'chunked' or 'naive', got {impl!r}")
+    bonus = (r * u * k).sum(-1, keepdim=True) * v  # (B, H, T, V)
+    return forward + backward + bonus
+
+
+def bidirectional_token_shift(x: torch.Tensor) -> torch.Tensor:
+    """Mean of the left and right neighbours (zero beyond the ends): RWKV's token shift, both ways.
+
+    Args:
+        x: (B, T, D).
+
+    Returns:
+        (B, T, D) with row t = (x_{t-1} + x_{t+1}) / 2.
+    """
+    left = F.pad(x, (0, 0, 1, 0))[:, :-1]
+    right = F.pad(x, (0, 0, 0, 1))[:, 1:]
+    return 0.5 * (left + right)
+
+
+class TimeMixStream(nn.Module):
+    """One stream's RWKV-6 time-mix projections: token-shift lerps, r/k/v/g, data-dependent decay.
+
+    The decay is ``log w_t = -exp(time_decay + tanh(x_w W1) W2)`` (RWKV-6's LoRA decay), so every
+    token chooses how fast each key channel forgets.
+    """
+
+    def __init__(self, d_model: int, num_heads: int, decay_lora_rank: int = 16) -> None:
+        super().__init__()
+        if d_model % num_heads:
+            raise ValueError(f"TimeMixStream: d_model={d_model} not divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = d_model // num_heads
+        ratio = torch.arange(d_model, dtype=torch.float32) / d_model
+        # Token-shift interpolation weights (one per channel and target), RWKV's time_maa_*.
+        self.time_maa_r = nn.Parameter(0.5 * ratio)
+        self.time_maa_k = nn.Parameter(0.5 * ratio)
+        self.time_maa_v = nn.Parameter(0.5 * ratio + 0.25)
+        self.time_maa_w = nn.Parameter(0.5 * ratio)
+        self.time_maa_g = nn.Parameter(0.5 * ratio)
+        # Base decay spread over channels as in RWKV-6 init: slow channels and fast channels.
+        self.time_decay = nn.Parameter(-6.0 + 5.0 * ratio**0.7)
+        self.time_decay_w1 = nn.Parameter(torch.zeros(d_model, decay_lora_rank))
+        self.time_decay_w2 = nn.Parameter(torch.empty(decay_lora_rank, d_model).uniform_(-0.01, 0.01))
+        self.time_faaaa = nn.Parameter(torch.zeros(num_heads, self.head_dim))  # current-token bonus u
+        self.receptance = nn.Linear(d_model, d_model, bias=False)
+        self.key = nn.Linear(d_model, d_model, bias=False)
+        self.value = nn.Linear(d_model, d_model, bias=False)
+        self.gate = nn.Linear(d_model, d_model, bias=False)
+        self.output = nn.Linear(d_model, d_model, bias=False)
+        self.ln_x = nn.GroupNorm(num_heads, d_model)
+
+    def project(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-head inputs of the scan for one stream.
+
+        Args:
+            x: (B, T, D).
+
+        Returns:
+            dict with r, k, log_w, u of shape (B, H, T, K), v (B, H, T, K) and gate g (B, T, D).
+        """
+        B, T, D = x.shape
+        shift = bidirectional_token_shift(x) - x  # (B, T, D)
+
+        def heads(z: torch.Tensor) -> torch.Tensor:
+            return z.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
+
+        x_w = x + shift * self.time_maa_w
+        decay = self.time_decay + torch.tanh(x_w @ self.time_decay_w1) @ self.time_decay_w2
+        return {
+            "r": heads(self.receptance(x + shift * self.time_maa_r)),
+            "k": heads(self.key(x + shift * self.time_maa_k)),
+            "v": heads(self.value(x + shift * self.time_maa_v)),
+            "log_w": heads(-decay.clamp(max=10.0).exp()),
+            "u": self.time_faaaa[None, :, None, :].expand(B, -1, T, -1),
+            "g": F.silu(self.gate(x + shift * self.time_maa_g)),
+        }
+
+    def finish(self, y: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """Per-head GroupNorm, gate and output projection.
+
+        Args:
+            y: scan output for this stream, (B, H, T, K).
+            g: gate from ``project``, (B, T, D).
+
+        Returns:
+            (B, T, D).
+        """
+        B, H, T, K = y.shape
+        y = y.transpose(1, 2).reshape(B * T, H * K)
+        y = self.ln_x(y).view(B, T, H * K)
+        return self.output(y * g)
+
+
+class JointTimeMix(nn.Module):
+    """MMDiT-style joint time mix: each stream has its own projections, one scan runs over both.
+
+    The joint sequence is ``[latent tokens; text tokens]``, so latent tokens and text tokens exchange
+    information in both directions inside a single bidirectional WKV.
+    """
+
+    def __init__(
+        self, d_model: int, num_heads: int, decay_lora_rank: int = 16, impl: str = "chunked", chunk_size: int = 32
+    ) -> None:
+        super().__init__()
+        self.text = TimeMixStream(d_model, num_heads, decay_lora_rank)
+        self.latent = TimeMixStream(d_model, num_heads, decay_lora_rank)
+        self.impl = impl
+        self.chunk_size = chunk_size
+
+    def forward(self, x_text: torch.Tensor, x_latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mix both streams.
+
+        Args:
+            x_text: (B, T, D); x_latent: (B, M, D).
+
+        Returns:
+            (text output (B, T, D), latent output (B, M, D)).
+        """
+        M = x_latent.shape[1]
+        p_text, p_latent = self.text.project(x_text), self.latent.project(x_latent)
+        joint = {name: torch.cat([p_latent[name], p_text[name]], dim=2) for name in ("r", "k", "v", "log_w", "u")}
+        y = bidirectional_wkv(**joint, impl=self.impl, chunk_size=self.chunk_size)  # (B, H, M+T, K)
+        return self.text.finish(y[:, :, M:], p_text["g"]), self.latent.finish(y[:, :, :M], p_latent["g"])
+
+
+class ChannelMix(nn.Module):
+    """RWKV channel mix: token-shift lerp, squared-ReLU key, sigmoid receptance gate."""
+
+    def __init__(self, d_model: int, hidden_mult: int = 4) -> None:
+        super().__init__()
+        ratio = torch.arange(d_model, dtype=torch.float32) / d_model
+        self.time_maa_k = nn.Parameter(0.5 * ratio)
+        self.time_maa_r = nn.Parameter(0.5 * ratio)
+        self.key = nn.Linear(d_model, hidden_mult * d_model, bias=False)
+        self.value = nn.Linear(hidden_mult * d_model, d_model, bias=False)
+        self.receptance = nn.Linear(d_model, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Args: x (B, T, D). Returns: (B, T, D)."""
+        shift = bidirectional_token_shift(x) - x
+        hidden = torch.relu(self.key(x + shift * self.time_maa_k)) ** 2
+        return torch.sigmoid(self.receptance(x + shift * self.time_maa_r)) * self.value(hidden)
