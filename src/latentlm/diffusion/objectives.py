@@ -1,0 +1,209 @@
+"""Training objectives of the joint text-latent diffusion (seed 002, "Model" and "Training").
+
+* Text (MDLM, Sahoo et al. 2024): absorbing-state diffusion with the SUBS parameterisation — the
+  denoiser never predicts the mask token and copies unmasked tokens through — and the continuous-time
+  NELBO ``E_t E_{x_t} [ w(t) sum_{l masked} -log p_theta(x_0^l | x_t) ]`` with ``w(t) = 1/t`` for the
+  log-linear schedule.  ``exp(NELBO / tokens)`` upper-bounds the perplexity.
+* Latent: Gaussian diffusion ``z_t = alpha_t z_0 + sigma_t eps`` with a v- or epsilon-prediction
+  mean-squared error (Salimans & Ho 2022 for v).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from latentlm.diffusion.schedules import CosineGaussianSchedule, LogLinearMaskingSchedule
+
+__all__ = [
+    "apply_masking",
+    "subs_log_probs",
+    "subs_target_log_probs",
+    "mdlm_loss",
+    "noise_latent",
+    "latent_target",
+    "predicted_clean_latent",
+    "gaussian_latent_loss",
+    "perplexity_bound",
+    "LATENT_PREDICTIONS",
+]
+
+LATENT_PREDICTIONS = ("v", "eps")
+
+
+def apply_masking(
+    x0: torch.Tensor,
+    t: torch.Tensor,
+    schedule: LogLinearMaskingSchedule,
+    mask_id: int,
+    generator: torch.Generator | None = None,
+    maskable: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward process q(x_t | x_0): mask each token independently with probability ``1 - alpha_t``.
+
+    Args:
+        x0: clean token ids, (B, T).
+        t: times, (B,).
+        schedule: masking schedule.
+        mask_id: id of the absorbing [MASK] token.
+        generator: torch generator.
+        maskable: optional (B, T) bool; positions that are False are never masked.
+
+    Returns:
+        (x_t (B, T), masked (B, T) bool).
+    """
+    draws = torch.rand(x0.shape, generator=generator).to(x0.device)
+    masked = draws < schedule.move_chance(t).unsqueeze(-1)
+    if maskable is not None:
+        masked = masked & maskable
+    return x0.masked_fill(masked, mask_id), masked
+
+
+def subs_log_probs(logits: torch.Tensor, x_t: torch.Tensor, mask_id: int) -> torch.Tensor:
+    """SUBS parameterisation of p_theta(x_0 | x_t) as log-probabilities over the vocabulary.
+
+    Masked positions: softmax over the vocabulary with the mask token removed ("zero masking
+    probabilities"); unmasked positions: a point mass on the observed token ("carry-over unmasking").
+
+    Args:
+        logits: (B, T, V) raw denoiser logits.
+        x_t: (B, T) noisy ids.
+        mask_id: the [MASK] id.
+
+    Returns:
+        (B, T, V) log-probabilities (``-inf`` where the probability is zero).
+    """
+    logits = logits.float().clone()
+    logits[..., mask_id] = float("-inf")
+    log_probs = logits.log_softmax(-1)
+    carry = torch.full_like(log_probs, float("-inf")).scatter(-1, x_t.unsqueeze(-1), 0.0)
+    return torch.where((x_t == mask_id).unsqueeze(-1), log_probs, carry)
+
+
+def subs_target_log_probs(logits: torch.Tensor, targets: torch.Tensor, mask_id: int) -> torch.Tensor:
+    """``log p_theta(x_0 = target | x_t)`` at masked positions under SUBS.
+
+    Args:
+        logits: (N, V) logits at the N masked positions.
+        targets: (N,) clean ids there.
+        mask_id: the [MASK] id (its logit is ignored).
+
+    Returns:
+        (N,) log-probabilities.
+    """
+    logits = logits.float().clone()
+    logits[:, mask_id] = float("-inf")
+    return -F.cross_entropy(logits, targets, reduction="none")
+
+
+def mdlm_loss(
+    denoise_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x0: torch.Tensor,
+    t: torch.Tensor,
+    schedule: LogLinearMaskingSchedule,
+    mask_id: int,
+    generator: torch.Generator | None = None,
+    maskable: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One-sample estimate of the MDLM continuous-time NELBO per sequence.
+
+    Args:
+        denoise_fn: ``(x_t (B, T), masked (B, T) bool) -> logits (N, V)`` at the N masked positions in
+            row-major order (computing the head only there saves a vocabulary-sized matmul per clean
+            token).
+        x0: clean ids, (B, T).
+        t: times in (0, 1], (B,).
+        schedule: masking schedule.
+        mask_id: the [MASK] id.
+        generator: torch generator for the mask draw.
+        maskable: optional (B, T) bool of positions that may be masked.
+
+    Returns:
+        (nelbo (B,) in nats: ``(1/t) * sum over masked positions of -log p``, masked (B, T) bool).
+    """
+    x_t, masked = apply_masking(x0, t, schedule, mask_id, generator, maskable)
+    nll = x0.new_zeros(x0.shape, dtype=torch.float32)
+    if masked.any():
+        logits = denoise_fn(x_t, masked)
+        nll = nll.masked_scatter(masked, -subs_target_log_probs(logits, x0[masked], mask_id))
+    return schedule.loss_weight(t) * nll.sum(-1), masked
+
+
+def noise_latent(
+    z0: torch.Tensor, t: torch.Tensor, schedule: CosineGaussianSchedule, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward process ``z_t = alpha_t z_0 + sigma_t eps``.
+
+    Args:
+        z0: clean latents, (B, d).
+        t: times, (B,).
+        schedule: Gaussian schedule.
+        generator: torch generator.
+
+    Returns:
+        (z_t (B, d), eps (B, d)).
+    """
+    eps = torch.randn(z0.shape, generator=generator, dtype=z0.dtype).to(z0.device)
+    alpha, sigma = schedule.alpha_sigma(t)
+    return alpha.unsqueeze(-1) * z0 + sigma.unsqueeze(-1) * eps, eps
+
+
+def latent_target(
+    z0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, schedule: CosineGaussianSchedule, prediction: str
+) -> torch.Tensor:
+    """Regression target: ``eps`` or ``v = alpha_t eps - sigma_t z_0``."""
+    if prediction == "eps":
+        return eps
+    if prediction == "v":
+        alpha, sigma = schedule.alpha_sigma(t)
+        return alpha.unsqueeze(-1) * eps - sigma.unsqueeze(-1) * z0
+    raise ValueError(f"latent prediction must be one of {LATENT_PREDICTIONS}, got {prediction!r}")
+
+
+def predicted_clean_latent(
+    output: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor, schedule: CosineGaussianSchedule, prediction: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Convert a network output into (predicted z_0, predicted eps).
+
+    For v: ``z_0 = alpha z_t - sigma v`` and ``eps = sigma z_t + alpha v`` (exact for alpha^2+sigma^2=1).
+    For eps: ``z_0 = (z_t - sigma eps) / alpha``.
+    """
+    alpha, sigma = (s.unsqueeze(-1) for s in schedule.alpha_sigma(t))
+    if prediction == "v":
+        return alpha * z_t - sigma * output, sigma * z_t + alpha * output
+    if prediction == "eps":
+        return (z_t - sigma * output) / alpha, output
+    raise ValueError(f"latent prediction must be one of {LATENT_PREDICTIONS}, got {prediction!r}")
+
+
+def gaussian_latent_loss(
+    output: torch.Tensor,
+    z0: torch.Tensor,
+    eps: torch.Tensor,
+    t: torch.Tensor,
+    schedule: CosineGaussianSchedule,
+    prediction: str,
+) -> torch.Tensor:
+    """Mean-squared error of the v/eps prediction per example.
+
+    Args:
+        output: network prediction, (B, d).
+        z0, eps: clean latent and the noise used, (B, d).
+        t: times, (B,).
+        schedule: Gaussian schedule.
+        prediction: ``"v"`` or ``"eps"``.
+
+    Returns:
+        (B,) mean over latent dimensions.
+    """
+    return (output - latent_target(z0, eps, t, schedule, prediction)).pow(2).mean(-1)
+
+
+def perplexity_bound(total_nelbo: float, total_tokens: int) -> float:
+    """``exp(total NELBO / tokens)``: an upper bound on the perplexity (the NELBO bounds -log p)."""
+    if total_tokens <= 0:
+        raise ValueError("perplexity_bound: total_tokens must be positive")
+    return math.exp(total_nelbo / total_tokens)
