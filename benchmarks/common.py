@@ -1,0 +1,60 @@
+"""Helpers shared by the benchmark scripts: where the data is, what machine this is, saving results."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+from latentlm.core.checkpoint import write_json
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def data_dir() -> Path:
+    """`$LATENTLM_DATA`, else `../shared/data` beside the repository."""
+    path = Path(os.environ.get("LATENTLM_DATA", REPO.parent / "shared" / "data"))
+    if not path.is_dir():
+        raise FileNotFoundError(f"data folder not found at {path}; set LATENTLM_DATA")
+    return path
+
+
+def machine() -> dict:
+    """A description of the machine the numbers were taken on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    try:
+        info["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True,
+                                            capture_output=True).stdout.strip()
+    except OSError:
+        pass
+    return info
+
+
+def save_results(name: str, results: dict) -> Path:
+    """Write `benchmarks/results/<name>.json` with the machine description attached."""
+    path = RESULTS / f"{name}.json"
+    write_json(path, {"machine": machine(), **results})
+    print(f"saved {path}")
+    return path

@@ -1,0 +1,397 @@
+"""The one training loop, shared by every system.
+
+A system describes *what* to train with a small `Task` (model, data, loss, evaluation); the `Trainer`
+does the rest on Hugging Face Accelerate, so the same code runs on one CPU, one GPU, or several
+processes under `accelerate launch` / `torchrun`: AdamW, learning-rate schedule, gradient
+accumulation and clipping, mixed precision, JSONL + TensorBoard logging, a progress bar, evaluation
+cadence, best-checkpoint tracking, NaN detection, atomic checkpoints and exact resume.
+
+Exact resume: a checkpoint holds the model, optimizer, scheduler, every RNG (per rank) and a
+`TrainState` with the data position. The data order is a pure function of (seed, epoch), so a run
+stopped at step k and resumed reaches step N with the same parameters as an uninterrupted run.
+Multi-stage recipes (LVD's two phases, LatentWire's stages, diffusion's loss modes) are decided inside
+`Task.loss` from the `TrainState`, never by flags in this loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import random
+import shutil
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator, DistributedDataParallelKwargs
+from torch import nn
+from torch.utils.data import Dataset, default_collate
+
+from latentlm.core.checkpoint import (
+    FORMAT_VERSION,
+    load_tensors,
+    load_torch_state,
+    read_json,
+    save_tensors,
+    save_torch_state,
+    write_json,
+)
+from latentlm.core.run import RunDir, progress
+from latentlm.core.seed import seed_everything
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping settings shared by every system (`train:` in a run config)."""
+
+    max_steps: int = 1000
+    """Optimizer steps to train for."""
+    lr: float = 1e-3
+    """Peak learning rate of AdamW."""
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_steps: int = 0
+    """Linear warm-up from 0 to `lr` over this many steps."""
+    schedule: str = "constant"
+    """After warm-up: constant | linear | cosine (decaying to `min_lr_ratio * lr` at `max_steps`)."""
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value; 0 turns clipping off."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    mixed_precision: str = "no"
+    """no | bf16 | fp16 (fp16 needs a GPU)."""
+    log_every: int = 10
+    eval_every: int = 0
+    """Evaluate every N steps (0: only at the end)."""
+    checkpoint_every: int = 0
+    """Checkpoint every N steps (0: only at the end)."""
+    keep_checkpoints: int = 2
+    best_metric: str = ""
+    """Eval metric (without the `eval/` prefix) whose best value is kept in `best/`; empty: off."""
+    best_mode: str = "min"
+    """min | max: whether a lower or higher `best_metric` is better."""
+    find_unused_parameters: bool = False
+    """For DDP when some parameters get no gradient in a step (frozen branches, loss modes)."""
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.max_steps < 1:
+            raise ValueError(f"train.max_steps: must be >= 1, got {self.max_steps}")
+        if self.schedule not in ("constant", "linear", "cosine"):
+            raise ValueError(f"train.schedule: must be constant, linear or cosine, got {self.schedule!r}")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"train.mixed_precision: must be no, bf16 or fp16, got {self.mixed_precision!r}")
+        if self.best_mode not in ("min", "max"):
+            raise ValueError(f"train.best_mode: must be min or max, got {self.best_mode!r}")
+        if self.grad_accum < 1:
+            raise ValueError(f"train.grad_accum: must be >= 1, got {self.grad_accum}")
+        if len(self.betas) != 2:
+            raise ValueError(f"train.betas: need two values, got {self.betas}")
+
+
+@dataclass
+class TrainState:
+    """Where training is; saved in every checkpoint as `state.json`."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    tokens_seen: int = 0
+    best_value: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    """JSON-able task state (e.g. the step at which a phase switched)."""
+
+
+@dataclass
+class StepOutput:
+    """What `Task.loss` returns for one micro-batch."""
+
+    loss: torch.Tensor
+    num_tokens: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Task:
+    """What a system plugs into the `Trainer`. Subclass it and override the methods below."""
+
+    batch_size: int = 8
+    """Micro-batch size per process."""
+
+    def build_model(self) -> nn.Module:
+        """The trainable module (frozen helpers such as LLMs stay on the task)."""
+        raise NotImplementedError
+
+    def train_dataset(self) -> Dataset:
+        """A map-style dataset; items are batched by `collate`."""
+        raise NotImplementedError
+
+    def collate(self, items: list) -> Any:
+        return default_collate(items)
+
+    def loss(self, model: nn.Module, batch: Any, state: TrainState) -> StepOutput:
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, state: TrainState) -> dict[str, float]:
+        """Held-out metrics; runs on the main process under `torch.no_grad()` in eval mode."""
+        return {}
+
+    def param_groups(self, model: nn.Module) -> list[dict] | None:
+        """Optional optimizer parameter groups (e.g. a lower learning rate for an encoder)."""
+        return None
+
+    def on_step_start(self, model: nn.Module, state: TrainState) -> None:
+        """Hook before each optimizer step (e.g. an unfreeze policy)."""
+
+
+class Trainer:
+    """Runs a `Task` for `cfg.max_steps` optimizer steps, resuming from the run's latest checkpoint."""
+
+    def __init__(self, task: Task, cfg: TrainConfig, run: RunDir, accelerator: Accelerator | None = None):
+        self.task = task
+        self.cfg = cfg
+        self.run = run
+        self.accelerator = accelerator or Accelerator(
+            mixed_precision=cfg.mixed_precision,
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.find_unused_parameters)],
+        )
+        self.model: nn.Module | None = None
+        self.state = TrainState()
+
+    # ------------------------------------------------------------------ public
+    def fit(self) -> TrainState:
+        acc, cfg, task = self.accelerator, self.cfg, self.task
+        seed_everything(cfg.seed + acc.process_index)
+        model = task.build_model()
+        groups = task.param_groups(model) or [{"params": list(model.parameters())}]
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_lambda)
+        self.model = model
+        wrapped, optimizer = acc.prepare(model, optimizer)
+        self._resume(model, optimizer, scheduler)
+
+        dataset = task.train_dataset()
+        steps_per_epoch = self._steps_per_epoch(dataset)
+        bar = progress(total=cfg.max_steps, initial=self.state.step, desc="train", disable=not acc.is_main_process)
+        window: dict[str, list[float]] = defaultdict(list)
+        window_tokens, window_start = 0, time.perf_counter()
+        batches = self._batches(dataset, steps_per_epoch)
+
+        wrapped.train()
+        while self.state.step < cfg.max_steps:
+            task.on_step_start(model, self.state)
+            for micro in range(cfg.grad_accum):
+                batch = next(batches)
+                out = self._micro_step(wrapped, optimizer, batch, last=micro == cfg.grad_accum - 1)
+                tokens = int(acc.reduce(torch.tensor(out.num_tokens, device=acc.device), "sum").item())
+                self.state.tokens_seen += tokens
+                window_tokens += tokens
+                window["loss"].append(out.loss.item())
+                for key, value in out.metrics.items():
+                    window[key].append(float(value))
+            if cfg.grad_clip > 0:
+                grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                window["grad_norm"].append(float(grad_norm))
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            self.state.step += 1
+            bar.update(1)
+
+            if self.state.step % cfg.log_every == 0 or self.state.step == cfg.max_steps:
+                elapsed = max(time.perf_counter() - window_start, 1e-9)
+                record = {f"train/{k}": sum(v) / len(v) for k, v in window.items()}
+                record["train/lr"] = scheduler.get_last_lr()[0]
+                record["train/tokens_seen"] = self.state.tokens_seen
+                if window_tokens:
+                    record["train/tokens_per_s"] = window_tokens / elapsed
+                if acc.is_main_process:
+                    self.run.log(self.state.step, record)
+                    bar.set_postfix(loss=f"{record['train/loss']:.4g}")
+                window.clear()
+                window_tokens, window_start = 0, time.perf_counter()
+
+            is_last = self.state.step == cfg.max_steps
+            if (cfg.eval_every and self.state.step % cfg.eval_every == 0) or is_last:
+                self._evaluate(model, wrapped)
+            if (cfg.checkpoint_every and self.state.step % cfg.checkpoint_every == 0) or is_last:
+                self._save_checkpoint(model, optimizer, scheduler)
+        bar.close()
+        acc.wait_for_everyone()
+        return self.state
+
+    # ------------------------------------------------------------------ steps
+    def _micro_step(self, wrapped: nn.Module, optimizer, batch: Any, last: bool) -> StepOutput:
+        acc = self.accelerator
+        batch = to_device(batch, acc.device)
+        # Gradients are all-reduced only on the last micro-batch of an optimizer step.
+        with acc.no_sync(wrapped) if not last else contextlib.nullcontext():
+            with acc.autocast():
+                out = self.task.loss(wrapped, batch, self.state)
+            if not torch.isfinite(out.loss):
+                raise FloatingPointError(
+                    f"step {self.state.step + 1}: loss is {out.loss.item()} (metrics {out.metrics}); "
+                    f"the last good checkpoint is {self.run.latest_checkpoint()}"
+                )
+            acc.backward(out.loss / self.cfg.grad_accum)
+        return out
+
+    def _evaluate(self, model: nn.Module, wrapped: nn.Module) -> None:
+        acc = self.accelerator
+        if acc.is_main_process:
+            model.eval()
+            with torch.no_grad():
+                metrics = self.task.evaluate(model, self.state)
+            wrapped.train()
+            if metrics:
+                self.run.log(self.state.step, {f"eval/{k}": v for k, v in metrics.items()})
+                self._track_best(model, metrics)
+        acc.wait_for_everyone()
+
+    def _track_best(self, model: nn.Module, metrics: dict[str, float]) -> None:
+        name = self.cfg.best_metric
+        if not name:
+            return
+        if name not in metrics:
+            raise KeyError(f"train.best_metric: {name!r} is not among the eval metrics {sorted(metrics)}")
+        value = float(metrics[name])
+        best = self.state.best_value
+        better = best is None or (value < best if self.cfg.best_mode == "min" else value > best)
+        if better:
+            self.state.best_value = value
+            best_dir = self.run.path / "best"
+            save_tensors(model.state_dict(), best_dir / "model.safetensors")
+            write_json(best_dir / "state.json", {"step": self.state.step, name: value})
+
+    # ------------------------------------------------------------------ data
+    def _steps_per_epoch(self, dataset: Dataset) -> int:
+        world = self.accelerator.num_processes
+        per_epoch = len(dataset) // (self.task.batch_size * world)
+        if per_epoch == 0:
+            raise ValueError(
+                f"the training set has {len(dataset)} items, fewer than one batch "
+                f"({self.task.batch_size} per process x {world} processes)"
+            )
+        return per_epoch
+
+    def _batches(self, dataset: Dataset, steps_per_epoch: int) -> Iterator[Any]:
+        """Micro-batches from the saved data position on; the order depends only on (seed, epoch)."""
+        acc, size = self.accelerator, self.task.batch_size
+        while True:
+            order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(
+                self.cfg.seed * 100_003 + self.state.epoch))
+            shard = order[: steps_per_epoch * size * acc.num_processes][acc.process_index :: acc.num_processes]
+            while self.state.batch_in_epoch < steps_per_epoch:
+                start = self.state.batch_in_epoch * size
+                self.state.batch_in_epoch += 1
+                yield self.task.collate([dataset[int(i)] for i in shard[start : start + size]])
+            self.state.epoch += 1
+            self.state.batch_in_epoch = 0
+
+    # ------------------------------------------------------------------ schedule
+    def _lr_lambda(self, step: int) -> float:
+        cfg = self.cfg
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.schedule == "constant":
+            return 1.0
+        progress_ = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+        if cfg.schedule == "linear":
+            decay = 1.0 - progress_
+        else:
+            decay = 0.5 * (1.0 + math.cos(math.pi * progress_))
+        return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * decay
+
+    # ------------------------------------------------------------------ checkpoints
+    def _save_checkpoint(self, model: nn.Module, optimizer, scheduler) -> None:
+        acc = self.accelerator
+        final = self.run.checkpoints_dir / f"step_{self.state.step}"
+        tmp = self.run.checkpoints_dir / f".step_{self.state.step}.tmp"
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        save_torch_state(_rng_state(), tmp / f"rng_rank{acc.process_index}.pt")
+        if acc.is_main_process:
+            save_tensors(acc.unwrap_model(model).state_dict(), tmp / "model.safetensors")
+            save_torch_state(optimizer.state_dict(), tmp / "optimizer.pt")
+            save_torch_state(scheduler.state_dict(), tmp / "scheduler.pt")
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            # state.json is written last: a checkpoint without it is incomplete and ignored.
+            write_json(tmp / "state.json", {"format_version": FORMAT_VERSION, **dataclasses.asdict(self.state)})
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+            for old in self.run.checkpoints()[: -self.cfg.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+
+    def _resume(self, model: nn.Module, optimizer, scheduler) -> None:
+        checkpoint = self.run.latest_checkpoint()
+        if checkpoint is None:
+            return
+        meta = read_json(checkpoint / "state.json")
+        if meta.pop("format_version", None) != FORMAT_VERSION:
+            raise ValueError(f"{checkpoint}: unsupported checkpoint format version")
+        self.state = TrainState(**meta)
+        self.accelerator.unwrap_model(model).load_state_dict(load_tensors(checkpoint / "model.safetensors"))
+        optimizer.load_state_dict(load_torch_state(checkpoint / "optimizer.pt"))
+        scheduler.load_state_dict(load_torch_state(checkpoint / "scheduler.pt"))
+        rng_file = checkpoint / f"rng_rank{self.accelerator.process_index}.pt"
+        if not rng_file.is_file():
+            raise FileNotFoundError(f"{rng_file}: resuming needs the same number of processes as the run had")
+        _set_rng_state(load_torch_state(rng_file))
+        if self.accelerator.is_main_process:
+            self.run.truncate_metrics(self.state.step)
+            print(f"resumed from {checkpoint} (step {self.state.step}, {self.state.tokens_seen} tokens)")
+
+
+def load_model_weights(model: nn.Module, checkpoint_dir: str | Path) -> nn.Module:
+    """Load `model.safetensors` from a checkpoint (or `best/`) folder into `model`."""
+    model.load_state_dict(load_tensors(Path(checkpoint_dir) / "model.safetensors"))
+    return model
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """Move every tensor inside nested dicts/lists/tuples/dataclasses to `device`."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, list | tuple):
+        return type(batch)(to_device(v, device) for v in batch)
+    if dataclasses.is_dataclass(batch) and not isinstance(batch, type):
+        return dataclasses.replace(batch, **{f.name: to_device(getattr(batch, f.name), device)
+                                             for f in dataclasses.fields(batch)})
+    return batch
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(_to_tuple(state["python"]))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_tuple(value):
+    return tuple(_to_tuple(v) for v in value) if isinstance(value, list | tuple) else value

@@ -1,0 +1,1 @@
+"""Data: corpus readers, vocabularies, content-hashed on-disk caches."""

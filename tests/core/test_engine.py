@@ -1,0 +1,99 @@
+import math
+
+import pytest
+import torch
+
+from latentlm.core import RunDir, Trainer, TrainConfig, seed_everything
+from latentlm.core.checkpoint import load_tensors
+from tests.core.toy_task import ToyRegression
+
+
+def _train(path, max_steps, task=None, **overrides):
+    cfg = TrainConfig(max_steps=max_steps, lr=1e-2, log_every=1, schedule="cosine", warmup_steps=3, **overrides)
+    trainer = Trainer(task or ToyRegression(), cfg, RunDir(path, tensorboard=False))
+    state = trainer.fit()
+    return trainer, state
+
+
+class _Interrupted(ToyRegression):
+    """Dies like a killed job in the middle of step 26 (last checkpoint: step 20)."""
+
+    def loss(self, model, batch, state):
+        if state.step == 25:
+            raise KeyboardInterrupt
+        return super().loss(model, batch, state)
+
+
+def test_training_reduces_loss(tmp_path):
+    trainer, state = _train(tmp_path, 60)
+    records = RunDir(tmp_path).read_metrics()
+    losses = [r["train/loss"] for r in records if "train/loss" in r]
+    assert state.step == 60 and len(losses) == 60
+    seed_everything(0)  # the Trainer seeds the same way before building the model
+    task = ToyRegression()
+    initial_mse = task.evaluate(task.build_model(), state)["mse"]
+    assert trainer.task.evaluate(trainer.model.eval(), state)["mse"] < 0.5 * initial_mse
+    assert state.tokens_seen == 60 * 4
+    assert any("eval/mse" in r for r in records)
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    full, _ = _train(tmp_path / "full", 30, checkpoint_every=10, grad_accum=2)
+    with pytest.raises(KeyboardInterrupt):
+        _train(tmp_path / "cut", 30, task=_Interrupted(), checkpoint_every=10, grad_accum=2)
+    resumed, state = _train(tmp_path / "cut", 30, checkpoint_every=10, grad_accum=2)
+    assert state.step == 30
+    for (name, a), (_, b) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    full_log = [r["train/loss"] for r in RunDir(tmp_path / "full").read_metrics() if "train/loss" in r]
+    cut_log = [r["train/loss"] for r in RunDir(tmp_path / "cut").read_metrics() if "train/loss" in r]
+    assert full_log == cut_log
+
+
+def test_checkpoints_are_complete_and_pruned(tmp_path):
+    trainer, _ = _train(tmp_path, 25, checkpoint_every=5, keep_checkpoints=2)
+    run = RunDir(tmp_path)
+    assert [p.name for p in run.checkpoints()] == ["step_20", "step_25"]
+    weights = load_tensors(run.latest_checkpoint() / "model.safetensors")
+    for name, value in trainer.model.state_dict().items():
+        torch.testing.assert_close(weights[name], value)
+    assert not list(run.checkpoints_dir.glob(".*tmp"))
+
+
+def test_lr_schedule_warmup_then_cosine(tmp_path):
+    _train(tmp_path, 13)
+    lrs = [r["train/lr"] for r in RunDir(tmp_path).read_metrics() if "train/lr" in r]
+    # The lr logged after step k is the one set for step k+1: warm-up (s+1)/3 for s < 3, then a cosine
+    # from 1 at s=3 to 0 at s=13.
+    def expected(s):
+        return (s + 1) / 3 if s < 3 else 0.5 * (1 + math.cos(math.pi * (s - 3) / 10))
+
+    assert lrs == pytest.approx([1e-2 * expected(k + 1) for k in range(13)], abs=1e-12)
+
+
+def test_best_checkpoint_tracked(tmp_path):
+    _train(tmp_path, 20, eval_every=5, best_metric="mse")
+    evals = [r["eval/mse"] for r in RunDir(tmp_path).read_metrics() if "eval/mse" in r]
+    best = load_tensors(tmp_path / "best" / "model.safetensors")
+    assert best and len(evals) == 4
+
+
+class _NaNTask(ToyRegression):
+    def loss(self, model, batch, state):
+        out = super().loss(model, batch, state)
+        if state.step == 3:
+            out.loss = out.loss * float("nan")
+        return out
+
+
+def test_nan_loss_stops_with_step(tmp_path):
+    trainer = Trainer(_NaNTask(), TrainConfig(max_steps=10, checkpoint_every=2), RunDir(tmp_path, tensorboard=False))
+    with pytest.raises(FloatingPointError, match="step 4"):
+        trainer.fit()
+    assert RunDir(tmp_path).latest_checkpoint().name == "step_2"
+
+
+def test_dataset_smaller_than_a_batch(tmp_path):
+    task = ToyRegression(n=3)
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        Trainer(task, TrainConfig(max_steps=2), RunDir(tmp_path, tensorboard=False)).fit()
