@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate.state import AcceleratorState
 from torch import nn
 from torch.utils.data import Dataset, default_collate
 
@@ -79,6 +80,8 @@ class TrainConfig:
     """min | max: whether a lower or higher `best_metric` is better."""
     find_unused_parameters: bool = False
     """For DDP when some parameters get no gradient in a step (frozen branches, loss modes)."""
+    cpu: bool = False
+    """Train on CPU even when a GPU is present."""
     seed: int = 0
 
     def __post_init__(self):
@@ -157,10 +160,7 @@ class Trainer:
         self.task = task
         self.cfg = cfg
         self.run = run
-        self.accelerator = accelerator or Accelerator(
-            mixed_precision=cfg.mixed_precision,
-            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.find_unused_parameters)],
-        )
+        self.accelerator = accelerator or _make_accelerator(cfg)
         self.model: nn.Module | None = None
         self.state = TrainState()
 
@@ -350,6 +350,18 @@ class Trainer:
         if self.accelerator.is_main_process:
             self.run.truncate_metrics(self.state.step)
             print(f"resumed from {checkpoint} (step {self.state.step}, {self.state.tokens_seen} tokens)")
+
+
+def _make_accelerator(cfg: TrainConfig) -> Accelerator:
+    # Accelerate keeps process-wide state; its precision part is reset so that runs with different
+    # settings can follow each other in one process (the distributed group itself is kept).
+    AcceleratorState._reset_state(reset_partial_state=False)
+    has_accelerator = torch.cuda.is_available() or torch.backends.mps.is_available()
+    return Accelerator(
+        cpu=cfg.cpu or not has_accelerator,  # without cpu=True, torchrun on CPUs would not start gloo
+        mixed_precision=cfg.mixed_precision,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.find_unused_parameters)],
+    )
 
 
 def load_model_weights(model: nn.Module, checkpoint_dir: str | Path) -> nn.Module:
