@@ -42,9 +42,13 @@ def state_counts(
     start = torch.bincount(states[:, 0], minlength=num_states).to(dtype)
     pair_mask = mask[:, 1:]
     pairs = states[:, :-1][pair_mask] * num_states + states[:, 1:][pair_mask]
-    transition = torch.bincount(pairs, minlength=num_states * num_states).to(dtype).view(num_states, num_states)
+    transition = (
+        torch.bincount(pairs, minlength=num_states * num_states).to(dtype).view(num_states, num_states)
+    )
     emitted = states[mask] * vocab_size + obs[mask]
-    emission = torch.bincount(emitted, minlength=num_states * vocab_size).to(dtype).view(num_states, vocab_size)
+    emission = (
+        torch.bincount(emitted, minlength=num_states * vocab_size).to(dtype).view(num_states, vocab_size)
+    )
     return start, transition, emission
 
 

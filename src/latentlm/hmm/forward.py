@@ -66,7 +66,9 @@ def check_observations(obs: Tensor, mask: Tensor | None, vocab_size: int | None 
     if mask is None:
         mask = torch.ones_like(obs, dtype=torch.bool)
     if mask.shape != obs.shape or mask.dtype != torch.bool:
-        raise ValueError(f"mask must be bool of shape {tuple(obs.shape)}, got {mask.dtype} {tuple(mask.shape)}")
+        raise ValueError(
+            f"mask must be bool of shape {tuple(obs.shape)}, got {mask.dtype} {tuple(mask.shape)}"
+        )
     if not bool(mask[:, 0].all()):
         raise ValueError("mask: every sequence must start with a real token (empty or left-padded sequence)")
     if obs.shape[1] > 1 and bool((mask[:, 1:] & ~mask[:, :-1]).any()):

@@ -54,7 +54,9 @@ class HMMConfig:
         if self.vocab_size < 1:
             raise ValueError(f"vocab_size: must be >= 1, got {self.vocab_size}")
         if self.parameterization not in PARAMETERIZATIONS:
-            raise ValueError(f"parameterization: must be one of {PARAMETERIZATIONS}, got {self.parameterization!r}")
+            raise ValueError(
+                f"parameterization: must be one of {PARAMETERIZATIONS}, got {self.parameterization!r}"
+            )
         if self.init_std <= 0:
             raise ValueError(f"init_std: must be > 0, got {self.init_std}")
         if self.embedding_dim < 1 or self.hidden_dim < 1:
@@ -174,11 +176,9 @@ class HMMLanguageModel(nn.Module, PretrainedMixin):
         """``(B,)`` ``log P(O, S)`` for given ``(B, T)`` states, by direct gather."""
         return inference.joint_log_likelihood(*self.log_parameters(), obs, states, mask)
 
-    def forward(self, obs: Tensor, mask: Tensor | None = None, states: Tensor | None = None) -> Tensor:
-        """``log P(O)``, or ``log P(O, S)`` when ``states`` is given; ``(B,)``."""
-        if states is None:
-            return self.log_likelihood(obs, mask)
-        return self.joint_log_likelihood(obs, states, mask)
+    def forward(self) -> HMMParameters:
+        """The normalised log parameters; training code calls the (possibly DDP-wrapped) model for them."""
+        return self.log_parameters()
 
     @torch.no_grad()
     def posteriors(self, obs: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -215,7 +215,9 @@ class HMMLanguageModel(nn.Module, PretrainedMixin):
         words = torch.empty(num_sequences, max_length, dtype=torch.long)
         mask = torch.zeros(num_sequences, max_length, dtype=torch.bool)
         alive = torch.ones(num_sequences, dtype=torch.bool)
-        state = torch.multinomial(log_start.exp().expand(num_sequences, -1), 1, generator=generator).squeeze(1)
+        state = torch.multinomial(log_start.exp().expand(num_sequences, -1), 1, generator=generator).squeeze(
+            1
+        )
         for t in range(max_length):
             if t > 0:
                 state = torch.multinomial(transition[state], 1, generator=generator).squeeze(1)  # (N,)
