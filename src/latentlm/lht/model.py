@@ -74,27 +74,28 @@ class LHTConfig:
             raise ValueError(f"model.dropout: must be in [0, 1), got {self.dropout}")
 
 
-def rope_tables(positions: Tensor, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
+def rope_tables(
+    positions: Tensor, head_dim: int, theta: float, dtype: torch.dtype = torch.float32
+) -> tuple[Tensor, Tensor]:
     """Cos/sin tables for rotary embeddings at arbitrary positions.
 
     Args:
         positions: (B, S) long.
         head_dim: Dh (even).
         theta: RoPE base.
+        dtype: float32 or float64 (tables are never computed in half precision).
 
     Returns:
-        cos, sin: (B, 1, S, Dh / 2) float32.
+        cos, sin: (B, 1, S, Dh / 2).
     """
-    inv_freq = theta ** (
-        -torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim
-    )
-    angles = positions[:, None, :, None].float() * inv_freq  # (B, 1, S, Dh/2)
+    exponents = torch.arange(0, head_dim, 2, device=positions.device, dtype=dtype) / head_dim
+    angles = positions[:, None, :, None].to(dtype) * theta ** (-exponents)  # (B, 1, S, Dh/2)
     return angles.cos(), angles.sin()
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate (B, H, S, Dh) by the tables (pairs are the two halves of the head dimension)."""
-    first, second = x.float().chunk(2, dim=-1)
+    first, second = x.to(cos.dtype).chunk(2, dim=-1)
     rotated = torch.cat([first * cos - second * sin, first * sin + second * cos], dim=-1)
     return rotated.to(x.dtype)
 
@@ -257,9 +258,9 @@ class LHTForMaskedLM(nn.Module, PretrainedMixin):
         return output
 
     def _prepare(self, layout: HierarchyLayout) -> tuple[object, Tensor, Tensor]:
-        cos, sin = rope_tables(
-            layout.position, self.config.hidden_size // self.config.num_heads, self.config.rope_theta
-        )
+        dtype = torch.promote_types(self.embed.weight.dtype, torch.float32)
+        head_dim = self.config.hidden_size // self.config.num_heads
+        cos, sin = rope_tables(layout.position, head_dim, self.config.rope_theta, dtype)
         return self.backend.prepare(layout), cos, sin
 
 

@@ -94,7 +94,8 @@ class LevelRouter(nn.Module):
         """
         q = self.query(states[:, 1:])
         k = self.key(states[:, :-1])
-        cos = nn.functional.cosine_similarity(q.float(), k.float(), dim=-1)  # (B, M-1)
+        dtype = torch.promote_types(q.dtype, torch.float32)  # bf16 states: score in float32
+        cos = nn.functional.cosine_similarity(q.to(dtype), k.to(dtype), dim=-1)  # (B, M-1)
         probs = torch.cat([torch.ones_like(cos[:, :1]), (0.5 * (1.0 - cos)).clamp(0.0, 1.0)], dim=1)
         probs = probs * valid
         boundaries = (probs >= 0.5) & valid
@@ -117,8 +118,8 @@ def ratio_loss(probs: Tensor, boundaries: Tensor, valid: Tensor, target_ratio: f
     Returns:
         Scalar loss.
     """
-    count = valid.sum().clamp(min=1)
-    f = (boundaries & valid).sum() / count
+    count = valid.sum().clamp(min=1).to(probs.dtype)
+    f = (boundaries & valid).sum().to(probs.dtype) / count
     g = (probs * valid).sum() / count
     n = target_ratio
     return n / (n - 1.0) * ((n - 1.0) * f * g + (1.0 - f) * (1.0 - g))
