@@ -42,7 +42,9 @@ def test_reader_real_and_errors(tmp_path, data_dir):
     assert len(select_examples(examples, 5, offset=2)) == 5
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"data": [{"paragraphs": [{"context": "x", "qas": [{"question": "q"}]}]}]}))
-    with pytest.raises(SquadFormatError, match=r"bad.json: data\[0\].paragraphs\[0\].qas\[0\]: missing field 'answers'"):
+    with pytest.raises(
+        SquadFormatError, match=r"bad.json: data\[0\].paragraphs\[0\].qas\[0\]: missing field 'answers'"
+    ):
         load_squad(bad)
     broken = tmp_path / "broken.json"
     broken.write_text("{\n oops")

@@ -24,7 +24,11 @@ def _facts(rng: random.Random, place: str) -> list[tuple[str, str, str]]:
         (f"The capital of {place} is {city}.", f"What is the capital of {place}?", city),
         (f"The flag of {place} is {color}.", f"What color is the flag of {place}?", color),
         (f"{place} was founded in {year}.", f"When was {place} founded?", year),
-        (f"The national animal of {place} is the {animal}.", f"What is the national animal of {place}?", animal),
+        (
+            f"The national animal of {place} is the {animal}.",
+            f"What is the national animal of {place}?",
+            animal,
+        ),
     ]
 
 

@@ -293,7 +293,9 @@ class WireRunConfig:
     phases: list[PhaseConfig] = field(
         default_factory=lambda: [
             PhaseConfig(name="stage_a", steps=60),
-            PhaseConfig(name="stage_b", steps=40, text_warmup_steps=8, text_tail_prob=0.05, first_token_scale=2.0),
+            PhaseConfig(
+                name="stage_b", steps=40, text_warmup_steps=8, text_tail_prob=0.05, first_token_scale=2.0
+            ),
         ]
     )
     """Training stages in order (Stage A: encoder + adapters; Stage B: text/latent warm-up, tail)."""
@@ -305,7 +307,10 @@ class WireRunConfig:
     """Encoder LR = train.lr x this (seed 001: encoder slower than adapters)."""
     diagnostics_every: int = 10
     """Write first-token diagnostics and per-loss gradient norms to diagnostics.jsonl every N steps (0: off)."""
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=100, lr=1e-3, log_every=5))
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(max_steps=100, lr=1e-3, log_every=5, best_metric="gold_nll_mean")
+    )
+    """Engine settings; `best/` keeps the weights with the lowest in-training gold NLL."""
 
     def __post_init__(self):
         if not self.models:

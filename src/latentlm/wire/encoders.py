@@ -171,7 +171,9 @@ class AnchorGuidedEncoder(nn.Module):
 ENCODERS = {"byte": ByteEncoder, "stquery": STQueryEncoder, "anchor": AnchorGuidedEncoder}
 
 
-def build_encoder(cfg: EncoderConfig, latent: LatentConfig, num_models: int, st_dim: int, model_dims) -> nn.Module:
+def build_encoder(
+    cfg: EncoderConfig, latent: LatentConfig, num_models: int, st_dim: int, model_dims
+) -> nn.Module:
     """The encoder named by `cfg.kind`, emitting shared + per-model private slots."""
     slots = latent.shared_length + num_models * latent.private_length
     encoder = ENCODERS[cfg.kind](cfg, slots, latent.d_z, st_dim=st_dim, model_dims=tuple(model_dims))

@@ -232,7 +232,9 @@ class FrozenLM:
     def forward_embeds(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Logits (B, T, V) for embeddings (B, T, d) with any padding; positions follow the mask."""
         position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, use_cache=False)
+        out = self.model(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, use_cache=False
+        )
         return out.logits
 
     def teacher_forced_logits(
@@ -317,7 +319,9 @@ class FrozenLM:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True).strip()
 
 
-def answer_cross_entropy(logits: torch.Tensor, answer_ids: torch.Tensor, answer_mask: torch.Tensor) -> torch.Tensor:
+def answer_cross_entropy(
+    logits: torch.Tensor, answer_ids: torch.Tensor, answer_mask: torch.Tensor
+) -> torch.Tensor:
     """Mean CE over real answer tokens; PAD positions (mask 0) never contribute.
 
     Args:
@@ -328,7 +332,9 @@ def answer_cross_entropy(logits: torch.Tensor, answer_ids: torch.Tensor, answer_
     labels = answer_ids.masked_fill(answer_mask == 0, IGNORE_INDEX)
     if (labels != IGNORE_INDEX).sum() == 0:
         return logits.sum() * 0.0
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=IGNORE_INDEX)
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=IGNORE_INDEX
+    )
 
 
 def load_frozen_lm(
