@@ -15,7 +15,11 @@ from latentlm.diffusion.objectives import (
     predicted_clean_latent,
     subs_log_probs,
 )
-from latentlm.diffusion.schedules import CosineGaussianSchedule, LogLinearMaskingSchedule, sample_diffusion_times
+from latentlm.diffusion.schedules import (
+    CosineGaussianSchedule,
+    LogLinearMaskingSchedule,
+    sample_diffusion_times,
+)
 
 MASK = 4  # vocab {0, 1, 2, 3, [MASK]=4}
 

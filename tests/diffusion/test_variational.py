@@ -21,7 +21,10 @@ def _log_normal(z, mu, logvar):
 
 def test_kl_closed_form_matches_monte_carlo():
     g = torch.Generator().manual_seed(0)
-    mu_q, mu_p = torch.randn(3, generator=g, dtype=torch.float64), torch.randn(3, generator=g, dtype=torch.float64)
+    mu_q, mu_p = (
+        torch.randn(3, generator=g, dtype=torch.float64),
+        torch.randn(3, generator=g, dtype=torch.float64),
+    )
     logvar_q = 0.5 * torch.randn(3, generator=g, dtype=torch.float64)
     logvar_p = 0.5 * torch.randn(3, generator=g, dtype=torch.float64)
     n = 400_000
@@ -31,9 +34,13 @@ def test_kl_closed_form_matches_monte_carlo():
     stderr = log_ratio.std() / math.sqrt(n)
     assert abs(float(log_ratio.mean() - closed)) < 4 * float(stderr)
     # Zero for identical distributions; matches the textbook formula against N(0, I).
-    torch.testing.assert_close(kl_divergence(mu_q, logvar_q, mu_q, logvar_q), torch.tensor(0.0, dtype=torch.float64))
+    torch.testing.assert_close(
+        kl_divergence(mu_q, logvar_q, mu_q, logvar_q), torch.tensor(0.0, dtype=torch.float64)
+    )
     textbook = -0.5 * (1 + logvar_q - mu_q**2 - logvar_q.exp()).sum()
-    torch.testing.assert_close(kl_divergence(mu_q, logvar_q, torch.zeros(3).double(), torch.zeros(3).double()), textbook)
+    torch.testing.assert_close(
+        kl_divergence(mu_q, logvar_q, torch.zeros(3).double(), torch.zeros(3).double()), textbook
+    )
 
 
 def test_reparameterize_moments_and_gradients():

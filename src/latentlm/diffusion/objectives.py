@@ -10,18 +10,19 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from latentlm.diffusion.schedules import CosineGaussianSchedule, LogLinearMaskingSchedule
+from latentlm.metrics.perplexity import perplexity
 
 __all__ = [
     "apply_masking",
     "subs_log_probs",
     "subs_target_log_probs",
+    "masked_nelbo",
     "mdlm_loss",
     "noise_latent",
     "latent_target",
@@ -99,6 +100,34 @@ def subs_target_log_probs(logits: torch.Tensor, targets: torch.Tensor, mask_id: 
     return -F.cross_entropy(logits, targets, reduction="none")
 
 
+def masked_nelbo(
+    logits: torch.Tensor,
+    x0: torch.Tensor,
+    masked: torch.Tensor,
+    t: torch.Tensor,
+    schedule: LogLinearMaskingSchedule,
+    mask_id: int,
+) -> torch.Tensor:
+    """NELBO per sequence from the logits at the masked positions.
+
+    Args:
+        logits: (N, V) at the N masked positions of ``masked`` in row-major order.
+        x0: clean ids, (B, T).
+        masked: (B, T) bool.
+        t: times, (B,).
+        schedule: masking schedule.
+        mask_id: the [MASK] id.
+
+    Returns:
+        (B,) ``w(t) * sum over masked positions of -log p(x_0 | x_t)``; rows without masks give 0
+        (also at t = 0, where nothing can be masked; the weight is evaluated at ``max(t, 1e-6)``).
+    """
+    nll = torch.zeros(x0.shape, dtype=torch.float32, device=x0.device)
+    if masked.any():
+        nll = nll.masked_scatter(masked, -subs_target_log_probs(logits, x0[masked], mask_id))
+    return schedule.loss_weight(t.clamp_min(1e-6)) * nll.sum(-1)
+
+
 def mdlm_loss(
     denoise_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     x0: torch.Tensor,
@@ -115,7 +144,7 @@ def mdlm_loss(
             row-major order (computing the head only there saves a vocabulary-sized matmul per clean
             token).
         x0: clean ids, (B, T).
-        t: times in (0, 1], (B,).
+        t: times in [0, 1], (B,).
         schedule: masking schedule.
         mask_id: the [MASK] id.
         generator: torch generator for the mask draw.
@@ -125,15 +154,15 @@ def mdlm_loss(
         (nelbo (B,) in nats: ``(1/t) * sum over masked positions of -log p``, masked (B, T) bool).
     """
     x_t, masked = apply_masking(x0, t, schedule, mask_id, generator, maskable)
-    nll = x0.new_zeros(x0.shape, dtype=torch.float32)
-    if masked.any():
-        logits = denoise_fn(x_t, masked)
-        nll = nll.masked_scatter(masked, -subs_target_log_probs(logits, x0[masked], mask_id))
-    return schedule.loss_weight(t) * nll.sum(-1), masked
+    logits = denoise_fn(x_t, masked) if masked.any() else None
+    return masked_nelbo(logits, x0, masked, t, schedule, mask_id), masked
 
 
 def noise_latent(
-    z0: torch.Tensor, t: torch.Tensor, schedule: CosineGaussianSchedule, generator: torch.Generator | None = None
+    z0: torch.Tensor,
+    t: torch.Tensor,
+    schedule: CosineGaussianSchedule,
+    generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward process ``z_t = alpha_t z_0 + sigma_t eps``.
 
@@ -164,7 +193,11 @@ def latent_target(
 
 
 def predicted_clean_latent(
-    output: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor, schedule: CosineGaussianSchedule, prediction: str
+    output: torch.Tensor,
+    z_t: torch.Tensor,
+    t: torch.Tensor,
+    schedule: CosineGaussianSchedule,
+    prediction: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Convert a network output into (predicted z_0, predicted eps).
 
@@ -204,6 +237,4 @@ def gaussian_latent_loss(
 
 def perplexity_bound(total_nelbo: float, total_tokens: int) -> float:
     """``exp(total NELBO / tokens)``: an upper bound on the perplexity (the NELBO bounds -log p)."""
-    if total_tokens <= 0:
-        raise ValueError("perplexity_bound: total_tokens must be positive")
-    return math.exp(total_nelbo / total_tokens)
+    return perplexity(total_nelbo, total_tokens)

@@ -58,7 +58,9 @@ class TextLatentEncoder(nn.Module):
         nn.init.zeros_(self.logvar_head.weight)
         nn.init.zeros_(self.logvar_head.bias)
 
-    def forward(self, hidden: torch.Tensor, keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, hidden: torch.Tensor, keep: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Args: hidden (B, T, D), keep (B, T) bool. Returns: (mu (B, d), logvar (B, d))."""
         features = self.mlp(masked_mean(hidden, keep))
         return self.mu_head(features), self.logvar_head(features).clamp(-10.0, 10.0)
@@ -70,7 +72,9 @@ class LatentPrior(nn.Module):
     def __init__(self, latent_dim: int, prior_type: str = "fixed_gaussian") -> None:
         super().__init__()
         if prior_type not in LATENT_PRIOR_TYPES:
-            raise ValueError(f"model.latent_prior_type must be one of {LATENT_PRIOR_TYPES}, got {prior_type!r}")
+            raise ValueError(
+                f"model.latent_prior_type must be one of {LATENT_PRIOR_TYPES}, got {prior_type!r}"
+            )
         self.prior_type = prior_type
         zeros = torch.zeros(latent_dim)
         if prior_type == "learned_gaussian":
@@ -103,10 +107,14 @@ def kl_divergence(
     Returns:
         (...) KL in nats.
     """
-    return 0.5 * (logvar_p - logvar_q + (logvar_q.exp() + (mu_q - mu_p).pow(2)) / logvar_p.exp() - 1.0).sum(-1)
+    return 0.5 * (logvar_p - logvar_q + (logvar_q.exp() + (mu_q - mu_p).pow(2)) / logvar_p.exp() - 1.0).sum(
+        -1
+    )
 
 
-def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def reparameterize(
+    mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """``z = mu + exp(logvar / 2) * eps``, eps ~ N(0, I) (differentiable in mu and logvar)."""
     eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype).to(mu.device)
     return mu + (0.5 * logvar).exp() * eps

@@ -66,7 +66,9 @@ def wkv_naive(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_w: torch.Te
     outputs = []
     for t in range(T):
         outputs.append(torch.einsum("bhk,bhkv->bhv", r[:, :, t], state))
-        state = log_w[:, :, t].exp().unsqueeze(-1) * state + k[:, :, t].unsqueeze(-1) * v[:, :, t].unsqueeze(-2)
+        state = log_w[:, :, t].exp().unsqueeze(-1) * state + k[:, :, t].unsqueeze(-1) * v[:, :, t].unsqueeze(
+            -2
+        )
     return torch.stack(outputs, dim=2)
 
 
@@ -248,7 +250,12 @@ class JointTimeMix(nn.Module):
     """
 
     def __init__(
-        self, d_model: int, num_heads: int, decay_lora_rank: int = 16, impl: str = "chunked", chunk_size: int = 32
+        self,
+        d_model: int,
+        num_heads: int,
+        decay_lora_rank: int = 16,
+        impl: str = "chunked",
+        chunk_size: int = 32,
     ) -> None:
         super().__init__()
         self.text = TimeMixStream(d_model, num_heads, decay_lora_rank)
@@ -267,7 +274,9 @@ class JointTimeMix(nn.Module):
         """
         M = x_latent.shape[1]
         p_text, p_latent = self.text.project(x_text), self.latent.project(x_latent)
-        joint = {name: torch.cat([p_latent[name], p_text[name]], dim=2) for name in ("r", "k", "v", "log_w", "u")}
+        joint = {
+            name: torch.cat([p_latent[name], p_text[name]], dim=2) for name in ("r", "k", "v", "log_w", "u")
+        }
         y = bidirectional_wkv(**joint, impl=self.impl, chunk_size=self.chunk_size)  # (B, H, M+T, K)
         return self.text.finish(y[:, :, M:], p_text["g"]), self.latent.finish(y[:, :, :M], p_latent["g"])
 

@@ -1,0 +1,281 @@
+"""Sampling from the joint denoiser (seed 002, "Sampling Functions").
+
+* ``sample_text_from_latent`` (L2T): MDLM ancestral sampling with SUBS — start fully masked, and at
+  each step ``t -> s`` unmask every still-masked position with probability
+  ``(alpha_s - alpha_t) / (1 - alpha_t)``, drawing its token from p_theta(x_0 | x_t) with temperature,
+  top-k and top-p; unmasked tokens never change.  Categorical draws use the Gumbel-max trick with
+  Gumbel noise in float64 (float32 noise biases low-probability tokens, Zheng et al. 2024).
+* ``sample_latent_from_text`` (T2L): deterministic DDIM on the cosine schedule with classifier-free
+  guidance ``pred = uncond + s * (cond - uncond)``, the null condition being fully masked text.
+* ``sample_joint``: both modalities from noise on one time grid.
+
+All samplers take the ``LatentDiffusionLM`` (or its ``rwkv`` denoiser) and return latents in the
+model's (standardised) latent space.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from latentlm.diffusion.denoiser import TwoStreamDenoiser
+from latentlm.diffusion.objectives import predicted_clean_latent
+from latentlm.diffusion.schedules import CosineGaussianSchedule, LogLinearMaskingSchedule
+
+__all__ = [
+    "filter_logits",
+    "sample_categorical",
+    "sample_text_from_latent",
+    "sample_latent_from_text",
+    "sample_joint",
+    "decode_samples",
+]
+
+
+def _denoiser(model: nn.Module) -> TwoStreamDenoiser:
+    return model.rwkv if hasattr(model, "rwkv") else model
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Set logits outside the top-k set and outside the top-p nucleus to ``-inf``.
+
+    The nucleus is the smallest set of most likely tokens whose probability reaches ``top_p``
+    (the most likely token is always kept).
+
+    Args:
+        logits: (..., V).
+        top_k: keep the k largest (0: off).
+        top_p: nucleus mass in (0, 1] (1: off).
+
+    Returns:
+        filtered logits, same shape.
+    """
+    if top_k and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        mass_before = probs.cumsum(-1) - probs  # probability of strictly more likely tokens
+        drop_sorted = mass_before >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def sample_categorical(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Draw one index per row by Gumbel-max in float64.
+
+    Args:
+        logits: (..., V) (``-inf`` entries are never drawn).
+        temperature: divides the logits (> 0).
+        top_k, top_p: see ``filter_logits``.
+        generator: torch generator (CPU).
+
+    Returns:
+        (...) long indices.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    scaled = filter_logits(logits.double() / temperature, top_k, top_p)
+    uniform = torch.rand(scaled.shape, generator=generator, dtype=torch.float64).to(scaled.device)
+    uniform = uniform.clamp(torch.finfo(torch.float64).tiny, 1.0 - torch.finfo(torch.float64).eps)
+    gumbel = -torch.log(-torch.log(uniform))
+    return (scaled + gumbel).argmax(-1)
+
+
+def _time_grid(num_steps: int, device) -> torch.Tensor:
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    return torch.linspace(1.0, 0.0, num_steps + 1, device=device)
+
+
+def _unmask_step(
+    denoiser: TwoStreamDenoiser,
+    x_t: torch.Tensor,
+    logits: torch.Tensor,
+    t: float,
+    s: float,
+    schedule: LogLinearMaskingSchedule,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """One MDLM ancestral step t -> s on the text (SUBS: mask never drawn, unmasked tokens kept)."""
+    mask_id = denoiser.config.mask_token_id
+    logits = logits.double()
+    logits[..., mask_id] = float("-inf")
+    draws = sample_categorical(logits, temperature, top_k, top_p, generator)  # (B, T)
+    alpha_t, alpha_s = (float(schedule.alpha(torch.tensor(v))) for v in (t, s))
+    unmask_prob = 1.0 if s == 0.0 else (alpha_s - alpha_t) / (1.0 - alpha_t)
+    coin = torch.rand(x_t.shape, generator=generator, dtype=torch.float64).to(x_t.device) < unmask_prob
+    return torch.where((x_t == mask_id) & coin, draws, x_t)
+
+
+def _ddim_step(
+    output: torch.Tensor,
+    z_t: torch.Tensor,
+    t: float,
+    s: float,
+    schedule: CosineGaussianSchedule,
+    prediction: str,
+) -> torch.Tensor:
+    """Deterministic DDIM update z_t -> z_s from a v/eps prediction."""
+    B = z_t.shape[0]
+    t_vec = torch.full((B,), t, device=z_t.device)
+    z0_hat, eps_hat = predicted_clean_latent(output, z_t, t_vec, schedule, prediction)
+    alpha_s, sigma_s = schedule.alpha_sigma(torch.full((B, 1), s, device=z_t.device))
+    if s == 0.0:
+        return z0_hat
+    return alpha_s * z0_hat + sigma_s * eps_hat
+
+
+def _guided(cond: torch.Tensor, uncond: torch.Tensor | None, scale: float) -> torch.Tensor:
+    return cond if uncond is None else uncond + scale * (cond - uncond)
+
+
+@torch.no_grad()
+def sample_text_from_latent(
+    model: nn.Module,
+    latent: torch.Tensor,
+    seq_len: int | None = None,
+    num_steps: int = 64,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    guidance_scale: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """L2T: text ids conditioned on clean latents.
+
+    Args:
+        model: ``LatentDiffusionLM`` or ``TwoStreamDenoiser``.
+        latent: (B, d) standardised latents (a (B, 1, d) tensor is accepted too).
+        seq_len: tokens to generate (default: the model's ``seq_len``).
+        num_steps: denoising steps.
+        temperature, top_k, top_p: token sampling controls.
+        guidance_scale: CFG scale on the logits (1: conditional only; the null condition is a
+            fully noised latent).
+        generator: torch generator for reproducible samples.
+
+    Returns:
+        (B, seq_len) token ids without [MASK].
+    """
+    denoiser = _denoiser(model)
+    cfg = denoiser.config
+    latent = latent.reshape(latent.shape[0], -1)
+    if latent.shape[1] != cfg.latent_dim:
+        raise ValueError(f"latent has size {latent.shape[1]}, the model expects {cfg.latent_dim}")
+    B, device = latent.shape[0], latent.device
+    seq_len = seq_len or cfg.seq_len
+    text_schedule, latent_schedule = LogLinearMaskingSchedule(), CosineGaussianSchedule()
+    x_t = torch.full((B, seq_len), cfg.mask_token_id, dtype=torch.long, device=device)
+    zeros, ones = torch.zeros(B, device=device), torch.ones(B, device=device)
+    null_latent = torch.randn(latent.shape, generator=generator).to(device) if guidance_scale != 1.0 else None
+    z_clean = latent_schedule.alpha_sigma(zeros)[0].unsqueeze(-1) * latent
+    grid = _time_grid(num_steps, device)
+    for t, s in zip(grid[:-1].tolist(), grid[1:].tolist(), strict=True):
+        t_vec = torch.full((B,), t, device=device)
+        cond = denoiser.text_logits(denoiser(x_t, z_clean, t_vec, zeros).text_hidden)
+        uncond = None
+        if null_latent is not None:
+            uncond = denoiser.text_logits(denoiser(x_t, null_latent, t_vec, ones).text_hidden)
+        logits = _guided(cond.double(), None if uncond is None else uncond.double(), guidance_scale)
+        x_t = _unmask_step(denoiser, x_t, logits, t, s, text_schedule, temperature, top_k, top_p, generator)
+    return x_t
+
+
+@torch.no_grad()
+def sample_latent_from_text(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    latent_dim: int | None = None,
+    num_steps: int = 64,
+    guidance_scale: float = 1.0,
+    prediction: str = "v",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """T2L: latents conditioned on clean text, by DDIM with classifier-free guidance.
+
+    Args:
+        model: ``LatentDiffusionLM`` or ``TwoStreamDenoiser``.
+        input_ids: (B, T) clean ids (a 1-D tensor is treated as one example).
+        latent_dim: optional check against the model's latent size.
+        num_steps: DDIM steps.
+        guidance_scale: CFG scale (1: conditional only; the null condition is fully masked text).
+        prediction: the model's latent target, ``v`` or ``eps``.
+        generator: torch generator.
+
+    Returns:
+        (B, d) standardised latents.
+    """
+    denoiser = _denoiser(model)
+    cfg = denoiser.config
+    if latent_dim is not None and latent_dim != cfg.latent_dim:
+        raise ValueError(f"latent_dim={latent_dim} but the model's latent size is {cfg.latent_dim}")
+    input_ids = input_ids.view(1, -1) if input_ids.dim() == 1 else input_ids
+    B, device = input_ids.shape[0], input_ids.device
+    schedule = CosineGaussianSchedule()
+    z_t = torch.randn(B, cfg.latent_dim, generator=generator).to(device)
+    zeros, ones = torch.zeros(B, device=device), torch.ones(B, device=device)
+    null_text = torch.full_like(input_ids, cfg.mask_token_id)
+    grid = _time_grid(num_steps, device)
+    for t, s in zip(grid[:-1].tolist(), grid[1:].tolist(), strict=True):
+        t_vec = torch.full((B,), t, device=device)
+        cond = denoiser(input_ids, z_t, zeros, t_vec).latent_output
+        uncond = denoiser(null_text, z_t, ones, t_vec).latent_output if guidance_scale != 1.0 else None
+        z_t = _ddim_step(_guided(cond, uncond, guidance_scale), z_t, t, s, schedule, prediction)
+    return z_t
+
+
+@torch.no_grad()
+def sample_joint(
+    model: nn.Module,
+    batch_size: int,
+    seq_len: int | None = None,
+    latent_dim: int | None = None,
+    num_steps: int = 64,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    prediction: str = "v",
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unconditional joint generation: text and latent denoised together from pure noise.
+
+    Returns:
+        (ids (B, seq_len), latents (B, d)).
+    """
+    denoiser = _denoiser(model)
+    cfg = denoiser.config
+    if latent_dim is not None and latent_dim != cfg.latent_dim:
+        raise ValueError(f"latent_dim={latent_dim} but the model's latent size is {cfg.latent_dim}")
+    seq_len = seq_len or cfg.seq_len
+    text_schedule, latent_schedule = LogLinearMaskingSchedule(), CosineGaussianSchedule()
+    x_t = torch.full((batch_size, seq_len), cfg.mask_token_id, dtype=torch.long, device=device)
+    z_t = torch.randn(batch_size, cfg.latent_dim, generator=generator).to(device)
+    grid = _time_grid(num_steps, device)
+    for t, s in zip(grid[:-1].tolist(), grid[1:].tolist(), strict=True):
+        t_vec = torch.full((batch_size,), t, device=device)
+        out = denoiser(x_t, z_t, t_vec, t_vec)
+        logits = denoiser.text_logits(out.text_hidden)
+        x_t = _unmask_step(denoiser, x_t, logits, t, s, text_schedule, temperature, top_k, top_p, generator)
+        z_t = _ddim_step(out.latent_output, z_t, t, s, latent_schedule, prediction)
+    return x_t, z_t
+
+
+def decode_samples(tokenizer, ids: torch.Tensor, sep_token_id: int, pad_token_id: int) -> list[str]:
+    """Texts of sampled id rows, cut at the first [SEP] or [PAD]."""
+    texts = []
+    for row in ids.tolist():
+        end = next((i for i, tok in enumerate(row) if tok in (sep_token_id, pad_token_id)), len(row))
+        texts.append(tokenizer.decode(row[:end], skip_special_tokens=True).strip())
+    return texts

@@ -1,0 +1,126 @@
+"""Top-k / top-p filtering vs brute force, Gumbel sampling frequencies, and the three samplers."""
+
+import math
+
+import pytest
+import torch
+
+from latentlm.diffusion.denoiser import DenoiserConfig, LatentDiffusionLM
+from latentlm.diffusion.sampling import (
+    filter_logits,
+    sample_categorical,
+    sample_joint,
+    sample_latent_from_text,
+    sample_text_from_latent,
+)
+
+
+def _nucleus_brute_force(probs, top_p):
+    order = sorted(range(len(probs)), key=lambda i: -probs[i])
+    kept, mass = [], 0.0
+    for i in order:
+        kept.append(i)
+        mass += probs[i]
+        if mass >= top_p:
+            break
+    return set(kept)
+
+
+@pytest.mark.parametrize("top_p", [0.3, 0.6, 0.9, 0.999])
+def test_top_p_matches_brute_force(top_p):
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(20, 11, generator=g, dtype=torch.float64)
+    filtered = filter_logits(logits, top_p=top_p)
+    for row in range(20):
+        expected = _nucleus_brute_force(logits[row].softmax(-1).tolist(), top_p)
+        assert set(torch.isfinite(filtered[row]).nonzero().flatten().tolist()) == expected
+
+
+def test_top_k_and_samples_stay_inside():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(4, 9, generator=g, dtype=torch.float64)
+    draws = sample_categorical(logits.expand(5000, 4, 9), top_k=3, generator=g)
+    for row in range(4):
+        top3 = set(logits[row].topk(3).indices.tolist())
+        assert set(draws[:, row].tolist()) <= top3
+        assert len(set(draws[:, row].tolist())) == 3  # all three reachable
+    draws_p = sample_categorical(logits.expand(5000, 4, 9), top_p=0.5, generator=g)
+    for row in range(4):
+        assert set(draws_p[:, row].tolist()) <= _nucleus_brute_force(logits[row].softmax(-1).tolist(), 0.5)
+
+
+def test_gumbel_frequencies_match_tempered_softmax():
+    g = torch.Generator().manual_seed(2)
+    logits = torch.tensor([1.0, 0.0, -1.0, 2.0], dtype=torch.float64)
+    n = 200_000
+    draws = sample_categorical(logits.expand(n, -1), temperature=0.7, top_k=3, generator=g)
+    freq = torch.bincount(draws, minlength=4).double() / n
+    kept = filter_logits(logits / 0.7, top_k=3)
+    expected = kept.softmax(-1)
+    stderr = (expected * (1 - expected) / n).sqrt().max()
+    torch.testing.assert_close(freq, expected, atol=5 * float(stderr), rtol=0)
+    assert freq[2] == 0.0  # outside the top-3
+
+
+def _tiny_model():
+    torch.manual_seed(0)
+    cfg = DenoiserConfig(
+        vocab_size=13,
+        mask_token_id=12,
+        latent_dim=5,
+        seq_len=7,
+        d_model=16,
+        num_layers=1,
+        num_heads=2,
+        wkv_chunk_size=4,
+    )
+    model = LatentDiffusionLM(cfg).eval()
+    with torch.no_grad():  # leave adaLN-Zero's identity start so that outputs depend on inputs
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def test_samplers_shapes_no_mask_and_reproducible():
+    model = _tiny_model()
+    latent = torch.randn(3, 5)
+    ids = sample_text_from_latent(
+        model, latent, num_steps=6, top_k=4, generator=torch.Generator().manual_seed(0)
+    )
+    assert ids.shape == (3, 7) and not (ids == 12).any()
+    again = sample_text_from_latent(
+        model, latent, num_steps=6, top_k=4, generator=torch.Generator().manual_seed(0)
+    )
+    assert torch.equal(ids, again)
+    guided = sample_text_from_latent(
+        model, latent, num_steps=6, guidance_scale=2.0, generator=torch.Generator().manual_seed(0)
+    )
+    assert guided.shape == (3, 7) and not (guided == 12).any()
+    z = sample_latent_from_text(
+        model, ids, latent_dim=5, num_steps=5, guidance_scale=1.5, generator=torch.Generator().manual_seed(0)
+    )
+    assert z.shape == (3, 5) and torch.isfinite(z).all()
+    text, z_joint = sample_joint(model, 2, num_steps=4, generator=torch.Generator().manual_seed(0))
+    assert text.shape == (2, 7) and z_joint.shape == (2, 5) and not (text == 12).any()
+    with pytest.raises(ValueError, match="latent_dim"):
+        sample_latent_from_text(model, ids, latent_dim=9)
+
+
+def test_single_step_text_sampling_is_a_full_draw():
+    """With one step every position is drawn from p(x0 | all masked): check token frequencies."""
+    model = _tiny_model()
+    latent = torch.zeros(1, 5)
+    n = 4000
+    ids = sample_text_from_latent(
+        model, latent.expand(n, -1), num_steps=1, top_p=0.8, generator=torch.Generator().manual_seed(1)
+    )
+    den = model.rwkv
+    x = torch.full((1, 7), 12)
+    logits = den.text_logits(
+        den(x, latent * math.cos(0.5 * math.pi * 1e-4), torch.ones(1), torch.zeros(1)).text_hidden
+    )
+    logits = logits.double()
+    logits[..., 12] = float("-inf")
+    allowed = torch.isfinite(filter_logits(logits[0], top_p=0.8))
+    for pos in range(7):
+        assert allowed[pos, ids[:, pos]].all()

@@ -1,0 +1,156 @@
+"""Loss modes, freezing, the Stage II unfreeze policy and Stage I -> Stage II checkpoint start."""
+
+import re
+
+import pytest
+import torch
+
+from latentlm.core.checkpoint import load_tensors
+from latentlm.core.config import load_config
+from latentlm.core.engine import Trainer
+from latentlm.core.run import RunDir
+from latentlm.diffusion.config import DiffusionConfig
+from latentlm.diffusion.data import DirectFileDataset, collate_batch
+from latentlm.diffusion.training import DiffusionTask, stream_of
+
+
+def _task(overrides, run=None):
+    return DiffusionTask(load_config(DiffusionConfig, None, overrides), run)
+
+
+def _batch(task):
+    dataset = task.train_dataset()
+    return task.collate([dataset[i] for i in range(8)])
+
+
+@pytest.mark.parametrize(
+    ("stage", "mode", "expected"),
+    [
+        ("stage1_coupling", "stage1_coupling", {"text_nelbo_per_token", "latent_mse"}),
+        ("stage1_coupling", "l2t", {"text_nelbo_per_token"}),
+        ("stage1_coupling", "t2l", {"latent_mse"}),
+        ("stage2_variational", "stage1_coupling", {"text_nelbo_per_token", "latent_mse", "kl", "geometry"}),
+    ],
+)
+def test_every_mode_gives_finite_losses_and_gradients_only_where_trainable(
+    tiny_overrides, stage, mode, expected
+):
+    torch.manual_seed(0)
+    overrides = [
+        *tiny_overrides,
+        f"training.stage_schedule={stage}",
+        f"training.loss_type={mode}",
+        "loss.geom_weight=0.5",
+        "training.clean_cond_prob=0.0",
+    ]
+    if stage == "stage2_variational":
+        overrides.append("data.use_external_latents=false")
+    task = _task(overrides)
+    model = task.build_model()
+    out = task.compute_losses(model, _batch(task), mode)
+    assert expected <= set(out)
+    assert all(torch.isfinite(v).all() for v in out.values())
+    out["loss"].backward()
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            assert p.grad is None, name
+    frozen_stream = {"l2t": "latent", "t2l": "text"}.get(mode)
+    for name, p in model.named_parameters():
+        assert p.requires_grad == (stream_of(name) != frozen_stream or frozen_stream is None), name
+    if stage == "stage2_variational":
+        assert model.latent_encoder.mu_head.weight.grad is not None
+
+
+def test_stream_classification():
+    assert stream_of("rwkv.blocks.3.time_mix.text.key.weight") == "text"
+    assert stream_of("rwkv.blocks.0.channel_mix.latent.value.weight") == "latent"
+    assert stream_of("rwkv.token_embedding.weight") == "text"
+    assert stream_of("rwkv.latent_head.bias") == "latent"
+    assert stream_of("rwkv.blocks.0.modulation.latent.weight") == "latent"
+    assert stream_of("latent_encoder.mu_head.weight") is None
+
+
+def test_sequential_schedule_phases(tiny_overrides):
+    task = _task(
+        [
+            *tiny_overrides,
+            "training.loss_type=sequential",
+            "training.sequential_schedule=[{type: stage1_coupling, steps: 2}, {type: l2t, steps: 1},"
+            " {type: t2l, steps: 3}]",
+        ]
+    )
+    assert [task.mode_at(s) for s in range(8)] == ["stage1_coupling"] * 2 + ["l2t"] + ["t2l"] * 5
+
+
+def _train(overrides, run_path):
+    cfg = load_config(DiffusionConfig, None, overrides)
+    run = RunDir(run_path, tensorboard=False)
+    task = DiffusionTask(cfg, run)
+    trainer = Trainer(task, cfg.training, run)
+    trainer.fit()
+    return trainer, task, run
+
+
+def test_stage2_starts_from_stage1_checkpoint_and_unfreezes_on_schedule(tiny_overrides, tiny_data):
+    stage1_dir = tiny_data["root"] / "stage1"
+    _train([*tiny_overrides, "training.max_steps=2"], stage1_dir)
+    stage1 = load_tensors(RunDir(stage1_dir, tensorboard=False).latest_checkpoint() / "model.safetensors")
+
+    patterns = ["rwkv.*time_mix"]
+    stage2_overrides = [
+        *tiny_overrides,
+        "training.stage_schedule=stage2_variational",
+        "data.use_external_latents=false",
+        f"model.checkpoint_path={stage1_dir}",
+        "training.unfreeze_after_steps=2",
+        f"training.unfreeze_patterns={patterns}",
+        "training.param_log_every=1",
+    ]
+    task = _task(stage2_overrides)
+    model = task.build_model()
+    for name, value in model.state_dict().items():
+        if name.startswith("rwkv."):
+            torch.testing.assert_close(value, stage1[name], rtol=0, atol=0)
+    assert model.latent_encoder is not None and model.latent_prior is not None
+
+    # The policy flips exactly the matching parameters, exactly at unfreeze_after_steps.
+    assert task._apply_unfreeze_policy(model, 1) == []
+    frozen_before = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen_before == {n for n, _ in model.named_parameters() if n.startswith("rwkv.")}
+    changed = task._apply_unfreeze_policy(model, 2)
+    expected = [n for n, _ in model.named_parameters() if re.search(patterns[0], n)]
+    assert changed == expected and len(expected) > 0
+    assert all("time_mix" in n for n in changed)
+    assert task._apply_unfreeze_policy(model, 3) == []
+
+    # Train 3 steps: step 0-1 frozen denoiser, step 2 unfreezes time_mix.
+    trainer, _, run = _train([*stage2_overrides, "training.max_steps=3"], tiny_data["root"] / "stage2")
+    final = trainer.model.state_dict()
+    for name, value in final.items():
+        if name.startswith("rwkv.") and "time_mix" not in name:
+            torch.testing.assert_close(value, stage1[name], rtol=0, atol=0, msg=name)
+    moved = [n for n in final if "time_mix" in n and not torch.equal(final[n], stage1[n])]
+    assert moved  # the unfrozen recurrence trained at step 3
+    counts = [r for r in run.read_metrics() if "params/active" in r]
+    assert [r["step"] for r in counts] == [0, 1, 2]
+    assert counts[0]["params/active"] == counts[1]["params/active"] < counts[2]["params/active"]
+
+
+def test_collate_handles_missing_latents(tiny_data):
+    with_latents = DirectFileDataset(tiny_data["token_dir"], tiny_data["latent_dir"], "val", True)
+    without = DirectFileDataset(tiny_data["token_dir"], tiny_data["latent_dir"], "val", False)
+    assert without[0]["latent"] is None
+    batch = collate_batch([with_latents[0], without[1]], latent_dim=6)
+    assert batch["has_latent"].tolist() == [True, False]
+    assert torch.equal(batch["latent"][1], torch.zeros(6))
+    torch.testing.assert_close(batch["latent"][0], with_latents[0]["latent"])
+    # Standardised with the training statistics: train latents have mean ~0, std ~1.
+    train = DirectFileDataset(tiny_data["token_dir"], tiny_data["latent_dir"], "train", True)
+    stacked = torch.stack([train[i]["latent"] for i in range(len(train))])
+    torch.testing.assert_close(stacked.mean(0), torch.zeros(6), atol=1e-5, rtol=0)
+
+
+def test_bad_checkpoint_path_is_named(tiny_overrides, tmp_path):
+    task = _task([*tiny_overrides, f"model.checkpoint_path={tmp_path / 'nope'}"])
+    with pytest.raises(FileNotFoundError, match="model.checkpoint_path"):
+        task.build_model()
