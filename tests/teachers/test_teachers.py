@@ -1,0 +1,39 @@
+import pytest
+import torch
+
+from latentlm.teachers import encode_tokens, load_causal_lm, load_encoder, resolve_model
+
+
+def test_unknown_model_is_a_clear_error():
+    with pytest.raises(FileNotFoundError, match="unknown model 'no-such-model'"):
+        resolve_model("no-such-model")
+
+
+def test_hub_ids_and_local_gguf_files_resolve(tmp_path):
+    assert resolve_model("org/model").path == "org/model"
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"")
+    source = resolve_model(str(gguf))
+    assert (source.path, source.gguf_file) == (str(tmp_path), "m.gguf")
+
+
+@pytest.mark.real_model
+def test_minilm_token_states_and_offsets():
+    model, tokenizer = load_encoder("minilm")
+    (out,) = encode_tokens(model, tokenizer, ["Latent states, please."])
+    assert out["hidden"].shape == (len(out["input_ids"]), 384)
+    text = "Latent states, please."
+    pieces = [text[a:b] for a, b in out["offsets"].tolist() if b > a]
+    assert "".join(pieces).lower() == text.replace(" ", "").lower()
+    assert not any(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.real_model
+def test_smollm2_loads_frozen_and_generates():
+    model, tokenizer = load_causal_lm("smollm2")
+    ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
+    new = model.generate(ids, max_new_tokens=3, do_sample=False)[0, ids.shape[1]:]
+    assert "Paris" in tokenizer.decode(new)
+    assert model.config.hidden_size == 576 and not model.training
+    logits = model(ids).logits
+    assert torch.isfinite(logits).all()
