@@ -105,17 +105,19 @@ def _scaled_forward(
     batch, length = obs.shape
     num_states = start.shape[0]
     full_steps = mask.all(dim=0).tolist()
+    emissions = table[obs.t()]  # (T, B, K): one gather of the observed words' emission columns
     alphas = torch.empty(length, batch, num_states, dtype=start.dtype) if keep else None
     scales = torch.ones(length, batch, dtype=start.dtype)
-    alpha = start.unsqueeze(0) * table[obs[:, 0]]  # (B, K)
+    alpha = start.unsqueeze(0) * emissions[0]  # (B, K)
     scale = alpha.sum(dim=1, keepdim=True)
     alpha = alpha / scale
     scales[0] = scale.squeeze(1)
     if keep:
         alphas[0] = alpha
     for t in range(1, length):
-        new = torch.mm(alpha, transition)  # (B, K): one GEMM per step
-        new.mul_(table[obs[:, t]])
+        target = alphas[t] if keep and full_steps[t] else None
+        new = torch.mm(alpha, transition, out=target) if target is not None else torch.mm(alpha, transition)
+        new.mul_(emissions[t])
         scale = new.sum(dim=1, keepdim=True)
         new.div_(scale)
         if full_steps[t]:
@@ -125,8 +127,8 @@ def _scaled_forward(
             step_mask = mask[:, t : t + 1]
             alpha = torch.where(step_mask, new, alpha)
             scales[t] = torch.where(step_mask, scale, torch.ones_like(scale)).squeeze(1)
-        if keep:
-            alphas[t] = alpha
+            if keep:
+                alphas[t] = alpha
     emission_shift = torch.where(mask, shift[obs], torch.zeros((), dtype=shift.dtype)).sum(dim=1)
     log_likelihood = scales.log().sum(dim=0) + emission_shift
     return _ForwardPass(log_likelihood, alphas, scales)
@@ -170,18 +172,20 @@ def _scaled_backward(
     emission_t = torch.zeros(vocab_size, num_states, dtype=dtype)  # (V, K)
     messages = torch.zeros(length, batch, num_states, dtype=dtype)  # (T, B, K), u_t (0 at t=0)
     posteriors = torch.empty(length, batch, num_states, dtype=dtype) if keep_posteriors else None
+    emissions = table[obs.t()]  # (T, B, K)
+    inverse_scales = fwd.scales.reciprocal().unsqueeze(2)  # (T, B, 1)
     for t in range(length - 1, 0, -1):
         gamma = fwd.alphas[t] * beta  # (B, K) = w_b P(s_t | O)
         step_mask = None if full_steps[t] else mask[:, t : t + 1]
         if step_mask is not None:
-            gamma = gamma * step_mask
+            gamma.mul_(step_mask)
         if keep_posteriors:
             posteriors[t] = gamma
         emission_t.index_add_(0, obs[:, t], gamma)
-        message = table[obs[:, t]] * beta / fwd.scales[t].unsqueeze(1)  # (B, K) u_t = e_t β̂_t / c_t
+        message = torch.mul(emissions[t], beta, out=messages[t])  # (B, K) u_t = e_t β̂_t / c_t
+        message.mul_(inverse_scales[t])
         if step_mask is not None:
-            message = message * step_mask
-        messages[t] = message
+            message.mul_(step_mask)
         new_beta = torch.mm(message, transition.t())  # (B, K) β̂_{t-1} = A u_t
         beta = new_beta if step_mask is None else torch.where(step_mask, new_beta, beta)
     gamma = fwd.alphas[0] * beta

@@ -1,0 +1,225 @@
+"""HMM forward / forward+backward / log P(O,S) throughput and peak memory, against hmmlearn and pomegranate.
+
+For K in {64, 256, 1024, 4096}, V = 10k, length 64, batch 64 and 256, on the same random data:
+
+* ours: ``forward_log_likelihood`` (scaled GEMM forward), its gradient (forward–backward expected
+  counts), and the LVD-phase ``joint_log_likelihood`` (forward + backward through the gather);
+* hmmlearn ``CategoricalHMM``, ``implementation="log"`` and ``"scaling"``: ``score`` (forward) and
+  ``score_samples`` (forward–backward posteriors), one sequence at a time as hmmlearn works;
+* pomegranate ``DenseHMM``: ``log_probability`` (forward) and ``forward_backward``.
+
+Every measurement runs in a fresh child process; its peak memory is the child's peak RSS minus its RSS
+just before the measured call. Peers are timed on as many sequences as fit in ``--peer-seconds``
+(extrapolated from a first sequence) and skipped when even one sequence would take longer; pomegranate
+is skipped where its dense ``(B, T, K, K)``-sized intermediates would not fit in ``--peer-memory-gib``.
+Achieved GFLOP/s use 2·K² FLOPs per token for the forward and 6·K² for forward+backward, and are
+reported as a fraction of this machine's best measured fp32 GEMM rate (measured in the same run).
+
+    python benchmarks/hmm_throughput.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import resource
+import time
+
+import numpy as np
+import torch
+
+from benchmarks.common import save_results
+
+VOCAB, LENGTH = 10_000, 64
+
+
+def rss_mib() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def gemm_rate(sizes=((256, 1024), (256, 4096), (2048, 2048), (1024, 4096))) -> dict:
+    """Best fp32 GEMM rate (GFLOP/s) over a few shapes ``(m, n) @ (n, n)``."""
+    best, rates = 0.0, {}
+    for m, n in sizes:
+        a, b = torch.randn(m, n), torch.randn(n, n)
+        torch.mm(a, b)
+        seconds = []
+        for _ in range(5):
+            start = time.perf_counter()
+            torch.mm(a, b)
+            seconds.append(time.perf_counter() - start)
+        rate = 2 * m * n * n / min(seconds) / 1e9
+        rates[f"{m}x{n}x{n}"] = round(rate, 1)
+        best = max(best, rate)
+    return {"best_gflops": round(best, 1), "by_shape": rates}
+
+
+def make_problem(k: int, batch: int, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    log_start = torch.randn(k, generator=gen).log_softmax(0)
+    log_trans = torch.randn(k, k, generator=gen).log_softmax(1)
+    log_emit = torch.randn(k, VOCAB, generator=gen).log_softmax(1)
+    obs = torch.randint(0, VOCAB, (batch, LENGTH), generator=gen)
+    states = torch.randint(0, k, (batch, LENGTH), generator=gen)
+    return log_start, log_trans, log_emit, obs, states
+
+
+def _child(method: str, k: int, batch: int, peer_seconds: float, queue) -> None:
+    torch.set_num_threads(torch.get_num_threads())
+    log_start, log_trans, log_emit, obs, states = make_problem(k, batch)
+    result = {"method": method, "K": k, "batch": batch}
+    try:
+        result.update(_measure(method, log_start, log_trans, log_emit, obs, states, peer_seconds))
+    except Exception as err:  # a peer failing (e.g. out of memory) is a result, not a crash
+        result["error"] = f"{type(err).__name__}: {err}"[:300]
+    queue.put(result)
+
+
+def _timed(fn) -> float:
+    """Best of up to three timed calls after a warm-up (the machine is shared, so the minimum is the
+    least disturbed measurement); one call only when a call takes more than 5 s."""
+    start = time.perf_counter()
+    fn()  # warm-up
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(3 if first < 5 else 1):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def _measure(method, log_start, log_trans, log_emit, obs, states, peer_seconds) -> dict:
+    from latentlm.hmm.forward import forward_log_likelihood, joint_log_likelihood
+
+    batch = obs.shape[0]
+    tokens = obs.numel()
+    if method.startswith("ours"):
+        params = [p.clone().requires_grad_(method != "ours_forward") for p in (log_start, log_trans, log_emit)]
+
+        def run():
+            if method == "ours_forward":
+                with torch.no_grad():
+                    forward_log_likelihood(*params, obs)
+            elif method == "ours_forward_backward":
+                forward_log_likelihood(*params, obs).sum().backward()
+            else:
+                joint_log_likelihood(*params, obs, states).sum().backward()
+            for p in params:
+                p.grad = None
+
+        base = rss_mib()
+        seconds = _timed(run)
+        return {"seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds,
+                "peak_mib": max(0.0, peak_mib() - base)}
+    if method.startswith("hmmlearn"):
+        from hmmlearn.hmm import CategoricalHMM
+
+        implementation = "log" if "log" in method else "scaling"
+        model = CategoricalHMM(n_components=log_start.shape[0], implementation=implementation)
+        model.n_features = VOCAB
+        model.startprob_ = log_start.double().exp().numpy()
+        model.transmat_ = log_trans.double().exp().numpy()
+        model.emissionprob_ = log_emit.double().exp().numpy()
+        call = model.score if method.endswith("forward") else model.score_samples
+        data = obs.numpy().reshape(batch, LENGTH, 1)
+        base = rss_mib()
+        start = time.perf_counter()
+        call(data[0])
+        first = time.perf_counter() - start
+        count = int(min(batch, max(1, peer_seconds // max(first, 1e-9))))
+        start = time.perf_counter()
+        values = [call(data[i]) for i in range(count)]
+        seconds = time.perf_counter() - start
+        out = {"seconds": seconds, "tokens": count * LENGTH, "tokens_per_s": count * LENGTH / seconds,
+               "sequences_timed": count, "peak_mib": max(0.0, peak_mib() - base)}
+        if method.endswith("forward"):
+            ours = forward_log_likelihood(log_start.double(), log_trans.double(), log_emit.double(), obs[:count])
+            out["max_abs_diff_vs_ours"] = float(np.max(np.abs(np.array(values) - ours.numpy())))
+        return out
+    from pomegranate.distributions import Categorical
+    from pomegranate.hmm import DenseHMM
+
+    k = log_start.shape[0]
+    dists = [Categorical(log_emit[i : i + 1].exp()) for i in range(k)]
+    model = DenseHMM(dists, edges=log_trans.exp(), starts=log_start.exp())
+    data = obs.unsqueeze(-1)
+    base = rss_mib()
+    with torch.no_grad():
+        start = time.perf_counter()
+        (model.log_probability if method.endswith("forward") else model.forward_backward)(data)
+        seconds = time.perf_counter() - start
+    return {"seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds,
+            "peak_mib": max(0.0, peak_mib() - base)}
+
+
+def measure(method: str, k: int, batch: int, peer_seconds: float, timeout: float) -> dict:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(method, k, batch, peer_seconds, queue))
+    proc.start()
+    proc.join(timeout)
+    if proc.is_alive():
+        proc.terminate()
+        proc.join()
+        return {"method": method, "K": k, "batch": batch, "skipped": f"exceeded {timeout:.0f} s"}
+    if queue.empty():
+        return {"method": method, "K": k, "batch": batch, "error": f"child exited with {proc.exitcode}"}
+    return queue.get()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="K in {64, 256}, batch 64 only")
+    parser.add_argument("--peer-seconds", type=float, default=20.0)
+    parser.add_argument("--peer-memory-gib", type=float, default=4.0)
+    parser.add_argument("--timeout", type=float, default=600.0)
+    args = parser.parse_args()
+    states = [64, 256] if args.quick else [64, 256, 1024, 4096]
+    batches = [64] if args.quick else [64, 256]
+    rate = gemm_rate()
+    print(f"fp32 GEMM: {rate}")
+    rows = []
+    for k in states:
+        for batch in batches:
+            methods = ["ours_forward", "ours_forward_backward", "ours_joint"]
+            methods += ["hmmlearn_scaling_forward", "hmmlearn_log_forward", "hmmlearn_scaling_forward_backward"]
+            # pomegranate's forward-backward holds (B, T, K, K)-sized float32 tensors.
+            pomegranate_gib = batch * LENGTH * k * k * 4 * 3 / 2**30
+            if pomegranate_gib <= args.peer_memory_gib:
+                methods += ["pomegranate_forward", "pomegranate_forward_backward"]
+            else:
+                rows.append({"method": "pomegranate_*", "K": k, "batch": batch,
+                             "skipped": f"needs ~{pomegranate_gib:.0f} GiB (> {args.peer_memory_gib} GiB cap)"})
+            for method in methods:
+                if method.startswith("hmmlearn") and batch != batches[0]:
+                    continue  # hmmlearn scores one sequence at a time: batch size does not matter
+                row = measure(method, k, batch, args.peer_seconds, args.timeout)
+                if "tokens_per_s" in row:
+                    flops = (6 if "backward" in method else 2) * k * k
+                    if method != "ours_joint":
+                        row["gflops"] = row["tokens_per_s"] * flops / 1e9
+                        row["fraction_of_gemm"] = row["gflops"] / rate["best_gflops"]
+                print({key: (round(v, 4) if isinstance(v, float) else v) for key, v in row.items()}, flush=True)
+                rows.append(row)
+    ratios = []
+    for k in states:
+        ours = {r["method"]: r for r in rows if r["K"] == k and r.get("batch") == batches[0] and "tokens_per_s" in r}
+        for peer in ("hmmlearn_scaling_forward", "hmmlearn_log_forward", "pomegranate_forward"):
+            if peer in ours and "ours_forward" in ours:
+                ratios.append({"K": k, "peer": peer,
+                               "ours_over_peer": ours["ours_forward"]["tokens_per_s"] / ours[peer]["tokens_per_s"]})
+    save_results("hmm_throughput", {
+        "setup": {"vocab": VOCAB, "length": LENGTH, "states": states, "batches": batches,
+                  "peer_seconds_cap": args.peer_seconds, "note": "shared 2-core machine (other jobs running)"},
+        "gemm": rate, "rows": rows, "forward_speedup": ratios,
+    })
+
+
+if __name__ == "__main__":
+    main()
