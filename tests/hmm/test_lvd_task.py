@@ -251,7 +251,9 @@ def test_cli_reports_errors_with_exit_code(tmp_path, capsys):
 
 
 def test_corpus_split_vocab_and_eos(tmp_path, corpus_file):
-    cfg = CorpusConfig(path=str(corpus_file), format="lines", heldout_fraction=0.25, min_count=2, max_length=5)
+    cfg = CorpusConfig(
+        path=str(corpus_file), format="lines", heldout_fraction=0.25, min_count=2, max_length=5
+    )
     corpus = build_corpus(cfg)
     assert corpus.vocab[:3] == ["<pad>", "<unk>", "<eos>"]
     lines = TEXT.strip().splitlines()

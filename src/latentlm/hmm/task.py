@@ -81,7 +81,7 @@ class SequenceDataset(Dataset):
 
 
 def pad_batch(items: list[dict]) -> dict[str, torch.Tensor]:
-    """Right-pad sequences: ``obs``/``states`` ``(B, T)`` long, ``mask`` ``(B, T)`` bool, ``index`` ``(B,)``."""
+    """Right-pad sequences: ``obs``/``states`` ``(B, T)`` long, ``mask`` ``(B, T)`` bool, ``index`` (B,)."""
     width = max(len(item["obs"]) for item in items)
     batch = {
         "index": torch.tensor([item["index"] for item in items]),
@@ -210,8 +210,11 @@ class HMMTask(Task):
         step = state.step + 1
         state.extra["switch_step"] = step
         state.extra["switch_tokens"] = self.pretrain_tokens
-        message = f"LVD: switch from -log P(O,S) to -log P(O) after exactly {self.pretrain_tokens} tokens (step {step})"
-        print(message, flush=True)
+        print(
+            f"LVD: switch from -log P(O,S) to -log P(O) after exactly {self.pretrain_tokens} tokens "
+            f"(step {step})",
+            flush=True,
+        )
         if self.run is not None and (not dist.is_initialized() or dist.get_rank() == 0):
             self.run.log(step, {"lvd/switch": 1, "lvd/switch_tokens": self.pretrain_tokens})
 
