@@ -169,7 +169,7 @@ def stage1_checklist(model: nn.Module, task: DiffusionTask, batch: dict) -> list
             losses = task.compute_losses(model, batch, mode)
             losses["loss"].backward()
         finite = all(bool(torch.isfinite(v).all()) for v in losses.values())
-        detail = ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
+        detail = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
         checks.append(_check(f"finite losses ({mode})", finite, detail))
         if frozen_stream is not None:
             leaked = [
