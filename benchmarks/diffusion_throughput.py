@@ -130,7 +130,7 @@ def main() -> None:
                 f"latent tokens={c.num_latent_tokens} vocab={c.vocab_size}; training = AdamW steps of the "
                 f"stage1_coupling loss; sampling = L2T with {args.sample_steps} steps; float32 CPU"
             ),
-            "note": "CPU shared with four other engineers' jobs during the run; both models measured back to back",
+            "note": "CPU shared with four other engineers' jobs; both models measured back to back",
             "rows": rows,
         },
     )

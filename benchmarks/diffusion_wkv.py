@@ -74,7 +74,7 @@ def main() -> None:
     save_results(
         "diffusion_wkv",
         {
-            "description": "bidirectional WKV, B=8 H=4 K=V=32 float32, median seconds; speedup = naive / chunked",
+            "description": "bidirectional WKV, B=8 H=4 K=V=32 float32, median s; speedup = naive / chunked",
             "note": "CPU shared with four other engineers' jobs during the run",
             "rows": rows,
         },

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from latentlm.core.config import ConfigError, config_to_dict, config_from_dict, load_config
+from latentlm.core.config import ConfigError, config_from_dict, config_to_dict, load_config
 from latentlm.diffusion.cli import main, resolve_config_name
 from latentlm.diffusion.config import DiffusionConfig
 
@@ -28,7 +28,8 @@ def test_seed_overrides_parse():
             "training.stage_schedule=stage2_variational",
             'training.unfreeze_patterns=["rwkv.*time_mix"]',
             "training.loss_type=sequential",
-            'training.sequential_schedule=[{"type": "stage1_coupling", "steps": 10000}, {"type": "l2t", "steps": 5000}]',
+            'training.sequential_schedule=[{"type": "stage1_coupling", "steps": 10000},'
+            ' {"type": "l2t", "steps": 5000}]',
             "model.latent_prior_type=learned_gaussian",
             "loss.kl_weight=0.001",
         ],
