@@ -66,7 +66,12 @@ def test_forward_shapes_losses_and_hierarchy():
     labels = torch.full_like(ids, -100)
     labels[:, ::4] = ids[:, ::4]
     out = model(ids, labels=labels)
-    assert out.logits.shape == (2, 20, 50)
+    assert out.logits is None  # with labels only the labelled positions are projected
+    assert model(ids).logits.shape == (2, 20, 50)
+    full = model(ids).logits
+    picked = full[labels != -100]
+    expected = torch.nn.functional.cross_entropy(picked, labels[labels != -100])
+    torch.testing.assert_close(out.mlm_loss, expected)
     assert out.doc_state.shape == (2, 16)
     assert len(out.ratio_losses) == 2 and out.hierarchy is not None
     boundaries = out.hierarchy.token_boundaries()

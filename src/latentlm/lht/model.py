@@ -139,7 +139,8 @@ class LHTOutput:
     """What `LHTForMaskedLM.forward` returns.
 
     Attributes:
-        logits: (B, N, V) MLM logits of the token slots.
+        logits: (B, N, V) MLM logits of the token slots; None when labels were given (the loss is then
+            computed from the labelled positions only, which saves most of the vocabulary projection).
         token_states: (B, N, D) final token states.
         doc_state: (B, D) final `[DOC]` state (mean of valid tokens when there is no `[DOC]` slot).
         router_loss: weighted sum of the ratio losses (0 for the dense baseline).
@@ -149,7 +150,7 @@ class LHTOutput:
         mlm_loss: mean cross-entropy over labelled positions when labels were given.
     """
 
-    logits: Tensor
+    logits: Tensor | None
     token_states: Tensor
     doc_state: Tensor
     router_loss: Tensor
@@ -241,21 +242,26 @@ class LHTForMaskedLM(nn.Module, PretrainedMixin):
                 hidden = block(hidden, cos, sin, self.backend, prepared)
         hidden = self.final_norm(hidden)
         token_states = hidden[:, layout.token_slice()]
-        logits = self.head_transform(token_states) @ self.embed.weight.T + self.head_bias  # (B, N, V)
+        logits = self.mlm_logits(token_states) if labels is None else None  # (B, N, V)
         if self.doc_embedding is not None:
             doc_state = hidden[:, 0]
         else:
             weights = token_valid.to(token_states.dtype)[..., None]
             doc_state = (token_states * weights).sum(1) / weights.sum(1).clamp(min=1)
         ratio_losses = self.hierarchy.ratio_losses(state) if self.hierarchy is not None and state else []
-        router_loss = logits.new_zeros(()).float()
+        router_loss = token_states.new_zeros(()).float()
         if ratio_losses:
             router_loss = self.config.hierarchy.ratio_loss_weight * torch.stack(ratio_losses).sum()
         output = LHTOutput(logits, token_states, doc_state, router_loss, ratio_losses, state)
         if labels is not None:
-            output.mlm_loss = masked_lm_loss(logits, labels)
+            selected = labels != -100
+            output.mlm_loss = masked_lm_loss(self.mlm_logits(token_states[selected]), labels[selected])
             output.loss = output.mlm_loss + router_loss
         return output
+
+    def mlm_logits(self, states: Tensor) -> Tensor:
+        """Tied MLM head: (..., D) -> (..., V)."""
+        return self.head_transform(states) @ self.embed.weight.T + self.head_bias
 
     def _prepare(self, layout: HierarchyLayout) -> tuple[object, Tensor, Tensor]:
         dtype = torch.promote_types(self.embed.weight.dtype, torch.float32)
@@ -265,8 +271,9 @@ class LHTForMaskedLM(nn.Module, PretrainedMixin):
 
 
 def masked_lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
-    """Mean cross-entropy over positions whose label is not -100 ((B, N, V), (B, N) -> scalar)."""
-    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+    """Mean cross-entropy over positions whose label is not -100 ((..., V), (...) -> scalar)."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 logits: loss in float32
+    return F.cross_entropy(logits.flatten(0, -2), labels.flatten(), ignore_index=-100)
 
 
 def bf16_supported(device: torch.device) -> bool:

@@ -1,0 +1,301 @@
+"""LHT pretraining data: mixed document sources -> WordPiece chunks with gold token boundaries.
+
+Sources (the Python docs, tiny-shakespeare, any Hugging Face dataset streamed by name) are drawn with
+their configured probabilities (`interleave_documents`), split into training and held-out documents by
+a stable hash of the document name, tokenized with the teacher's WordPiece tokenizer and cut into
+chunks of at most `max_length` tokens. Each chunk keeps the token positions where gold sections,
+paragraphs and sentences start (a chunk's first token is always one). Tokenized corpora are cached on
+disk, keyed by a content hash of the source settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from latentlm.data.cache import cached_arrays, content_hash
+from latentlm.data.documents import (
+    Document,
+    interleave_documents,
+    read_plain_documents,
+    read_rst_documents,
+    stream_hf_documents,
+)
+from latentlm.data.paths import data_root
+from latentlm.lht.masking import MaskingConfig, mask_tokens
+
+GOLD_KINDS = ("sentence", "paragraph", "section")
+SOURCE_KINDS = ("rst", "plain", "hf")
+
+
+@dataclass
+class SourceConfig:
+    """One document source of the pretraining mix."""
+
+    kind: str = "rst"  # 'rst' (folder of reST files), 'plain' (text file), 'hf' (streamed dataset)
+    path: str = "pydocs"  # rst/plain: path; relative paths are looked up under $LATENTLM_DATA
+    name: str = ""  # hf: dataset name (e.g. wikimedia/wikipedia) or builder ('json', 'text')
+    hf_config: str = ""  # hf: dataset configuration ('' = none)
+    split: str = "train"  # hf: split
+    text_field: str = "text"  # hf: column holding the document text
+    probability: float = 1.0  # share of draws from this source
+    paragraphs_per_document: int = 40  # plain: paragraphs per document
+    limit: int = 0  # at most this many documents from the source (0 = all; needed for large hf sets)
+
+    def __post_init__(self) -> None:
+        if self.kind not in SOURCE_KINDS:
+            raise ValueError(f"data.sources.kind: expected one of {SOURCE_KINDS}, got {self.kind!r}")
+        if self.kind == "hf" and not self.name:
+            raise ValueError("data.sources.name: an 'hf' source needs a dataset name")
+        if self.probability < 0:
+            raise ValueError(f"data.sources.probability: must be >= 0, got {self.probability}")
+
+
+def _default_sources() -> list[SourceConfig]:
+    return [
+        SourceConfig(kind="rst", path="pydocs", probability=0.8),
+        SourceConfig(kind="plain", path="tinyshakespeare/input.txt", probability=0.2),
+    ]
+
+
+@dataclass
+class DataConfig:
+    """Where documents come from and how they become training chunks."""
+
+    sources: list[SourceConfig] = field(default_factory=_default_sources)  # the interleaved mix
+    tokenizer: str = "minilm"  # WordPiece tokenizer (alias, path or hub id; needs [MASK])
+    max_length: int = 8192  # tokens per chunk (longer documents are cut into several chunks)
+    min_length: int = 16  # chunks shorter than this are dropped
+    heldout_fraction: float = 0.1  # share of documents kept for evaluation (by a hash of their name)
+    max_documents: int = 0  # documents drawn from the mix (0 = until every source is exhausted)
+    mix_seed: int = 0  # seed of the source-choosing draws
+    cache_dir: str = ".cache/latentlm/lht"  # tokenized corpora are cached here
+    masking: MaskingConfig = field(default_factory=MaskingConfig)  # BERT 80/10/10
+
+    def __post_init__(self) -> None:
+        if not self.sources:
+            raise ValueError("data.sources: give at least one source")
+        if self.max_length < self.min_length or self.min_length < 1:
+            raise ValueError(
+                f"data.max_length/min_length: need 1 <= min_length <= max_length, got "
+                f"{self.min_length}, {self.max_length}"
+            )
+        if not 0.0 <= self.heldout_fraction < 1.0:
+            raise ValueError(f"data.heldout_fraction: must be in [0, 1), got {self.heldout_fraction}")
+
+
+@dataclass
+class Chunk:
+    """A tokenized piece of one document.
+
+    Attributes:
+        ids: (n,) int64 WordPiece ids.
+        gold: kind -> sorted token positions where a unit of that kind starts.
+        category: the document's category (probe label).
+        source: the document's name.
+    """
+
+    ids: np.ndarray
+    gold: dict[str, list[int]]
+    category: str
+    source: str
+
+
+def resolve_path(path: str) -> Path:
+    """An existing path as given, else the same path under `$LATENTLM_DATA`."""
+    candidate = Path(path).expanduser()
+    if candidate.exists() or candidate.is_absolute():
+        return candidate
+    if os.environ.get("LATENTLM_DATA"):
+        return data_root() / path
+    raise FileNotFoundError(
+        f"data.sources.path: {path!r} does not exist here and LATENTLM_DATA is not set to look it up"
+    )
+
+
+def read_source(source: SourceConfig) -> list[Document] | object:
+    """The documents of one source (a list, or a stream for 'hf')."""
+    limit = source.limit or None
+    if source.kind == "rst":
+        docs = read_rst_documents(resolve_path(source.path))
+    elif source.kind == "plain":
+        docs = read_plain_documents(resolve_path(source.path), source.paragraphs_per_document)
+    else:
+        return stream_hf_documents(
+            source.name, source.hf_config or None, source.split, source.text_field, limit=limit
+        )
+    return docs[:limit] if limit else docs
+
+
+def is_heldout(document_name: str, fraction: float) -> bool:
+    """Stable split: the first 8 hex digits of SHA-1(name), as a fraction of 2^32, below `fraction`."""
+    value = int(hashlib.sha1(document_name.encode()).hexdigest()[:8], 16) / 2**32
+    return value < fraction
+
+
+def load_documents(config: DataConfig) -> list[Document]:
+    """Draw the document mix of `config`."""
+    sources = [read_source(s) for s in config.sources]
+    limit = config.max_documents or None
+    return interleave_documents(sources, [s.probability for s in config.sources], config.mix_seed, limit)
+
+
+def tokenize_documents(documents: list[Document], tokenizer, max_length: int, min_length: int) -> list[Chunk]:
+    """Tokenize, map gold character offsets to tokens and cut into chunks.
+
+    A gold unit starts at the first token whose character span ends after the unit's first character.
+    """
+    chunks: list[Chunk] = []
+    if not documents:
+        return chunks
+    encoded = tokenizer(
+        [d.text for d in documents], add_special_tokens=False, return_offsets_mapping=True, verbose=False
+    )
+    for doc, ids, offsets in zip(documents, encoded["input_ids"], encoded["offset_mapping"], strict=True):
+        if not ids:
+            continue
+        ends = np.array([end for _, end in offsets])
+        gold_tokens = {}
+        for kind in GOLD_KINDS:
+            positions = np.searchsorted(ends, np.array(doc.starts(kind), dtype=np.int64), side="right")
+            gold_tokens[kind] = np.unique(positions[positions < len(ids)])
+        ids_array = np.asarray(ids, dtype=np.int64)
+        for start in range(0, len(ids), max_length):
+            stop = min(start + max_length, len(ids))
+            if stop - start < min_length:
+                continue
+            gold = {}
+            for kind, positions in gold_tokens.items():
+                inside = positions[(positions >= start) & (positions < stop)] - start
+                gold[kind] = sorted({0, *inside.tolist()})
+            chunks.append(Chunk(ids_array[start:stop], gold, doc.category, doc.source))
+    return chunks
+
+
+def _pack(chunks: list[Chunk]) -> dict[str, np.ndarray]:
+    arrays = {
+        "ids": np.concatenate([c.ids for c in chunks]) if chunks else np.zeros(0, np.int64),
+        "lengths": np.array([len(c.ids) for c in chunks], dtype=np.int64),
+        "category": np.array([c.category for c in chunks], dtype=str),
+        "source": np.array([c.source for c in chunks], dtype=str),
+    }
+    for kind in GOLD_KINDS:
+        arrays[f"gold_{kind}"] = np.array([p for c in chunks for p in c.gold[kind]], dtype=np.int64)
+        arrays[f"gold_{kind}_counts"] = np.array([len(c.gold[kind]) for c in chunks], dtype=np.int64)
+    return arrays
+
+
+def _unpack(arrays: dict[str, np.ndarray]) -> list[Chunk]:
+    chunks = []
+    id_offsets = np.concatenate([[0], np.cumsum(arrays["lengths"])])
+    gold_offsets = {k: np.concatenate([[0], np.cumsum(arrays[f"gold_{k}_counts"])]) for k in GOLD_KINDS}
+    for i in range(len(arrays["lengths"])):
+        gold = {
+            k: arrays[f"gold_{k}"][gold_offsets[k][i] : gold_offsets[k][i + 1]].tolist() for k in GOLD_KINDS
+        }
+        ids = np.array(arrays["ids"][id_offsets[i] : id_offsets[i + 1]])
+        chunks.append(Chunk(ids, gold, str(arrays["category"][i]), str(arrays["source"][i])))
+    return chunks
+
+
+@dataclass
+class CorpusSplits:
+    """Training and held-out chunks of a document mix."""
+
+    train: list[Chunk]
+    heldout: list[Chunk]
+
+
+def build_corpus(config: DataConfig, tokenizer) -> CorpusSplits:
+    """Read, mix, split and tokenize the configured sources (cached by content hash)."""
+    key = content_hash(
+        "lht-corpus-v1",
+        [vars(s) for s in config.sources],
+        config.tokenizer,
+        config.max_length,
+        config.min_length,
+        config.heldout_fraction,
+        config.max_documents,
+        config.mix_seed,
+        [str(resolve_path(s.path)) for s in config.sources if s.kind != "hf"],
+    )
+    splits = {}
+
+    def compute_all() -> dict[str, np.ndarray]:
+        documents = load_documents(config)
+        heldout = [d for d in documents if is_heldout(d.source, config.heldout_fraction)]
+        train = [d for d in documents if not is_heldout(d.source, config.heldout_fraction)]
+        out = {}
+        for name, docs in (("train", train), ("heldout", heldout)):
+            for array_name, array in _pack(
+                tokenize_documents(docs, tokenizer, config.max_length, config.min_length)
+            ).items():
+                out[f"{name}.{array_name}"] = array
+        return out
+
+    arrays = cached_arrays(config.cache_dir, f"lht-{key}", compute_all)
+    for name in ("train", "heldout"):
+        prefix = f"{name}."
+        splits[name] = _unpack({k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)})
+    return CorpusSplits(splits["train"], splits["heldout"])
+
+
+class ChunkDataset(Dataset):
+    """Map-style dataset of chunks; items carry their index (masking is seeded by it)."""
+
+    def __init__(self, chunks: list[Chunk]) -> None:
+        if not chunks:
+            raise ValueError("the document mix produced no chunks; check data.sources and data.min_length")
+        self.chunks = chunks
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"index": index, "ids": self.chunks[index].ids}
+
+
+def pad_batch(items: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad chunks to the longest one: `input_ids` (B, N) and `attention_mask` (B, N) bool."""
+    length = max(len(item["ids"]) for item in items)
+    ids = torch.full((len(items), length), pad_token_id, dtype=torch.long)
+    valid = torch.zeros((len(items), length), dtype=torch.bool)
+    for row, item in enumerate(items):
+        ids[row, : len(item["ids"])] = torch.as_tensor(item["ids"])
+        valid[row, : len(item["ids"])] = True
+    return {"input_ids": ids, "attention_mask": valid}
+
+
+def masked_batch(
+    batch: dict[str, torch.Tensor],
+    mask_token_id: int,
+    random_range: tuple[int, int],
+    masking: MaskingConfig,
+    seed: int,
+) -> dict[str, torch.Tensor]:
+    """Apply BERT masking to a padded batch with a generator seeded by `seed` (adds `labels`)."""
+    generator = torch.Generator().manual_seed(seed)
+    masked, labels = mask_tokens(
+        batch["input_ids"], batch["attention_mask"], mask_token_id, random_range, masking, generator
+    )
+    return {**batch, "input_ids": masked, "labels": labels}
+
+
+def random_token_range(tokenizer) -> tuple[int, int]:
+    """[low, high) ids of ordinary vocabulary tokens: after the last special or [unusedN] entry."""
+    vocab = tokenizer.get_vocab()
+    by_id = sorted(vocab.items(), key=lambda kv: kv[1])
+    special = set(tokenizer.all_special_ids)
+    low = 0
+    for token, index in by_id:
+        if index in special or (token.startswith("[") and token.endswith("]")):
+            low = index + 1
+        elif index > low + 1000:
+            break
+    return low, len(tokenizer)
