@@ -108,7 +108,13 @@ def evaluate_run(run_dir: Path, overrides: list[str]) -> dict:
     documents = probe_documents(
         task.corpus.train + task.corpus.heldout, cfg.eval.probe_min_documents, cfg.eval.probe_max_documents
     )
-    if documents:
+    categories = {d.category for d in documents}
+    if len(categories) < 2:
+        report.text(
+            f"Classification probe skipped: {len(categories)} docs folder(s) with at least "
+            f"{cfg.eval.probe_min_documents} documents."
+        )
+    else:
         probe = classification_probe(
             document_vectors(model, documents), [d.category for d in documents], cfg.eval.probe_folds
         )
