@@ -283,7 +283,9 @@ class HierarchyManager(nn.Module):
             stats[f"level{level + 1}/tokens_per_unit"] = tokens / max(units, 1.0)
             stats[f"level{level + 1}/members_per_unit"] = float(valid.sum()) / max(units, 1.0)
             stats[f"level{level + 1}/units_per_doc"] = units / max(docs, 1.0)
-            stats[f"level{level + 1}/mean_prob"] = float((decision.probs.detach() * valid).sum() / valid.sum())
+            stats[f"level{level + 1}/mean_prob"] = float(
+                (decision.probs.detach() * valid).sum() / valid.sum()
+            )
             stats[f"level{level + 1}/overflow"] = float(state.overflow[level])
         return stats
 
