@@ -42,8 +42,8 @@ def build_tokenizer(vocab_size: int = 160, with_bos: bool = True) -> PreTrainedT
     return fast
 
 
-def build_model(kind: str, vocab: int, hidden: int = 32, seed: int = 0) -> torch.nn.Module:
-    """A 2-layer random Llama or Qwen2 causal LM in float32."""
+def build_model(kind: str, vocab: int, hidden: int = 32, seed: int = 0, init: float = 0.02) -> torch.nn.Module:
+    """A 2-layer random Llama or Qwen2 causal LM in float32 (`init`: weight init std)."""
     torch.manual_seed(seed)
     common = dict(
         vocab_size=vocab,
@@ -57,6 +57,7 @@ def build_model(kind: str, vocab: int, hidden: int = 32, seed: int = 0) -> torch
         eos_token_id=2,
         pad_token_id=0,
         tie_word_embeddings=False,
+        initializer_range=init,
     )
     if kind == "llama":
         model = LlamaForCausalLM(LlamaConfig(**common))

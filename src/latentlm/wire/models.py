@@ -102,6 +102,12 @@ class FrozenLM:
             return False
         if add_bos == "yes":
             return True
+        return self._tokenizer_adds_bos()
+
+    def _tokenizer_adds_bos(self) -> bool:
+        """Whether the tokenizer itself prepends BOS (Gemma, Llama-2) or not (ChatML models)."""
+        if self.bos_id is None:
+            return False
         probe = self.tokenizer("a", add_special_tokens=True)["input_ids"]
         return len(probe) > 0 and probe[0] == self.bos_id
 
@@ -127,7 +133,7 @@ class FrozenLM:
             )
             prefix_text, suffix_text = rendered.split(_SENTINEL)
             bos_token = self.tokenizer.bos_token
-            if bos_token and prefix_text.startswith(bos_token):
+            if self._tokenizer_adds_bos() and bos_token and prefix_text.startswith(bos_token):
                 prefix_text = prefix_text[len(bos_token) :]  # BOS is governed by the BOS policy
         else:
             prefix_text, suffix_text = "", "\n"
@@ -229,11 +235,23 @@ class FrozenLM:
         return mask
 
     # ----------------------------------------------------------------- forward passes
-    def forward_embeds(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Logits (B, T, V) for embeddings (B, T, d) with any padding; positions follow the mask."""
+    def forward_embeds(self, embeds: torch.Tensor, mask: torch.Tensor, keep_last: int = 0) -> torch.Tensor:
+        """Logits for embeddings (B, T, d) with any padding; positions follow the mask.
+
+        Args:
+            keep_last: compute logits only for the last this-many positions (0: all), which spares
+                the vocabulary projection of the prompt positions.
+
+        Returns:
+            (B, T, V), or (B, keep_last, V).
+        """
         position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
         out = self.model(
-            inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, use_cache=False
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            position_ids=position_ids,
+            use_cache=False,
+            logits_to_keep=keep_last,
         )
         return out.logits
 
@@ -258,9 +276,9 @@ class FrozenLM:
         answer_embeds = self.embed(answer_ids).to(prompt_embeds.dtype)  # (B, A, d)
         embeds = torch.cat([prompt_embeds, answer_embeds], dim=1)  # (B, P+A, d)
         mask = torch.cat([prompt_mask, answer_mask.to(prompt_mask.device)], dim=1)
-        logits = self.forward_embeds(embeds, mask)  # (B, P+A, V)
-        prompt_len = prompt_embeds.shape[1]
-        return logits[:, prompt_len - 1 : prompt_len - 1 + answer_ids.shape[1]]
+        length = answer_ids.shape[1]
+        logits = self.forward_embeds(embeds, mask, keep_last=length + 1)  # (B, A+1, V)
+        return logits[:, :length]
 
     # ----------------------------------------------------------------- generation
     @torch.no_grad()
@@ -315,8 +333,12 @@ class FrozenLM:
         return ids
 
     def decode(self, ids: Sequence[int]) -> str:
-        """Decoded answer text, special tokens dropped, surrounding whitespace stripped."""
-        return self.tokenizer.decode(list(ids), skip_special_tokens=True).strip()
+        """Decoded answer: special tokens dropped, first non-empty line only, whitespace stripped.
+
+        SQuAD answers are one line; instruct models often continue with an explanation after a
+        newline, which is cut here (the same cleaning for every mode)."""
+        text = self.tokenizer.decode(list(ids), skip_special_tokens=True).strip()
+        return text.split("\n", 1)[0].strip()
 
 
 def answer_cross_entropy(

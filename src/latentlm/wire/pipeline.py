@@ -25,11 +25,14 @@ from latentlm.wire.task import WireTask
 
 
 def resolve_examples(
-    spec: str, split: str, limit: int, max_context_chars: int, seed: int = 0
+    spec: str, split: str, limit: int, max_context_chars: int, offset: int = 0, seed: int = 0
 ) -> list[SquadExample]:
-    """Questions from 'synthetic', 'squad' (Hugging Face) or a JSON path (relative: under $LATENTLM_DATA)."""
+    """Questions from 'synthetic', 'squad' (Hugging Face) or a JSON path (relative: under $LATENTLM_DATA).
+
+    Keeps paragraphs of at most `max_context_chars` characters, then `limit` questions from `offset`.
+    """
     if spec == "synthetic":
-        return synthetic_squad(limit or 64, seed=seed + (0 if split == "train" else 1))
+        return synthetic_squad(offset + (limit or 64), seed=seed + (0 if split == "train" else 1))[offset:]
     if spec == "squad":
         examples = load_squad("squad", split=split)
     else:
@@ -41,7 +44,7 @@ def resolve_examples(
         examples = load_squad(path)
     if max_context_chars > 0:
         examples = [e for e in examples if len(e.context) <= max_context_chars]
-    return select_examples(examples, limit)
+    return select_examples(examples, limit, offset)
 
 
 def load_lms(cfg: WireRunConfig) -> list[FrozenLM]:
@@ -86,8 +89,9 @@ def train_wire(
     lms = list(lms) if lms is not None else load_lms(cfg)
     features, st_dim = build_features(cfg, lms, sentence)
     train = resolve_examples(cfg.data.train, "train", cfg.data.train_limit, cfg.data.max_context_chars)
+    # In-training evaluation (best checkpoint) uses dev questions after the ones `eval` scores.
     dev = resolve_examples(
-        cfg.data.dev, "validation", cfg.eval.in_training_examples, cfg.data.max_context_chars
+        cfg.data.dev, "validation", cfg.eval.in_training_examples, cfg.data.max_context_chars, cfg.data.dev_limit
     )
     run = RunDir(cfg.run_dir)
     run.save_config(cfg)

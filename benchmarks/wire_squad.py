@@ -1,0 +1,100 @@
+"""LatentWire on SQuAD with the real frozen pair (SmolLM2-135M + Qwen2.5-Coder-0.5B), on CPU.
+
+For each M in --lengths: Stage A + Stage B (configs/wire/squad.yaml) on the train subset, then
+`wire eval` on dev questions: text (once, M-independent), token-budget, PCA, mean-pool and latent
+F1/EM per model, first-token top-1, compression and prefill speed-up. The peer of the latent is the
+token-budget baseline measured in the same run (ratio latent F1 / token-budget F1).
+
+    python -m benchmarks.wire_squad [--lengths 16 32] [--steps-a 24 --steps-b 12] [--dev 48]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import torch
+
+from benchmarks.common import REPO, data_dir, save_results
+from latentlm.core.config import load_config
+from latentlm.wire.config import WireRunConfig
+from latentlm.wire.pipeline import build_features, evaluate_run, load_lms, train_wire
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--lengths", type=int, nargs="+", default=[16, 32])
+    parser.add_argument("--steps-a", type=int, default=24)
+    parser.add_argument("--steps-b", type=int, default=12)
+    parser.add_argument("--train", type=int, default=160)
+    parser.add_argument("--dev", type=int, default=48)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default="wire_squad")
+    parser.add_argument("--run-root", default=str(REPO / "runs" / "bench-wire"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("LATENTLM_DATA", str(data_dir()))
+    started = time.time()
+    base = [
+        f"data.train_limit={args.train}",
+        f"data.dev_limit={args.dev}",
+        f"phases=[{{name: stage_a, steps: {args.steps_a}}}, {{name: stage_b, steps: {args.steps_b}, "
+        "text_warmup_steps: 4, text_tail_prob: 0.05, first_token_scale: 2.0}]",
+        f"train.max_steps={args.steps_a + args.steps_b}",
+        f"train.eval_every={max(1, (args.steps_a + args.steps_b) // 3)}",
+        f"train.checkpoint_every={max(1, (args.steps_a + args.steps_b) // 3)}",
+    ]
+    cfg0 = load_config(WireRunConfig, REPO / "configs" / "wire" / "squad.yaml", base)
+    lms = load_lms(cfg0)
+    _, _ = build_features(cfg0, lms)  # fail early if the sentence encoder is missing
+    from latentlm.wire.features import SentenceStates
+
+    sentence = SentenceStates.load(cfg0.encoder.sentence_encoder, cfg0.encoder.max_tokens)
+    results: dict = {"settings": vars(args) | {"config": "configs/wire/squad.yaml", "overrides": base}, "runs": {}}
+    text_metrics = None
+    for length in args.lengths:
+        run_dir = f"{args.run_root}/M{length}"
+        overrides = [*base, f"latent.length={length}", f"run_dir={run_dir}"]
+        cfg = load_config(WireRunConfig, REPO / "configs" / "wire" / "squad.yaml", overrides)
+        t0 = time.time()
+        train_wire(cfg, lms, sentence)
+        train_seconds = time.time() - t0
+        baselines = ["token_budget", "pca", "mean_pool"] + (["text"] if text_metrics is None else [])
+        t0 = time.time()
+        metrics = evaluate_run(run_dir, [f"eval.baselines=[{','.join(baselines)}]"], lms=lms, sentence=sentence)
+        eval_seconds = time.time() - t0
+        if text_metrics is None:
+            text_metrics = {name: per["text"] for name, per in metrics["models"].items()}
+        summary = {}
+        for name, per in metrics["models"].items():
+            latent, budget, text = per["latent"], per["token_budget"], text_metrics[name]
+            summary[name] = {
+                "text": text,
+                "token_budget": budget,
+                "pca": per.get("pca"),
+                "mean_pool": per.get("mean_pool"),
+                "latent": latent,
+                "latent_over_token_budget_f1": latent["f1"] / budget["f1"] if budget["f1"] > 0 else None,
+                "latent_beats_token_budget": latent["f1"] > budget["f1"],
+                "prompt_tokens_mean": per["prompt_tokens_mean"],
+                "token_compression_ratio": per["token_compression_ratio"],
+                "prefill": metrics["prefill"][name],
+            }
+        results["runs"][f"M{length}"] = {
+            "models": summary,
+            "joint_rescoring": metrics.get("joint_rescoring"),
+            "compression": metrics["compression"],
+            "encoder_seconds_per_question": metrics["encoder_seconds_per_question"],
+            "train_seconds": train_seconds,
+            "eval_seconds": eval_seconds,
+            "num_dev_questions": metrics["num_examples"],
+        }
+        print(json.dumps(results["runs"][f"M{length}"], indent=1))
+        save_results(args.out, results | {"total_seconds": time.time() - started, "complete": False})
+    save_results(args.out, results | {"total_seconds": time.time() - started, "complete": True})
+
+
+if __name__ == "__main__":
+    main()
