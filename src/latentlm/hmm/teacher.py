@@ -67,7 +67,10 @@ def teacher_kind(cfg: TeacherConfig) -> str:
         return "causal_lm"
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(source.path, local_files_only=source.hub_id != source.path)
+    try:
+        config = AutoConfig.from_pretrained(source.path, local_files_only=source.hub_id != source.path)
+    except OSError as err:
+        raise ValueError(f"lvd.teacher.name: cannot read the config of {cfg.name!r}: {err}") from err
     architectures = getattr(config, "architectures", None) or []
     return "causal_lm" if any(a.endswith("ForCausalLM") for a in architectures) else "encoder"
 
@@ -77,10 +80,11 @@ def load_teacher(cfg: TeacherConfig):
     from latentlm import teachers
 
     kind = teacher_kind(cfg)
-    if kind == "causal_lm":
-        model, tokenizer = teachers.load_causal_lm(cfg.name)
-    else:
-        model, tokenizer = teachers.load_encoder(cfg.name)
+    loader = teachers.load_causal_lm if kind == "causal_lm" else teachers.load_encoder
+    try:
+        model, tokenizer = loader(cfg.name)
+    except OSError as err:
+        raise ValueError(f"lvd.teacher.name: cannot load {cfg.name!r} as a {kind}: {err}") from err
     return model, tokenizer, kind
 
 

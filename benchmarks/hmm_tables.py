@@ -1,0 +1,100 @@
+"""Markdown tables of the HMM benchmark results (for docs/hmm.md), read from benchmarks/results/hmm_*.json.
+
+python benchmarks/hmm_tables.py
+"""
+
+from __future__ import annotations
+
+import json
+
+from benchmarks.common import RESULTS
+
+
+def _load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _fmt(value, digits: int = 1) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def throughput_table(data: dict) -> str:
+    lines = [
+        f"Machine: {data['machine']['cpu']}, {data['machine']['cores']} cores, {data['machine']['date']}; "
+        f"best fp32 GEMM measured in the run: {data['gemm']['best_gflops']} GFLOP/s.",
+        "",
+        "| K | batch | method | tokens/s | GFLOP/s | fraction of GEMM | peak MiB | note |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in data["rows"]:
+        note = (
+            row.get("skipped")
+            or row.get("error")
+            or (f"{row['sequences_timed']} sequences timed" if "sequences_timed" in row else "")
+        )
+        lines.append(
+            f"| {row['K']} | {row['batch']} | {row['method']} | {_fmt(row.get('tokens_per_s'), 0)} | "
+            f"{_fmt(row.get('gflops'), 2)} | {_fmt(row.get('fraction_of_gemm'), 3)} | "
+            f"{_fmt(row.get('peak_mib'), 0)} | {note} |"
+        )
+    lines += ["", "| K | peer | ours / peer (forward tokens/s, batch 64) |", "|---|---|---|"]
+    for ratio in data.get("forward_speedup", []):
+        lines.append(f"| {ratio['K']} | {ratio['peer']} | {ratio['ours_over_peer']:.1f}× |")
+    return "\n".join(lines)
+
+
+def matrix_table(data: dict) -> str:
+    lines = [
+        f"Machine: {data['machine']['cpu']}, {data['machine']['date']}. Corpus: {data['corpus']}.",
+        "",
+        "| cell | held-out ppl (final) | best | tokens | switch at | train s | LVD prep s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in data["rows"]:
+        lines.append(
+            f"| {row['cell']} | {_fmt(row['heldout_ppl'])} | {_fmt(row['best_heldout_ppl'])} | "
+            f"{row['tokens_seen']} | "
+            f"{_fmt(row.get('switch_tokens'))} | {_fmt(row['train_seconds'])} | "
+            f"{_fmt(row.get('lvd_prepare_seconds'))} |"
+        )
+    return "\n".join(lines)
+
+
+def quality_table(data: dict) -> str:
+    lines = [
+        f"Machine: {data['machine']['cpu']}, {data['machine']['date']}; budget {data['setup']['budget']} "
+        "training tokens per run.",
+        "",
+        "| corpus | K | method | held-out ppl | tokens seen | train s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in data["results"]:
+        note = row.get("error", "")
+        if row["method"] == "hmmlearn_em" and "iterations" in row:
+            note = f"{row['iterations']} iterations" + (" (time cap)" if row.get("capped") else "")
+        lines.append(
+            f"| {row['corpus']} | {row['K']} | {row['method']} | {_fmt(row.get('heldout_ppl'))} | "
+            f"{_fmt(row.get('tokens_seen'))} | {_fmt(row.get('train_seconds'))} {note} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    for name, render in (
+        ("hmm_throughput", throughput_table),
+        ("hmm_matrix", matrix_table),
+        ("hmm_quality", quality_table),
+    ):
+        data = _load(name)
+        print(f"### {name}\n")
+        print(render(data) if data else "_(not run)_")
+        print()
+
+
+if __name__ == "__main__":
+    main()
