@@ -31,6 +31,18 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=160)
     parser.add_argument("--dev", type=int, default=48)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--baselines",
+        nargs="+",
+        default=["text", "token_budget", "pca", "mean_pool"],
+        help="baselines of the first M (text is M-independent and run once)",
+    )
+    parser.add_argument(
+        "--later-baselines",
+        nargs="+",
+        default=["token_budget", "mean_pool"],
+        help="baselines of the other lengths",
+    )
     parser.add_argument("--out", default="wire_squad")
     parser.add_argument("--run-root", default=str(REPO / "runs" / "bench-wire"))
     args = parser.parse_args()
@@ -52,7 +64,10 @@ def main() -> None:
     from latentlm.wire.features import SentenceStates
 
     sentence = SentenceStates.load(cfg0.encoder.sentence_encoder, cfg0.encoder.max_tokens)
-    results: dict = {"settings": vars(args) | {"config": "configs/wire/squad.yaml", "overrides": base}, "runs": {}}
+    results: dict = {
+        "settings": vars(args) | {"config": "configs/wire/squad.yaml", "overrides": base},
+        "runs": {},
+    }
     text_metrics = None
     for length in args.lengths:
         run_dir = f"{args.run_root}/M{length}"
@@ -61,15 +76,18 @@ def main() -> None:
         t0 = time.time()
         train_wire(cfg, lms, sentence)
         train_seconds = time.time() - t0
-        baselines = ["token_budget", "pca", "mean_pool"] + (["text"] if text_metrics is None else [])
+        baselines = args.baselines if length == args.lengths[0] else args.later_baselines
         t0 = time.time()
-        metrics = evaluate_run(run_dir, [f"eval.baselines=[{','.join(baselines)}]"], lms=lms, sentence=sentence)
+        metrics = evaluate_run(
+            run_dir, [f"eval.baselines=[{','.join(baselines)}]"], lms=lms, sentence=sentence
+        )
         eval_seconds = time.time() - t0
-        if text_metrics is None:
+        if text_metrics is None and "text" in baselines:
             text_metrics = {name: per["text"] for name, per in metrics["models"].items()}
         summary = {}
         for name, per in metrics["models"].items():
-            latent, budget, text = per["latent"], per["token_budget"], text_metrics[name]
+            latent, budget = per["latent"], per["token_budget"]
+            text = (text_metrics or {}).get(name)
             summary[name] = {
                 "text": text,
                 "token_budget": budget,

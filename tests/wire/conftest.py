@@ -42,7 +42,9 @@ def build_tokenizer(vocab_size: int = 160, with_bos: bool = True) -> PreTrainedT
     return fast
 
 
-def build_model(kind: str, vocab: int, hidden: int = 32, seed: int = 0, init: float = 0.02) -> torch.nn.Module:
+def build_model(
+    kind: str, vocab: int, hidden: int = 32, seed: int = 0, init: float = 0.02
+) -> torch.nn.Module:
     """A 2-layer random Llama or Qwen2 causal LM in float32 (`init`: weight init std)."""
     torch.manual_seed(seed)
     common = dict(

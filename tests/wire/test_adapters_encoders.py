@@ -16,8 +16,12 @@ def test_calibration_hits_target_rms():
     adapter = WireAdapter(AdapterConfig(kind="mlp", affine=False, film=True), 8, 12, embed_rms=0.037)
     out = adapter(torch.randn(3, 5, 8) * 10)
     torch.testing.assert_close(token_rms(out), torch.full((3, 5, 1), 0.037), rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(token_rms(adapter(torch.randn(2, 4, 8), gain=1.5)), torch.full((2, 4, 1), 0.0555),
-                               rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(
+        token_rms(adapter(torch.randn(2, 4, 8), gain=1.5)),
+        torch.full((2, 4, 1), 0.0555),
+        rtol=1e-4,
+        atol=1e-6,
+    )
 
 
 def test_affine_and_film_start_at_identity():

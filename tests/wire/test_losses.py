@@ -21,7 +21,9 @@ def test_masked_ce_matches_loop():
         for t in range(3):
             if mask[b, t]:
                 expected.append(-torch.log_softmax(logits[b, t], -1)[targets[b, t]])
-    torch.testing.assert_close(L.masked_token_ce(logits, targets, mask).double(), torch.stack(expected).mean())
+    torch.testing.assert_close(
+        L.masked_token_ce(logits, targets, mask).double(), torch.stack(expected).mean()
+    )
     # first-k CE only sees the first k positions
     torch.testing.assert_close(
         L.first_k_ce(logits, targets, mask, 1).double(), (expected[0] + expected[2]) / 2

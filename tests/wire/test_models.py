@@ -62,7 +62,7 @@ def test_pad_never_contributes_to_loss(tiny_llama):
     torch.testing.assert_close(answer_cross_entropy(logits_other, ids_other, mask), loss)
     # And the loss equals the per-example brute-force mean over real tokens only.
     total, count = 0.0, 0
-    for row, (prompt, ans) in enumerate(zip(prompts, answers, strict=True)):
+    for prompt, ans in zip(prompts, answers, strict=True):
         full = torch.tensor([prompt + ans])
         out = lm.model(input_ids=full).logits[0]
         for t, token in enumerate(ans):

@@ -43,8 +43,13 @@ def tiny_cfg(run_dir: Path, kind: str = "anchor", extra: tuple[str, ...] = ()) -
 def sentence(tiny_tokenizer):
     torch.manual_seed(0)
     bert = BertModel(
-        BertConfig(vocab_size=len(tiny_tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                   intermediate_size=32)
+        BertConfig(
+            vocab_size=len(tiny_tokenizer),
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+        )
     )
     return SentenceStates(bert.eval(), tiny_tokenizer, 64)
 
@@ -66,8 +71,12 @@ def test_run_directory_and_diagnostics(trained):
     for key in ("tiny_llama/answer_ce", "tiny_llama/first_ce", "tiny_llama/kd", "tiny_qwen/k_ce"):
         assert latent[0]["grad_norms"][key] > 0
     model_diag = latent[0]["models"]["tiny_qwen"]
-    assert {"first_top1", "first_top5", "first_entropy", "first_margin", "predicted_first_tokens"} <= set(model_diag)
-    assert model_diag["prefix_rms"] == pytest.approx(model_diag["embed_rms"], rel=0.2)  # calibrated (+ affine)
+    assert {"first_top1", "first_top5", "first_entropy", "first_margin", "predicted_first_tokens"} <= set(
+        model_diag
+    )
+    assert model_diag["prefix_rms"] == pytest.approx(
+        model_diag["embed_rms"], rel=0.2
+    )  # calibrated (+ affine)
     assert {d["phase"] for d in diags} == {"stage_a", "stage_b"}
     assert (trained / "best" / "model.safetensors").is_file() and (trained / "wire" / "config.json").is_file()
 
@@ -99,8 +108,16 @@ def test_training_lowers_answer_nll(tmp_path, tiny_tokenizer):
     cfg = tiny_cfg(
         tmp_path / "overfit",
         "byte",
-        ("models=[tiny_llama]", "data.train_limit=4", "loss.kd=0", "train.max_steps=30", "train.lr=0.01",
-         "phases=[{name: stage_a, steps: 30}]", "train.eval_every=0", "train.warmup_steps=0"),
+        (
+            "models=[tiny_llama]",
+            "data.train_limit=4",
+            "loss.kd=0",
+            "train.max_steps=30",
+            "train.lr=0.01",
+            "phases=[{name: stage_a, steps: 30}]",
+            "train.eval_every=0",
+            "train.warmup_steps=0",
+        ),
     )
     train_wire(cfg, [lm])
     rows = [json.loads(x) for x in (tmp_path / "overfit" / "metrics.jsonl").read_text().splitlines()]
@@ -111,7 +128,13 @@ def test_training_lowers_answer_nll(tmp_path, tiny_tokenizer):
 def test_phases_and_text_batches():
     phases = [PhaseConfig(name="a", steps=3), PhaseConfig(name="b", steps=4, text_warmup_steps=2)]
     assert [(p.name, s) for p, s in (phase_at(phases, k) for k in range(7))] == [
-        ("a", 0), ("a", 1), ("a", 2), ("b", 0), ("b", 1), ("b", 2), ("b", 3)
+        ("a", 0),
+        ("a", 1),
+        ("a", 2),
+        ("b", 0),
+        ("b", 1),
+        ("b", 2),
+        ("b", 3),
     ]
     assert [is_text_batch(phases[1], s, 0, 0) for s in range(4)] == [False, True, False, False]
     tail = PhaseConfig(name="t", steps=1000, text_tail_prob=0.25)

@@ -43,7 +43,10 @@ def f1_score(prediction: str, gold: str) -> float:
 
 
 def best_over_golds(metric, prediction: str, golds: Sequence[str]) -> float:
-    """Maximum of `metric(prediction, gold)` over the gold answers (official `metric_max_over_ground_truths`)."""
+    """Maximum of `metric(prediction, gold)` over the gold answers.
+
+    The official script's `metric_max_over_ground_truths`.
+    """
     if not golds:
         raise ValueError("best_over_golds: a question needs at least one gold answer")
     return max(metric(prediction, gold) for gold in golds)

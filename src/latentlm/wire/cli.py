@@ -1,8 +1,8 @@
 """`latentlm wire ...`: train, eval and the seed-001 stages from the command line.
 
-    latentlm wire train [config.yaml] [key=value ...]
-    latentlm wire eval run_dir=RUN [checkpoint=best|last] [key=value ...]   (keys of the run's config)
-    latentlm wire stage N [config.yaml] [key=value ...]                     (N = 1..4, seed 001)
+latentlm wire train [config.yaml] [key=value ...]
+latentlm wire eval run_dir=RUN [checkpoint=best|last] [key=value ...]   (keys of the run's config)
+latentlm wire stage N [config.yaml] [key=value ...]                     (N = 1..4, seed 001)
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ def _pop(overrides: list[str], key: str, default: str | None = None) -> str | No
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `latentlm wire`; returns the process exit code."""
-    parser = argparse.ArgumentParser(prog="latentlm wire", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="latentlm wire", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (("train", "Stage A + Stage B training"), ("eval", "evaluate a run directory")):
         p = sub.add_parser(name, help=help_text)
@@ -45,8 +46,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_path = train_wire(cfg)
             print(f"trained: {run_path}")
             metrics = evaluate_run(run_path)
-            print(json.dumps({m: {k: v.get("f1") for k, v in d.items() if isinstance(v, dict)}
-                              for m, d in metrics["models"].items()}, indent=1))
+            print(
+                json.dumps(
+                    {
+                        m: {k: v.get("f1") for k, v in d.items() if isinstance(v, dict)}
+                        for m, d in metrics["models"].items()
+                    },
+                    indent=1,
+                )
+            )
             return 0
         if ns.command == "eval":
             from latentlm.wire.pipeline import evaluate_run

@@ -306,7 +306,10 @@ class WireRunConfig:
     encoder_lr_scale: float = 0.5
     """Encoder LR = train.lr x this (seed 001: encoder slower than adapters)."""
     diagnostics_every: int = 10
-    """Write first-token diagnostics and per-loss gradient norms to diagnostics.jsonl every N steps (0: off)."""
+    """Write first-token diagnostics to diagnostics.jsonl every N steps (0: off)."""
+    grad_diag_every: int = 20
+    """Add per-loss gradient norms to the diagnostics every N steps (0: off); each costs one extra
+    backward pass through the frozen LLMs per loss term."""
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(max_steps=100, lr=1e-3, log_every=5, best_metric="gold_nll_mean")
     )

@@ -282,7 +282,7 @@ def _prefill(cfg, wire, lms, examples) -> dict:
     """Median prefill seconds of text vs latent prompts, batch 1, averaged over a few questions."""
     result = {}
     contents = [format_content(e.context, e.question) for e in examples]
-    for index, lm in enumerate(lms):
+    for lm in lms:
         text_t, latent_t = [], []
         for content in contents:
             prompt, mask = text_prompts(lm, [content])

@@ -92,8 +92,11 @@ def segment_mean_pool(embeds: torch.Tensor, mask: torch.Tensor, segments: int) -
     """
     rank = mask.long().cumsum(-1) - 1  # (B, L) index among real tokens
     count = mask.long().sum(-1, keepdim=True).clamp(min=1)  # (B, 1)
-    # Token r lies in segment j iff floor(j n / S) <= r < floor((j+1) n / S), i.e. j = floor(((r+1) S - 1) / n).
-    segment = torch.div((rank + 1) * segments - 1, count, rounding_mode="floor").clamp(0, segments - 1)  # (B, L)
+    # Token r is in segment j iff floor(j n / S) <= r < floor((j+1) n / S),
+    # i.e. j = floor(((r+1) S - 1) / n).
+    segment = torch.div((rank + 1) * segments - 1, count, rounding_mode="floor").clamp(
+        0, segments - 1
+    )  # (B, L)
     onehot = F.one_hot(segment, segments).to(embeds.dtype) * mask.unsqueeze(-1).to(embeds.dtype)  # (B, L, S)
     sums = onehot.transpose(1, 2) @ embeds  # (B, S, d)
     sizes = onehot.sum(1).unsqueeze(-1)  # (B, S, 1)

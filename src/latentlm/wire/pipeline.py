@@ -91,7 +91,11 @@ def train_wire(
     train = resolve_examples(cfg.data.train, "train", cfg.data.train_limit, cfg.data.max_context_chars)
     # In-training evaluation (best checkpoint) uses dev questions after the ones `eval` scores.
     dev = resolve_examples(
-        cfg.data.dev, "validation", cfg.eval.in_training_examples, cfg.data.max_context_chars, cfg.data.dev_limit
+        cfg.data.dev,
+        "validation",
+        cfg.eval.in_training_examples,
+        cfg.data.max_context_chars,
+        cfg.data.dev_limit,
     )
     run = RunDir(cfg.run_dir)
     run.save_config(cfg)

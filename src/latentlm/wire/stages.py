@@ -101,7 +101,9 @@ class PCAReconstructionTask(Task):
             answers = [self.lm.answer_ids(a)[: self.cfg.data.max_answer_tokens] for a in batch["answer"]]
             ids = self.lm.pad_answers(answers)
             answer_mask = self.lm.answer_mask(answers, ids.shape[1])
-            ce = masked_token_ce(self.lm.teacher_forced_logits(prompt, mask, ids, answer_mask), ids, answer_mask)
+            ce = masked_token_ce(
+                self.lm.teacher_forced_logits(prompt, mask, ids, answer_mask), ids, answer_mask
+            )
             total = total + self.cfg.loss.answer_ce * ce
             metrics["answer_ce"] = ce.item()
         return StepOutput(loss=total, num_tokens=len(batch["content"]), metrics=metrics)
@@ -111,10 +113,13 @@ class PCAReconstructionTask(Task):
 def _generate_f1(lm: FrozenLM, prompts: list[tuple[torch.Tensor, torch.Tensor]], examples, cfg) -> dict:
     preds, hits = [], []
     for (prompt, mask), chunk in zip(prompts, _chunked(examples, cfg.eval.batch_size), strict=True):
-        out = lm.generate_from_embeds(prompt, mask, cfg.eval.max_new_tokens, cfg.eval.min_new_tokens,
-                                      cfg.eval.eos_ban_steps)
+        out = lm.generate_from_embeds(
+            prompt, mask, cfg.eval.max_new_tokens, cfg.eval.min_new_tokens, cfg.eval.eos_ban_steps
+        )
         preds.extend(lm.decode(o) for o in out)
-        hits.extend(score_gold_batch(lm, prompt, mask, [e.answers[0] for e in chunk], cfg.data.max_answer_tokens)[0])
+        hits.extend(
+            score_gold_batch(lm, prompt, mask, [e.answers[0] for e in chunk], cfg.data.max_answer_tokens)[0]
+        )
     scores = squad_scores(preds, [e.answers for e in examples])
     scores["first_top1"] = float(np.mean(hits))
     return scores
@@ -143,11 +148,23 @@ def run_stage1(cfg: WireRunConfig, lms: Sequence[FrozenLM] | None = None) -> dic
     text = _generate_f1(lm, [text_prompts(lm, c) for c in contents], dev, cfg)
     with torch.no_grad():
         adapted = [soft_content_prompts(lm, [task.reconstruct(adapter, t)[1] for t in c]) for c in contents]
-        raw_pca = [soft_content_prompts(lm, [pca.reconstruct(lm.embed(lm.encode(t))) for t in c]) for c in contents]
-    result = judge(1, text["f1"], (adapted_scores := _generate_f1(lm, adapted, dev, cfg))["f1"],
-                   adapted_scores["first_top1"])
-    result.update(model=lm.name, pca_rank=cfg.latent.d_z, pca_explained_variance=pca.explained,
-                  text=text, adapter=adapted_scores, pca_without_adapter=_generate_f1(lm, raw_pca, dev, cfg))
+        raw_pca = [
+            soft_content_prompts(lm, [pca.reconstruct(lm.embed(lm.encode(t))) for t in c]) for c in contents
+        ]
+    result = judge(
+        1,
+        text["f1"],
+        (adapted_scores := _generate_f1(lm, adapted, dev, cfg))["f1"],
+        adapted_scores["first_top1"],
+    )
+    result.update(
+        model=lm.name,
+        pca_rank=cfg.latent.d_z,
+        pca_explained_variance=pca.explained,
+        text=text,
+        adapter=adapted_scores,
+        pca_without_adapter=_generate_f1(lm, raw_pca, dev, cfg),
+    )
     write_json(run.path / "stage_report.json", result)
     run.close()
     return result

@@ -314,8 +314,10 @@ class WireTask(Task):
         total = sum(terms.values())
         for key, value in terms.items():
             metrics[f"loss/{key}"] = value.item()
-        if diagnose:
+        grad_diag = cfg.grad_diag_every > 0 and state.step % cfg.grad_diag_every == 0
+        if grad_diag:
             record["grad_norms"] = self._grad_norms(wire, terms)
+        if diagnose or grad_diag:
             record["losses"] = {k: v.item() for k, v in terms.items()}
             self._write_diagnostics(record)
         return StepOutput(loss=total, num_tokens=num_tokens, metrics=metrics)

@@ -1,0 +1,73 @@
+"""Real frozen models (installed from PyPI): inputs_embeds generation and anchor/label alignment."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from latentlm.data.squad import load_squad
+from latentlm.wire.features import text_prompts
+from latentlm.wire.models import FrozenLM, format_content
+
+pytestmark = pytest.mark.real_model
+
+
+def _available(name: str) -> bool:
+    from latentlm.teachers import resolve_model
+
+    try:
+        source = resolve_model(name)
+    except Exception:
+        return False
+    from pathlib import Path
+
+    return source.gguf_file is None or (Path(source.path) / source.gguf_file).is_file()
+
+
+@pytest.fixture(scope="module")
+def dev(data_dir):
+    return load_squad(data_dir / "squad" / "dev-v1.1-subset.json")[:12]
+
+
+def test_smollm2_generation_from_embeds_equals_ids(dev):
+    from latentlm.wire.models import load_frozen_lm
+
+    lm = load_frozen_lm("smollm2", "chat")
+    assert not lm.use_bos and lm.tokenizer.decode(lm.parts.prefix).startswith("<|im_start|>system")
+    contents = [format_content(e.context, e.question) for e in dev[:2]]
+    with torch.no_grad():
+        embeds, mask = text_prompts(lm, contents)
+        got = lm.generate_from_embeds(embeds, mask, max_new_tokens=4)
+        for content, new in zip(contents, got, strict=True):
+            ids = torch.tensor([lm.text_prompt_ids(content)])
+            out = lm.model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=4,
+                do_sample=False,
+                pad_token_id=lm.pad_id,
+                eos_token_id=lm.stop_ids,
+            )
+            assert lm._cut_at_stop(out[0, ids.shape[1] :].tolist()) == new
+
+
+@pytest.mark.parametrize(
+    ("name", "style"), [("smollm2", "chat"), ("qwen2.5-coder-0.5b", "chat"), ("gemma3-270m", "plain")]
+)
+def test_first_gold_token_after_anchor_is_label_zero(dev, name, style):
+    if not _available(name):
+        pytest.skip(f"{name} is not installed (latentlm fetch {name})")
+    from latentlm.teachers import load_tokenizer
+
+    tok = load_tokenizer(name)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    lm = FrozenLM(torch.nn.Linear(1, 1), tok, name, style)  # tokenizer-only checks need no weights
+    anchor = [t for t in lm.parts.anchor if t != lm.bos_id]
+    for example in dev:
+        answer = example.answers[0]
+        labels = lm.answer_ids(answer)
+        joint = lm.encode(lm.anchor_text.rstrip() + lm.anchor_text[len(lm.anchor_text.rstrip()) :] + answer)
+        assert joint[: len(anchor)] == anchor, f"{name}: the anchor merges with the answer {answer!r}"
+        assert labels == joint[len(anchor) :] and labels[0] == joint[len(anchor)]
+        assert lm.decode(labels) == answer.strip()
