@@ -159,7 +159,10 @@ def build_layout(
         for upper in range(level, active):
             ids = unit[upper, :, tokens].gather(1, safe_first)
             unit[upper, :, heads] = torch.where(exists, ids, -1)
-    return HierarchyLayout(kind, position, unit, active, token_offset, n, head_offsets, list(head_capacity))
+    # int32 metadata halves the memory traffic of the (B, S, S) comparisons in the edge rule.
+    return HierarchyLayout(
+        kind.int(), position.int(), unit.int(), active, token_offset, n, head_offsets, list(head_capacity)
+    )
 
 
 def token_layout(token_valid: Tensor) -> HierarchyLayout:
@@ -168,15 +171,25 @@ def token_layout(token_valid: Tensor) -> HierarchyLayout:
 
 
 class AttentionPattern:
-    """Interface: which slot may attend to which, as one broadcastable rule."""
+    """Interface: which slot may attend to which.
 
-    def allowed(self, layout: HierarchyLayout, b: Tensor, qi: Tensor, kj: Tensor) -> Tensor:
+    A pattern first derives per-slot integer keys from the layout (`slot_keys`, cheap: O(B S)) and
+    then states every edge type as a comparison of a query key with a key key (`allowed`), so that the
+    dense mask costs a handful of (B, S, S) operations and the FlexAttention `mask_mod` evaluates the
+    very same expression one (query, key) pair at a time.
+    """
+
+    def slot_keys(self, layout: HierarchyLayout) -> dict[str, Tensor]:
+        """Per-slot (B, S) tensors the rule compares."""
+        return {"valid": layout.valid}
+
+    def allowed(self, keys: dict[str, Tensor], b: Tensor, qi: Tensor, kj: Tensor) -> Tensor:
         """Boolean `query qi of batch b may attend key kj`, broadcasting over the index tensors."""
         raise NotImplementedError
 
-    def rule(self, layout: HierarchyLayout, b: Tensor, qi: Tensor, kj: Tensor) -> Tensor:
+    def rule(self, keys: dict[str, Tensor], b: Tensor, qi: Tensor, kj: Tensor) -> Tensor:
         """`allowed` plus self-edges for every slot, so that no query row is empty."""
-        return (qi == kj) | self.allowed(layout, b, qi, kj)
+        return (qi == kj) | self.allowed(keys, b, qi, kj)
 
     def materialize(self, layout: HierarchyLayout) -> Tensor:
         """Dense boolean mask.
@@ -189,13 +202,14 @@ class AttentionPattern:
         b = torch.arange(batch, device=device)[:, None, None]
         qi = torch.arange(size, device=device)[None, :, None]
         kj = torch.arange(size, device=device)[None, None, :]
-        return self.rule(layout, b, qi, kj)
+        return self.rule(self.slot_keys(layout), b, qi, kj)
 
     def mask_mod(self, layout: HierarchyLayout) -> Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]:
         """The same rule as a FlexAttention `mask_mod(b, h, q_idx, kv_idx)`."""
+        keys = self.slot_keys(layout)
 
         def mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
-            return self.rule(layout, b, q_idx, kv_idx)
+            return self.rule(keys, b, q_idx, kv_idx)
 
         return mod
 
@@ -203,8 +217,14 @@ class AttentionPattern:
 class FullAttention(AttentionPattern):
     """Every valid slot attends to every valid slot (the dense baseline)."""
 
-    def allowed(self, layout: HierarchyLayout, b: Tensor, qi: Tensor, kj: Tensor) -> Tensor:
-        return (layout.kind[b, qi] >= 0) & (layout.kind[b, kj] >= 0)
+    def allowed(self, keys: dict[str, Tensor], b: Tensor, qi: Tensor, kj: Tensor) -> Tensor:
+        return keys["valid"][b, qi] & keys["valid"][b, kj]
+
+
+# Sentinels: a query-side key of -FAR never equals or comes near a key-side key of +FAR, so slots a
+# rule does not apply to drop out of a single comparison. LEVEL_STRIDE separates levels in one key.
+_FAR = 1 << 29
+_LEVEL_STRIDE = 1 << 24
 
 
 class HierarchicalBias(AttentionPattern):
@@ -213,39 +233,61 @@ class HierarchicalBias(AttentionPattern):
     def __init__(self, edges: EdgeConfig) -> None:
         self.edges = edges
 
-    def allowed(self, layout: HierarchyLayout, b: Tensor, qi: Tensor, kj: Tensor) -> Tensor:
-        e = self.edges
-        kind_q, kind_k = layout.kind[b, qi], layout.kind[b, kj]
-        token_q, token_k = kind_q == KIND_TOKEN, kind_k == KIND_TOKEN
-        allowed = torch.zeros_like(token_q)
-        if e.doc_token:
-            allowed = allowed | (kind_q == KIND_DOC) | (kind_k == KIND_DOC)
-        if e.local_window > 0:
-            distance = (layout.position[b, qi] - layout.position[b, kj]).abs()
-            allowed = allowed | (token_q & token_k & (distance <= e.local_window))
+    def slot_keys(self, layout: HierarchyLayout) -> dict[str, Tensor]:
+        kind, unit = layout.kind, layout.unit
+        valid = kind >= 0
+        token = kind == KIND_TOKEN
         active = layout.active_levels
-        if e.same_unit and active > 0:
-            unit_q, unit_k = layout.unit[0][b, qi], layout.unit[0][b, kj]
-            allowed = allowed | (token_q & token_k & (unit_q == unit_k))
+        keys = {"valid": valid, "doc": kind == KIND_DOC}
+
+        def sided(condition: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
+            far = torch.full_like(value, _FAR)
+            return torch.where(condition, value, -far), torch.where(condition, value, far)
+
+        keys["pos_q"], keys["pos_k"] = sided(token, layout.position)
+        if active > 0:
+            keys["unit0_q"], keys["unit0_k"] = sided(token, unit[0])
+        # Heads of every level in one key: level * stride + unit (neighbours) or + parent (siblings).
+        head_level = kind - KIND_HEAD0  # (B, S), level of a head slot
+        is_head = (kind >= KIND_HEAD0) & (head_level < active)
+        level_base = head_level.clamp(min=0) * _LEVEL_STRIDE
+        own_unit = torch.zeros_like(kind)
+        parent = torch.zeros_like(kind)
         for level in range(active):
-            unit_q, unit_k = layout.unit[level][b, qi], layout.unit[level][b, kj]
-            same_unit = (unit_q == unit_k) & (unit_q >= 0)
-            head_q, head_k = kind_q == KIND_HEAD0 + level, kind_k == KIND_HEAD0 + level
-            if e.parent_child:
-                # Tokens and heads of lower levels are descendants of the head of their unit.
-                below_q = (kind_q >= KIND_TOKEN) & (kind_q < KIND_HEAD0 + level)
-                below_k = (kind_k >= KIND_TOKEN) & (kind_k < KIND_HEAD0 + level)
-                allowed = allowed | (same_unit & ((head_q & below_k) | (head_k & below_q)))
-            both_heads = head_q & head_k
-            if e.siblings:
-                if level + 1 < active:
-                    same_parent = layout.unit[level + 1][b, qi] == layout.unit[level + 1][b, kj]
-                    allowed = allowed | (both_heads & same_parent)
-                else:
-                    allowed = allowed | both_heads  # top level: the document is the common parent
-            if e.neighbour_units > 0:
-                allowed = allowed | (both_heads & ((unit_q - unit_k).abs() <= e.neighbour_units))
-        return allowed & (kind_q >= 0) & (kind_k >= 0)
+            at_level = head_level == level
+            own_unit = torch.where(at_level, unit[level], own_unit)
+            if level + 1 < active:
+                parent = torch.where(at_level, unit[level + 1], parent)
+        keys["unit_q"], keys["unit_k"] = sided(is_head, level_base + own_unit)
+        keys["parent_q"], keys["parent_k"] = sided(is_head, level_base + parent)
+        for level in range(active):
+            # Parent/child at `level`: a head of this level vs a token or lower head of the same unit.
+            head = kind == KIND_HEAD0 + level
+            below = (kind >= KIND_TOKEN) & (kind < KIND_HEAD0 + level)
+            keys[f"head{level}_q"], keys[f"head{level}_k"] = sided(head, unit[level])
+            keys[f"below{level}_q"], keys[f"below{level}_k"] = sided(below, unit[level])
+        return keys
+
+    def allowed(self, keys: dict[str, Tensor], b: Tensor, qi: Tensor, kj: Tensor) -> Tensor:
+        e = self.edges
+        valid_q, valid_k = keys["valid"][b, qi], keys["valid"][b, kj]
+        allowed = torch.zeros_like(valid_q & valid_k)
+        if e.doc_token:
+            allowed = allowed | (keys["doc"][b, qi] & valid_k) | (valid_q & keys["doc"][b, kj])
+        if e.local_window > 0:
+            allowed = allowed | ((keys["pos_q"][b, qi] - keys["pos_k"][b, kj]).abs() <= e.local_window)
+        if e.same_unit and "unit0_q" in keys:
+            allowed = allowed | (keys["unit0_q"][b, qi] == keys["unit0_k"][b, kj])
+        level = 0
+        while e.parent_child and f"head{level}_q" in keys:
+            allowed = allowed | (keys[f"head{level}_q"][b, qi] == keys[f"below{level}_k"][b, kj])
+            allowed = allowed | (keys[f"below{level}_q"][b, qi] == keys[f"head{level}_k"][b, kj])
+            level += 1
+        if e.siblings:
+            allowed = allowed | (keys["parent_q"][b, qi] == keys["parent_k"][b, kj])
+        if e.neighbour_units > 0:
+            allowed = allowed | ((keys["unit_q"][b, qi] - keys["unit_k"][b, kj]).abs() <= e.neighbour_units)
+        return allowed
 
 
 class AttentionBackend:

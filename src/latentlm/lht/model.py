@@ -227,15 +227,15 @@ class LHTForMaskedLM(nn.Module, PretrainedMixin):
             if self.doc_embedding is not None:
                 parts.insert(0, self.doc_embedding.to(tokens.dtype).expand(batch, 1, d))
             hidden = torch.cat(parts, dim=1)  # (B, S, D)
-        prepared, cos, sin = self._prepare(layout)
+        prepared_layout = None  # masks are built lazily: only for layouts a block attends with
         for index, block in enumerate(self.blocks):
             if self.hierarchy is not None and state is not None:
-                levels = self.hierarchy.levels_at(index)
-                for level in levels:
+                for level in self.hierarchy.levels_at(index):
                     hidden, state = self.hierarchy.route(level, hidden, state)
-                if levels:
-                    layout = state.layout
-                    prepared, cos, sin = self._prepare(layout)
+                layout = state.layout
+            if layout is not prepared_layout:
+                prepared, cos, sin = self._prepare(layout)
+                prepared_layout = layout
             if self.config.gradient_checkpointing and self.training:
                 hidden = checkpoint(block, hidden, cos, sin, self.backend, prepared, use_reentrant=False)
             else:
