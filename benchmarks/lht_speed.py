@@ -150,10 +150,12 @@ def main() -> None:
     save_results(
         "lht_speed",
         {
-            "description": "MLM step (train) / forward tokens/s and peak RSS, batch 1, CPU, one torch "
-            "thread, one process per measurement; model width 128, 2 layers, 4 heads, vocab 30522; LHT: 2 levels "
-            "(ratios 4, 4; routers before blocks 0 and 1), window 16, +-2 neighbour units, [DOC], "
-            "capacity factor 1.25. Machine shared with other jobs.",
+            "description": (
+                "MLM step (train) / forward tokens/s and peak RSS, batch 1, CPU, one torch thread, "
+                "one process per measurement; model width 128, 2 layers, 4 heads, vocab 30522; "
+                "LHT: 2 levels (ratios 4, 4; routers before blocks 0 and 1), window 16, +-2 neighbour "
+                "units, [DOC], capacity factor 1.25. Machine shared with other jobs."
+            ),
             "config": {"repeats": args.repeats, "lengths": args.lengths, "torch_threads": args.threads},
             "rows": rows,
             "ratios": ratios,
