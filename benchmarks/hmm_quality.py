@@ -9,7 +9,10 @@ tail) and each K, three dense HMMs see the same number of training tokens:
 * ``em``: full-batch EM (closed-form M-step, pseudocount 1e-3) from the same random initialisation;
   one iteration = one pass over the training split, iterations = budget / training tokens;
 * ``hmmlearn_em`` (K = 128 only, where it finishes in the time cap): hmmlearn ``CategoricalHMM.fit``
-  with as many iterations, scored by our forward algorithm under the same protocol.
+  with as many iterations, scored by our forward algorithm under the same protocol (its
+  probabilities floored at 1e-6 and renormalised, since it has no pseudocount).
+
+AdamW runs use lr 0.05, batch 32, constant schedule, seed 0 (one setting for every cell, not tuned).
 
     python benchmarks/hmm_quality.py [--states 128 256 512 1024] [--budget 300000] [--quick]
 """

@@ -264,6 +264,7 @@ def test_corpus_split_vocab_and_eos(tmp_path, corpus_file):
     assert "far" not in corpus.vocab  # seen once < min_count
     assert len(corpus.heldout) > 0
     assert surface_words("Hello, world!", True) == ["hello", ",", " world", "!"]
+    assert surface_words("a <unk> b", True) == ["a", " <unk>", " b"]
 
 
 def test_every_shipped_config_loads():

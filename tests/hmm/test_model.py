@@ -78,16 +78,19 @@ def test_count_estimate_is_the_maximiser():
     mask = torch.arange(5).unsqueeze(0) < torch.tensor([5, 5, 4, 3, 2, 1]).unsqueeze(1)
     closed = count_estimate(obs, states, mask, k, v, pseudocount=alpha)
     model = HMMLanguageModel(HMMConfig(num_states=k, vocab_size=v)).double()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=0.05, weight_decay=0.0)
-    for _ in range(3000):
+    steps = 500
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / steps)
+    for _ in range(steps):
         optimizer.zero_grad()
         params = model.log_parameters()
         prior = alpha * sum(p.sum() for p in params)
         loss = -(model.joint_log_likelihood(obs, states, mask).sum() + prior)
         loss.backward()
         optimizer.step()
+        schedule.step()
     for learned, exact in zip(model.log_parameters(), closed, strict=True):
-        assert_close(learned.exp(), exact.exp(), atol=1e-4, rtol=0)
+        assert_close(learned.exp(), exact.exp(), atol=1e-6, rtol=0)
     objective = model.joint_log_likelihood(obs, states, mask).sum()
     model.load_log_probabilities(closed)
     assert model.joint_log_likelihood(obs, states, mask).sum() >= objective - 1e-9

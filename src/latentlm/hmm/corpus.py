@@ -21,6 +21,7 @@ in the same flat order and are looked up by sequence index.
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,14 +151,27 @@ def read_units(path: str, fmt: str, hf_split: str = "train", hf_column: str = "t
     return units
 
 
+_MARKUP = re.compile(r"(<[A-Za-z]+>)")
+
+
+def _words(text: str) -> list[str]:
+    # Angle-bracket markers already in a corpus (PTB's <unk>) stay one token.
+    return [
+        w
+        for part in _MARKUP.split(text)
+        for w in ([part] if _MARKUP.fullmatch(part) else word_tokenize(part))
+    ]
+
+
 def surface_words(text: str, lowercase: bool) -> list[str]:
     """Words of ``text`` as surface forms: ``" word"`` when a space precedes it in the text."""
     pieces, position = [], 0
-    for word in word_tokenize(text):
+    for word in _words(text):
         found = text.find(word, position)
         spaced = found > 0 and text[found - 1].isspace()
         position = found + len(word)
-        pieces.append((" " if spaced and pieces else "") + (word.lower() if lowercase else word))
+        surface = word if _MARKUP.fullmatch(word) or not lowercase else word.lower()
+        pieces.append((" " if spaced and pieces else "") + surface)
     return pieces
 
 
@@ -220,6 +234,8 @@ def build_corpus(cfg: CorpusConfig, teacher_tokenizer=None) -> Corpus:
     train_chunks = [c for unit in train_units for c in _chunks(split(unit), cfg.max_length, True)]
     heldout_chunks = [c for unit in heldout_units for c in _chunks(split(unit), cfg.max_length, True)]
     counts = Counter(_key(p) for chunk in train_chunks for p in chunk if p is not None)
+    for special in (PAD, UNK, EOS):  # a literal <unk> in the text maps to the vocabulary's <unk>
+        counts.pop(special, None)
     if not counts:
         raise ValueError(f"{cfg.path}: the training split holds no tokens")
     kept = [k for k, c in sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0]))) if c >= cfg.min_count]
