@@ -69,8 +69,8 @@ def make_problem(k: int, batch: int, seed: int = 0):
     return log_start, log_trans, log_emit, obs, states
 
 
-def _child(method: str, k: int, batch: int, peer_seconds: float, queue) -> None:
-    torch.set_num_threads(torch.get_num_threads())
+def _child(method: str, k: int, batch: int, peer_seconds: float, threads: int, queue) -> None:
+    torch.set_num_threads(threads)
     log_start, log_trans, log_emit, obs, states = make_problem(k, batch)
     result = {"method": method, "K": k, "batch": batch}
     try:
@@ -100,7 +100,9 @@ def _measure(method, log_start, log_trans, log_emit, obs, states, peer_seconds) 
     batch = obs.shape[0]
     tokens = obs.numel()
     if method.startswith("ours"):
-        params = [p.clone().requires_grad_(method != "ours_forward") for p in (log_start, log_trans, log_emit)]
+        params = [
+            p.clone().requires_grad_(method != "ours_forward") for p in (log_start, log_trans, log_emit)
+        ]
 
         def run():
             if method == "ours_forward":
@@ -115,8 +117,12 @@ def _measure(method, log_start, log_trans, log_emit, obs, states, peer_seconds) 
 
         base = rss_mib()
         seconds = _timed(run)
-        return {"seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds,
-                "peak_mib": max(0.0, peak_mib() - base)}
+        return {
+            "seconds": seconds,
+            "tokens": tokens,
+            "tokens_per_s": tokens / seconds,
+            "peak_mib": max(0.0, peak_mib() - base),
+        }
     if method.startswith("hmmlearn"):
         from hmmlearn.hmm import CategoricalHMM
 
@@ -136,10 +142,17 @@ def _measure(method, log_start, log_trans, log_emit, obs, states, peer_seconds) 
         start = time.perf_counter()
         values = [call(data[i]) for i in range(count)]
         seconds = time.perf_counter() - start
-        out = {"seconds": seconds, "tokens": count * LENGTH, "tokens_per_s": count * LENGTH / seconds,
-               "sequences_timed": count, "peak_mib": max(0.0, peak_mib() - base)}
+        out = {
+            "seconds": seconds,
+            "tokens": count * LENGTH,
+            "tokens_per_s": count * LENGTH / seconds,
+            "sequences_timed": count,
+            "peak_mib": max(0.0, peak_mib() - base),
+        }
         if method.endswith("forward"):
-            ours = forward_log_likelihood(log_start.double(), log_trans.double(), log_emit.double(), obs[:count])
+            ours = forward_log_likelihood(
+                log_start.double(), log_trans.double(), log_emit.double(), obs[:count]
+            )
             out["max_abs_diff_vs_ours"] = float(np.max(np.abs(np.array(values) - ours.numpy())))
         return out
     from pomegranate.distributions import Categorical
@@ -154,14 +167,18 @@ def _measure(method, log_start, log_trans, log_emit, obs, states, peer_seconds) 
         start = time.perf_counter()
         (model.log_probability if method.endswith("forward") else model.forward_backward)(data)
         seconds = time.perf_counter() - start
-    return {"seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds,
-            "peak_mib": max(0.0, peak_mib() - base)}
+    return {
+        "seconds": seconds,
+        "tokens": tokens,
+        "tokens_per_s": tokens / seconds,
+        "peak_mib": max(0.0, peak_mib() - base),
+    }
 
 
 def measure(method: str, k: int, batch: int, peer_seconds: float, timeout: float) -> dict:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(method, k, batch, peer_seconds, queue))
+    proc = ctx.Process(target=_child, args=(method, k, batch, peer_seconds, torch.get_num_threads(), queue))
     proc.start()
     proc.join(timeout)
     if proc.is_alive():
@@ -179,7 +196,10 @@ def main() -> None:
     parser.add_argument("--peer-seconds", type=float, default=20.0)
     parser.add_argument("--peer-memory-gib", type=float, default=4.0)
     parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     states = [64, 256] if args.quick else [64, 256, 1024, 4096]
     batches = [64] if args.quick else [64, 256]
     rate = gemm_rate()
@@ -188,14 +208,24 @@ def main() -> None:
     for k in states:
         for batch in batches:
             methods = ["ours_forward", "ours_forward_backward", "ours_joint"]
-            methods += ["hmmlearn_scaling_forward", "hmmlearn_log_forward", "hmmlearn_scaling_forward_backward"]
+            methods += [
+                "hmmlearn_scaling_forward",
+                "hmmlearn_log_forward",
+                "hmmlearn_scaling_forward_backward",
+            ]
             # pomegranate's forward-backward holds (B, T, K, K)-sized float32 tensors.
             pomegranate_gib = batch * LENGTH * k * k * 4 * 3 / 2**30
             if pomegranate_gib <= args.peer_memory_gib:
                 methods += ["pomegranate_forward", "pomegranate_forward_backward"]
             else:
-                rows.append({"method": "pomegranate_*", "K": k, "batch": batch,
-                             "skipped": f"needs ~{pomegranate_gib:.0f} GiB (> {args.peer_memory_gib} GiB cap)"})
+                rows.append(
+                    {
+                        "method": "pomegranate_*",
+                        "K": k,
+                        "batch": batch,
+                        "skipped": f"needs ~{pomegranate_gib:.0f} GiB (> {args.peer_memory_gib} GiB cap)",
+                    }
+                )
             for method in methods:
                 if method.startswith("hmmlearn") and batch != batches[0]:
                     continue  # hmmlearn scores one sequence at a time: batch size does not matter
@@ -205,20 +235,42 @@ def main() -> None:
                     if method != "ours_joint":
                         row["gflops"] = row["tokens_per_s"] * flops / 1e9
                         row["fraction_of_gemm"] = row["gflops"] / rate["best_gflops"]
-                print({key: (round(v, 4) if isinstance(v, float) else v) for key, v in row.items()}, flush=True)
+                print(
+                    {key: (round(v, 4) if isinstance(v, float) else v) for key, v in row.items()}, flush=True
+                )
                 rows.append(row)
     ratios = []
     for k in states:
-        ours = {r["method"]: r for r in rows if r["K"] == k and r.get("batch") == batches[0] and "tokens_per_s" in r}
+        ours = {
+            r["method"]: r
+            for r in rows
+            if r["K"] == k and r.get("batch") == batches[0] and "tokens_per_s" in r
+        }
         for peer in ("hmmlearn_scaling_forward", "hmmlearn_log_forward", "pomegranate_forward"):
             if peer in ours and "ours_forward" in ours:
-                ratios.append({"K": k, "peer": peer,
-                               "ours_over_peer": ours["ours_forward"]["tokens_per_s"] / ours[peer]["tokens_per_s"]})
-    save_results("hmm_throughput", {
-        "setup": {"vocab": VOCAB, "length": LENGTH, "states": states, "batches": batches,
-                  "peer_seconds_cap": args.peer_seconds, "note": "shared 2-core machine (other jobs running)"},
-        "gemm": rate, "rows": rows, "forward_speedup": ratios,
-    })
+                ratios.append(
+                    {
+                        "K": k,
+                        "peer": peer,
+                        "ours_over_peer": ours["ours_forward"]["tokens_per_s"] / ours[peer]["tokens_per_s"],
+                    }
+                )
+    save_results(
+        "hmm_throughput",
+        {
+            "setup": {
+                "vocab": VOCAB,
+                "length": LENGTH,
+                "states": states,
+                "batches": batches,
+                "peer_seconds_cap": args.peer_seconds,
+                "note": "shared 2-core machine (other jobs running)",
+            },
+            "gemm": rate,
+            "rows": rows,
+            "forward_speedup": ratios,
+        },
+    )
 
 
 if __name__ == "__main__":
