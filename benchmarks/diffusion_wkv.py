@@ -59,7 +59,7 @@ def main() -> None:
     for T in (128, 512):
         for backward in (False, True):
             naive = measure(T, "naive", 0, backward, repeats)
-            for chunk in (16, 32, 64):
+            for chunk in (8, 16, 32, 64):
                 chunked = measure(T, "chunked", chunk, backward, repeats)
                 row = {
                     "T": T,

@@ -16,9 +16,11 @@ Notation (per head): ``r_t, k_t, w_t in R^K``, ``v_t in R^V``, state ``S in R^{K
 so that position ``s != t`` contributes ``r_t^T diag(prod_{j strictly between s and t} w_j) k_s v_s^T``.
 
 Two implementations of the past-only scan are given and tested equal in float64:
-``wkv_naive`` (one step per token) and ``wkv_chunked`` (exact chunked-parallel form: within a chunk of
-``C`` tokens an explicit decayed ``C x C`` score matrix, between chunks a state recurrence).  All
-exponents in the chunked form are sums of ``log_w`` and hence ``<= 0``, so nothing overflows.
+``wkv_naive`` (one step per token, ``T`` sequential steps) and ``wkv_chunked`` (the exact chunkwise
+form: the sequence is cut into ``N = T / C`` chunks; the recurrence runs inside all chunks in parallel
+for ``C`` steps from a zero state, then a state recurrence over the ``N`` chunks adds what enters each
+chunk, so ``C + N`` sequential steps instead of ``T``).  All exponents are sums of ``log_w`` and hence
+``<= 0``, so nothing overflows.
 """
 
 from __future__ import annotations
@@ -48,6 +50,13 @@ def _check_wkv_inputs(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_w: 
         raise ValueError(f"wkv: v must be (B, H, T, V) matching r's (B, H, T); got {tuple(v.shape)}")
 
 
+def _decay_and_add(
+    state: torch.Tensor, log_w: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+) -> torch.Tensor:
+    """One recurrence step ``S <- diag(w) S + k v^T`` for a batch of states (..., K, V)."""
+    return log_w.exp().unsqueeze(-1) * state + k.unsqueeze(-1) * v.unsqueeze(-2)
+
+
 def wkv_naive(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_w: torch.Tensor) -> torch.Tensor:
     """Past-only WKV scan, one step per token (the reference recurrence).
 
@@ -66,9 +75,7 @@ def wkv_naive(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_w: torch.Te
     outputs = []
     for t in range(T):
         outputs.append(torch.einsum("bhk,bhkv->bhv", r[:, :, t], state))
-        state = log_w[:, :, t].exp().unsqueeze(-1) * state + k[:, :, t].unsqueeze(-1) * v[:, :, t].unsqueeze(
-            -2
-        )
+        state = _decay_and_add(state, log_w[:, :, t], k[:, :, t], v[:, :, t])
     return torch.stack(outputs, dim=2)
 
 
@@ -79,7 +86,7 @@ def wkv_chunked(
 
     Args:
         r, k, v, log_w: as in ``wkv_naive``.
-        chunk_size: tokens per chunk ``C``; the intra-chunk work is O(C^2 K) per chunk.
+        chunk_size: tokens per chunk ``C``; about ``sqrt(T)`` minimises the ``C + T / C`` sequential steps.
 
     Returns:
         y: (B, H, T, V).
@@ -99,19 +106,20 @@ def wkv_chunked(
     r, k, log_w = (x.reshape(B, H, N, C, K) for x in (r, k, log_w))
     v = v.reshape(B, H, N, C, V)
 
-    cum = log_w.cumsum(dim=3)  # A_t = sum_{j<=t} log w_j within the chunk, (B, H, N, C, K)
-    cum_excl = cum - log_w  # A_{t-1}
-    # Intra-chunk: score[t, s] = sum_c r_tc k_sc exp(A_{t-1,c} - A_{s,c}) for s < t.
-    causal = torch.ones(C, C, dtype=torch.bool, device=r.device).tril(diagonal=-1)  # (C_t, C_s)
-    diff = cum_excl.unsqueeze(4) - cum.unsqueeze(3)  # (B, H, N, C_t, C_s, K)
-    diff = diff.masked_fill(~causal[:, :, None], float("-inf"))
-    scores = torch.einsum("bhntk,bhnsk,bhntsk->bhnts", r, k, diff.exp())
-    y = scores @ v  # (B, H, N, C, V)
+    # Intra-chunk: the recurrence from a zero state, run for C steps in all N chunks at once.
+    state = r.new_zeros(B, H, N, K, V)
+    outputs = []
+    for c in range(C):
+        outputs.append(torch.einsum("bhnk,bhnkv->bhnv", r[:, :, :, c], state))
+        state = _decay_and_add(state, log_w[:, :, :, c], k[:, :, :, c], v[:, :, :, c])
+    y = torch.stack(outputs, dim=3)  # (B, H, N, C, V)
+    chunk_kv = state  # sum_s diag(prod_{j>s in chunk} w_j) k_s v_s^T, (B, H, N, K, V)
 
-    # Inter-chunk: state entering each chunk, then its contribution r_t^T diag(exp A_{t-1}) S_n.
+    # Inter-chunk: state entering each chunk, then its contribution r_t^T diag(exp A_{t-1}) S_n with
+    # A_{t-1} = sum of log w before t inside the chunk (<= 0, so nothing overflows).
+    cum = log_w.cumsum(dim=3)  # (B, H, N, C, K)
+    cum_excl = cum - log_w
     chunk_decay = cum[:, :, :, -1].exp()  # (B, H, N, K)
-    k_to_end = k * (cum[:, :, :, -1:] - cum).exp()  # decay from s to chunk end, (B, H, N, C, K)
-    chunk_kv = k_to_end.transpose(-1, -2) @ v  # (B, H, N, K, V)
     states = []
     state = r.new_zeros(B, H, K, V)
     for n in range(N):
@@ -142,14 +150,13 @@ def bidirectional_wkv(
     Returns:
         y: (B, H, T, V).
     """
-    if impl == "chunked":
-        forward = wkv_chunked(r, k, v, log_w, chunk_size)
-        backward = wkv_chunked(*(x.flip(2) for x in (r, k, v, log_w)), chunk_size).flip(2)
-    elif impl == "naive":
-        forward = wkv_naive(r, k, v, log_w)
-        backward = wkv_naive(*(x.flip(2) for x in (r, k, v, log_w))).flip(2)
-    else:
+    if impl not in ("chunked", "naive"):
         raise ValueError(f"bidirectional_wkv: impl must be 'chunked' or 'naive', got {impl!r}")
+    B = r.shape[0]
+    # Both directions in one scan: the reversed sequence is stacked on the batch dimension.
+    both = [torch.cat([x, x.flip(2)], dim=0) for x in (r, k, v, log_w)]
+    scanned = wkv_chunked(*both, chunk_size) if impl == "chunked" else wkv_naive(*both)
+    forward, backward = scanned[:B], scanned[B:].flip(2)
     bonus = (r * u * k).sum(-1, keepdim=True) * v  # (B, H, T, V)
     return forward + backward + bonus
 
