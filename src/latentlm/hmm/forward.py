@@ -106,8 +106,8 @@ def _scaled_forward(
     num_states = start.shape[0]
     full_steps = mask.all(dim=0).tolist()
     emissions = table[obs.t()]  # (T, B, K): one gather of the observed words' emission columns
-    alphas = torch.empty(length, batch, num_states, dtype=start.dtype) if keep else None
-    scales = torch.ones(length, batch, dtype=start.dtype)
+    alphas = torch.empty(length, batch, num_states, dtype=start.dtype, device=start.device) if keep else None
+    scales = torch.ones(length, batch, dtype=start.dtype, device=start.device)
     alpha = start.unsqueeze(0) * emissions[0]  # (B, K)
     scale = alpha.sum(dim=1, keepdim=True)
     alpha = alpha / scale
@@ -129,7 +129,9 @@ def _scaled_forward(
             scales[t] = torch.where(step_mask, scale, torch.ones_like(scale)).squeeze(1)
             if keep:
                 alphas[t] = alpha
-    emission_shift = torch.where(mask, shift[obs], torch.zeros((), dtype=shift.dtype)).sum(dim=1)
+    emission_shift = torch.where(
+        mask, shift[obs], torch.zeros((), dtype=shift.dtype, device=shift.device)
+    ).sum(dim=1)
     log_likelihood = scales.log().sum(dim=0) + emission_shift
     return _ForwardPass(log_likelihood, alphas, scales)
 
@@ -169,9 +171,15 @@ def _scaled_backward(
     # β̂_T = w_b: the recursion is linear in β, so the per-sequence weights (the incoming gradient)
     # are folded in at the end and every count comes out already weighted.
     beta = weights.to(dtype).unsqueeze(1).expand(batch, num_states).contiguous()  # (B, K)
-    emission_t = torch.zeros(vocab_size, num_states, dtype=dtype)  # (V, K)
-    messages = torch.zeros(length, batch, num_states, dtype=dtype)  # (T, B, K), u_t (0 at t=0)
-    posteriors = torch.empty(length, batch, num_states, dtype=dtype) if keep_posteriors else None
+    emission_t = torch.zeros(vocab_size, num_states, dtype=dtype, device=transition.device)  # (V, K)
+    messages = torch.zeros(
+        length, batch, num_states, dtype=dtype, device=transition.device
+    )  # (T, B, K), u_t (0 at t=0)
+    posteriors = (
+        torch.empty(length, batch, num_states, dtype=dtype, device=transition.device)
+        if keep_posteriors
+        else None
+    )
     emissions = table[obs.t()]  # (T, B, K)
     inverse_scales = fwd.scales.reciprocal().unsqueeze(2)  # (T, B, 1)
     for t in range(length - 1, 0, -1):
@@ -287,7 +295,7 @@ def expected_counts(
     """
     mask = check_observations(obs, mask, log_emission.shape[1])
     if weights is None:
-        weights = torch.ones(obs.shape[0], dtype=log_transition.dtype)
+        weights = torch.ones(obs.shape[0], dtype=log_transition.dtype, device=obs.device)
     with torch.no_grad():
         fwd, transition, table = _forward_pass(
             log_start.detach(), log_transition.detach(), log_emission.detach(), obs, mask, True
@@ -327,7 +335,7 @@ def joint_log_likelihood(
     ids = states[mask]
     if bool((ids < 0).any()) or bool((ids >= log_start.shape[0]).any()):
         raise ValueError(f"states hold ids outside [0, {log_start.shape[0]})")
-    zero = torch.zeros((), dtype=log_emission.dtype)
+    zero = torch.zeros((), dtype=log_emission.dtype, device=log_emission.device)
     states = torch.where(mask, states, torch.zeros_like(states))
     emission = torch.where(mask, log_emission[states, obs], zero).sum(dim=1)  # (B, T) gather -> (B,)
     transition = torch.where(mask[:, 1:], log_transition[states[:, :-1], states[:, 1:]], zero).sum(dim=1)
@@ -357,7 +365,7 @@ def viterbi(
     with torch.no_grad():
         emission_t = log_emission.t()  # (V, K) view
         score = log_start.unsqueeze(0) + emission_t[obs[:, 0]]  # (B, K)
-        backpointers = torch.zeros(length, batch, num_states, dtype=torch.long)
+        backpointers = torch.zeros(length, batch, num_states, dtype=torch.long, device=obs.device)
         for t in range(1, length):
             best = torch.empty_like(score)
             for lo in range(0, num_states, chunk):
@@ -370,9 +378,9 @@ def viterbi(
             score = torch.where(step_mask, new, score)
         scores, last = score.max(dim=1)
         lengths = mask.sum(dim=1)
-        paths = torch.zeros(batch, length, dtype=torch.long)
+        paths = torch.zeros(batch, length, dtype=torch.long, device=obs.device)
         current = last
-        rows = torch.arange(batch)
+        rows = torch.arange(batch, device=obs.device)
         for t in range(length - 1, -1, -1):
             active = t < lengths
             paths[:, t] = torch.where(active, current, torch.zeros_like(current))

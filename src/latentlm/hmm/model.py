@@ -211,10 +211,11 @@ class HMMLanguageModel(nn.Module, PretrainedMixin):
         """
         log_start, log_transition, log_emission = self.log_parameters()
         transition, emission = log_transition.exp(), log_emission.exp()
-        states = torch.empty(num_sequences, max_length, dtype=torch.long)
-        words = torch.empty(num_sequences, max_length, dtype=torch.long)
-        mask = torch.zeros(num_sequences, max_length, dtype=torch.bool)
-        alive = torch.ones(num_sequences, dtype=torch.bool)
+        device = log_start.device
+        states = torch.empty(num_sequences, max_length, dtype=torch.long, device=device)
+        words = torch.empty(num_sequences, max_length, dtype=torch.long, device=device)
+        mask = torch.zeros(num_sequences, max_length, dtype=torch.bool, device=device)
+        alive = torch.ones(num_sequences, dtype=torch.bool, device=device)
         state = torch.multinomial(log_start.exp().expand(num_sequences, -1), 1, generator=generator).squeeze(
             1
         )

@@ -99,12 +99,12 @@ def pad_batch(items: list[dict]) -> dict[str, torch.Tensor]:
     return batch
 
 
-def _token_counts(local_tokens: int) -> tuple[int, int]:
+def _token_counts(local_tokens: int, device: torch.device) -> tuple[int, int]:
     """``(tokens held by lower ranks, tokens of all ranks)`` in this micro-step."""
     if not (dist.is_available() and dist.is_initialized()):
         return 0, local_tokens
-    counts = [torch.zeros(1, dtype=torch.long) for _ in range(dist.get_world_size())]
-    dist.all_gather(counts, torch.tensor([local_tokens]))
+    counts = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, torch.tensor([local_tokens], device=device))
     values = [int(c) for c in counts]
     return sum(values[: dist.get_rank()]), sum(values)
 
@@ -142,7 +142,8 @@ def heldout_nll(
         batch = pad_batch(
             [{"index": i, "obs": sequences.sequence(i)} for i in order[start : start + batch_size]]
         )
-        total -= float(forward_log_likelihood(*params, batch["obs"], batch["mask"]).sum())
+        obs, mask = batch["obs"].to(params.log_start.device), batch["mask"].to(params.log_start.device)
+        total -= float(forward_log_likelihood(*params, obs, mask).sum())
         tokens += int(batch["mask"].sum())
     return total, tokens
 
@@ -175,17 +176,17 @@ class HMMTask(Task):
         obs, mask = batch["obs"], batch["mask"]
         lengths = mask.sum(dim=1)
         remaining = max(0, self.pretrain_tokens - state.tokens_seen)  # same on every rank
-        offset, step_tokens = _token_counts(int(lengths.sum())) if remaining else (0, 0)
+        offset, step_tokens = _token_counts(int(lengths.sum()), obs.device) if remaining else (0, 0)
         prefix = lvd_prefix_lengths(lengths, max(0, remaining - offset))
         params = model()  # normalised log π, A, B; one call so that DDP sees one forward
-        total = torch.zeros((), dtype=params.log_emission.dtype)
+        total = torch.zeros((), dtype=params.log_emission.dtype, device=obs.device)
         joint_rows = prefix > 0
         marginal_rows = prefix == 0
         lvd_tokens = int(prefix.sum())
         marginal_tokens = int(lengths[marginal_rows].sum())
         if joint_rows.any():
             width = int(prefix.max())
-            sub_mask = torch.arange(width).unsqueeze(0) < prefix[joint_rows].unsqueeze(1)
+            sub_mask = torch.arange(width, device=obs.device).unsqueeze(0) < prefix[joint_rows].unsqueeze(1)
             rows = joint_rows.nonzero().squeeze(1)
             total = (
                 total

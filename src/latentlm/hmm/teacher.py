@@ -38,6 +38,7 @@ class TeacherConfig:
         layer: hidden layer to take (-1: the last).
         batch_size: teacher rows per forward pass.
         max_length: teacher tokens per row (longer inputs are cut into windows).
+        device: where the teacher runs (``auto``: CUDA when available, else CPU).
     """
 
     name: str = "minilm"
@@ -45,6 +46,7 @@ class TeacherConfig:
     layer: int = -1
     batch_size: int = 32
     max_length: int = 256
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -81,8 +83,9 @@ def load_teacher(cfg: TeacherConfig):
 
     kind = teacher_kind(cfg)
     loader = teachers.load_causal_lm if kind == "causal_lm" else teachers.load_encoder
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     try:
-        model, tokenizer = loader(cfg.name)
+        model, tokenizer = loader(cfg.name, device=device)
     except OSError as err:
         raise ValueError(f"lvd.teacher.name: cannot load {cfg.name!r} as a {kind}: {err}") from err
     return model, tokenizer, kind
@@ -192,8 +195,11 @@ def embed_sequences(model, tokenizer, kind: str, sequences: SequenceSet, cfg: Te
             input_ids[b, : len(ids)] = torch.tensor(ids)
             attention[b, : len(ids)] = 1
             owners[b, : len(ids)] = torch.tensor(owner)
-        out = model(input_ids=input_ids, attention_mask=attention, output_hidden_states=True)
-        hidden = out.hidden_states[cfg.layer].float()  # (rows, width, d)
+        device = next(model.parameters()).device
+        out = model(
+            input_ids=input_ids.to(device), attention_mask=attention.to(device), output_hidden_states=True
+        )
+        hidden = out.hidden_states[cfg.layer].float().cpu()  # (rows, width, d)
         if sums is None:
             sums = torch.zeros(total, hidden.shape[-1])
         keep = owners >= 0

@@ -82,7 +82,7 @@ def train_run(cfg: HMMRunConfig, data: PreparedData | None = None) -> dict:
     train_started = time.perf_counter()
     state = trainer.fit()
     train_seconds = time.perf_counter() - train_started
-    model = trainer.model
+    model = trainer.model.cpu()
     model.save_pretrained(run.path / "model")
     final = [r for r in run.read_metrics() if "eval/heldout_ppl" in r]
     summary = {
