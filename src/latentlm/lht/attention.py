@@ -320,6 +320,7 @@ class FlexBackend(AttentionBackend):
     def __init__(self, pattern: AttentionPattern, block_size: int = 128) -> None:
         super().__init__(pattern)
         self.block_size = block_size
+        self._compiled = None
 
     def prepare(self, layout: HierarchyLayout) -> object:
         from torch.nn.attention.flex_attention import create_block_mask
@@ -338,6 +339,11 @@ class FlexBackend(AttentionBackend):
     def attend(self, q: Tensor, k: Tensor, v: Tensor, prepared: object, dropout: float = 0.0) -> Tensor:
         from torch.nn.attention.flex_attention import flex_attention
 
+        if q.is_cuda:
+            # Eager FlexAttention materialises the scores; the compiled kernel skips empty blocks.
+            if self._compiled is None:
+                self._compiled = torch.compile(flex_attention)
+            flex_attention = self._compiled
         if dropout > 0.0:
             raise ValueError("attention backend 'flex' does not support attention dropout; set it to 0")
         if q.device.type == "cpu" and torch.is_grad_enabled() and q.requires_grad:

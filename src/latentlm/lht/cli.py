@@ -26,9 +26,9 @@ from latentlm.lht.evaluate import (
     classification_probe,
     document_vectors,
     evaluate_boundaries,
-    gold_rate_scores,
     learned_boundaries,
     probe_documents,
+    random_boundary_scores,
 )
 from latentlm.lht.model import LHTForMaskedLM
 from latentlm.lht.train import LHTPretrainTask, LHTRunConfig, heldout_chunks, heldout_metrics
@@ -88,7 +88,7 @@ def evaluate_run(run_dir: Path, overrides: list[str]) -> dict:
         rows = []
         for level, kinds in boundaries.scores.items():
             rate = 1.0 / boundaries.tokens_per_unit[level]
-            random_scores = gold_rate_scores(chunks, cfg.eval.tolerance, rate, seed=level)
+            random_scores = random_boundary_scores(chunks, cfg.eval.tolerance, rate, seed=level)
             metrics["boundaries"]["levels"][f"level{level + 1}"]["random_same_rate"] = {
                 k: s.as_dict() for k, s in random_scores.items()
             }

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,7 +120,7 @@ def resolve_path(path: str) -> Path:
     )
 
 
-def read_source(source: SourceConfig) -> list[Document] | object:
+def read_source(source: SourceConfig) -> Iterable[Document]:
     """The documents of one source (a list, or a stream for 'hf')."""
     limit = source.limit or None
     if source.kind == "rst":

@@ -82,7 +82,7 @@ def evaluate_boundaries(model: nn.Module, chunks: list[Chunk], tolerance: int) -
     )
 
 
-def gold_rate_scores(
+def random_boundary_scores(
     chunks: list[Chunk], tolerance: int, rate: float, seed: int = 0
 ) -> dict[str, BoundaryScores]:
     """A reference point: boundaries placed uniformly at random with the given rate, scored the same way."""

@@ -44,7 +44,8 @@ class LHTConfig:
     num_layers: int = 4  # transformer blocks
     num_heads: int = 4  # attention heads (hidden_size must divide by it)
     intermediate_size: int = 1024  # GELU MLP width
-    dropout: float = 0.1  # residual, MLP and attention-probability dropout
+    dropout: float = 0.1  # residual and MLP dropout
+    attention_dropout: float = 0.0  # dropout on attention probabilities (backend 'dense' only)
     rope_theta: float = 10000.0  # RoPE base
     layer_norm_eps: float = 1e-5  # LayerNorm epsilon
     pad_token_id: int = 0  # padding id (MiniLM: 0)
@@ -70,8 +71,11 @@ class LHTConfig:
                     f"model.hierarchy.router_layers: {bad} >= num_layers={self.num_layers}; a router "
                     "runs before a block, so its layer must be < num_layers"
                 )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"model.dropout: must be in [0, 1), got {self.dropout}")
+        for name in ("dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"model.{name}: must be in [0, 1), got {getattr(self, name)}")
+        if self.backend == "flex" and self.attention_dropout > 0:
+            raise ValueError("model.attention_dropout: FlexAttention has no attention dropout; set it to 0")
 
 
 def rope_tables(
@@ -107,7 +111,7 @@ class LHTBlock(nn.Module):
         super().__init__()
         d = config.hidden_size
         self.num_heads = config.num_heads
-        self.dropout = config.dropout
+        self.attention_dropout = config.attention_dropout
         self.attn_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.qkv = nn.Linear(d, 3 * d)
         self.attn_out = nn.Linear(d, d)
@@ -128,7 +132,7 @@ class LHTBlock(nn.Module):
         qkv = self.qkv(self.attn_norm(x)).view(batch, size, 3, self.num_heads, d // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, S, Dh)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        attended = backend.attend(q, k, v, prepared, self.dropout if self.training else 0.0)
+        attended = backend.attend(q, k, v, prepared, self.attention_dropout if self.training else 0.0)
         attended = attended.transpose(1, 2).reshape(batch, size, d)
         x = x + self.residual_dropout(self.attn_out(attended))
         return x + self.residual_dropout(self.mlp(self.mlp_norm(x)))
