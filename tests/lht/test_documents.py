@@ -74,6 +74,7 @@ def test_sentence_splitter_keeps_initials_and_abbreviations():
     assert [(a - 10, b - 10) for a, b in spans] == [(0, 33), (34, 47), (48, 52), (53, 58)]
 
 
+@pytest.mark.slow
 def test_real_python_docs(data_dir):
     docs = read_rst_documents(data_dir / "pydocs")
     assert len(docs) == 460

