@@ -6,6 +6,8 @@ tail) and each K, three dense HMMs see the same number of training tokens:
 * ``lvd``: AdamW, −log P(O, S) with stored MiniLM k-means states for the first third of the budget,
   then −log P(O) (the full LVD pipeline of ``latentlm hmm train``);
 * ``random``: AdamW on −log P(O) from the random initialisation, same steps, data order and seed;
+  (``count_estimate_ppl`` of that row: the closed-form maximiser of log P(O, S) for the same stored
+  states, i.e. where the LVD phase converges with an unlimited budget, scored without training);
 * ``em``: full-batch EM (closed-form M-step, pseudocount 1e-3) from the same random initialisation;
   one iteration = one pass over the training split, iterations = budget / training tokens;
 * ``hmmlearn_em`` (K = 128 only, where it finishes in the time cap): hmmlearn ``CategoricalHMM.fit``
@@ -123,6 +125,33 @@ def hmmlearn_em(cfg: HMMRunConfig, corpus, iterations: int, cap_seconds: float) 
     }
 
 
+def count_estimate_ppl(cfg: HMMRunConfig, corpus, states) -> float:
+    """Held-out perplexity of the closed-form maximiser of log P(O, S) for the stored LVD states
+    (pseudocount 1e-3): where the LVD phase would converge with an unlimited budget."""
+    import torch
+
+    from latentlm.hmm.estimate import count_estimate
+    from latentlm.hmm.model import HMMConfig, HMMLanguageModel
+    from latentlm.hmm.task import heldout_nll, pad_batch
+    from latentlm.metrics.perplexity import perplexity
+
+    items = [
+        {"index": i, "obs": corpus.train.sequence(i), "states": states.sequence(i)}
+        for i in range(len(corpus.train))
+    ]
+    batch = pad_batch(items)
+    params = count_estimate(
+        batch["obs"], batch["states"], batch["mask"], cfg.model.num_states, len(corpus.vocab), 1e-3
+    )
+    model = HMMLanguageModel(
+        HMMConfig(num_states=cfg.model.num_states, vocab_size=len(corpus.vocab))
+    ).double()
+    model.load_log_probabilities(params)
+    with torch.no_grad():
+        nll, tokens = heldout_nll(model, corpus.heldout, 128)
+    return perplexity(nll, tokens)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--states", type=int, nargs="+", default=[128, 256, 512, 1024])
@@ -132,6 +161,7 @@ def main() -> None:
     parser.add_argument("--hmmlearn-cap", type=float, default=300.0)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default="/tmp/latentlm-hmm-quality")
+    parser.add_argument("--tag", default="", help="results file suffix (parallel runs per corpus)")
     args = parser.parse_args()
     results, started = [], time.perf_counter()
     for name in args.corpora:
@@ -173,6 +203,8 @@ def main() -> None:
                     prepare = time.perf_counter() - t0
                     summary = train_run(cfg, PreparedData(corpus, states))
                     curve = curves(RunDir(cfg.run_dir, tensorboard=False))["heldout_ppl"]
+                    if states is not None:
+                        row["count_estimate_ppl"] = count_estimate_ppl(cfg, corpus, states)
                     row.update(
                         {
                             "heldout_ppl": summary["heldout_ppl"],
@@ -198,14 +230,14 @@ def main() -> None:
                     row["error"] = f"{type(err).__name__}: {err}"[:300]
                 print(row, flush=True)
                 results.append(row)
-            save_results("hmm_quality", {"setup": vars(args), "results": results, "partial": True})
+            save_results(f"hmm_quality{args.tag}", {"setup": vars(args), "results": results, "partial": True})
     for name in args.corpora:
         series = {}
         for method in ("lvd", "random", "em"):
             rows = [r for r in results if r["corpus"] == name and r["method"] == method]
             series[method] = ([r["K"] for r in rows], [r["heldout_ppl"] for r in rows])
         fig = line_plot(series, "K (hidden states)", "held-out perplexity", f"{name}: equal token budgets")
-        fig.savefig(RESULTS / f"hmm_quality_{name}.png", dpi=110, bbox_inches="tight")
+        fig.savefig(RESULTS / f"hmm_quality{args.tag}_{name}.png", dpi=110, bbox_inches="tight")
     save_results(
         "hmm_quality",
         {
