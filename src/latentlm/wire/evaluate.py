@@ -225,7 +225,9 @@ def _joint_rescore(lms, latent_prompts, candidates, max_answer) -> list[str]:
         for c in range(n_cand):
             texts = [cands[c] or " " for cands in candidates]
             _, _, nll, count = score_gold_batch(lm, prompt, mask, texts, max_answer)
-            totals[:, c] += np.array(nll) / np.maximum(np.array(count), 1)
+            per_token = np.array(nll) / np.maximum(np.array(count), 1)
+            # An empty candidate has no tokens to score; it must not win by default.
+            totals[:, c] += np.where(np.array(count) > 0, per_token, np.inf)
     for row, cands in enumerate(candidates):
         choices.append(cands[int(np.argmin(totals[row]))])
     return choices

@@ -221,7 +221,6 @@ class WireTask(Task):
         diagnose = cfg.diagnostics_every > 0 and state.step % cfg.diagnostics_every == 0
 
         z = wire.encode(self.features(batch["content"], wire.required_features))  # (B, M_total, d_z)
-        gen_scale_base = 1.0 if text_batch else None
         terms: dict[str, torch.Tensor] = {}
         metrics: dict[str, float] = {"text_batch": float(text_batch)}
         record: dict = {"step": state.step + 1, "phase": phase.name, "text_batch": text_batch, "models": {}}
@@ -258,11 +257,7 @@ class WireTask(Task):
                 and self.recon_cos_ema[i] is not None
                 and self.recon_cos_ema[i] < loss_cfg.recon_cos_threshold
             )
-            gen = (
-                gen_scale_base
-                if gen_scale_base is not None
-                else L.generation_scale(loss_cfg, state.step, backed_off)
-            )
+            gen = L.generation_scale(loss_cfg, state.step, backed_off)
             metrics[f"{name}/gen_scale"] = gen
             prompt, prompt_mask = latent_prompt(lm, soft)
             logits = lm.teacher_forced_logits(prompt, prompt_mask, answer_ids, answer_mask)  # (B, A, V)
