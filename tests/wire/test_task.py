@@ -140,3 +140,27 @@ def test_phases_and_text_batches():
     tail = PhaseConfig(name="t", steps=1000, text_tail_prob=0.25)
     share = sum(is_text_batch(tail, s, s, 0) for s in range(1000)) / 1000
     assert 0.2 < share < 0.3
+
+
+def test_generation_backs_off_when_reconstruction_is_poor(tmp_path, tiny_llama):
+    cfg = tiny_cfg(
+        tmp_path / "backoff",
+        "byte",
+        (
+            "models=[tiny_llama]",
+            "loss.kd=0",
+            "loss.recon_cos_threshold=0.99",
+            "loss.backoff_factor=0.25",
+            "train.max_steps=2",
+            "phases=[{name: stage_a, steps: 2}]",
+            "train.eval_every=0",
+            "train.log_every=1",
+        ),
+    )
+    train_wire(cfg, [tiny_llama])
+    rows = [json.loads(x) for x in (tmp_path / "backoff" / "metrics.jsonl").read_text().splitlines()]
+    scales = [r["train/tiny_llama/gen_scale"] for r in rows if "train/tiny_llama/gen_scale" in r]
+    cosines = [r["train/tiny_llama/recon_cos"] for r in rows if "train/tiny_llama/recon_cos" in r]
+    assert max(cosines) < 0.99 and scales == [0.25, 0.25]
+    state = json.loads((tmp_path / "backoff" / "checkpoints" / "step_2" / "state.json").read_text())
+    assert "tiny_llama" in state["extra"]["recon_cos_ema"]

@@ -175,7 +175,6 @@ class WireTask(Task):
         self.run_path = Path(run_path)
         self.model_config = model_config_for(cfg, lms, st_dim)
         self.teachers: list[TeacherCache | None] = [None] * len(lms)
-        self.recon_cos_ema: list[float | None] = [None] * len(lms)
 
     # ------------------------------------------------------------------ engine hooks
     def build_model(self) -> nn.Module:
@@ -240,7 +239,7 @@ class WireTask(Task):
                     soft, content.to(soft.device), content_mask.to(soft.device), lm.embed_rms
                 )
                 metrics[f"{name}/recon_cos"] = recon_cos.item()
-                self._update_backoff(i, recon_cos.item())
+                self._update_backoff(state, i, recon_cos.item())
                 if loss_cfg.recon > 0 or text_batch:
                     terms[f"{name}/recon"] = max(loss_cfg.recon, 1.0 if text_batch else 0.0) * recon
             gold_embed = lm.embed(answer_ids[:, 0]).to(soft.dtype)  # (B, d)
@@ -252,10 +251,9 @@ class WireTask(Task):
                 terms[f"{name}/identity"] = cfg.adapter.affine_l2 * wire.adapters[i].identity_penalty()
             if text_batch:
                 continue
+            ema = state.extra.get("recon_cos_ema", {}).get(name)
             backed_off = (
-                loss_cfg.recon_cos_threshold > 0
-                and self.recon_cos_ema[i] is not None
-                and self.recon_cos_ema[i] < loss_cfg.recon_cos_threshold
+                loss_cfg.recon_cos_threshold > 0 and ema is not None and ema < loss_cfg.recon_cos_threshold
             )
             gen = L.generation_scale(loss_cfg, state.step, backed_off)
             metrics[f"{name}/gen_scale"] = gen
@@ -317,9 +315,12 @@ class WireTask(Task):
             self._write_diagnostics(record)
         return StepOutput(loss=total, num_tokens=num_tokens, metrics=metrics)
 
-    def _update_backoff(self, index: int, cos: float) -> None:
-        previous = self.recon_cos_ema[index]
-        self.recon_cos_ema[index] = cos if previous is None else 0.9 * previous + 0.1 * cos
+    def _update_backoff(self, state: TrainState, index: int, cos: float) -> None:
+        """EMA of the reconstruction cosine per model, kept in `state.extra` so resume is exact."""
+        emas = state.extra.setdefault("recon_cos_ema", {})
+        name = self.lms[index].name
+        previous = emas.get(name)
+        emas[name] = cos if previous is None else 0.9 * previous + 0.1 * cos
 
     @staticmethod
     def _grad_norms(wire: WireModel, terms: dict[str, torch.Tensor]) -> dict[str, float]:
