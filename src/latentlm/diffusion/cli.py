@@ -49,7 +49,7 @@ def _parse(argv: list[str]) -> tuple[str, Path | None, list[str]]:
     parser.add_argument("--config-name", help="a config under configs/diffusion/ (e.g. rwkv_mmdit, tiny)")
     parser.add_argument("--config-dir", help="folder to look for --config-name in first")
     parser.add_argument("args", nargs="*", help="[config.yaml] key=value ...")
-    ns = parser.parse_args(argv)
+    ns = parser.parse_intermixed_args(argv)
     path, overrides = split_cli_args(ns.args)
     if ns.config_name:
         if path is not None:

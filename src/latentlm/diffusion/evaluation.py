@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -320,6 +321,11 @@ def run_evaluation(task: DiffusionTask, run: RunDir, checkpoint: Path | None = N
     from latentlm.teachers import load_causal_lm, load_tokenizer
 
     cfg = task.cfg
+    start = time.perf_counter()
+
+    def say(phase: str) -> None:
+        print(f"[diffusion eval {time.perf_counter() - start:7.1f}s] {phase}", flush=True)
+
     checkpoint = checkpoint or run.latest_checkpoint()
     if checkpoint is None:
         raise FileNotFoundError(f"{run.path}: no checkpoint to evaluate (train first)")
@@ -339,6 +345,7 @@ def run_evaluation(task: DiffusionTask, run: RunDir, checkpoint: Path | None = N
         "stage": cfg.training.stage_schedule,
         "num_heldout": len(val),
     }
+    say("held-out NELBO bounds")
     metrics["nelbo"] = heldout_nelbo(
         model, val, task, cfg.eval.nelbo_samples, cfg.eval.seed, cfg.eval.batch_size
     )
@@ -349,6 +356,7 @@ def run_evaluation(task: DiffusionTask, run: RunDir, checkpoint: Path | None = N
     if task.variational:
         checks += stage2_checklist(model, task, first)
 
+    say("loading tokenizer, sentence encoder and judge")
     tokenizer = load_tokenizer(meta.tokenizer)
     encoder = load_sentence_encoder(task.latent_meta.encoder) if have_latents else None
     judge = load_causal_lm(cfg.eval.judge_model) if cfg.eval.judge_model else None
@@ -362,7 +370,7 @@ def run_evaluation(task: DiffusionTask, run: RunDir, checkpoint: Path | None = N
     if have_latents:
         true_norm = torch.stack([val[i]["latent"] for i in range(len(val))])
         true_raw = denormalize_latent(true_norm, task.latent_meta)
-        # T2L: latents from held-out text.
+        say("T2L sampling")
         z_hat = torch.cat(
             [
                 sample_latent_from_text(
@@ -386,7 +394,7 @@ def run_evaluation(task: DiffusionTask, run: RunDir, checkpoint: Path | None = N
         metrics["t2l"] = {k: v for k, v in t2l.items() if not isinstance(v, list)} | {
             "norm_ratio": norm_ratio
         }
-        # L2T: text from held-out latents, re-encoded.
+        say("L2T sampling")
         l2t_ids = torch.cat(
             [
                 sample_text_from_latent(
@@ -456,6 +464,7 @@ def run_evaluation(task: DiffusionTask, run: RunDir, checkpoint: Path | None = N
         )
         kind = "prior_l2t"
     else:
+        say("joint sampling")
         uncond_ids, _ = sample_joint(
             model,
             cfg.eval.num_samples,
@@ -469,6 +478,7 @@ def run_evaluation(task: DiffusionTask, run: RunDir, checkpoint: Path | None = N
         kind = "joint"
     sampled_texts[kind] = decode_samples(tokenizer, uncond_ids, meta.sep_token_id, meta.pad_token_id)
     samples += [{"kind": kind, "sample": t} for t in sampled_texts[kind]]
+    say("judging samples")
     metrics["samples"] = {
         name: text_sample_metrics(texts, tokenizer, judge) for name, texts in sampled_texts.items()
     }
