@@ -1,4 +1,4 @@
-"""Shipped configs validate and round-trip; the CLI trains, resumes and samples; real-model eval."""
+"""Shipped configs validate and round-trip; the CLI trains and resumes; real-model precompute/eval/sample."""
 
 from pathlib import Path
 
@@ -45,7 +45,7 @@ def test_seed_overrides_parse():
         load_config(DiffusionConfig, None, ["training.num_epoch=3"])
 
 
-def test_cli_train_resume_and_sample(tiny_overrides, tiny_data, capsys):
+def test_cli_train_and_resume(tiny_overrides, tiny_data, capsys):
     run_dir = tiny_data["root"] / "run"
     args = [*tiny_overrides, f"run_dir={run_dir}", "training.checkpoint_every=2"]
     assert main(["train", *args, "training.max_steps=2"]) == 0
@@ -57,10 +57,24 @@ def test_cli_train_resume_and_sample(tiny_overrides, tiny_data, capsys):
     assert main(["train", "--config-name", "no_such_config"]) == 2
 
 
+def test_config_name_with_overrides_in_any_order():
+    from latentlm.diffusion.cli import _parse
+
+    command, path, overrides = _parse(
+        ["train", "--config-name", "rwkv_mmdit", "model.d_model=64", "run_dir=x"]
+    )
+    assert (
+        command == "train"
+        and path.name == "rwkv_mmdit.yaml"
+        and overrides == ["model.d_model=64", "run_dir=x"]
+    )
+    assert _parse(["eval", "run_dir=x", "--config-name", "tiny"])[1].name == "tiny.yaml"
+
+
 @pytest.mark.real_model
 @pytest.mark.slow
 def test_real_precompute_train_eval(tmp_path, data_dir):
-    """MiniLM latents for 80 Shakespeare sentences, 6 training steps, full eval with the SmolLM2 judge."""
+    """MiniLM latents for 80 Shakespeare sentences, 6 training steps, eval with the SmolLM2 judge, sample."""
     out = tmp_path / "data"
     assert (
         main(
@@ -105,3 +119,5 @@ def test_real_precompute_train_eval(tmp_path, data_dir):
         "freezing (l2t: latent stream frozen)",
     }
     assert (run_dir / "report.md").is_file() and (run_dir / "plots" / "t2l_cosine.png").is_file()
+    assert main(["sample", *common, "sampling.mode=joint", "sampling.num_samples=2"]) == 0
+    assert len((run_dir / "samples_joint.jsonl").read_text().splitlines()) == 2
