@@ -259,7 +259,10 @@ class LHTForMaskedLM(nn.Module, PretrainedMixin):
         output = LHTOutput(logits, token_states, doc_state, router_loss, ratio_losses, state)
         if labels is not None:
             selected = labels != -100
-            output.mlm_loss = masked_lm_loss(self.mlm_logits(token_states[selected]), labels[selected])
+            if selected.any():
+                output.mlm_loss = masked_lm_loss(self.mlm_logits(token_states[selected]), labels[selected])
+            else:  # nothing to predict in this batch: a zero that keeps the graph connected
+                output.mlm_loss = token_states.sum().float() * 0.0
             output.loss = output.mlm_loss + router_loss
         return output
 
