@@ -145,3 +145,11 @@ def test_bad_config_names_the_field():
         tiny_config(hierarchy=HierarchyConfig([2.0], [5]))
     with pytest.raises(ValueError, match="model.attention"):
         tiny_config(attention="sparse")
+
+
+def test_batch_without_labels_gives_zero_mlm_loss():
+    model = tiny_model()
+    ids = torch.randint(1, 50, (1, 8), generator=torch.Generator().manual_seed(8))
+    out = model(ids, labels=torch.full_like(ids, -100))
+    assert out.mlm_loss.item() == 0.0
+    torch.testing.assert_close(out.loss, out.router_loss.to(out.loss.dtype))
