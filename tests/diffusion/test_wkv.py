@@ -76,10 +76,11 @@ def test_joint_time_mix_impls_agree_and_names():
             p.add_(0.1 * torch.randn_like(p))
     x_text, x_lat = torch.randn(2, 7, 16, dtype=torch.float64), torch.randn(2, 3, 16, dtype=torch.float64)
     naive = mix(x_text, x_lat)
-    mix.impl, mix.chunk_size = "chunked", 4
-    chunked = mix(x_text, x_lat)
-    for a, b in zip(naive, chunked, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    for chunk in (4, 0):  # 0: automatic, about sqrt(10)
+        mix.impl, mix.chunk_size = "chunked", chunk
+        chunked = mix(x_text, x_lat)
+        for a, b in zip(naive, chunked, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     assert naive[0].shape == (2, 7, 16) and naive[1].shape == (2, 3, 16)
     # Text output depends on latent tokens (joint mixing).
     out_text_2, _ = mix(x_text, x_lat + 1.0)

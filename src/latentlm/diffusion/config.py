@@ -69,8 +69,8 @@ class ModelConfig:
     """rwkv (bidirectional WKV time mix) | attention (the MDLM-like peer, for comparisons)."""
     wkv_impl: str = "chunked"
     """chunked (parallel within chunks) | naive (one step per token; reference)."""
-    wkv_chunk_size: int = 32
-    """Chunk length of the chunked WKV."""
+    wkv_chunk_size: int = 0
+    """Chunk length of the chunked WKV (0: about sqrt of the joint sequence length)."""
     latent_pred_from: str = "text"
     """Extra features of the latent head: text (final text states) | prefix (prefix embeddings) | both."""
     prefix_length: int = 8

@@ -59,7 +59,7 @@ class DenoiserConfig:
     decay_lora_rank: int = 16
     sequence_mixer: str = "rwkv"
     wkv_impl: str = "chunked"
-    wkv_chunk_size: int = 32
+    wkv_chunk_size: int = 0
     latent_pred_from: str = "text"
     prefix_length: int = 8
 

@@ -25,6 +25,8 @@ chunk, so ``C + N`` sequential steps instead of ``T``).  All exponents are sums 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -253,7 +255,8 @@ class JointTimeMix(nn.Module):
     """MMDiT-style joint time mix: each stream has its own projections, one scan runs over both.
 
     The joint sequence is ``[latent tokens; text tokens]``, so latent tokens and text tokens exchange
-    information in both directions inside a single bidirectional WKV.
+    information in both directions inside a single bidirectional WKV.  ``chunk_size=0`` picks about
+    ``sqrt(M + T)``, which minimises the sequential steps of the chunked scan.
     """
 
     def __init__(
@@ -284,7 +287,8 @@ class JointTimeMix(nn.Module):
         joint = {
             name: torch.cat([p_latent[name], p_text[name]], dim=2) for name in ("r", "k", "v", "log_w", "u")
         }
-        y = bidirectional_wkv(**joint, impl=self.impl, chunk_size=self.chunk_size)  # (B, H, M+T, K)
+        chunk = self.chunk_size or max(1, round(math.sqrt(joint["r"].shape[2])))  # 0: about sqrt(length)
+        y = bidirectional_wkv(**joint, impl=self.impl, chunk_size=chunk)  # (B, H, M+T, K)
         return self.text.finish(y[:, :, M:], p_text["g"]), self.latent.finish(y[:, :, :M], p_latent["g"])
 
 
