@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
+import time
 from pathlib import Path
 
 from latentlm.core.config import ConfigError, config_from_dict, load_config, split_cli_args
@@ -64,7 +65,9 @@ def compare(cfg: HMMRunConfig) -> dict[str, dict]:
         run_cfg = copy.deepcopy(cfg)
         run_cfg.lvd.enabled = enabled
         run_cfg.run_dir = str(root / label)
-        summaries[label] = train_run(run_cfg, prepare_data(run_cfg, corpus))
+        started = time.perf_counter()
+        data = prepare_data(run_cfg, corpus)
+        summaries[label] = train_run(run_cfg, data, prepare_seconds=time.perf_counter() - started)
         runs[label] = RunDir(run_cfg.run_dir, tensorboard=False)
     intro = (
         f"Same model (K={cfg.model.num_states}, {cfg.model.parameterization}), corpus `{corpus.source}` "

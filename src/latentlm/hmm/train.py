@@ -62,16 +62,22 @@ def sample_strings(model: HMMLanguageModel, vocab: list[str], count: int = 5, le
     return texts
 
 
-def train_run(cfg: HMMRunConfig, data: PreparedData | None = None) -> dict:
+def train_run(cfg: HMMRunConfig, data: PreparedData | None = None, prepare_seconds: float = 0.0) -> dict:
     """Train one HMM (LVD or not) on the engine; writes a complete run directory.
+
+    Args:
+        cfg: the run configuration.
+        data: prepared corpus and states (prepared here when ``None``).
+        prepare_seconds: time the caller spent preparing ``data`` (reported in the summary).
 
     Returns:
         The run's summary (also in ``summary.json``): held-out perplexity, tokens, wall-clock, switch.
     """
     cfg = copy.deepcopy(cfg)
     started = time.perf_counter()
-    data = data or prepare_data(cfg)
-    prepare_seconds = time.perf_counter() - started
+    if data is None:
+        data = prepare_data(cfg)
+        prepare_seconds = time.perf_counter() - started
     cfg.model.vocab_size = len(data.corpus.vocab)
     run = RunDir(cfg.run_dir)
     run.save_config(cfg)
