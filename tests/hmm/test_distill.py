@@ -1,0 +1,86 @@
+"""Distillation and teacher-tokenizer embeddings with a tiny in-process causal LM (no download)."""
+
+import numpy as np
+import pytest
+import torch
+from tokenizers import Tokenizer
+from tokenizers.models import WordLevel
+from tokenizers.pre_tokenizers import WhitespaceSplit
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from latentlm.hmm.corpus import CorpusConfig, build_corpus
+from latentlm.hmm.distill import DistillConfig, sample_corpus, sample_texts
+from latentlm.hmm.teacher import TeacherConfig, embed_sequences
+
+WORDS = ["<pad>", "<unk>", "<eos>", "the", "cat", "dog", "sat", "ran", "on", "mat", "."]
+
+
+@pytest.fixture(scope="module")
+def tiny_lm():
+    vocab = {w: i for i, w in enumerate(WORDS)}
+    backend = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+    )
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(WORDS),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        eos_token_id=2,
+        pad_token_id=0,
+        bos_token_id=2,
+    )
+    model = LlamaForCausalLM(config).eval()
+    return model, tokenizer
+
+
+def test_sampling_is_seeded_and_non_empty(tiny_lm):
+    model, tokenizer = tiny_lm
+    cfg = DistillConfig(num_sequences=5, max_new_tokens=6, batch_size=2, seed=3)
+    first = sample_texts(model, tokenizer, cfg)
+    assert first == sample_texts(model, tokenizer, cfg)
+    assert 1 <= len(first) <= 5 and all(text.strip() for text in first)
+    assert all(word in WORDS for text in first for word in text.split())
+
+
+def test_sampled_corpus_is_cached(tiny_lm, tmp_path, monkeypatch):
+    calls = []
+
+    def fake_load(name):
+        calls.append(name)
+        return tiny_lm
+
+    monkeypatch.setattr("latentlm.teachers.load_causal_lm", fake_load)
+    cfg = DistillConfig(num_sequences=4, max_new_tokens=5, batch_size=4)
+    path = sample_corpus("tiny", cfg, tmp_path)
+    assert sample_corpus("tiny", cfg, tmp_path) == path and calls == ["tiny"]
+    assert path.read_text().strip()
+    other = sample_corpus(
+        "tiny", DistillConfig(num_sequences=4, max_new_tokens=5, batch_size=4, seed=1), tmp_path
+    )
+    assert other != path and calls == ["tiny", "tiny"]  # keyed by teacher and sampling settings
+
+
+def test_teacher_tokenizer_embeddings_use_hidden_states_and_eos(tiny_lm, tmp_path):
+    model, tokenizer = tiny_lm
+    path = tmp_path / "c.txt"
+    path.write_text("the cat sat on the mat .\nthe dog ran .\n")
+    corpus = build_corpus(
+        CorpusConfig(path=str(path), format="lines", tokenizer="teacher", heldout_fraction=0.0), tokenizer
+    )
+    assert corpus.vocab[:3] == ["<pad>", "<unk>", "<eos>"] and "cat" in corpus.vocab
+    emb = embed_sequences(
+        model, tokenizer, "causal_lm", corpus.train, TeacherConfig(name="tiny", batch_size=1)
+    )
+    assert emb.shape == (corpus.train.num_tokens, 16) and emb.dtype == np.float16
+    ids = tokenizer("the dog ran .", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    with torch.no_grad():
+        hidden = model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states[-1][0]
+    got = torch.from_numpy(emb[corpus.train.offsets[1] : corpus.train.offsets[2]].astype(np.float32))
+    torch.testing.assert_close(got, hidden, atol=2e-3, rtol=2e-3)
