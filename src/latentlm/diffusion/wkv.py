@@ -52,11 +52,24 @@ def _check_wkv_inputs(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_w: 
         raise ValueError(f"wkv: v must be (B, H, T, V) matching r's (B, H, T); got {tuple(v.shape)}")
 
 
-def _decay_and_add(
-    state: torch.Tensor, log_w: torch.Tensor, k: torch.Tensor, v: torch.Tensor
-) -> torch.Tensor:
-    """One recurrence step ``S <- diag(w) S + k v^T`` for a batch of states (..., K, V)."""
-    return log_w.exp().unsqueeze(-1) * state + k.unsqueeze(-1) * v.unsqueeze(-2)
+def _scan_from_zero(
+    r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_w: torch.Tensor, dim: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``y_t = r_t^T S_{t-1}``, ``S_t = diag(w_t) S_{t-1} + k_t v_t^T`` along ``dim`` from ``S = 0``.
+
+    The inputs are unbound once along ``dim`` (indexing a step at a time would make autograd allocate a
+    full-size zero gradient per step).
+
+    Returns:
+        (outputs stacked along ``dim``, final state of shape (..., K, V)).
+    """
+    steps = zip(*(x.unbind(dim) for x in (r, k, v, log_w.exp())), strict=True)
+    state = r.new_zeros(*r.shape[:dim], *r.shape[dim + 1 :], v.shape[-1])  # (..., K, V)
+    outputs = []
+    for r_t, k_t, v_t, w_t in steps:
+        outputs.append((r_t.unsqueeze(-2) @ state).squeeze(-2))
+        state = w_t.unsqueeze(-1) * state + k_t.unsqueeze(-1) * v_t.unsqueeze(-2)
+    return torch.stack(outputs, dim=dim), state
 
 
 def wkv_naive(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_w: torch.Tensor) -> torch.Tensor:
@@ -72,13 +85,7 @@ def wkv_naive(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_w: torch.Te
         y: (B, H, T, V) with ``y_t = r_t^T S_{t-1}``.
     """
     _check_wkv_inputs(r, k, v, log_w)
-    B, H, T, K = r.shape
-    state = r.new_zeros(B, H, K, v.shape[-1])  # (B, H, K, V)
-    outputs = []
-    for t in range(T):
-        outputs.append(torch.einsum("bhk,bhkv->bhv", r[:, :, t], state))
-        state = _decay_and_add(state, log_w[:, :, t], k[:, :, t], v[:, :, t])
-    return torch.stack(outputs, dim=2)
+    return _scan_from_zero(r, k, v, log_w, dim=2)[0]
 
 
 def wkv_chunked(
@@ -109,13 +116,8 @@ def wkv_chunked(
     v = v.reshape(B, H, N, C, V)
 
     # Intra-chunk: the recurrence from a zero state, run for C steps in all N chunks at once.
-    state = r.new_zeros(B, H, N, K, V)
-    outputs = []
-    for c in range(C):
-        outputs.append(torch.einsum("bhnk,bhnkv->bhnv", r[:, :, :, c], state))
-        state = _decay_and_add(state, log_w[:, :, :, c], k[:, :, :, c], v[:, :, :, c])
-    y = torch.stack(outputs, dim=3)  # (B, H, N, C, V)
-    chunk_kv = state  # sum_s diag(prod_{j>s in chunk} w_j) k_s v_s^T, (B, H, N, K, V)
+    y, chunk_kv = _scan_from_zero(r, k, v, log_w, dim=3)  # (B, H, N, C, V), (B, H, N, K, V)
+    # chunk_kv = sum_s diag(prod_{j > s in the chunk} w_j) k_s v_s^T: what each chunk adds to the state.
 
     # Inter-chunk: state entering each chunk, then its contribution r_t^T diag(exp A_{t-1}) S_n with
     # A_{t-1} = sum of log w before t inside the chunk (<= 0, so nothing overflows).
