@@ -154,6 +154,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--only", nargs="*", default=None, help="variant names to run")
     parser.add_argument("--cache-dir", default=".cache/latentlm/lht")
+    parser.add_argument("--seed", type=int, default=0, help="training seed (data order, init, masks)")
     parser.add_argument(
         "--random-baselines-only", action="store_true", help="only add random-boundary F1 to the saved JSON"
     )
@@ -173,12 +174,15 @@ def main() -> None:
     run_variant(
         ("warm_cache", [*VARIANTS["dense"], "train.max_steps=1", "eval.max_chunks=1"], 1, args.cache_dir)
     )
-    jobs = [(name, VARIANTS[name], args.steps, args.cache_dir) for name in names]
+    seed = [f"train.seed={args.seed}"]
+    jobs = [(name, [*VARIANTS[name], *seed], args.steps, args.cache_dir) for name in names]
+    result_name = "lht_quality" if args.seed == 0 else f"lht_quality_seed{args.seed}"
     rows: list[dict] = []
     description = (
         "Equal compute: every variant trains the same model size (width 64, 4 layers, 4 heads, vocab "
         "30522) for the same steps on the same batches (2 chunks of <= 512 tokens, Python docs, seed "
-        "0), one torch thread per run, two runs at a time on a 2-core machine shared with other jobs. "
+        f"{args.seed}), one torch thread per run, two runs at a time on a 2-core machine shared with "
+        "other jobs. "
         "Held-out perplexity uses fixed BERT masks on 64 held-out chunks; boundary F1 uses 32 chunks, "
         "tolerance +-2 tokens. One seed per variant: differences of a few percent are within noise."
     )
@@ -190,9 +194,9 @@ def main() -> None:
             for r in rows:
                 if dense is not None:
                     r["perplexity_over_dense"] = r["heldout_perplexity"] / dense["heldout_perplexity"]
-            save_results("lht_quality", {"description": description, "steps": args.steps, "rows": rows})
+            save_results(result_name, {"description": description, "steps": args.steps, "rows": rows})
     add_random_baselines(rows, args.cache_dir)
-    save_results("lht_quality", {"description": description, "steps": args.steps, "rows": rows})
+    save_results(result_name, {"description": description, "steps": args.steps, "rows": rows})
 
 
 if __name__ == "__main__":
