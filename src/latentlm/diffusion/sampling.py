@@ -3,8 +3,9 @@
 * ``sample_text_from_latent`` (L2T): MDLM ancestral sampling with SUBS — start fully masked, and at
   each step ``t -> s`` unmask every still-masked position with probability
   ``(alpha_s - alpha_t) / (1 - alpha_t)``, drawing its token from p_theta(x_0 | x_t) with temperature,
-  top-k and top-p; unmasked tokens never change.  Categorical draws use the Gumbel-max trick with
-  Gumbel noise in float64 (float32 noise biases low-probability tokens, Zheng et al. 2024).
+  top-k and top-p; unmasked tokens never change.  The coins are flipped first, so vocabulary logits
+  and draws are computed only where a token is revealed in that step.  Categorical draws use the
+  Gumbel-max trick with Gumbel noise in float64 (float32 noise biases low-probability tokens).
 * ``sample_latent_from_text`` (T2L): deterministic DDIM on the cosine schedule with classifier-free
   guidance ``pred = uncond + s * (cond - uncond)``, the null condition being fully masked text.
 * ``sample_joint``: both modalities from noise on one time grid.
@@ -96,27 +97,46 @@ def _time_grid(num_steps: int, device) -> torch.Tensor:
     return torch.linspace(1.0, 0.0, num_steps + 1, device=device)
 
 
-def _unmask_step(
-    denoiser: TwoStreamDenoiser,
+def _positions_to_unmask(
     x_t: torch.Tensor,
-    logits: torch.Tensor,
+    mask_id: int,
     t: float,
     s: float,
     schedule: LogLinearMaskingSchedule,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """MDLM ancestral step t -> s: a masked position unmasks with prob (alpha_s - alpha_t) / (1 - alpha_t)."""
+    alpha_t, alpha_s = (float(schedule.alpha(torch.tensor(v))) for v in (t, s))
+    unmask_prob = 1.0 if s == 0.0 else (alpha_s - alpha_t) / (1.0 - alpha_t)
+    coin = torch.rand(x_t.shape, generator=generator, dtype=torch.float64).to(x_t.device) < unmask_prob
+    return (x_t == mask_id) & coin
+
+
+def _fill_positions(
+    denoiser: TwoStreamDenoiser,
+    x_t: torch.Tensor,
+    chosen: torch.Tensor,
+    hidden: torch.Tensor,
+    uncond_hidden: torch.Tensor | None,
+    guidance_scale: float,
     temperature: float,
     top_k: int,
     top_p: float,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
-    """One MDLM ancestral step t -> s on the text (SUBS: mask never drawn, unmasked tokens kept)."""
-    mask_id = denoiser.config.mask_token_id
-    logits = logits.double()
-    logits[..., mask_id] = float("-inf")
-    draws = sample_categorical(logits, temperature, top_k, top_p, generator)  # (B, T)
-    alpha_t, alpha_s = (float(schedule.alpha(torch.tensor(v))) for v in (t, s))
-    unmask_prob = 1.0 if s == 0.0 else (alpha_s - alpha_t) / (1.0 - alpha_t)
-    coin = torch.rand(x_t.shape, generator=generator, dtype=torch.float64).to(x_t.device) < unmask_prob
-    return torch.where((x_t == mask_id) & coin, draws, x_t)
+    """Draw tokens at the ``chosen`` positions from SUBS p(x_0 | x_t) (mask never drawn; CFG on logits).
+
+    Only the chosen positions get vocabulary logits, which keeps sampling cheap for large vocabularies.
+    """
+    if not chosen.any():
+        return x_t
+    logits = denoiser.text_logits(hidden[chosen]).double()  # (N, V)
+    if uncond_hidden is not None:
+        logits = _guided(logits, denoiser.text_logits(uncond_hidden[chosen]).double(), guidance_scale)
+    logits[:, denoiser.config.mask_token_id] = float("-inf")
+    x_t = x_t.clone()
+    x_t[chosen] = sample_categorical(logits, temperature, top_k, top_p, generator)
+    return x_t
 
 
 def _ddim_step(
@@ -182,13 +202,15 @@ def sample_text_from_latent(
     z_clean = latent_schedule.alpha_sigma(zeros)[0].unsqueeze(-1) * latent
     grid = _time_grid(num_steps, device)
     for t, s in zip(grid[:-1].tolist(), grid[1:].tolist(), strict=True):
+        chosen = _positions_to_unmask(x_t, cfg.mask_token_id, t, s, text_schedule, generator)
+        if not chosen.any():
+            continue
         t_vec = torch.full((B,), t, device=device)
-        cond = denoiser.text_logits(denoiser(x_t, z_clean, t_vec, zeros).text_hidden)
-        uncond = None
-        if null_latent is not None:
-            uncond = denoiser.text_logits(denoiser(x_t, null_latent, t_vec, ones).text_hidden)
-        logits = _guided(cond.double(), None if uncond is None else uncond.double(), guidance_scale)
-        x_t = _unmask_step(denoiser, x_t, logits, t, s, text_schedule, temperature, top_k, top_p, generator)
+        hidden = denoiser(x_t, z_clean, t_vec, zeros).text_hidden
+        uncond = denoiser(x_t, null_latent, t_vec, ones).text_hidden if null_latent is not None else None
+        x_t = _fill_positions(
+            denoiser, x_t, chosen, hidden, uncond, guidance_scale, temperature, top_k, top_p, generator
+        )
     return x_t
 
 
@@ -266,8 +288,10 @@ def sample_joint(
     for t, s in zip(grid[:-1].tolist(), grid[1:].tolist(), strict=True):
         t_vec = torch.full((batch_size,), t, device=device)
         out = denoiser(x_t, z_t, t_vec, t_vec)
-        logits = denoiser.text_logits(out.text_hidden)
-        x_t = _unmask_step(denoiser, x_t, logits, t, s, text_schedule, temperature, top_k, top_p, generator)
+        chosen = _positions_to_unmask(x_t, cfg.mask_token_id, t, s, text_schedule, generator)
+        x_t = _fill_positions(
+            denoiser, x_t, chosen, out.text_hidden, None, 1.0, temperature, top_k, top_p, generator
+        )
         z_t = _ddim_step(out.latent_output, z_t, t, s, latent_schedule, prediction)
     return x_t, z_t
 
