@@ -39,6 +39,8 @@ def train(argv: list[str]) -> Path:
     """Train from a config file and overrides; returns the run directory."""
     path, overrides = split_cli_args(argv)
     cfg = load_config(LHTRunConfig, path, overrides)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
     run = RunDir(cfg.run_dir)
     run.save_config(cfg)
     task = LHTPretrainTask(cfg, load_tokenizer(cfg.data.tokenizer))
@@ -57,6 +59,8 @@ def load_run(run_dir: Path, overrides: list[str]) -> tuple[LHTRunConfig, LHTForM
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path}: not a run directory of `latentlm lht train`")
     cfg = load_config(LHTRunConfig, config_path, overrides)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
     task = LHTPretrainTask(cfg, load_tokenizer(cfg.data.tokenizer))
     if (run_dir / "model" / "config.json").is_file():
         model = LHTForMaskedLM.from_pretrained(run_dir / "model")

@@ -54,6 +54,7 @@ class LHTRunConfig:
 
     run_dir: str = "runs/lht"  # run directory (config, metrics, checkpoints, report)
     batch_size: int = 2  # chunks per micro-batch
+    num_threads: int = 0  # torch CPU threads (0 = torch's default; 1 is far faster on an oversubscribed CPU)
     model: LHTConfig = field(default_factory=lambda: LHTConfig(vocab_size=0))  # vocab 0 = tokenizer's
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -62,6 +63,8 @@ class LHTRunConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"batch_size: must be >= 1, got {self.batch_size}")
+        if self.num_threads < 0:
+            raise ValueError(f"num_threads: must be >= 0, got {self.num_threads}")
 
 
 def peak_memory_gb(device: torch.device) -> float:
