@@ -28,11 +28,12 @@ def curves(run: RunDir) -> dict[str, tuple[list[float], list[float]]]:
 
 
 def _switch_lines(summaries: dict[str, dict]) -> list[tuple[float, str]]:
-    return [
-        (s["switch_tokens"], f"{label}: LVD → log P(O)")
-        for label, s in summaries.items()
-        if s.get("switch_tokens") is not None
-    ]
+    """One vertical line per distinct switch point, labelled with the runs that switch there."""
+    by_tokens: dict[float, list[str]] = {}
+    for label, summary in summaries.items():
+        if summary.get("switch_tokens") is not None:
+            by_tokens.setdefault(summary["switch_tokens"], []).append(label)
+    return [(tokens, f"LVD → log P(O): {', '.join(labels)}") for tokens, labels in by_tokens.items()]
 
 
 def write_comparison_report(
