@@ -7,7 +7,7 @@ level 2 vs gold paragraphs (tolerance +-2 tokens). Variants (seed 003, "Ablation
 dense full attention; LHT base (2 levels); 3 and 4 levels; routers early / late; local window 2 / 32;
 without [DOC]. Runs go two at a time, one torch thread each, in separate processes.
 
-    python benchmarks/lht_quality.py [--steps 300] [--workers 2] [--only dense lht_base]
+    python benchmarks/lht_quality.py [--steps 200] [--workers 2] [--only dense lht_base]
 
 Results: benchmarks/results/lht_quality.json (written after every finished run).
 """
@@ -150,7 +150,7 @@ def add_random_baselines(rows: list[dict], cache_dir: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--only", nargs="*", default=None, help="variant names to run")
     parser.add_argument("--cache-dir", default=".cache/latentlm/lht")

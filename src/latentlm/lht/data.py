@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,7 +143,14 @@ def is_heldout(document_name: str, fraction: float) -> bool:
 
 def load_documents(config: DataConfig) -> list[Document]:
     """Draw the document mix of `config`."""
-    sources = [read_source(s) for s in config.sources]
+    sources = []
+    for index, source in enumerate(config.sources):
+        documents = read_source(source)
+        if isinstance(documents, list):
+            # Files are read in path order; shuffle so that `max_documents` draws a fair sample.
+            documents = list(documents)
+            random.Random(config.mix_seed * 1009 + index).shuffle(documents)
+        sources.append(documents)
     limit = config.max_documents or None
     return interleave_documents(sources, [s.probability for s in config.sources], config.mix_seed, limit)
 
@@ -216,7 +224,7 @@ class CorpusSplits:
 def build_corpus(config: DataConfig, tokenizer) -> CorpusSplits:
     """Read, mix, split and tokenize the configured sources (cached by content hash)."""
     key = content_hash(
-        "lht-corpus-v1",
+        "lht-corpus-v2",
         [vars(s) for s in config.sources],
         config.tokenizer,
         config.max_length,
