@@ -237,9 +237,9 @@ def main() -> None:
             rows = [r for r in results if r["corpus"] == name and r["method"] == method]
             series[method] = ([r["K"] for r in rows], [r["heldout_ppl"] for r in rows])
         fig = line_plot(series, "K (hidden states)", "held-out perplexity", f"{name}: equal token budgets")
-        fig.savefig(RESULTS / f"hmm_quality{args.tag}_{name}.png", dpi=110, bbox_inches="tight")
+        fig.savefig(RESULTS / f"hmm_quality_{name}.png", dpi=110, bbox_inches="tight")
     save_results(
-        "hmm_quality",
+        f"hmm_quality{args.tag}",
         {
             "setup": vars(args),
             "results": results,
