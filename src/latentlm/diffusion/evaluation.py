@@ -443,7 +443,10 @@ def run_evaluation(task: DiffusionTask, run: RunDir, checkpoint: Path | None = N
         checks.append(
             _check(
                 "reconstruction",
-                token_acc > 0 or recon.get("cosine", 0) > recon.get("cosine_random_pairs", 1),
+                # Better than chance: re-encoded reconstructions closer to their sources than random pairs.
+                recon["cosine"] > recon["cosine_random_pairs"]
+                if "cosine" in recon
+                else token_acc > 1 / meta.vocab_size,
                 detail,
             )
         )
