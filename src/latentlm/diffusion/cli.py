@@ -169,7 +169,7 @@ def _sample(path: Path | None, overrides: list[str]) -> int:
             prediction=cfg.model.latent_prediction,
             generator=g,
         )
-        if have_latents:
+        if have_latents and not task.variational:  # Stage I latents live in the encoder's space
             z = denormalize_latent(z, task.latent_meta)
         records = [{"text": r, "latent": row} for r, row in zip(refs, z.tolist(), strict=True)]
     else:
