@@ -28,8 +28,9 @@ def throughput_table(data: dict) -> str:
         f"Machine: {data['machine']['cpu']}, {data['machine']['cores']} cores, {data['machine']['date']}; "
         f"best fp32 GEMM measured in the run: {data['gemm']['best_gflops']} GFLOP/s.",
         "",
-        "| K | batch | method | tokens/s | GFLOP/s | fraction of GEMM | peak MiB | note |",
-        "|---|---|---|---|---|---|---|---|",
+        "| K | batch | method | tokens/s | GFLOP/s | / best GEMM | same-shape GEMM GFLOP/s | / same-shape | "
+        "peak MiB | note |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in data["rows"]:
         note = (
@@ -40,6 +41,7 @@ def throughput_table(data: dict) -> str:
         lines.append(
             f"| {row['K']} | {row['batch']} | {row['method']} | {_fmt(row.get('tokens_per_s'), 0)} | "
             f"{_fmt(row.get('gflops'), 2)} | {_fmt(row.get('fraction_of_gemm'), 3)} | "
+            f"{_fmt(row.get('shape_gemm_gflops'), 1)} | {_fmt(row.get('fraction_of_shape_gemm'), 2)} | "
             f"{_fmt(row.get('peak_mib'), 0)} | {note} |"
         )
     lines += ["", "| K | peer | ours / peer (forward tokens/s, batch 64) |", "|---|---|---|"]
@@ -90,7 +92,9 @@ def main() -> None:
     for name, render in (
         ("hmm_throughput", throughput_table),
         ("hmm_matrix", matrix_table),
-        ("hmm_quality", quality_table),
+        ("hmm_throughput_adjacent", throughput_table),
+        ("hmm_quality_tinyshakespeare", quality_table),
+        ("hmm_quality_ptb", quality_table),
     ):
         data = _load(name)
         print(f"### {name}\n")
