@@ -10,7 +10,8 @@ taken with respect to them):
 
 The forward algorithm runs in probability space with per-step scaling (Rabiner's scaled α): each
 step is one ``(B, K) @ (K, K)`` GEMM followed by ``O(B·K)`` element-wise work, so no ``(B, K, K)``
-broadcast and no ``(B, T, V)`` emission tensor is ever built. Emission columns are max-shifted per
+broadcast and no ``(B, T, V)`` emission tensor is ever built; only the emission columns of the words
+that occur in the batch are exponentiated. Emission columns are max-shifted per
 word (``exp(log B[:, v] - max_k log B[k, v])``) so that a word that is very unlikely under every
 state cannot underflow to zero; the shift is added back to the log-likelihood.
 
@@ -222,11 +223,21 @@ def _forward_pass(log_start, log_transition, log_emission, obs, mask, keep):
     transition_shift = log_transition.max()
     start = torch.exp(log_start - start_shift)
     transition = torch.exp(log_transition - transition_shift)
-    table, shift = _shifted_emission_table(log_emission)
-    fwd = _scaled_forward(start, transition, table, shift, obs, mask, keep)
+    # Only the emission columns of the words in this batch are exponentiated: O(K·U), U ≤ min(V, B·T).
+    words, local_obs = torch.unique(obs, return_inverse=True)  # (U,), (B, T) ids into `words`
+    table, shift = _shifted_emission_table(log_emission[:, words])  # (U, K), (U,)
+    fwd = _scaled_forward(start, transition, table, shift, local_obs, mask, keep)
     num_transitions = (mask.sum(dim=1) - 1).to(log_start.dtype)
     fwd.log_likelihood = fwd.log_likelihood + start_shift + num_transitions * transition_shift
-    return fwd, transition, table
+    return fwd, transition, table, words, local_obs
+
+
+def _full_emission_counts(counts: ExpectedCounts, words: Tensor, vocab_size: int) -> ExpectedCounts:
+    """Scatter the ``(K, U)`` emission counts of the batch's words into a ``(K, V)`` matrix."""
+    emission = counts.emission.new_zeros(counts.emission.shape[0], vocab_size)
+    emission[:, words] = counts.emission
+    counts.emission = emission
+    return counts
 
 
 class ForwardLogLikelihood(torch.autograd.Function):
@@ -236,19 +247,21 @@ class ForwardLogLikelihood(torch.autograd.Function):
     def forward(ctx, log_start, log_transition, log_emission, obs, mask):  # noqa: D102
         with torch.no_grad():
             keep = any(ctx.needs_input_grad[:3])
-            fwd, transition, table = _forward_pass(
+            fwd, transition, table, words, local_obs = _forward_pass(
                 log_start.detach(), log_transition.detach(), log_emission.detach(), obs, mask, keep
             )
         if keep:
             ctx.fwd = fwd
-            ctx.save_for_backward(transition, table, obs, mask)
+            ctx.vocab_size = log_emission.shape[1]
+            ctx.save_for_backward(transition, table, words, local_obs, mask)
         return fwd.log_likelihood
 
     @staticmethod
     def backward(ctx, grad_output):  # noqa: D102
-        transition, table, obs, mask = ctx.saved_tensors
+        transition, table, words, local_obs, mask = ctx.saved_tensors
         with torch.no_grad():
-            counts = _scaled_backward(transition, table, obs, mask, ctx.fwd, grad_output, False)
+            counts = _scaled_backward(transition, table, local_obs, mask, ctx.fwd, grad_output, False)
+            counts = _full_emission_counts(counts, words, ctx.vocab_size)
         del ctx.fwd
         return counts.start, counts.transition, counts.emission, None, None
 
@@ -297,10 +310,11 @@ def expected_counts(
     if weights is None:
         weights = torch.ones(obs.shape[0], dtype=log_transition.dtype, device=obs.device)
     with torch.no_grad():
-        fwd, transition, table = _forward_pass(
+        fwd, transition, table, words, local_obs = _forward_pass(
             log_start.detach(), log_transition.detach(), log_emission.detach(), obs, mask, True
         )
-        return _scaled_backward(transition, table, obs, mask, fwd, weights, posteriors)
+        counts = _scaled_backward(transition, table, local_obs, mask, fwd, weights, posteriors)
+        return _full_emission_counts(counts, words, log_emission.shape[1])
 
 
 def posterior_marginals(
