@@ -217,11 +217,12 @@ def main() -> None:
     for k in states:
         for batch in batches:
             methods = ["ours_forward", "ours_forward_backward", "ours_joint"]
-            methods += [
-                "hmmlearn_scaling_forward",
-                "hmmlearn_log_forward",
-                "hmmlearn_scaling_forward_backward",
-            ]
+            if not args.ours_only:
+                methods += [
+                    "hmmlearn_scaling_forward",
+                    "hmmlearn_log_forward",
+                    "hmmlearn_scaling_forward_backward",
+                ]
             # pomegranate's forward-backward holds (B, T, K, K)-sized float32 tensors.
             pomegranate_gib = batch * LENGTH * k * k * 4 * 3 / 2**30
             if args.ours_only:
