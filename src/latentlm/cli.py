@@ -16,7 +16,9 @@ SYSTEMS = {
     "lht": "the Learned Hierarchical Transformer for long documents",
 }
 
-USAGE = "usage: latentlm <system> <command> [config.yaml] [key=value ...]\n       latentlm fetch <model-alias>\n"
+USAGE = (
+    "usage: latentlm <system> <command> [config.yaml] [key=value ...]\n       latentlm fetch <model-alias>\n"
+)
 
 
 def main(argv: list[str] | None = None) -> int:

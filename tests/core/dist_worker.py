@@ -3,7 +3,7 @@
 import sys
 from pathlib import Path
 
-from latentlm.core import RunDir, Trainer, TrainConfig
+from latentlm.core import RunDir, TrainConfig, Trainer
 from latentlm.core.checkpoint import save_tensors
 from tests.core.toy_task import ToyRegression
 

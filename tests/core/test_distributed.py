@@ -13,8 +13,17 @@ from tests.conftest import REPO
 @pytest.mark.slow
 def test_two_gloo_processes_agree_on_parameters(tmp_path):
     env = {**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'src'}", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           str(REPO / "tests" / "core" / "dist_worker.py"), str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+        str(REPO / "tests" / "core" / "dist_worker.py"),
+        str(tmp_path),
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     rank0 = load_tensors(tmp_path / "rank0.safetensors")

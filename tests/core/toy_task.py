@@ -15,7 +15,9 @@ class ToyRegression(Task):
     def __init__(self, n: int = 64, dim: int = 5):
         generator = torch.Generator().manual_seed(123)
         self.x = torch.randn(n, dim, generator=generator)
-        self.y = self.x @ torch.randn(dim, 1, generator=generator) + 0.1 * torch.randn(n, 1, generator=generator)
+        self.y = self.x @ torch.randn(dim, 1, generator=generator) + 0.1 * torch.randn(
+            n, 1, generator=generator
+        )
 
     def build_model(self) -> nn.Module:
         return nn.Sequential(nn.Linear(self.x.shape[1], 16), nn.Dropout(0.1), nn.Tanh(), nn.Linear(16, 1))

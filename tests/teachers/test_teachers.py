@@ -32,7 +32,7 @@ def test_minilm_token_states_and_offsets():
 def test_smollm2_loads_frozen_and_generates():
     model, tokenizer = load_causal_lm("smollm2")
     ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
-    new = model.generate(ids, max_new_tokens=3, do_sample=False)[0, ids.shape[1]:]
+    new = model.generate(ids, max_new_tokens=3, do_sample=False)[0, ids.shape[1] :]
     assert "Paris" in tokenizer.decode(new)
     assert model.config.hidden_size == 576 and not model.training
     logits = model(ids).logits

@@ -1,7 +1,7 @@
 """The shared core: typed configs, the training engine, run directories, reports, checkpoints."""
 
 from latentlm.core.config import ConfigError, load_config, save_config, split_cli_args
-from latentlm.core.engine import StepOutput, Task, Trainer, TrainConfig, TrainState, load_model_weights
+from latentlm.core.engine import StepOutput, Task, TrainConfig, Trainer, TrainState, load_model_weights
 from latentlm.core.pretrained import PretrainedMixin
 from latentlm.core.report import Report, line_plot
 from latentlm.core.run import RunDir, progress

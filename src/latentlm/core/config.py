@@ -45,6 +45,22 @@ def split_cli_args(argv: Sequence[str]) -> tuple[str | None, list[str]]:
     return path, overrides
 
 
+def split_run_dir(args: Sequence[str]) -> tuple[Path, list[str]]:
+    """Split `run_dir=PATH` (exactly one) from the other words of an `eval`-like command."""
+    run_dirs = [a.split("=", 1)[1] for a in args if a.startswith("run_dir=")]
+    if len(run_dirs) != 1:
+        raise ConfigError("give exactly one run_dir=PATH naming a finished run")
+    return Path(run_dirs[0]), [a for a in args if not a.startswith("run_dir=")]
+
+
+def load_run_config(schema: type[T], run_dir: str | Path, overrides: Sequence[str] = ()) -> T:
+    """The config a finished run saved (`<run_dir>/config.yaml`), with further dotted overrides."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir}: not a run directory (no config.yaml)")
+    return load_config(schema, path, overrides)
+
+
 def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
     """Build a `schema` instance from its defaults, an optional YAML file and dotted overrides.
 

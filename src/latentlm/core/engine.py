@@ -170,7 +170,9 @@ class Trainer:
         seed_everything(cfg.seed + acc.process_index)
         model = task.build_model()
         groups = task.param_groups(model) or [{"params": list(model.parameters())}]
-        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.AdamW(
+            groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay
+        )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_lambda)
         self.model = model
         wrapped, optimizer = acc.prepare(model, optimizer)
@@ -178,7 +180,9 @@ class Trainer:
 
         dataset = task.train_dataset()
         steps_per_epoch = self._steps_per_epoch(dataset)
-        bar = progress(total=cfg.max_steps, initial=self.state.step, desc="train", disable=not acc.is_main_process)
+        bar = progress(
+            total=cfg.max_steps, initial=self.state.step, desc="train", disable=not acc.is_main_process
+        )
         window: dict[str, list[float]] = defaultdict(list)
         window_tokens, window_start = 0, time.perf_counter()
         batches = self._batches(dataset, steps_per_epoch)
@@ -284,9 +288,13 @@ class Trainer:
         """Micro-batches from the saved data position on; the order depends only on (seed, epoch)."""
         acc, size = self.accelerator, self.task.batch_size
         while True:
-            order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(
-                self.cfg.seed * 100_003 + self.state.epoch))
-            shard = order[: steps_per_epoch * size * acc.num_processes][acc.process_index :: acc.num_processes]
+            order = torch.randperm(
+                len(dataset),
+                generator=torch.Generator().manual_seed(self.cfg.seed * 100_003 + self.state.epoch),
+            )
+            shard = order[: steps_per_epoch * size * acc.num_processes][
+                acc.process_index :: acc.num_processes
+            ]
             while self.state.batch_in_epoch < steps_per_epoch:
                 start = self.state.batch_in_epoch * size
                 self.state.batch_in_epoch += 1
@@ -302,10 +310,7 @@ class Trainer:
         if cfg.schedule == "constant":
             return 1.0
         progress_ = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
-        if cfg.schedule == "linear":
-            decay = 1.0 - progress_
-        else:
-            decay = 0.5 * (1.0 + math.cos(math.pi * progress_))
+        decay = 1.0 - progress_ if cfg.schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress_))
         return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * decay
 
     # ------------------------------------------------------------------ checkpoints
@@ -325,7 +330,9 @@ class Trainer:
         acc.wait_for_everyone()
         if acc.is_main_process:
             # state.json is written last: a checkpoint without it is incomplete and ignored.
-            write_json(tmp / "state.json", {"format_version": FORMAT_VERSION, **dataclasses.asdict(self.state)})
+            write_json(
+                tmp / "state.json", {"format_version": FORMAT_VERSION, **dataclasses.asdict(self.state)}
+            )
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)
             for old in self.run.checkpoints()[: -self.cfg.keep_checkpoints]:
@@ -379,8 +386,9 @@ def to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, list | tuple):
         return type(batch)(to_device(v, device) for v in batch)
     if dataclasses.is_dataclass(batch) and not isinstance(batch, type):
-        return dataclasses.replace(batch, **{f.name: to_device(getattr(batch, f.name), device)
-                                             for f in dataclasses.fields(batch)})
+        return dataclasses.replace(
+            batch, **{f.name: to_device(getattr(batch, f.name), device) for f in dataclasses.fields(batch)}
+        )
     return batch
 
 

@@ -1,9 +1,9 @@
 """Markdown reports with PNG plots, written into a run directory.
 
-    report = Report("LVD vs random init")
-    report.table([{"run": "lvd", "ppl": 123.4}, {"run": "random", "ppl": 150.2}])
-    report.figure(line_plot({"lvd": (steps, losses)}, "step", "loss"), "loss", "Training loss")
-    report.save(run.path)
+report = Report("LVD vs random init")
+report.table([{"run": "lvd", "ppl": 123.4}, {"run": "random", "ppl": 150.2}])
+report.figure(line_plot({"lvd": (steps, losses)}, "step", "loss"), "loss", "Training loss")
+report.save(run.path)
 """
 
 from __future__ import annotations
@@ -45,7 +45,9 @@ class Report:
 
     def figure(self, fig: plt.Figure, name: str, caption: str = "") -> None:
         self.figures.append((name, fig))
-        self.blocks.append(f"![{caption or name}](plots/{name}.png)\n" + (f"\n*{caption}*\n" if caption else ""))
+        self.blocks.append(
+            f"![{caption or name}](plots/{name}.png)\n" + (f"\n*{caption}*\n" if caption else "")
+        )
 
     def to_markdown(self) -> str:
         return "\n".join(self.blocks)
@@ -78,8 +80,16 @@ def line_plot(
         ax.plot(list(xs), list(ys), label=label, linewidth=1.4)
     for x, label in vlines:
         ax.axvline(x, color="gray", linestyle="--", linewidth=1)
-        ax.annotate(label, (x, 1), xycoords=("data", "axes fraction"), rotation=90, va="top", ha="right",
-                    fontsize=8, color="gray")
+        ax.annotate(
+            label,
+            (x, 1),
+            xycoords=("data", "axes fraction"),
+            rotation=90,
+            va="top",
+            ha="right",
+            fontsize=8,
+            color="gray",
+        )
     if logy:
         ax.set_yscale("log")
     ax.set_xlabel(xlabel)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from latentlm.core.config import ConfigError, load_config, split_cli_args
+from latentlm.core.config import ConfigError, load_config, load_run_config, split_cli_args, split_run_dir
 
 __all__ = ["main", "resolve_config_name"]
 
@@ -64,12 +64,10 @@ def _run_config(path: Path | None, overrides: list[str]):
     """An existing run's config: ``run_dir=X`` reads ``X/config.yaml`` unless a file is given."""
     from latentlm.diffusion.config import DiffusionConfig
 
-    run_dirs = [o.split("=", 1)[1] for o in overrides if o.startswith("run_dir=")]
-    if path is None:
-        if not run_dirs:
-            raise ConfigError("give run_dir=<a trained run> (or a config file)")
-        path = Path(run_dirs[-1]) / "config.yaml"
-    return load_config(DiffusionConfig, path, overrides)
+    if path is not None:
+        return load_config(DiffusionConfig, path, overrides)
+    run_dir, _ = split_run_dir(overrides)
+    return load_run_config(DiffusionConfig, run_dir, overrides)
 
 
 def _precompute(path: Path | None, overrides: list[str]) -> int:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from latentlm.core.config import load_config, split_cli_args
+from latentlm.core.config import load_config, load_run_config, split_cli_args, split_run_dir
 from latentlm.core.engine import Trainer, load_model_weights
 from latentlm.core.report import Report
 from latentlm.core.run import RunDir
@@ -55,10 +55,7 @@ def train(argv: list[str]) -> Path:
 
 def load_run(run_dir: Path, overrides: list[str]) -> tuple[LHTRunConfig, LHTForMaskedLM, LHTPretrainTask]:
     """Config, trained model and task of a run directory (model/ if present, else latest checkpoint)."""
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path}: not a run directory of `latentlm lht train`")
-    cfg = load_config(LHTRunConfig, config_path, overrides)
+    cfg = load_run_config(LHTRunConfig, run_dir, overrides)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     task = LHTPretrainTask(cfg, load_tokenizer(cfg.data.tokenizer))
@@ -149,11 +146,8 @@ def main(argv: list[str]) -> int:
     if parsed.command == "train":
         train(parsed.args)
         return 0
-    run_dirs = [a.split("=", 1)[1] for a in parsed.args if a.startswith("run_dir=")]
-    if len(run_dirs) != 1:
-        parser.error("eval needs exactly one run_dir=<path>")
-    overrides = [a for a in parsed.args if not a.startswith("run_dir=")]
-    metrics = evaluate_run(Path(run_dirs[0]), overrides)
+    run_dir, overrides = split_run_dir(parsed.args)
+    metrics = evaluate_run(run_dir, overrides)
     heldout = metrics["heldout"]
-    print(f"lht eval: held-out perplexity {heldout['perplexity']:.3f}; report in {run_dirs[0]}/report.md")
+    print(f"lht eval: held-out perplexity {heldout['perplexity']:.3f}; report in {run_dir}/report.md")
     return 0

@@ -16,8 +16,16 @@ import torch
 from latentlm.core.checkpoint import save_tensors
 from latentlm.teachers.sources import ALIASES, ModelSource, cache_root, fetch, resolve_model
 
-__all__ = ["ALIASES", "ModelSource", "encode_tokens", "fetch", "load_causal_lm", "load_encoder",
-           "load_tokenizer", "resolve_model"]
+__all__ = [
+    "ALIASES",
+    "ModelSource",
+    "encode_tokens",
+    "fetch",
+    "load_causal_lm",
+    "load_encoder",
+    "load_tokenizer",
+    "resolve_model",
+]
 
 
 def load_tokenizer(name: str):
@@ -37,7 +45,9 @@ def load_encoder(name: str = "minilm", device: str | torch.device = "cpu"):
     return _freeze(model).to(device), load_tokenizer(name)
 
 
-def load_causal_lm(name: str = "smollm2", dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+def load_causal_lm(
+    name: str = "smollm2", dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+):
     """A frozen causal LM and its tokenizer: `(model, tokenizer)`.
 
     GGUF weights are de-quantised once and kept as safetensors under `$LATENTLM_CACHE/converted/`, so
@@ -68,8 +78,9 @@ def _converted_gguf(source: ModelSource) -> Path:
     if not (folder / "config.json").is_file():
         tmp = folder.with_name(folder.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        model = AutoModelForCausalLM.from_pretrained(source.path, gguf_file=source.gguf_file,
-                                                     dtype=torch.float32, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            source.path, gguf_file=source.gguf_file, dtype=torch.float32, local_files_only=True
+        )
         # transformers refuses save_pretrained on GGUF-loaded models; the de-quantised weights are
         # plain tensors, so they are written directly with a config that no longer mentions GGUF.
         config = model.config
@@ -77,8 +88,9 @@ def _converted_gguf(source: ModelSource) -> Path:
             del config.quantization_config
         config.save_pretrained(tmp)
         save_tensors(model.state_dict(), tmp / "model.safetensors", metadata={"format": "pt"})
-        AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file,
-                                      local_files_only=True).save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(
+            source.path, gguf_file=source.gguf_file, local_files_only=True
+        ).save_pretrained(tmp)
         shutil.rmtree(folder, ignore_errors=True)
         tmp.rename(folder)
     return folder
@@ -86,7 +98,12 @@ def _converted_gguf(source: ModelSource) -> Path:
 
 @torch.no_grad()
 def encode_tokens(
-    model, tokenizer, texts: Sequence[str], batch_size: int = 16, max_length: int = 512, layer: int = -1,
+    model,
+    tokenizer,
+    texts: Sequence[str],
+    batch_size: int = 16,
+    max_length: int = 512,
+    layer: int = -1,
 ) -> list[dict[str, torch.Tensor]]:
     """Contextual token states of each text from an encoder or causal LM.
 
@@ -98,15 +115,26 @@ def encode_tokens(
     results: list[dict[str, torch.Tensor]] = []
     for start in range(0, len(texts), batch_size):
         chunk = list(texts[start : start + batch_size])
-        enc = tokenizer(chunk, return_tensors="pt", padding=True, truncation=True, max_length=max_length,
-                        return_offsets_mapping=True)
+        enc = tokenizer(
+            chunk,
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_offsets_mapping=True,
+        )
         offsets = enc.pop("offset_mapping")
         out = model(**{k: v.to(device) for k, v in enc.items()}, output_hidden_states=True)
         hidden = out.hidden_states[layer].float().cpu()  # (B, n, d)
         for row in range(len(chunk)):
             keep = enc["attention_mask"][row].bool()
-            results.append({"input_ids": enc["input_ids"][row][keep], "hidden": hidden[row][keep],
-                            "offsets": offsets[row][keep]})
+            results.append(
+                {
+                    "input_ids": enc["input_ids"][row][keep],
+                    "hidden": hidden[row][keep],
+                    "offsets": offsets[row][keep],
+                }
+            )
     return results
 
 

