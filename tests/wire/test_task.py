@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from latentlm.core.config import load_config
+from latentlm.core.config import load_config, load_run_config
 from latentlm.core.engine import load_model_weights
 from latentlm.data.synthetic_qa import synthetic_squad
 from latentlm.wire.adapters import WireModel
@@ -18,7 +18,7 @@ from latentlm.wire.config import PhaseConfig, WireRunConfig
 from latentlm.wire.evaluate import evaluate_wire
 from latentlm.wire.features import SentenceStates
 from latentlm.wire.models import FrozenLM, format_content
-from latentlm.wire.pipeline import build_features, evaluate_run, load_run_config, train_wire
+from latentlm.wire.pipeline import build_features, evaluate_run, train_wire
 from latentlm.wire.task import is_text_batch, phase_at
 from tests.wire.conftest import build_model
 
@@ -83,7 +83,7 @@ def test_run_directory_and_diagnostics(trained):
 
 def test_checkpoint_roundtrip_reproduces_eval(trained, tiny_llama, tiny_qwen, sentence):
     lms = [tiny_llama, tiny_qwen]
-    cfg = load_run_config(trained)
+    cfg = load_run_config(WireRunConfig, trained)
     saved = WireModel.from_pretrained(trained / "wire").eval()
     rebuilt = WireModel(saved.config)
     latest = sorted((trained / "checkpoints").iterdir(), key=lambda p: int(p.name.split("_")[1]))[-1]

@@ -12,7 +12,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from latentlm.core.config import ConfigError, load_config, split_cli_args
+from latentlm.core.config import ConfigError, load_config, split_cli_args, split_run_dir
 
 
 def _pop(overrides: list[str], key: str, default: str | None = None) -> str | None:
@@ -59,11 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if ns.command == "eval":
             from latentlm.wire.pipeline import evaluate_run
 
-            path, overrides = split_cli_args(ns.args)
-            run_dir = _pop(overrides, "run_dir")
+            run_dir, overrides = split_run_dir(ns.args)
             checkpoint = _pop(overrides, "checkpoint", "best")
-            if run_dir is None:
-                raise ConfigError("eval needs run_dir=<run directory>")
             metrics = evaluate_run(run_dir, overrides, checkpoint=checkpoint)
             print(json.dumps(metrics, indent=1))
             return 0

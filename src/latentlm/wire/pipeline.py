@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from latentlm.core.config import load_config
+from latentlm.core.config import load_run_config
 from latentlm.core.engine import Trainer, load_model_weights
 from latentlm.core.run import RunDir
 from latentlm.data.squad import SquadExample, load_squad, select_examples
@@ -107,11 +107,6 @@ def train_wire(
     return run.path
 
 
-def load_run_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> WireRunConfig:
-    """The run's saved config.yaml with command-line overrides (e.g. `eval.dev_limit`) applied."""
-    return load_config(WireRunConfig, Path(run_dir) / "config.yaml", overrides)
-
-
 def load_wire(run_dir: str | Path, checkpoint: str = "best") -> WireModel:
     """The trained `WireModel` of a run: `wire/` (config + final weights), then `best/` weights if asked."""
     run_dir = Path(run_dir)
@@ -130,7 +125,7 @@ def evaluate_run(
     out_name: str = "eval",
 ) -> dict:
     """Evaluate a trained run; writes `<run_dir>/<out_name>/` and returns the metrics."""
-    cfg = load_run_config(run_dir, overrides)
+    cfg = load_run_config(WireRunConfig, run_dir, overrides)
     lms = list(lms) if lms is not None else load_lms(cfg)
     wire = load_wire(run_dir, checkpoint)
     features, _ = build_features(cfg, lms, sentence)
