@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from latentlm.core.config import ConfigError, config_from_dict, load_config, split_cli_args
+from latentlm.core.config import ConfigError, config_from_dict, load_config, split_cli_args, split_run_dir
 from latentlm.core.run import RunDir
 from latentlm.hmm.distill import sample_corpus
 from latentlm.hmm.lvd import default_cache_dir
@@ -111,11 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     ns = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
         if ns.command == "eval":
-            run_dirs = [a.split("=", 1)[1] for a in ns.args if a.startswith("run_dir=")]
-            if len(run_dirs) != 1:
-                raise ConfigError("eval needs exactly one run_dir=PATH")
-            metrics = evaluate_run(run_dirs[0], [a for a in ns.args if not a.startswith("run_dir=")])
-            _print_summary(metrics, run_dirs[0])
+            run_dir, overrides = split_run_dir(ns.args)
+            metrics = evaluate_run(run_dir, overrides)
+            _print_summary(metrics, run_dir)
             return 0
         if ns.command == "quickstart":
             cfg = quickstart_config([a for a in ns.args if "=" in a])

@@ -111,25 +111,22 @@ def train_run(cfg: HMMRunConfig, data: PreparedData | None = None, prepare_secon
     return summary
 
 
-def load_run(run_dir: str | Path) -> tuple[HMMRunConfig, HMMLanguageModel]:
-    """The config and trained model of a finished run directory."""
-    from latentlm.core.config import load_config
+def load_run(run_dir: str | Path, overrides: list[str] = ()) -> tuple[HMMRunConfig, HMMLanguageModel]:
+    """The config (with optional dotted overrides) and trained model of a finished run directory."""
+    from latentlm.core.config import load_run_config
 
     run_dir = Path(run_dir)
     if not (run_dir / "model" / "config.json").is_file():
         raise FileNotFoundError(f"{run_dir}: not a finished HMM run (no model/config.json)")
-    return load_config(HMMRunConfig, run_dir / "config.yaml"), HMMLanguageModel.from_pretrained(
+    return load_run_config(HMMRunConfig, run_dir, overrides), HMMLanguageModel.from_pretrained(
         run_dir / "model"
     )
 
 
 def evaluate_run(run_dir: str | Path, overrides: list[str] = ()) -> dict:
     """Held-out perplexity of a finished run (the corpus may be changed by ``corpus.*`` overrides)."""
-    from latentlm.core.config import load_config
-
     run_dir = Path(run_dir)
-    _, model = load_run(run_dir)
-    cfg = load_config(HMMRunConfig, run_dir / "config.yaml", overrides)
+    cfg, model = load_run(run_dir, overrides)
     vocab = json.loads((run_dir / "vocab.json").read_text())["tokens"]
     corpus = prepare_corpus(cfg)
     if corpus.vocab != vocab:
