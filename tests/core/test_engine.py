@@ -104,3 +104,26 @@ def test_dataset_smaller_than_a_batch(tmp_path):
     task = ToyRegression(n=3)
     with pytest.raises(ValueError, match="fewer than one batch"):
         Trainer(task, TrainConfig(max_steps=2), RunDir(tmp_path, tensorboard=False)).fit()
+
+
+class _Plateau(ToyRegression):
+    """Held-out metric that improves for three evaluations, then stays flat."""
+
+    def evaluate(self, model, state):
+        return {"score": max(10 - state.step, 7)}
+
+
+def test_early_stop_on_plateau(tmp_path):
+    trainer, state = _train(
+        tmp_path, 100, task=_Plateau(), eval_every=1, best_metric="score", early_stop_patience=4
+    )
+    # Best (7) first reached at step 3; evaluations 4..7 do not improve on it -> stop after step 7.
+    assert state.step == 7
+    records = RunDir(tmp_path).read_metrics()
+    assert any(r.get("train/early_stop") == 1 and r["step"] == 7 for r in records)
+    assert RunDir(tmp_path).latest_checkpoint().name == "step_7"
+
+
+def test_early_stop_needs_a_metric():
+    with pytest.raises(ValueError, match="early_stop_patience"):
+        TrainConfig(early_stop_patience=3)

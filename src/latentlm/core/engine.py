@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.state import AcceleratorState
+from accelerate.utils import broadcast
 from torch import nn
 from torch.utils.data import Dataset, default_collate
 
@@ -78,6 +79,8 @@ class TrainConfig:
     """Eval metric (without the `eval/` prefix) whose best value is kept in `best/`; empty: off."""
     best_mode: str = "min"
     """min | max: whether a lower or higher `best_metric` is better."""
+    early_stop_patience: int = 0
+    """Stop once `best_metric` has not improved for this many evaluations (a held-out plateau); 0: off."""
     find_unused_parameters: bool = False
     """For DDP when some parameters get no gradient in a step (frozen branches, loss modes)."""
     cpu: bool = False
@@ -95,6 +98,8 @@ class TrainConfig:
             raise ValueError(f"train.best_mode: must be min or max, got {self.best_mode!r}")
         if self.grad_accum < 1:
             raise ValueError(f"train.grad_accum: must be >= 1, got {self.grad_accum}")
+        if self.early_stop_patience and not self.best_metric:
+            raise ValueError("train.early_stop_patience: needs train.best_metric to watch")
         if len(self.betas) != 2:
             raise ValueError(f"train.betas: need two values, got {self.betas}")
 
@@ -108,6 +113,7 @@ class TrainState:
     batch_in_epoch: int = 0
     tokens_seen: int = 0
     best_value: float | None = None
+    evals_since_best: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
     """JSON-able task state (e.g. the step at which a phase switched)."""
 
@@ -224,8 +230,18 @@ class Trainer:
             is_last = self.state.step == cfg.max_steps
             if (cfg.eval_every and self.state.step % cfg.eval_every == 0) or is_last:
                 self._evaluate(model, wrapped)
+                if not is_last and self._plateaued():
+                    is_last = True
+                    if acc.is_main_process:
+                        self.run.log(self.state.step, {"train/early_stop": 1})
+                        print(
+                            f"early stop at step {self.state.step}: eval/{cfg.best_metric} has not improved "
+                            f"for {cfg.early_stop_patience} evaluations"
+                        )
             if (cfg.checkpoint_every and self.state.step % cfg.checkpoint_every == 0) or is_last:
                 self._save_checkpoint(model, optimizer, scheduler)
+            if is_last:
+                break
         bar.close()
         acc.wait_for_everyone()
         return self.state
@@ -258,6 +274,15 @@ class Trainer:
                 self._track_best(model, metrics)
         acc.wait_for_everyone()
 
+    def _plateaued(self) -> bool:
+        """Whether `best_metric` stalled for `early_stop_patience` evaluations (all ranks agree)."""
+        if not self.cfg.early_stop_patience:
+            return False
+        stop = torch.tensor(
+            [int(self.state.evals_since_best >= self.cfg.early_stop_patience)], device=self.accelerator.device
+        )
+        return bool(broadcast(stop, from_process=0).item())
+
     def _track_best(self, model: nn.Module, metrics: dict[str, float]) -> None:
         name = self.cfg.best_metric
         if not name:
@@ -267,6 +292,7 @@ class Trainer:
         value = float(metrics[name])
         best = self.state.best_value
         better = best is None or (value < best if self.cfg.best_mode == "min" else value > best)
+        self.state.evals_since_best = 0 if better else self.state.evals_since_best + 1
         if better:
             self.state.best_value = value
             best_dir = self.run.path / "best"
