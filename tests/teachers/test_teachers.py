@@ -37,3 +37,20 @@ def test_smollm2_loads_frozen_and_generates():
     assert model.config.hidden_size == 576 and not model.training
     logits = model(ids).logits
     assert torch.isfinite(logits).all()
+
+
+@pytest.mark.real_model
+def test_cached_gguf_tokenizer_equals_the_gguf_one():
+    from transformers import AutoTokenizer
+
+    from latentlm.teachers import load_tokenizer
+
+    source = resolve_model("smollm2")
+    reference = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
+    cached = load_tokenizer("smollm2")
+    for text in ["Hello world, what's the capital of France? Answer: Paris", "  spaces\nand \u00e9"]:
+        assert cached(text).input_ids == reference(text).input_ids
+    chat = [{"role": "user", "content": "hi"}]
+    assert cached.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) == (
+        reference.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    )

@@ -29,11 +29,23 @@ __all__ = [
 
 
 def load_tokenizer(name: str):
-    """The tokenizer of a model (alias, path or hub id)."""
+    """The tokenizer of a model (alias, path or hub id).
+
+    A GGUF tokenizer is rebuilt from the GGUF metadata once and kept under `$LATENTLM_CACHE/tokenizers/`
+    (rebuilding it takes tens of seconds; loading the saved one, well under a second).
+    """
     from transformers import AutoTokenizer
 
     source = resolve_model(name)
-    return AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file, **_local(source))
+    if source.gguf_file is None:
+        return AutoTokenizer.from_pretrained(source.path, **_local(source))
+    folder = _gguf_cache_dir(source, "tokenizers")
+    if not (folder / "tokenizer_config.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(
+            source.path, gguf_file=source.gguf_file, local_files_only=True
+        )
+        _save_atomically(folder, tokenizer.save_pretrained)
+    return AutoTokenizer.from_pretrained(folder, local_files_only=True)
 
 
 def load_encoder(name: str = "minilm", device: str | torch.device = "cpu"):
@@ -53,47 +65,58 @@ def load_causal_lm(
     GGUF weights are de-quantised once and kept as safetensors under `$LATENTLM_CACHE/converted/`, so
     later loads skip the slow GGUF conversion.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     source = resolve_model(name)
     if source.gguf_file is None:
         model = AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype, **_local(source))
-        tokenizer = load_tokenizer(name)
     else:
-        converted = _converted_gguf(source)
-        model = AutoModelForCausalLM.from_pretrained(converted, dtype=dtype, local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(converted, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            _converted_gguf(source), dtype=dtype, local_files_only=True
+        )
+    tokenizer = load_tokenizer(name)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return _freeze(model).to(device), tokenizer
 
 
 def _converted_gguf(source: ModelSource) -> Path:
-    """Folder with the GGUF model converted to float32 safetensors (made on first use, atomically)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Folder with the GGUF model de-quantised to float32 safetensors (made on first use, atomically)."""
+    from transformers import AutoModelForCausalLM
 
-    gguf = Path(source.path) / source.gguf_file
-    stat = gguf.stat()
-    folder = cache_root() / "converted" / f"{gguf.stem}-{stat.st_size}-{int(stat.st_mtime)}"
+    folder = _gguf_cache_dir(source, "converted")
     if not (folder / "config.json").is_file():
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
         model = AutoModelForCausalLM.from_pretrained(
             source.path, gguf_file=source.gguf_file, dtype=torch.float32, local_files_only=True
         )
-        # transformers refuses save_pretrained on GGUF-loaded models; the de-quantised weights are
-        # plain tensors, so they are written directly with a config that no longer mentions GGUF.
-        config = model.config
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        config.save_pretrained(tmp)
-        save_tensors(model.state_dict(), tmp / "model.safetensors", metadata={"format": "pt"})
-        AutoTokenizer.from_pretrained(
-            source.path, gguf_file=source.gguf_file, local_files_only=True
-        ).save_pretrained(tmp)
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
+
+        def write(tmp: Path) -> None:
+            # transformers refuses save_pretrained on GGUF-loaded models; the de-quantised weights are
+            # plain tensors, so they are written directly with a config that no longer mentions GGUF.
+            config = model.config
+            if hasattr(config, "quantization_config"):
+                del config.quantization_config
+            config.save_pretrained(tmp)
+            save_tensors(model.state_dict(), tmp / "model.safetensors", metadata={"format": "pt"})
+
+        _save_atomically(folder, write)
     return folder
+
+
+def _gguf_cache_dir(source: ModelSource, kind: str) -> Path:
+    gguf = Path(source.path) / source.gguf_file
+    stat = gguf.stat()
+    return cache_root() / kind / f"{gguf.stem}-{stat.st_size}-{int(stat.st_mtime)}"
+
+
+def _save_atomically(folder: Path, write) -> None:
+    """Call `write(tmp_folder)`, then rename the finished folder into place."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
 
 
 @torch.no_grad()
