@@ -6,6 +6,7 @@ F1/EM per model, first-token top-1, compression and prefill speed-up. The peer o
 token-budget baseline measured in the same run (ratio latent F1 / token-budget F1).
 
     python -m benchmarks.wire_squad [--lengths 16 32] [--steps-a 24 --steps-b 12] [--dev 48]
+    python -m benchmarks.wire_squad --recon-steps 600 --set encoder.kind=interlingua ...
 """
 
 from __future__ import annotations
@@ -43,20 +44,38 @@ def main() -> None:
         default=["token_budget", "mean_pool"],
         help="baselines of the other lengths",
     )
+    parser.add_argument(
+        "--recon-steps",
+        type=int,
+        default=0,
+        help="reconstruction-only warm-up steps before Stage A (no frozen-LLM pass; interlingua)",
+    )
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra config overrides, e.g. encoder.kind=interlingua",
+    )
     parser.add_argument("--out", default="wire_squad")
     parser.add_argument("--run-root", default=str(REPO / "runs" / "bench-wire"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("LATENTLM_DATA", str(data_dir()))
     started = time.time()
+    warmup = f"{{name: recon_warmup, steps: {args.recon_steps}}}, " if args.recon_steps else ""
+    total = args.recon_steps + args.steps_a + args.steps_b
+    every = args.recon_steps or max(1, total // 3)  # with a warm-up: evaluate where it ends, then at the end
     base = [
         f"data.train_limit={args.train}",
         f"data.dev_limit={args.dev}",
-        f"phases=[{{name: stage_a, steps: {args.steps_a}}}, {{name: stage_b, steps: {args.steps_b}, "
+        f"phases=[{warmup}{{name: stage_a, steps: {args.steps_a}}}, {{name: stage_b, steps: {args.steps_b}, "
         "text_warmup_steps: 4, text_tail_prob: 0.05, first_token_scale: 2.0}]",
-        f"train.max_steps={args.steps_a + args.steps_b}",
-        f"train.eval_every={max(1, (args.steps_a + args.steps_b) // 3)}",
-        f"train.checkpoint_every={max(1, (args.steps_a + args.steps_b) // 3)}",
+        f"loss.recon_warmup_steps={args.recon_steps}",
+        f"train.max_steps={total}",
+        f"train.eval_every={every}",
+        f"train.checkpoint_every={every}",
+        *args.set,
     ]
     cfg0 = load_config(WireRunConfig, REPO / "configs" / "wire" / "squad.yaml", base)
     lms = load_lms(cfg0)

@@ -15,7 +15,7 @@ from torch import nn
 
 from latentlm.core.pretrained import PretrainedMixin
 from latentlm.wire.config import AdapterConfig, WireModelConfig
-from latentlm.wire.encoders import EncoderInputs, build_encoder
+from latentlm.wire.encoders import EncoderInputs, TokenCodes, build_encoder
 
 
 def token_rms(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -108,6 +108,13 @@ class WireModel(PretrainedMixin, nn.Module):
     def encode(self, inputs: EncoderInputs) -> torch.Tensor:
         """Features -> Z (B, M_total, d_z)."""
         return self.encoder(inputs)
+
+    def encode_with_codes(self, inputs: EncoderInputs) -> tuple[torch.Tensor, TokenCodes | None]:
+        """Z and, for an encoder that builds per-token codes (interlingua), those codes."""
+        if not hasattr(self.encoder, "token_codes"):
+            return self.encoder(inputs), None
+        codes = self.encoder.token_codes(inputs)
+        return self.encoder.select(codes, inputs), codes
 
     def latent_for(self, z: torch.Tensor, index: int) -> torch.Tensor:
         """Model `index`'s M slots: the shared slots then its private ones, (B, M, d_z)."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from latentlm.core.engine import TrainConfig
 
-ENCODER_KINDS = ("byte", "stquery", "anchor")
+ENCODER_KINDS = ("byte", "stquery", "anchor", "interlingua")
 ADAPTER_KINDS = ("linear", "mlp")
 SCHEDULES = ("constant", "cosine", "taper")
 
@@ -50,7 +50,8 @@ class EncoderConfig:
     """The learned encoder text -> Z in R^{M x d_z}."""
 
     kind: str = "stquery"
-    """byte | stquery | anchor (anchor-guided: LLM token embeddings + sentence-encoder anchor)."""
+    """byte | stquery | anchor (anchor-guided: LLM token embeddings + sentence-encoder anchor) |
+    interlingua (per-token codes in LLM-native space, M of them kept)."""
     width: int = 256
     """Hidden width of the encoder transformer and pooler."""
     layers: int = 2
@@ -67,6 +68,10 @@ class EncoderConfig:
     """Token limit for the sentence encoder and the LLM-embedding inputs."""
     frozen: bool = False
     """Keep the encoder at its random initialisation (seed-001 stage 2: fixed random encoder)."""
+    question_prior: float = 4.0
+    """interlingua: score bonus of question tokens (keeps the question first)."""
+    relevance_prior: float = 2.0
+    """interlingua: score per unit of cosine between a token's sentence and the question."""
 
     def __post_init__(self):
         _check_choice("encoder.kind", self.kind, ENCODER_KINDS)
@@ -325,3 +330,7 @@ class WireRunConfig:
             raise ValueError(f"phases: steps add up to {total} but train.max_steps is {self.train.max_steps}")
         _check_positive("batch_size", self.batch_size)
         _check_positive("encoder_lr_scale", self.encoder_lr_scale)
+        if self.encoder.kind == "interlingua" and self.latent.private_length:
+            raise ValueError(
+                "latent.private_length: the interlingua encoder keeps shared token codes only; set it to 0"
+            )

@@ -1,14 +1,18 @@
 """LatentWire encoders: text features -> Z in R^{M_total x d_z} (seed 004: ByteEncoder, STQuery,
 anchor-guided interlingua).
 
-Every encoder ends in a `CrossAttentionPooler` (M learned queries, per-slot gate). What differs is
-the feature it reads, named by `required_features` so the task builds only those:
+The first three end in a `CrossAttentionPooler` (M learned queries, per-slot gate); the interlingua
+encoder keeps M of its per-token codes instead. What differs is the feature each reads, named by
+`required_features` so the task builds only those:
 
 - `ByteEncoder`: UTF-8 bytes -> byte embeddings + positions -> transformer.
 - `STQueryEncoder`: a frozen sentence encoder's token states (MiniLM) -> projection -> transformer.
 - `AnchorGuidedEncoder`: each frozen LLM's own token embeddings of the prompt, projected per model,
   cross-attending to the sentence encoder's token states (the semantic anchor) in a small
   alignment transformer (seed 004, "Anchor-Guided Cross-Model Interlingua").
+- `InterlinguaEncoder`: the same interlingua built token by token in LLM-native space (each
+  model's embeddings of the same characters + the anchor state), read back by the adapters, and
+  compressed by keeping M tokens chosen by the anchor's relevance prior plus a learned score.
 
 A new feature (a gist head, a refiner) plugs in as another encoder class or as an input feature;
 nothing in the task branches on the kind except `build_encoder`.
@@ -37,6 +41,12 @@ class EncoderInputs:
         st_mask: (B, L_s).
         llm_embeds: per model, (B, L_i, d_i) that model's input embeddings of the content.
         llm_masks: per model, (B, L_i).
+        aligned_embeds: per model, (B, L_s, d_i): that model's embeddings of the characters of each
+            sentence-encoder token (mean of the overlapping LLM tokens).
+        token_mask: (B, L_s) 1 on sentence-encoder tokens that cover text (not special, not padding).
+        question_mask: (B, L_s) 1 on tokens of the question.
+        relevance: (B, L_s) cosine of the token's context sentence to the question (anchor prior).
+        candidate_mask: (B, L_s) 1 on tokens of the context or question text (not the labels).
     """
 
     byte_ids: torch.Tensor | None = None
@@ -45,6 +55,11 @@ class EncoderInputs:
     st_mask: torch.Tensor | None = None
     llm_embeds: list[torch.Tensor] | None = None
     llm_masks: list[torch.Tensor] | None = None
+    aligned_embeds: list[torch.Tensor] | None = None
+    token_mask: torch.Tensor | None = None
+    question_mask: torch.Tensor | None = None
+    relevance: torch.Tensor | None = None
+    candidate_mask: torch.Tensor | None = None
 
 
 def _transformer(width: int, heads: int, layers: int, dropout: float) -> nn.Module | None:
@@ -168,7 +183,95 @@ class AnchorGuidedEncoder(nn.Module):
         return self.pool(aligned, mask)
 
 
-ENCODERS = {"byte": ByteEncoder, "stquery": STQueryEncoder, "anchor": AnchorGuidedEncoder}
+@dataclass
+class TokenCodes:
+    """Per-token interlingua codes (B, L, d_z) and the mask of tokens that carry text (B, L)."""
+
+    values: torch.Tensor
+    mask: torch.Tensor
+
+
+class InterlinguaEncoder(nn.Module):
+    """Seed 004's interlingua "in LLM-native space first, compression later", as selection.
+
+    Every token of the sentence encoder's tokenisation gets a code z_t in R^{d_z} from its anchor
+    state and each frozen LLM's own embedding of the same characters (`aligned_embeds`), through an
+    optional transformer. Each model's adapter learns to read a code back as that model's token
+    embedding (token reconstruction: no LLM forward needed), so codes stay on every model's token
+    manifold. Compression keeps M codes: a score per token, the semantic-anchor prior (question
+    tokens first, then the context sentences most similar to the question) plus a learned term,
+    picks the top M, laid out question first and then in text order. A straight-through gate
+    (value 1, gradient of sigmoid(score)) passes the generation loss to the learned term.
+    """
+
+    required_features = ("aligned",)
+
+    def __init__(
+        self,
+        cfg: EncoderConfig,
+        slots: int,
+        d_z: int,
+        st_dim: int = 384,
+        model_dims: tuple[int, ...] = (),
+        **_: object,
+    ) -> None:
+        super().__init__()
+        if not model_dims:
+            raise ValueError("InterlinguaEncoder: model_dims must list each frozen model's width")
+        self.slots, self.cfg = slots, cfg
+        self.norms = nn.ModuleList(nn.LayerNorm(d) for d in (st_dim, *model_dims))
+        self.proj = nn.Linear(st_dim + sum(model_dims), cfg.width)
+        self.body = _transformer(cfg.width, cfg.heads, cfg.layers, cfg.dropout)
+        self.out = nn.Linear(cfg.width, d_z)
+        self.score = nn.Linear(d_z, 1)
+        nn.init.zeros_(self.score.weight)
+        nn.init.zeros_(self.score.bias)
+        self.empty = nn.Parameter(torch.zeros(d_z))  # code of slots beyond a short prompt's tokens
+
+    def token_codes(self, inputs: EncoderInputs) -> TokenCodes:
+        """Codes of every sentence-encoder token: (B, L, d_z)."""
+        parts = [inputs.st_states, *inputs.aligned_embeds]
+        normed = [norm(x.float()) for norm, x in zip(self.norms, parts, strict=True)]
+        hidden = self.proj(torch.cat(normed, dim=-1))  # (B, L, width)
+        mask = inputs.token_mask
+        if self.body is not None:
+            hidden = self.body(hidden, src_key_padding_mask=mask == 0)
+        return TokenCodes(self.out(hidden), mask)
+
+    def select(self, codes: TokenCodes, inputs: EncoderInputs) -> torch.Tensor:
+        """The M kept codes (B, M, d_z), question first, then in text order."""
+        values, (batch, length, _) = codes.values, codes.values.shape
+        question = inputs.question_mask.to(values)
+        learned = self.score(values).squeeze(-1)  # (B, L)
+        prior = self.cfg.question_prior * question + self.cfg.relevance_prior * inputs.relevance.to(values)
+        score = (prior + learned).masked_fill(inputs.candidate_mask == 0, float("-inf"))
+        k = min(self.slots, length)
+        top = score.topk(k, dim=-1)
+        positions = torch.arange(length, device=values.device)
+        order_key = (1 - question) * length + positions  # question tokens first, then text order
+        kept_key = order_key.gather(1, top.indices).masked_fill(top.values.isinf(), 2 * length)
+        indices = top.indices.gather(1, kept_key.argsort(dim=-1))  # (B, k)
+        kept_score = score.gather(1, indices)
+        valid = ~kept_score.isinf()
+        gate = torch.sigmoid(learned.gather(1, indices))
+        picked = values.gather(1, indices.unsqueeze(-1).expand(-1, -1, values.shape[-1]))
+        picked = picked * (gate / gate.detach()).unsqueeze(-1)  # value unchanged, gradient to the score
+        picked = torch.where(valid.unsqueeze(-1), picked, self.empty.to(picked))
+        if k < self.slots:
+            pad = self.empty.to(picked).expand(batch, self.slots - k, -1)
+            picked = torch.cat([picked, pad], dim=1)
+        return picked
+
+    def forward(self, inputs: EncoderInputs) -> torch.Tensor:
+        return self.select(self.token_codes(inputs), inputs)
+
+
+ENCODERS = {
+    "byte": ByteEncoder,
+    "stquery": STQueryEncoder,
+    "anchor": AnchorGuidedEncoder,
+    "interlingua": InterlinguaEncoder,
+}
 
 
 def build_encoder(

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 
 from latentlm.wire.encoders import BYTE_VOCAB, EncoderInputs
-from latentlm.wire.models import FrozenLM
+from latentlm.wire.models import FrozenLM, content_spans
 
 
 def byte_features(texts: Sequence[str], max_bytes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,13 +62,82 @@ class SentenceStates:
         model, tokenizer = load_encoder(name)
         return cls(model, tokenizer, max_tokens)
 
-    @torch.no_grad()
-    def __call__(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        enc = self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt"
+    def tokenize(self, texts: Sequence[str]):
+        """Padded, truncated batch encoding with character offsets (special tokens: (0, 0))."""
+        return self.tokenizer(
+            list(texts),
+            padding=True,
+            truncation=True,
+            max_length=self.max_tokens,
+            return_tensors="pt",
+            return_offsets_mapping=True,
         )
+
+    @torch.no_grad()
+    def __call__(self, texts: Sequence[str], encoding=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token states (B, L, d_st) and mask (B, L); `encoding` reuses a `tokenize` result."""
+        enc = encoding if encoding is not None else self.tokenize(texts)
         out = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
         return out.last_hidden_state, enc["attention_mask"]
+
+    @torch.no_grad()
+    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        """Unit-norm mean-pooled sentence embeddings (B, d_st), the sentence-transformers recipe."""
+        states, mask = self(texts)
+        weights = mask.unsqueeze(-1).to(states.dtype)
+        pooled = (states * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        return torch.nn.functional.normalize(pooled, dim=-1)
+
+
+def span_overlap(spans_a: torch.Tensor, spans_b: torch.Tensor) -> torch.Tensor:
+    """Row-normalised overlap of character spans: (L_a, 2), (L_b, 2) -> (L_a, L_b).
+
+    Row t averages the spans of b that share a character with span t of a; empty spans (special
+    tokens, padding) overlap nothing and give a zero row.
+    """
+    start_a, end_a = spans_a[:, :1], spans_a[:, 1:]
+    start_b, end_b = spans_b[:, 0][None], spans_b[:, 1][None]
+    overlap = ((start_a < end_b) & (end_a > start_b) & (end_a > start_a)).float()  # (L_a, L_b)
+    return overlap / overlap.sum(-1, keepdim=True).clamp_min(1.0)
+
+
+def aligned_embeddings(lm: FrozenLM, text: str, spans: torch.Tensor) -> torch.Tensor:
+    """A frozen model's input embeddings of `text` moved onto other character spans (L, 2) -> (L, d):
+    each row is the mean embedding of the model's tokens overlapping that span."""
+    enc = lm.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = enc["input_ids"] or [lm.pad_id]
+    offsets = torch.tensor(enc["offset_mapping"] or [(0, 0)], dtype=torch.long)
+    with torch.no_grad():
+        embeds = lm.embed(ids)  # (L_b, d)
+    return span_overlap(spans, offsets).to(embeds.dtype) @ embeds
+
+
+def anchor_relevance(
+    sentence: SentenceStates, texts: Sequence[str], offsets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where each sentence-encoder token sits in `format_content` text and how relevant it is.
+
+    Returns (question, relevance, candidate), each (B, L): 1 on question tokens; the cosine between
+    the token's context sentence and the question (sentence embeddings; 0 on the question); 1 on
+    tokens of the context or question text (not the labels, not special tokens).
+    """
+    question = torch.zeros(offsets.shape[:2])
+    relevance = torch.zeros(offsets.shape[:2])
+    candidate = torch.zeros(offsets.shape[:2])
+    for row, text in enumerate(texts):
+        spans = content_spans(text)
+        start, end = offsets[row, :, 0], offsets[row, :, 1]
+        real = end > start
+        q_start, q_end = spans.question
+        in_question = real & (start >= q_start) & (end <= q_end)
+        question[row], candidate[row] = in_question.float(), in_question.float()
+        sims = sentence.embed_texts([text[a:b] for a, b in spans.sentences] + [text[q_start:q_end]])
+        cosines = (sims[:-1] @ sims[-1]).tolist()
+        for (a, b), cos in zip(spans.sentences, cosines, strict=True):
+            inside = real & (start >= a) & (end <= b)
+            relevance[row][inside] = cos
+            candidate[row][inside] = 1.0
+    return question, relevance, candidate
 
 
 class FeatureBuilder:
@@ -97,11 +166,29 @@ class FeatureBuilder:
                     "the encoder reads sentence-encoder states but no sentence encoder is loaded"
                 )
             inputs.st_states, inputs.st_mask = self.sentence(texts)
+        if "aligned" in required:
+            self._aligned(texts, inputs)
         if "llm" in required:
             pairs = [content_embeddings(lm, texts, self.max_tokens) for lm in self.lms]
             inputs.llm_embeds = [p[0] for p in pairs]
             inputs.llm_masks = [p[1] for p in pairs]
         return inputs
+
+    def _aligned(self, texts: Sequence[str], inputs: EncoderInputs) -> None:
+        """Sentence-encoder states plus every LLM's embeddings on the sentence encoder's tokens."""
+        if self.sentence is None:
+            raise ValueError("the interlingua encoder reads sentence-encoder states but none is loaded")
+        encoding = self.sentence.tokenize(texts)
+        offsets = encoding["offset_mapping"]  # (B, L, 2)
+        inputs.st_states, inputs.st_mask = self.sentence(texts, encoding)
+        inputs.aligned_embeds = [
+            torch.stack([aligned_embeddings(lm, text, offsets[row]) for row, text in enumerate(texts)])
+            for lm in self.lms
+        ]
+        inputs.question_mask, inputs.relevance, inputs.candidate_mask = anchor_relevance(
+            self.sentence, texts, offsets
+        )
+        inputs.token_mask = (offsets[..., 1] > offsets[..., 0]).long()
 
 
 def latent_prompt(

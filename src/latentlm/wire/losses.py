@@ -117,6 +117,20 @@ def reconstruction(
     return mse, cos
 
 
+def token_reconstruction(
+    soft: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token soft embeddings (B, L, d) vs a model's own embeddings of the same tokens.
+
+    Returns:
+        (loss, cosine): mean cosine distance over tokens with mask 1, and the mean cosine.
+    """
+    weights = mask.to(soft.dtype)
+    cos = F.cosine_similarity(soft.float(), target.float(), dim=-1)  # (B, L)
+    mean_cos = (cos * weights).sum() / weights.sum().clamp_min(1.0)
+    return 1 - mean_cos, mean_cos.detach()
+
+
 def first_token_weight(cfg: LossConfig, phase_step: int, phase_steps: int, scale: float = 1.0) -> float:
     """First-token CE weight at `phase_step` of a phase of `phase_steps` steps.
 

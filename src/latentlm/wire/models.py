@@ -18,6 +18,7 @@ honours `min_new_tokens`, and is greedy (deterministic first step).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -29,9 +30,37 @@ IGNORE_INDEX = -100
 _SENTINEL = "\u2063LATENTWIRE_CONTENT\u2063"
 
 
+CONTEXT_LABEL, QUESTION_LABEL = "Context: ", "\nQuestion: "
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
 def format_content(context: str, question: str) -> str:
     """The text LatentWire compresses: the SQuAD context and question (no anchor)."""
-    return f"Context: {context}\nQuestion: {question}"
+    return f"{CONTEXT_LABEL}{context}{QUESTION_LABEL}{question}"
+
+
+@dataclass
+class ContentSpans:
+    """Character spans inside a `format_content` text: each context sentence and the question."""
+
+    sentences: list[tuple[int, int]]
+    question: tuple[int, int]
+
+
+def content_spans(content: str) -> ContentSpans:
+    """Sentence and question spans of `format_content(context, question)`.
+
+    Text not in that layout is treated as one context sentence with an empty question.
+    """
+    cut = content.rfind(QUESTION_LABEL)
+    if not content.startswith(CONTEXT_LABEL) or cut < 0:
+        return ContentSpans([(0, len(content))], (len(content), len(content)))
+    start, sentences = len(CONTEXT_LABEL), []
+    for match in _SENTENCE_END.finditer(content, start, cut):
+        sentences.append((start, match.start()))
+        start = match.end()
+    sentences.append((start, cut))
+    return ContentSpans(sentences, (cut + len(QUESTION_LABEL), len(content)))
 
 
 @dataclass

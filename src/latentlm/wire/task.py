@@ -219,7 +219,8 @@ class WireTask(Task):
             indices = [state.step % len(self.lms)]
         diagnose = cfg.diagnostics_every > 0 and state.step % cfg.diagnostics_every == 0
 
-        z = wire.encode(self.features(batch["content"], wire.required_features))  # (B, M_total, d_z)
+        inputs = self.features(batch["content"], wire.required_features)
+        z, codes = wire.encode_with_codes(inputs)  # (B, M_total, d_z); per-token codes or None
         terms: dict[str, torch.Tensor] = {}
         metrics: dict[str, float] = {"text_batch": float(text_batch)}
         record: dict = {"step": state.step + 1, "phase": phase.name, "text_batch": text_batch, "models": {}}
@@ -233,17 +234,22 @@ class WireTask(Task):
             num_tokens += int(answer_mask.sum())
             name = lm.name
             need_recon = loss_cfg.recon > 0 or text_batch or loss_cfg.recon_cos_threshold > 0
-            if need_recon:
+            if need_recon and codes is not None:  # every token code read back as this model's token
+                recon, recon_cos = L.token_reconstruction(
+                    wire.adapters[i](codes.values), inputs.aligned_embeds[i].to(soft.device), codes.mask
+                )
+            elif need_recon:  # M soft tokens vs the M-segment mean pool of the prompt embeddings
                 content, content_mask = content_embeddings(lm, batch["content"], cfg.encoder.max_tokens)
                 recon, recon_cos = L.reconstruction(
                     soft, content.to(soft.device), content_mask.to(soft.device), lm.embed_rms
                 )
+            if need_recon:
                 metrics[f"{name}/recon_cos"] = recon_cos.item()
                 self._update_backoff(state, i, recon_cos.item())
                 if loss_cfg.recon > 0 or text_batch:
                     terms[f"{name}/recon"] = max(loss_cfg.recon, 1.0 if text_batch else 0.0) * recon
             gold_embed = lm.embed(answer_ids[:, 0]).to(soft.dtype)  # (B, d)
-            if loss_cfg.align > 0 or text_batch:
+            if loss_cfg.align > 0:
                 terms[f"{name}/align"] = max(loss_cfg.align, 1.0 if text_batch else 0.0) * L.cosine_distance(
                     soft[:, 0], gold_embed
                 )
@@ -257,6 +263,8 @@ class WireTask(Task):
             )
             gen = L.generation_scale(loss_cfg, state.step, backed_off)
             metrics[f"{name}/gen_scale"] = gen
+            if gen == 0:  # reconstruction warm-up: no pass through the frozen LLM
+                continue
             prompt, prompt_mask = latent_prompt(lm, soft)
             logits = lm.teacher_forced_logits(prompt, prompt_mask, answer_ids, answer_mask)  # (B, A, V)
             first_w = L.first_token_weight(loss_cfg, phase_step, phase.steps, phase.first_token_scale)
