@@ -183,3 +183,22 @@ def test_reconstruction_warmup_trains_codes_without_the_llms(tmp_path, tiny_llam
     assert all("train/tiny_qwen/answer_nll" not in r for r in warmup)  # no LLM pass in the warm-up
     assert all("train/tiny_qwen/answer_nll" in r for r in later)
     assert warmup[-1]["train/tiny_qwen/recon_cos"] > warmup[0]["train/tiny_qwen/recon_cos"] + 0.2
+
+
+def test_anchor_budget_is_the_question_then_sentences_by_relevance(sentence, tiny_llama):
+    from latentlm.wire.evaluate import mode_prompts
+    from latentlm.wire.features import anchor_budget_content, text_prompts
+
+    text = format_content("Anna lives in Oslo. Bob likes tea. Anna is tall.", "Where does Anna live?")
+    sentences = ["Anna lives in Oslo.", "Bob likes tea.", "Anna is tall."]
+    embeds = sentence.embed_texts([*sentences, "Where does Anna live?"])
+    cosines = (embeds[:-1] @ embeds[-1]).tolist()
+    ranked = [sentences[k] for k in sorted(range(3), key=lambda k: -cosines[k])]
+    selected = anchor_budget_content(sentence, text)
+    assert selected == "\n".join(["Where does Anna live?", *ranked])
+    prompt, mask = mode_prompts("anchor_budget", tiny_llama, [text], 6, None, None, sentence)
+    expected, expected_mask = text_prompts(tiny_llama, [selected], max_content_tokens=6)
+    torch.testing.assert_close(prompt, expected)
+    assert torch.equal(mask, expected_mask)
+    with pytest.raises(ValueError, match="anchor_budget"):
+        mode_prompts("anchor_budget", tiny_llama, [text], 6, None, None, None)

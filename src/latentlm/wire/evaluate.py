@@ -27,7 +27,14 @@ from latentlm.data.squad import SquadExample
 from latentlm.metrics.squad import best_over_golds, exact_match, f1_score, squad_scores
 from latentlm.wire.adapters import WireModel
 from latentlm.wire.config import WireRunConfig
-from latentlm.wire.features import FeatureBuilder, latent_prompt, soft_content_prompts, text_prompts
+from latentlm.wire.features import (
+    FeatureBuilder,
+    SentenceStates,
+    anchor_budget_content,
+    latent_prompt,
+    soft_content_prompts,
+    text_prompts,
+)
 from latentlm.wire.losses import segment_mean_pool
 from latentlm.wire.models import FrozenLM, format_content
 
@@ -95,12 +102,18 @@ def mode_prompts(
     latent_length: int,
     pca: PCABasis | None,
     soft: torch.Tensor | None,
+    sentence: SentenceStates | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompt embeddings (B, P, d) and mask for one evaluation mode."""
     if mode == "text":
         return text_prompts(lm, contents)
     if mode == "token_budget":
         return text_prompts(lm, contents, max_content_tokens=latent_length)
+    if mode == "anchor_budget":
+        if sentence is None:
+            raise ValueError("eval mode 'anchor_budget' needs the sentence encoder (MiniLM)")
+        selected = [anchor_budget_content(sentence, c) for c in contents]
+        return text_prompts(lm, selected, max_content_tokens=latent_length)
     if mode == "latent":
         return latent_prompt(lm, soft)
     with torch.no_grad():
@@ -147,7 +160,8 @@ def evaluate_wire(
         cfg: run config (latent length, eval settings).
         wire: the trained encoder + adapters (None: baselines only).
         lms: the frozen models, in the order the wire was trained with.
-        features: encoder feature builder (None when `wire` is None).
+        features: encoder feature builder (may be None when `wire` is None and no mode reads the
+            sentence encoder).
         examples: dev questions.
         pca_texts: train prompts to fit the PCA baseline on.
         modes: modes to run (default: `cfg.eval.baselines` + latent when a wire is given).
@@ -168,6 +182,7 @@ def evaluate_wire(
     joint_preds: list[str] = []
     records: list[dict] = []
     encode_seconds = 0.0
+    sentence = features.sentence if features is not None else None
     for batch in progress(list(_chunks(examples, ecfg.batch_size)), desc="eval"):
         contents = [format_content(e.context, e.question) for e in batch]
         golds = [e.answers[0] for e in batch]
@@ -181,7 +196,7 @@ def evaluate_wire(
         for index, lm in enumerate(lms):
             soft = wire.soft_tokens(z, index, gain=ecfg.prefix_gain) if z is not None else None
             for mode in modes:
-                prompt, mask = mode_prompts(mode, lm, contents, M, pcas.get(lm.name), soft)
+                prompt, mask = mode_prompts(mode, lm, contents, M, pcas.get(lm.name), soft, sentence)
                 generated = lm.generate_from_embeds(
                     prompt, mask, ecfg.max_new_tokens, ecfg.min_new_tokens, ecfg.eos_ban_steps
                 )

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 
 from latentlm.wire.encoders import BYTE_VOCAB, EncoderInputs
-from latentlm.wire.models import FrozenLM, content_spans
+from latentlm.wire.models import ContentSpans, FrozenLM, content_spans
 
 
 def byte_features(texts: Sequence[str], max_bytes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,6 +112,22 @@ def aligned_embeddings(lm: FrozenLM, text: str, spans: torch.Tensor) -> torch.Te
     return span_overlap(spans, offsets).to(embeds.dtype) @ embeds
 
 
+def sentence_relevance(sentence: SentenceStates, text: str) -> tuple[ContentSpans, list[float]]:
+    """Spans of a `format_content` text and the cosine of each context sentence to the question."""
+    spans = content_spans(text)
+    pieces = [text[a:b] for a, b in spans.sentences] + [text[slice(*spans.question)]]
+    embeds = sentence.embed_texts(pieces)
+    return spans, (embeds[:-1] @ embeds[-1]).tolist()
+
+
+def anchor_budget_content(sentence: SentenceStates, text: str) -> str:
+    """The text counterpart of the interlingua's selection: the question, then the context sentences
+    from the most to the least similar to it (a token budget then keeps the first M tokens)."""
+    spans, cosines = sentence_relevance(sentence, text)
+    ranked = sorted(range(len(cosines)), key=lambda k: -cosines[k])
+    return "\n".join([text[slice(*spans.question)], *(text[slice(*spans.sentences[k])] for k in ranked)])
+
+
 def anchor_relevance(
     sentence: SentenceStates, texts: Sequence[str], offsets: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -125,14 +141,12 @@ def anchor_relevance(
     relevance = torch.zeros(offsets.shape[:2])
     candidate = torch.zeros(offsets.shape[:2])
     for row, text in enumerate(texts):
-        spans = content_spans(text)
+        spans, cosines = sentence_relevance(sentence, text)
         start, end = offsets[row, :, 0], offsets[row, :, 1]
         real = end > start
         q_start, q_end = spans.question
         in_question = real & (start >= q_start) & (end <= q_end)
         question[row], candidate[row] = in_question.float(), in_question.float()
-        sims = sentence.embed_texts([text[a:b] for a, b in spans.sentences] + [text[q_start:q_end]])
-        cosines = (sims[:-1] @ sims[-1]).tolist()
         for (a, b), cos in zip(spans.sentences, cosines, strict=True):
             inside = real & (start >= a) & (end <= b)
             relevance[row][inside] = cos
