@@ -202,3 +202,13 @@ def test_anchor_budget_is_the_question_then_sentences_by_relevance(sentence, tin
     assert torch.equal(mask, expected_mask)
     with pytest.raises(ValueError, match="anchor_budget"):
         mode_prompts("anchor_budget", tiny_llama, [text], 6, None, None, None)
+
+
+def test_nearest_tokens_is_the_cosine_argmax_over_the_vocabulary(tiny_llama):
+    weight = tiny_llama.model.get_input_embeddings().weight
+    gen = torch.Generator().manual_seed(0)
+    soft = torch.randn(2, 3, weight.shape[1], generator=gen)
+    soft[0, 0] = 5.0 * weight[17]  # a scaled copy of a real token finds that token
+    expected = torch.nn.functional.normalize(soft, dim=-1) @ torch.nn.functional.normalize(weight, dim=-1).T
+    ids = tiny_llama.nearest_tokens(soft, chunk=7)  # chunks smaller than the vocabulary
+    assert torch.equal(ids, expected.argmax(-1)) and ids[0, 0].item() == 17

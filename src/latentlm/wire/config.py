@@ -252,7 +252,16 @@ class EvalConfig:
     """Repeats of the prefill timing (median reported)."""
 
     def __post_init__(self):
-        allowed = ("text", "token_budget", "anchor_budget", "pca", "mean_pool", "replay", "replay_no_anchor")
+        allowed = (
+            "text",
+            "token_budget",
+            "anchor_budget",
+            "pca",
+            "mean_pool",
+            "replay",
+            "replay_no_anchor",
+            "latent_nearest",
+        )
         for name in self.baselines:
             _check_choice("eval.baselines[]", name, allowed)
         _check_positive("eval.batch_size", self.batch_size)

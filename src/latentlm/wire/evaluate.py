@@ -90,6 +90,10 @@ class PCABasis:
         return centered @ self.components @ self.components.T + self.mean
 
 
+GOLD_SCORED_MODES = ("text", "latent", "latent_nearest")
+"""Modes whose prompts also score the gold answer teacher-forced (first-token top-1/5, NLL)."""
+
+
 def _chunks(seq: Sequence, size: int):
     for start in range(0, len(seq), size):
         yield seq[start : start + size]
@@ -116,6 +120,10 @@ def mode_prompts(
         return text_prompts(lm, selected, max_content_tokens=latent_length)
     if mode == "latent":
         return latent_prompt(lm, soft)
+    if mode == "latent_nearest":
+        if soft is None:
+            raise ValueError("eval mode 'latent_nearest' needs a trained wire")
+        return latent_prompt(lm, lm.embed(lm.nearest_tokens(soft)).to(soft.dtype))
     with torch.no_grad():
         embeds = [lm.embed(lm.encode(c)) for c in contents]
     if mode == "replay":
@@ -164,13 +172,14 @@ def evaluate_wire(
             sentence encoder).
         examples: dev questions.
         pca_texts: train prompts to fit the PCA baseline on.
-        modes: modes to run (default: `cfg.eval.baselines` + latent when a wire is given).
+        modes: exactly the modes to run (default: `cfg.eval.baselines` + latent when a wire is given).
 
     Returns:
         (metrics, predictions): nested metrics and one prediction record per (question, model, mode).
     """
     ecfg, M = cfg.eval, cfg.latent.length
-    modes = list(modes if modes is not None else ecfg.baselines) + (["latent"] if wire is not None else [])
+    if modes is None:
+        modes = list(ecfg.baselines) + (["latent"] if wire is not None else [])
     if wire is not None:
         wire.eval()
         names = list(wire.config.model_names)
@@ -202,7 +211,7 @@ def evaluate_wire(
                 )
                 texts = [lm.decode(g) for g in generated]
                 preds[(lm.name, mode)].extend(texts)
-                if mode in ("text", "latent"):
+                if mode in GOLD_SCORED_MODES:
                     scored = score_gold_batch(lm, prompt, mask, golds, cfg.data.max_answer_tokens)
                     for slot, values in zip(gold_scores[(lm.name, mode)], scored, strict=True):
                         slot.extend(values)

@@ -214,6 +214,21 @@ class FrozenLM:
             ids = torch.tensor(list(ids), dtype=torch.long)
         return self.model.get_input_embeddings()(ids.to(self.device))
 
+    @torch.no_grad()
+    def nearest_tokens(self, soft: torch.Tensor, chunk: int = 16384) -> torch.Tensor:
+        """Ids of the vocabulary embeddings closest in cosine to each soft token: (..., d) -> (...)."""
+        weight = self.model.get_input_embeddings().weight
+        flat = F.normalize(soft.reshape(-1, soft.shape[-1]).to(weight.dtype), dim=-1)  # (N, d)
+        best_score = torch.full((flat.shape[0],), float("-inf"), device=flat.device)
+        best_id = torch.zeros(flat.shape[0], dtype=torch.long, device=flat.device)
+        for start in range(0, weight.shape[0], chunk):
+            scores = flat @ F.normalize(weight[start : start + chunk], dim=-1).T  # (N, chunk)
+            value, index = scores.float().max(dim=-1)
+            better = value > best_score
+            best_score = torch.where(better, value, best_score)
+            best_id = torch.where(better, index + start, best_id)
+        return best_id.reshape(soft.shape[:-1])
+
     @property
     def embed_rms(self) -> float:
         """RMS of the input embeddings over the vocabulary (the target scale of soft tokens)."""

@@ -73,7 +73,8 @@ def load_lms(cfg: WireRunConfig) -> list[FrozenLM]:
 
 def build_features(cfg: WireRunConfig, lms: Sequence[FrozenLM], sentence: SentenceStates | None = None):
     """Feature builder for the configured encoder (loads the sentence encoder only if it is read)."""
-    if sentence is None and cfg.encoder.kind in ("stquery", "anchor"):
+    reads_sentence = cfg.encoder.kind != "byte" or "anchor_budget" in cfg.eval.baselines
+    if sentence is None and reads_sentence:
         sentence = SentenceStates.load(cfg.encoder.sentence_encoder, cfg.encoder.max_tokens)
     features = FeatureBuilder(lms, sentence, cfg.encoder.max_bytes, cfg.encoder.max_tokens)
     st_dim = sentence.dim if sentence is not None else 384
