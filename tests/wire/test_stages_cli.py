@@ -36,6 +36,7 @@ def test_stage1_adapter_only(tmp_path, tiny_llama, tiny_qwen):
     assert report["model"] == "tiny_llama" and report["stage"] == 1
     assert 0 < report["pca_explained_variance"] <= 1
     assert report["passed"] == (report["text_f1"] > 0 and report["f1"] >= 70 / 82 * report["text_f1"])
+    assert report["nearest"]["f1"] == report["adapter_nearest"]["f1"]
     assert (tmp_path / "s1" / "stage_report.json").is_file()
 
 

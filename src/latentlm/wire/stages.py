@@ -147,7 +147,9 @@ def run_stage1(cfg: WireRunConfig, lms: Sequence[FrozenLM] | None = None) -> dic
     contents = [[format_content(e.context, e.question) for e in chunk] for chunk in chunks]
     text = _generate_f1(lm, [text_prompts(lm, c) for c in contents], dev, cfg)
     with torch.no_grad():
-        adapted = [soft_content_prompts(lm, [task.reconstruct(adapter, t)[1] for t in c]) for c in contents]
+        rebuilt = [[task.reconstruct(adapter, t)[1] for t in c] for c in contents]
+        adapted = [soft_content_prompts(lm, r) for r in rebuilt]
+        snapped = [soft_content_prompts(lm, [lm.embed(lm.nearest_tokens(x)) for x in r]) for r in rebuilt]
         raw_pca = [
             soft_content_prompts(lm, [pca.reconstruct(lm.embed(lm.encode(t))) for t in c]) for c in contents
         ]
@@ -165,6 +167,9 @@ def run_stage1(cfg: WireRunConfig, lms: Sequence[FrozenLM] | None = None) -> dic
         adapter=adapted_scores,
         pca_without_adapter=_generate_f1(lm, raw_pca, dev, cfg),
     )
+    nearest = _generate_f1(lm, snapped, dev, cfg)  # the reconstruction snapped to the nearest tokens
+    result["adapter_nearest"] = nearest
+    result["nearest"] = judge(1, text["f1"], nearest["f1"], nearest["first_top1"])
     write_json(run.path / "stage_report.json", result)
     run.close()
     return result
