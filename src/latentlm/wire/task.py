@@ -6,8 +6,11 @@ losses (answer CE, first-token CE on its schedule, K-token CE, top-k KD from cac
 logits, entropy bonus, alignment, reconstruction, identity pull of the calibration). Phases come
 from the config: Stage B alternates text and latent batches during its warm-up and keeps a tail
 probability of text batches. A text batch trains what a frozen LLM lets a text batch train: the
-latent is pulled toward the text (reconstruction + alignment to the gold first-token embedding);
-with LoRA (a later issue) it would also carry the text CE.
+latent is pulled toward the text (reconstruction, plus alignment to the gold first-token embedding
+when `loss.align` > 0); with LoRA (a later issue) it would also carry the text CE. During the
+reconstruction warm-up (`loss.recon_warmup_steps`) a step makes no pass through the frozen LLMs.
+With the interlingua encoder, reconstruction is per token: every token code, through each adapter,
+against that model's own embedding of the same characters.
 
 Every `diagnostics_every` steps the task appends to `diagnostics.jsonl`: per model first-token
 top-1/top-5, entropy, margin, a histogram of the predicted first tokens, and the gradient norm of
