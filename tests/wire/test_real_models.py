@@ -76,3 +76,27 @@ def test_first_gold_token_after_anchor_is_label_zero(dev, name, style):
         assert joint[: len(anchor)] == anchor, f"{name}: the anchor merges with the answer {answer!r}"
         assert labels == joint[len(anchor) :] and labels[0] == joint[len(anchor)]
         assert lm.decode(labels) == answer.strip()
+
+
+@pytest.mark.parametrize("name", ["smollm2", "qwen2.5-coder-0.5b"])
+def test_interlingua_alignment_on_real_tokenizers(name):
+    """MiniLM (uncased WordPiece) and a byte-level BPE meet on characters: a word that is one token
+    in both gets exactly the LLM's embedding of that token; label and special tokens are no candidates."""
+    from latentlm.wire.features import SentenceStates, aligned_embeddings, anchor_relevance
+    from latentlm.wire.models import load_frozen_lm
+
+    lm = load_frozen_lm(name, "plain")
+    sentence = SentenceStates.load("minilm", 64)
+    text = format_content(
+        "The river Seine flows through Paris. Bread is cheap.", "Which river flows through Paris?"
+    )
+    enc = sentence.tokenize([text])
+    offsets = enc["offset_mapping"][0]
+    aligned = aligned_embeddings(lm, text, offsets)
+    pieces = [text[a:b] for a, b in offsets.tolist()]
+    first_paris = pieces.index("Paris")
+    assert torch.equal(aligned[first_paris], lm.embed(lm.encode(" Paris"))[0])
+    question, relevance, candidate = anchor_relevance(sentence, [text], enc["offset_mapping"])
+    assert question[0].sum() == len(sentence.tokenizer.tokenize("Which river flows through Paris?"))
+    assert candidate[0, 0] == 0 and candidate[0, pieces.index("Context")] == 0  # [CLS], the label
+    assert relevance[0, first_paris] > relevance[0, pieces.index("Bread")]  # the question's sentence
