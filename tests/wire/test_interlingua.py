@@ -187,14 +187,14 @@ def test_reconstruction_warmup_trains_codes_without_the_llms(tmp_path, tiny_llam
 
 def test_anchor_budget_is_the_question_then_sentences_by_relevance(sentence, tiny_llama):
     from latentlm.wire.evaluate import mode_prompts
-    from latentlm.wire.features import anchor_budget_content, text_prompts
+    from latentlm.wire.features import anchor_budget_contents, text_prompts
 
     text = format_content("Anna lives in Oslo. Bob likes tea. Anna is tall.", "Where does Anna live?")
     sentences = ["Anna lives in Oslo.", "Bob likes tea.", "Anna is tall."]
     embeds = sentence.embed_texts([*sentences, "Where does Anna live?"])
     cosines = (embeds[:-1] @ embeds[-1]).tolist()
     ranked = [sentences[k] for k in sorted(range(3), key=lambda k: -cosines[k])]
-    selected = anchor_budget_content(sentence, text)
+    (selected,) = anchor_budget_contents(sentence, [text])
     assert selected == "\n".join(["Where does Anna live?", *ranked])
     prompt, mask = mode_prompts("anchor_budget", tiny_llama, [text], 6, None, None, sentence)
     expected, expected_mask = text_prompts(tiny_llama, [selected], max_content_tokens=6)
@@ -212,3 +212,17 @@ def test_nearest_tokens_is_the_cosine_argmax_over_the_vocabulary(tiny_llama):
     expected = torch.nn.functional.normalize(soft, dim=-1) @ torch.nn.functional.normalize(weight, dim=-1).T
     ids = tiny_llama.nearest_tokens(soft, chunk=7)  # chunks smaller than the vocabulary
     assert torch.equal(ids, expected.argmax(-1)) and ids[0, 0].item() == 17
+
+
+def test_anchor_relevance_of_a_batch_equals_one_text_at_a_time(sentence):
+    texts = [
+        format_content("Anna lives in Oslo. Bob likes tea.", "Where does Anna live?"),
+        format_content("Tea is hot.", "Is tea cold or hot today?"),
+    ]
+    offsets = sentence.tokenize(texts)["offset_mapping"]
+    batched = anchor_relevance(sentence, texts, offsets)
+    for row, text in enumerate(texts):
+        single = anchor_relevance(sentence, [text], sentence.tokenize([text])["offset_mapping"])
+        length = single[0].shape[1]
+        for got, expected in zip(batched, single, strict=True):
+            torch.testing.assert_close(got[row, :length], expected[0], atol=1e-5, rtol=0)

@@ -30,7 +30,7 @@ from latentlm.wire.config import WireRunConfig
 from latentlm.wire.features import (
     FeatureBuilder,
     SentenceStates,
-    anchor_budget_content,
+    anchor_budget_contents,
     latent_prompt,
     soft_content_prompts,
     text_prompts,
@@ -116,8 +116,7 @@ def mode_prompts(
     if mode == "anchor_budget":
         if sentence is None:
             raise ValueError("eval mode 'anchor_budget' needs the sentence encoder (MiniLM)")
-        selected = [anchor_budget_content(sentence, c) for c in contents]
-        return text_prompts(lm, selected, max_content_tokens=latent_length)
+        return text_prompts(lm, anchor_budget_contents(sentence, contents), max_content_tokens=latent_length)
     if mode == "latent":
         return latent_prompt(lm, soft)
     if mode == "latent_nearest":

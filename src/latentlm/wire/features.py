@@ -112,20 +112,29 @@ def aligned_embeddings(lm: FrozenLM, text: str, spans: torch.Tensor) -> torch.Te
     return span_overlap(spans, offsets).to(embeds.dtype) @ embeds
 
 
-def sentence_relevance(sentence: SentenceStates, text: str) -> tuple[ContentSpans, list[float]]:
-    """Spans of a `format_content` text and the cosine of each context sentence to the question."""
-    spans = content_spans(text)
-    pieces = [text[a:b] for a, b in spans.sentences] + [text[slice(*spans.question)]]
-    embeds = sentence.embed_texts(pieces)
-    return spans, (embeds[:-1] @ embeds[-1]).tolist()
+def sentence_relevance(
+    sentence: SentenceStates, texts: Sequence[str]
+) -> list[tuple[ContentSpans, list[float]]]:
+    """Per `format_content` text: its spans and the cosine of each context sentence to the question
+    (one sentence-encoder pass over every piece of the batch)."""
+    spans = [content_spans(text) for text in texts]
+    pieces = [
+        [text[a:b] for a, b in s.sentences] + [text[slice(*s.question)]]
+        for text, s in zip(texts, spans, strict=True)
+    ]
+    embeds = sentence.embed_texts([p for group in pieces for p in group]).split([len(g) for g in pieces])
+    return [(s, (e[:-1] @ e[-1]).tolist()) for s, e in zip(spans, embeds, strict=True)]
 
 
-def anchor_budget_content(sentence: SentenceStates, text: str) -> str:
-    """The text counterpart of the interlingua's selection: the question, then the context sentences
-    from the most to the least similar to it (a token budget then keeps the first M tokens)."""
-    spans, cosines = sentence_relevance(sentence, text)
-    ranked = sorted(range(len(cosines)), key=lambda k: -cosines[k])
-    return "\n".join([text[slice(*spans.question)], *(text[slice(*spans.sentences[k])] for k in ranked)])
+def anchor_budget_contents(sentence: SentenceStates, texts: Sequence[str]) -> list[str]:
+    """The text counterpart of the interlingua's selection: per text, the question, then the context
+    sentences from the most to the least similar to it (a token budget then keeps the first M)."""
+    selected = []
+    for text, (spans, cosines) in zip(texts, sentence_relevance(sentence, texts), strict=True):
+        ranked = sorted(range(len(cosines)), key=lambda k: -cosines[k])
+        pieces = [text[slice(*spans.question)], *(text[slice(*spans.sentences[k])] for k in ranked)]
+        selected.append("\n".join(pieces))
+    return selected
 
 
 def anchor_relevance(
@@ -140,8 +149,7 @@ def anchor_relevance(
     question = torch.zeros(offsets.shape[:2])
     relevance = torch.zeros(offsets.shape[:2])
     candidate = torch.zeros(offsets.shape[:2])
-    for row, text in enumerate(texts):
-        spans, cosines = sentence_relevance(sentence, text)
+    for row, (spans, cosines) in enumerate(sentence_relevance(sentence, texts)):
         start, end = offsets[row, :, 0], offsets[row, :, 1]
         real = end > start
         q_start, q_end = spans.question
