@@ -20,7 +20,7 @@ import json
 import time
 from pathlib import Path
 
-from benchmarks.common import data_dir, save_results
+from latentlm.core.bench import data_dir, save_results
 from latentlm.diffusion.cli import main as diffusion
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from benchmarks.common import RESULTS
+from latentlm.core.bench import RESULTS
 
 
 def _load(name: str) -> dict | None:

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from benchmarks.common import save_results
+from latentlm.core.bench import save_results
 from latentlm.diffusion.wkv import bidirectional_wkv
 
 

@@ -16,7 +16,7 @@ import copy
 import time
 from pathlib import Path
 
-from benchmarks.common import REPO, RESULTS, data_dir, save_results
+from latentlm.core.bench import REPO, RESULTS, data_dir, save_results
 from latentlm.core.config import load_config
 from latentlm.core.run import RunDir
 from latentlm.hmm.lvd import prepare_latent_states

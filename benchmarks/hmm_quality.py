@@ -25,7 +25,7 @@ import argparse
 import math
 import time
 
-from benchmarks.common import RESULTS, data_dir, save_results
+from latentlm.core.bench import RESULTS, data_dir, save_results
 from latentlm.core.config import config_from_dict
 from latentlm.core.report import line_plot
 from latentlm.core.run import RunDir

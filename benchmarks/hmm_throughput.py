@@ -28,7 +28,7 @@ import time
 import numpy as np
 import torch
 
-from benchmarks.common import save_results
+from latentlm.core.bench import save_results
 
 VOCAB, LENGTH = 10_000, 64
 

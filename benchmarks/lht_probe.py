@@ -18,7 +18,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import data_dir, save_results
+from latentlm.core.bench import data_dir, save_results
 from benchmarks.lht_quality import BASE
 
 REPO = Path(__file__).resolve().parents[1]

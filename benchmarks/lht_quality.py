@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import RESULTS, data_dir, save_results
+from latentlm.core.bench import RESULTS, data_dir, save_results
 
 BASE = [
     "batch_size=2",

@@ -25,7 +25,7 @@ import warnings
 
 import torch
 
-from benchmarks.common import save_results
+from latentlm.core.bench import save_results
 from latentlm.lht.attention import EdgeConfig, block_density
 from latentlm.lht.model import LHTConfig, LHTForMaskedLM
 from latentlm.lht.routers import HierarchyConfig

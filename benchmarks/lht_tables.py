@@ -5,7 +5,7 @@ python benchmarks/lht_tables.py
 
 from __future__ import annotations
 
-from benchmarks.common import RESULTS
+from latentlm.core.bench import RESULTS
 from latentlm.core.checkpoint import read_json
 
 

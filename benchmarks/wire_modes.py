@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import REPO, data_dir, save_results
+from latentlm.core.bench import REPO, data_dir, save_results
 from latentlm.core.config import load_config, load_run_config
 from latentlm.wire.config import WireRunConfig
 from latentlm.wire.evaluate import evaluate_wire

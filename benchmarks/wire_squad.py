@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from benchmarks.common import REPO, data_dir, save_results
+from latentlm.core.bench import REPO, data_dir, save_results
 from latentlm.core.config import load_config
 from latentlm.wire.config import WireRunConfig
 from latentlm.wire.pipeline import build_features, evaluate_run, load_lms, train_wire

@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from benchmarks.common import RESULTS
+from latentlm.core.bench import RESULTS
 
 
 def _fmt(entry: dict | None, key: str, scale: float = 1.0) -> str:

@@ -1,4 +1,9 @@
-"""Helpers shared by the benchmark scripts: where the data is, what machine this is, saving results."""
+"""Helpers shared by the scripts in `benchmarks/`: where the data is, what machine this is, saving results.
+
+They live in the package (not in `benchmarks/`) so that `python3 benchmarks/<x>.py` and
+`python -m benchmarks.<x>` both work from the repository root. Every results JSON records the command
+line, the commit, the machine and the load average when the script started.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import contextlib
 import os
 import platform
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -13,8 +19,10 @@ import torch
 
 from latentlm.core.checkpoint import write_json
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
+"""The repository root (benchmarks run from a checkout, with the package installed editable)."""
 RESULTS = REPO / "benchmarks" / "results"
+_LOAD_AT_START = os.getloadavg()
 
 
 def data_dir() -> Path:
@@ -36,6 +44,9 @@ def machine() -> dict:
     except OSError:
         pass
     info = {
+        "command": " ".join(["python3", *sys.argv]),
+        "load_average_at_start": list(_LOAD_AT_START),
+        "load_average_at_save": list(os.getloadavg()),
         "cpu": cpu,
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
