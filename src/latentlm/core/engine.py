@@ -55,7 +55,9 @@ class TrainConfig:
     max_steps: int = 1000
     """Optimizer steps to train for."""
     lr: float = 1e-3
-    """Peak learning rate of AdamW."""
+    """Peak learning rate of AdamW (or the step size of a task's own optimizer)."""
+    optimizer: str = "adamw"
+    """adamw, or the name of an optimizer the task builds itself in `Task.build_optimizer` (hmm: em)."""
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     warmup_steps: int = 0
@@ -158,6 +160,13 @@ class Task:
     def on_step_start(self, model: nn.Module, state: TrainState) -> None:
         """Hook before each optimizer step (e.g. an unfreeze policy)."""
 
+    def build_optimizer(self, groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
+        """The optimizer of `cfg.optimizer` over the parameter `groups`; AdamW unless a task adds its own
+        (e.g. the HMM's EM, which reads expected counts from the gradient of log P(O))."""
+        if cfg.optimizer != "adamw":
+            raise ValueError(f"train.optimizer: {cfg.optimizer!r} is not available for this system (use adamw)")
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+
 
 class Trainer:
     """Runs a `Task` for `cfg.max_steps` optimizer steps, resuming from the run's latest checkpoint."""
@@ -176,9 +185,7 @@ class Trainer:
         seed_everything(cfg.seed + acc.process_index)
         model = task.build_model()
         groups = task.param_groups(model) or [{"params": list(model.parameters())}]
-        optimizer = torch.optim.AdamW(
-            groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay
-        )
+        optimizer = task.build_optimizer(groups, cfg)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_lambda)
         self.model = model
         wrapped, optimizer = acc.prepare(model, optimizer)
