@@ -198,7 +198,7 @@ class DiffusionTask(Task):
             "compact_vocab_size": len(self.vocab),
             "tokenizer_vocab_size": self.token_meta.vocab_size,
             "heldout_tokens_mapped_to_unk": self.vocab.unknown_count(val, self.token_meta),
-            "heldout_tokens": int(val.size),
+            "heldout_tokens": int((val != self.token_meta.pad_token_id).sum()),
         }
 
     # ------------------------------------------------------------------ engine hooks
