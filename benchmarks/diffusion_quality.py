@@ -218,9 +218,19 @@ def _speed_rows(lengths: list[int], tokens_per_batch: int, sample_steps: int) ->
         ids[ids == base.mask_token_id] = base.sep_token_id
         latent = torch.randn(B, base.latent_dim, generator=g)
         rates: dict[str, dict[str, float]] = {"train": {}, "sample": {}}
-        for mixer in ("rwkv", "attention"):
+        params: dict[str, int] = {}
+        # attention_matched: the attention peer with a wider MLP so that its parameter count matches RWKV's
+        variants = {
+            "rwkv": dataclasses.replace(base, sequence_mixer="rwkv", seq_len=T),
+            "attention": dataclasses.replace(base, sequence_mixer="attention", seq_len=T),
+            "attention_matched": dataclasses.replace(
+                base, sequence_mixer="attention", seq_len=T, ffn_mult=base.ffn_mult + 1
+            ),
+        }
+        for name, config in variants.items():
             torch.manual_seed(0)
-            model = LatentDiffusionLM(dataclasses.replace(base, sequence_mixer=mixer, seq_len=T))
+            model = LatentDiffusionLM(config)
+            params[name] = sum(p.numel() for p in model.parameters())
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
             def step() -> None:
@@ -232,14 +242,14 @@ def _speed_rows(lengths: list[int], tokens_per_batch: int, sample_steps: int) ->
             start = time.perf_counter()
             for _ in range(3):
                 step()
-            rates["train"][mixer] = 3 * ids.numel() / (time.perf_counter() - start)
+            rates["train"][name] = 3 * ids.numel() / (time.perf_counter() - start)
             model.eval()
             sample_text_from_latent(model, latent, num_steps=1)
             start = time.perf_counter()
             sample_text_from_latent(
                 model, latent, num_steps=sample_steps, generator=torch.Generator().manual_seed(0)
             )
-            rates["sample"][mixer] = ids.numel() / (time.perf_counter() - start)
+            rates["sample"][name] = ids.numel() / (time.perf_counter() - start)
         for mode in ("train", "sample"):
             row = {
                 "T": T,
@@ -248,6 +258,8 @@ def _speed_rows(lengths: list[int], tokens_per_batch: int, sample_steps: int) ->
                 "rwkv_tokens_per_s": rates[mode]["rwkv"],
                 "attention_tokens_per_s": rates[mode]["attention"],
                 "ratio_rwkv_over_attention": rates[mode]["rwkv"] / rates[mode]["attention"],
+                "attention_param_matched_tokens_per_s": rates[mode]["attention_matched"],
+                "params": params,
             }
             rows.append(row)
             print(row, flush=True)
@@ -259,7 +271,8 @@ def phase_speed(args, out: Path) -> dict:
     return {
         "speed_rows": _speed_rows(lengths, args.tokens_per_batch, args.sample_steps),
         "speed_settings": {
-            "model": "cpu_hour.yaml model (d_model 128, 3 layers, 4 heads), both mixers, float32, 1 thread",
+            "model": "cpu_hour.yaml model (d_model 128, 3 layers, 4 heads), both mixers, float32, 1 thread; "
+            "attention_param_matched: ffn_mult + 1 so its parameter count is close to RWKV's",
             "train": "AdamW steps of the diffusion loss, 3 timed after a warm-up; B = tokens_per_batch // T",
             "sample": f"L2T with {args.sample_steps} steps (float64 categorical draws)",
             "tokens_per_batch": args.tokens_per_batch,
