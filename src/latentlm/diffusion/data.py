@@ -4,8 +4,8 @@
 Shakespeare's plays), tokenises them to fixed-length id rows closed by [SEP] and padded with [PAD],
 and encodes them with a frozen sentence-transformers model.  It writes::
 
-    <out_dir>/tokens/{train,val}.npy   int32 (N, seq_len)      + {train,val}.txt + meta.json
-    <out_dir>/latents/{train,val}.npy  float32 (N, latent_dim) + meta.json (encoder, mean, std)
+    <data.token_dir>/{train,val}.npy   int32 (N, seq_len)      + {train,val}.txt + meta.json
+    <data.latent_dir>/{train,val}.npy  float32 (N, latent_dim) + meta.json (encoder, mean, std)
 
 ``DirectFileDataset`` reads those files (memory-mapped); with ``use_external_latents`` it returns the
 latent standardised with the training-set mean/std, otherwise ``None``; ``collate_batch`` stacks a

@@ -358,7 +358,7 @@ class DiffusionTask(Task):
         return {"loss": loss, **{k: v.detach() for k, v in terms.items()}}
 
     def max_steps(self, dataset_size: int) -> int:
-        """``training.max_steps``, or ``num_epochs`` passes over the data when ``num_epochs > 0``."""
+        """``train.max_steps``, or ``num_epochs`` passes over the data when ``num_epochs > 0``."""
         t = self.cfg.train
         if not t.num_epochs:
             return t.max_steps
