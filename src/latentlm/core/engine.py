@@ -16,10 +16,12 @@ Multi-stage recipes (LVD's two phases, LatentWire's stages, diffusion's loss mod
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import math
 import random
 import shutil
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -88,6 +90,11 @@ class TrainConfig:
     cpu: bool = False
     """Train on CPU even when a GPU is present."""
     seed: int = 0
+    nonfinite: str = "stop"
+    """What to do with a step whose loss, gradient norm or updated parameters are not finite (the step is
+    never applied): stop (raise, naming the last good checkpoint) | skip (drop the batch and go on)."""
+    max_nonfinite_skips: int = 10
+    """With nonfinite=skip: stop after this many consecutive skipped steps."""
 
     def __post_init__(self):
         if self.max_steps < 1:
@@ -102,6 +109,8 @@ class TrainConfig:
             raise ValueError(f"train.grad_accum: must be >= 1, got {self.grad_accum}")
         if self.early_stop_patience and not self.best_metric:
             raise ValueError("train.early_stop_patience: needs train.best_metric to watch")
+        if self.nonfinite not in ("stop", "skip"):
+            raise ValueError(f"train.nonfinite: must be stop or skip, got {self.nonfinite!r}")
         if len(self.betas) != 2:
             raise ValueError(f"train.betas: need two values, got {self.betas}")
 
@@ -114,6 +123,8 @@ class TrainState:
     epoch: int = 0
     batch_in_epoch: int = 0
     tokens_seen: int = 0
+    skipped_steps: int = 0
+    """Steps dropped by `train.nonfinite=skip` so far (not counted in `step`)."""
     best_value: float | None = None
     evals_since_best: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -164,7 +175,9 @@ class Task:
         """The optimizer of `cfg.optimizer` over the parameter `groups`; AdamW unless a task adds its own
         (e.g. the HMM's EM, which reads expected counts from the gradient of log P(O))."""
         if cfg.optimizer != "adamw":
-            raise ValueError(f"train.optimizer: {cfg.optimizer!r} is not available for this system (use adamw)")
+            raise ValueError(
+                f"train.optimizer: {cfg.optimizer!r} is not available for this system (use adamw)"
+            )
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
 
 
@@ -178,6 +191,7 @@ class Trainer:
         self.accelerator = accelerator or _make_accelerator(cfg)
         self.model: nn.Module | None = None
         self.state = TrainState()
+        self._consecutive_skips = 0
 
     # ------------------------------------------------------------------ public
     def fit(self) -> TrainState:
@@ -203,22 +217,44 @@ class Trainer:
         wrapped.train()
         while self.state.step < cfg.max_steps:
             task.on_step_start(model, self.state)
+            values: dict[str, list[float]] = defaultdict(list)
+            step_tokens, problems = 0, []
             for micro in range(cfg.grad_accum):
                 batch = next(batches)
-                out = self._micro_step(wrapped, optimizer, batch, last=micro == cfg.grad_accum - 1)
-                tokens = int(acc.reduce(torch.tensor(out.num_tokens, device=acc.device), "sum").item())
-                self.state.tokens_seen += tokens
-                window_tokens += tokens
-                window["loss"].append(out.loss.item())
+                out = self._micro_step(wrapped, batch, last=micro == cfg.grad_accum - 1)
+                step_tokens += int(acc.reduce(torch.tensor(out.num_tokens, device=acc.device), "sum").item())
+                loss = out.loss.item()
+                if not math.isfinite(loss):
+                    problems.append(f"loss is {loss} (metrics {out.metrics})")
+                values["loss"].append(loss)
                 for key, value in out.metrics.items():
-                    window[key].append(float(value))
-            if cfg.grad_clip > 0:
-                grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                window["grad_norm"].append(float(grad_norm))
+                    values[key].append(float(value))
+            grad_norm = self._grad_norm(model)
+            if grad_norm is not None:
+                values["grad_norm"].append(grad_norm)
+                if not math.isfinite(grad_norm):
+                    problems.append(f"gradient norm is {grad_norm}")
+            if not self._all_finite(problems):
+                self._reject_step(optimizer, problems or ["a non-finite value on another process"])
+                continue
+            before = self._snapshot(model, optimizer) if cfg.nonfinite == "skip" else None
             optimizer.step()
+            bad_params = self._nonfinite_parameters(model)
+            if not self._all_finite(bad_params):
+                if before is not None:
+                    self._restore(model, optimizer, before)
+                self._reject_step(
+                    optimizer, [f"the update made parameters non-finite: {', '.join(bad_params[:5])}"]
+                )
+                continue
+            self._consecutive_skips = 0
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             self.state.step += 1
+            self.state.tokens_seen += step_tokens
+            window_tokens += step_tokens
+            for key, items in values.items():
+                window[key].extend(items)
             bar.update(1)
 
             if self.state.step % cfg.log_every == 0 or self.state.step == cfg.max_steps:
@@ -254,30 +290,110 @@ class Trainer:
         return self.state
 
     # ------------------------------------------------------------------ steps
-    def _micro_step(self, wrapped: nn.Module, optimizer, batch: Any, last: bool) -> StepOutput:
+    def _micro_step(self, wrapped: nn.Module, batch: Any, last: bool) -> StepOutput:
         acc = self.accelerator
         batch = to_device(batch, acc.device)
-        # Gradients are all-reduced only on the last micro-batch of an optimizer step.
+        # Gradients are all-reduced only on the last micro-batch of an optimizer step. A non-finite loss
+        # is still back-propagated, so every process takes part in the all-reduce; the step is then
+        # rejected on every process by `_all_finite`.
         with acc.no_sync(wrapped) if not last else contextlib.nullcontext():
             with acc.autocast():
                 out = self.task.loss(wrapped, batch, self.state)
-            if not torch.isfinite(out.loss):
-                raise FloatingPointError(
-                    f"step {self.state.step + 1}: loss is {out.loss.item()} (metrics {out.metrics}); "
-                    f"the last good checkpoint is {self.run.latest_checkpoint()}"
-                )
             acc.backward(out.loss / self.cfg.grad_accum)
         return out
+
+    def _grad_norm(self, model: nn.Module) -> float | None:
+        """The global gradient norm (clipped to `grad_clip` when set); None when no parameter has a gradient.
+
+        Under fp16 the gradient scaler owns overflow handling (it skips such steps itself), so the norm is
+        not judged there."""
+        acc, params = self.accelerator, [p for p in model.parameters() if p.grad is not None]
+        if not params:
+            return None
+        if self.cfg.grad_clip > 0:
+            norm = float(acc.clip_grad_norm_(model.parameters(), self.cfg.grad_clip))
+        else:
+            norm = float(torch.nn.utils.get_total_norm([p.grad for p in params]))
+        return norm if acc.scaler is None or math.isfinite(norm) else None
+
+    def _nonfinite_parameters(self, model: nn.Module) -> list[str]:
+        names = [name for name, p in model.named_parameters() if p.numel()]
+        if not names:
+            return []
+        peaks = torch.stack([p.detach().abs().amax().float() for p in model.parameters() if p.numel()])
+        bad = (~torch.isfinite(peaks)).nonzero().flatten().tolist()
+        return [names[i] for i in bad]
+
+    def _all_finite(self, problems: list[str]) -> bool:
+        """Whether no process found a problem in this step (every process takes the same decision)."""
+        flag = torch.tensor([float(bool(problems))], device=self.accelerator.device)
+        if self.accelerator.num_processes > 1:
+            flag = self.accelerator.reduce(flag, "sum")
+        return flag.item() == 0
+
+    def _snapshot(self, model: nn.Module, optimizer) -> tuple[list[torch.Tensor], dict]:
+        """Parameters and optimizer state before an update, to undo it (only kept with nonfinite=skip)."""
+        return [p.detach().clone() for p in model.parameters()], copy.deepcopy(optimizer.state_dict())
+
+    def _restore(self, model: nn.Module, optimizer, snapshot: tuple[list[torch.Tensor], dict]) -> None:
+        params, optimizer_state = snapshot
+        with torch.no_grad():
+            for param, saved in zip(model.parameters(), params, strict=True):
+                param.copy_(saved)
+        optimizer.load_state_dict(optimizer_state)
+
+    def _reject_step(self, optimizer, problems: list[str]) -> None:
+        """Drop a non-finite step (nothing applied or checkpointed); then stop or skip (`train.nonfinite`)."""
+        optimizer.zero_grad(set_to_none=True)
+        step = self.state.step + 1
+        what = "; ".join(problems)
+        self._consecutive_skips += 1
+        skip = self.cfg.nonfinite == "skip" and self._consecutive_skips <= self.cfg.max_nonfinite_skips
+        if self.accelerator.is_main_process:
+            self.run.log(self.state.step, {"train/nonfinite_step": step, "train/nonfinite": what})
+        if skip:
+            self.state.skipped_steps += 1
+            if self.accelerator.is_main_process:
+                print(f"warning: step {step} skipped: {what}", file=sys.stderr)
+            return
+        good = self.run.latest_intact_checkpoint()
+        where = (
+            f"the last good checkpoint is {good}; rerun the same command to resume from it"
+            if good is not None
+            else "no checkpoint was written yet; a rerun starts from step 0"
+        )
+        limit = (
+            f" ({self._consecutive_skips} consecutive non-finite steps, train.max_nonfinite_skips="
+            f"{self.cfg.max_nonfinite_skips})"
+            if self.cfg.nonfinite == "skip"
+            else ""
+        )
+        raise FloatingPointError(f"step {step}: {what}; the step was not applied{limit}; {where}")
 
     def _evaluate(self, model: nn.Module, wrapped: nn.Module) -> None:
         acc = self.accelerator
         if acc.is_main_process:
             model.eval()
-            with torch.no_grad():
-                metrics = self.task.evaluate(model, self.state)
-            wrapped.train()
-            if metrics:
-                self.run.log(self.state.step, {f"eval/{k}": v for k, v in metrics.items()})
+            failure = None
+            try:
+                with torch.no_grad():
+                    metrics = self.task.evaluate(model, self.state)
+            except (ArithmeticError, ValueError, RuntimeError) as err:
+                # A numerical failure of the evaluation is recorded; the run (and its weights) is kept.
+                metrics, failure = {}, f"{type(err).__name__}: {err}"
+            finally:
+                wrapped.train()
+            nonfinite = sorted(k for k, v in metrics.items() if not _is_finite_number(v))
+            if nonfinite and failure is None:
+                failure = f"non-finite values for {', '.join(nonfinite)}"
+            finite = {f"eval/{k}": v for k, v in metrics.items() if k not in nonfinite}
+            if failure is not None:
+                print(f"warning: evaluation at step {self.state.step} failed: {failure}", file=sys.stderr)
+                self.run.log(self.state.step, {**finite, "eval/failed": 1, "eval/error": failure})
+                if self.cfg.best_metric:
+                    self.state.evals_since_best += 1
+            elif metrics:
+                self.run.log(self.state.step, finite)
                 self._track_best(model, metrics)
         acc.wait_for_everyone()
 
@@ -423,6 +539,13 @@ def to_device(batch: Any, device: torch.device) -> Any:
             batch, **{f.name: to_device(getattr(batch, f.name), device) for f in dataclasses.fields(batch)}
         )
     return batch
+
+
+def _is_finite_number(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return True  # not a number (a string, a list): not judged here
 
 
 def _rng_state() -> dict:

@@ -103,6 +103,10 @@ class RunDir:
         found = self.checkpoints()
         return found[-1] if found else None
 
+    def latest_intact_checkpoint(self) -> Path | None:
+        """The newest checkpoint whose files match its manifest (None if there is none)."""
+        return self.latest_checkpoint()
+
     def close(self) -> None:
         if self._tb_writer is not None:
             self._tb_writer.close()
