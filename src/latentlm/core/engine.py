@@ -38,16 +38,20 @@ from torch import nn
 from torch.utils.data import Dataset, default_collate
 
 from latentlm.core.checkpoint import (
-    FORMAT_VERSION,
+    load_state,
     load_tensors,
-    load_torch_state,
     read_json,
+    save_state,
     save_tensors,
-    save_torch_state,
+    verify_manifest,
     write_json,
+    write_manifest,
 )
 from latentlm.core.run import RunDir, progress
 from latentlm.core.seed import seed_everything
+
+CHECKPOINT_FORMAT_VERSION = 2
+"""2: optimizer/scheduler/RNG state as JSON + safetensors and a manifest (1: torch pickles)."""
 
 
 @dataclass
@@ -418,9 +422,13 @@ class Trainer:
         self.state.evals_since_best = 0 if better else self.state.evals_since_best + 1
         if better:
             self.state.best_value = value
-            best_dir = self.run.path / "best"
-            save_tensors(model.state_dict(), best_dir / "model.safetensors")
-            write_json(best_dir / "state.json", {"step": self.state.step, name: value})
+            best_dir, tmp = self.run.path / "best", self.run.path / ".best.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            save_tensors(model.state_dict(), tmp / "model.safetensors")
+            write_json(tmp / "state.json", {"step": self.state.step, name: value})
+            write_manifest(tmp)
+            shutil.rmtree(best_dir, ignore_errors=True)
+            tmp.rename(best_dir)
 
     # ------------------------------------------------------------------ data
     def _steps_per_epoch(self, dataset: Dataset) -> int:
@@ -464,6 +472,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def _save_checkpoint(self, model: nn.Module, optimizer, scheduler) -> None:
+        """Write `checkpoints/step_N/` atomically: every file in a temp folder, `state.json`, then the
+        manifest last, then one rename. Only called after a step whose parameters are all finite."""
         acc = self.accelerator
         final = self.run.checkpoints_dir / f"step_{self.state.step}"
         tmp = self.run.checkpoints_dir / f".step_{self.state.step}.tmp"
@@ -471,41 +481,94 @@ class Trainer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
-        save_torch_state(_rng_state(), tmp / f"rng_rank{acc.process_index}.pt")
+        save_state(_rng_state(), tmp, f"rng_rank{acc.process_index}")
         if acc.is_main_process:
             save_tensors(acc.unwrap_model(model).state_dict(), tmp / "model.safetensors")
-            save_torch_state(optimizer.state_dict(), tmp / "optimizer.pt")
-            save_torch_state(scheduler.state_dict(), tmp / "scheduler.pt")
+            save_state(optimizer.state_dict(), tmp, "optimizer")
+            save_state(scheduler.state_dict(), tmp, "scheduler")
         acc.wait_for_everyone()
         if acc.is_main_process:
-            # state.json is written last: a checkpoint without it is incomplete and ignored.
             write_json(
-                tmp / "state.json", {"format_version": FORMAT_VERSION, **dataclasses.asdict(self.state)}
+                tmp / "state.json",
+                {"format_version": CHECKPOINT_FORMAT_VERSION, **dataclasses.asdict(self.state)},
             )
+            write_manifest(tmp)
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)
             for old in self.run.checkpoints()[: -self.cfg.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
         acc.wait_for_everyone()
 
+    def _pick_checkpoint(self) -> tuple[Path | None, list[tuple[Path, str]]]:
+        """The newest checkpoint that matches its manifest (decided by the main process, shared with all),
+        and the newer damaged ones with their problem."""
+        acc = self.accelerator
+        chosen, damaged, failure = -1, [], ""
+        if acc.is_main_process:
+            found = self.run.checkpoints()
+            for checkpoint in reversed(found):
+                problem = self.run.checkpoint_problem(checkpoint)
+                if problem is None:
+                    chosen = int(checkpoint.name.removeprefix("step_"))
+                    break
+                damaged.append((checkpoint, problem))
+            if found and chosen < 0:
+                chosen = -2
+                failure = (
+                    f"no intact checkpoint in {self.run.checkpoints_dir}: "
+                    + "; ".join(problem for _, problem in damaged)
+                    + f". Move {self.run.checkpoints_dir} away to train this run from step 0"
+                )
+        if acc.num_processes > 1:
+            chosen = int(broadcast(torch.tensor([chosen], device=acc.device), from_process=0).item())
+        if chosen == -2:
+            raise ValueError(failure or "the main process found no intact checkpoint")
+        if chosen < 0:
+            return None, []
+        return self.run.checkpoints_dir / f"step_{chosen}", damaged
+
     def _resume(self, model: nn.Module, optimizer, scheduler) -> None:
-        checkpoint = self.run.latest_checkpoint()
+        acc = self.accelerator
+        checkpoint, damaged = self._pick_checkpoint()
         if checkpoint is None:
             return
         meta = read_json(checkpoint / "state.json")
-        if meta.pop("format_version", None) != FORMAT_VERSION:
-            raise ValueError(f"{checkpoint}: unsupported checkpoint format version")
+        version = meta.pop("format_version", None)
+        if version != CHECKPOINT_FORMAT_VERSION:
+            raise ValueError(
+                f"{checkpoint}: checkpoint format {version} is not supported (this latentlm writes and reads "
+                f"format {CHECKPOINT_FORMAT_VERSION})"
+            )
+        written = len(list(checkpoint.glob("rng_rank*.json")))
+        if written != acc.num_processes:
+            raise ValueError(
+                f"{checkpoint}: written by {written} processes, resumed with {acc.num_processes}; "
+                f"resume with {written} processes (exact resume needs each process's RNG state)"
+            )
         self.state = TrainState(**meta)
-        self.accelerator.unwrap_model(model).load_state_dict(load_tensors(checkpoint / "model.safetensors"))
-        optimizer.load_state_dict(load_torch_state(checkpoint / "optimizer.pt"))
-        scheduler.load_state_dict(load_torch_state(checkpoint / "scheduler.pt"))
-        rng_file = checkpoint / f"rng_rank{self.accelerator.process_index}.pt"
-        if not rng_file.is_file():
-            raise FileNotFoundError(f"{rng_file}: resuming needs the same number of processes as the run had")
-        _set_rng_state(load_torch_state(rng_file))
-        if self.accelerator.is_main_process:
+        acc.unwrap_model(model).load_state_dict(load_tensors(checkpoint / "model.safetensors"))
+        optimizer.load_state_dict(load_state(checkpoint, "optimizer"))
+        scheduler.load_state_dict(load_state(checkpoint, "scheduler"))
+        _set_rng_state(load_state(checkpoint, f"rng_rank{acc.process_index}"))
+        if acc.is_main_process:
             self.run.truncate_metrics(self.state.step)
+            for bad, problem in damaged:
+                moved = self.run.set_aside(bad)
+                print(
+                    f"warning: checkpoint {bad} is damaged ({problem}); moved to {moved}; "
+                    f"resuming from the older {checkpoint}",
+                    file=sys.stderr,
+                )
+            if damaged:
+                self.run.log(
+                    self.state.step,
+                    {
+                        "resume/damaged_checkpoints": "; ".join(problem for _, problem in damaged),
+                        "resume/from": str(checkpoint),
+                    },
+                )
             print(f"resumed from {checkpoint} (step {self.state.step}, {self.state.tokens_seen} tokens)")
+        acc.wait_for_everyone()
 
 
 def _make_accelerator(cfg: TrainConfig) -> Accelerator:
@@ -521,7 +584,9 @@ def _make_accelerator(cfg: TrainConfig) -> Accelerator:
 
 
 def load_model_weights(model: nn.Module, checkpoint_dir: str | Path) -> nn.Module:
-    """Load `model.safetensors` from a checkpoint (or `best/`) folder into `model`."""
+    """Load `model.safetensors` from a checkpoint (or `best/`) folder into `model`, after checking the
+    folder against its manifest (a damaged file raises `DamagedFileError` naming it)."""
+    verify_manifest(checkpoint_dir, required=False)
     model.load_state_dict(load_tensors(Path(checkpoint_dir) / "model.safetensors"))
     return model
 

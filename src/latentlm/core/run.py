@@ -19,7 +19,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from latentlm.core.checkpoint import atomic_write_text, write_json
+from latentlm.core.checkpoint import DamagedFileError, atomic_write_text, verify_manifest, write_json
 from latentlm.core.config import save_config
 
 
@@ -31,6 +31,7 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         self.tensorboard = tensorboard
         self._tb_writer = None
+        self._verified: dict[tuple[Path, int], str | None] = {}
 
     @property
     def metrics_path(self) -> Path:
@@ -103,9 +104,35 @@ class RunDir:
         found = self.checkpoints()
         return found[-1] if found else None
 
+    def checkpoint_problem(self, checkpoint: Path) -> str | None:
+        """None when every file of `checkpoint` matches its manifest, else the damage, naming the file.
+        Verdicts are remembered per manifest modification time."""
+        manifest = checkpoint / "manifest.json"
+        key = (checkpoint, manifest.stat().st_mtime_ns if manifest.is_file() else -1)
+        if key not in self._verified:
+            try:
+                verify_manifest(checkpoint, required=True)
+                self._verified[key] = None
+            except DamagedFileError as err:
+                self._verified[key] = str(err)
+        return self._verified[key]
+
     def latest_intact_checkpoint(self) -> Path | None:
         """The newest checkpoint whose files match its manifest (None if there is none)."""
-        return self.latest_checkpoint()
+        for checkpoint in reversed(self.checkpoints()):
+            if self.checkpoint_problem(checkpoint) is None:
+                return checkpoint
+        return None
+
+    def set_aside(self, checkpoint: Path) -> Path:
+        """Rename a damaged checkpoint to `damaged_step_N` (kept for inspection, ignored by resume)."""
+        target = checkpoint.with_name(f"damaged_{checkpoint.name}")
+        number = 1
+        while target.exists():
+            number += 1
+            target = checkpoint.with_name(f"damaged_{checkpoint.name}_{number}")
+        checkpoint.rename(target)
+        return target
 
     def close(self) -> None:
         if self._tb_writer is not None:
