@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-import torch
+from dataclasses import dataclass, field
 
-from latentlm.core import RunDir, TrainConfig, Trainer
+import torch
+from torch import nn
+
+from latentlm.core import PretrainedMixin, RunDir, TrainConfig, Trainer, load_config
+from latentlm.core.lifecycle import train_task
 from tests.core.toy_task import ToyRegression
 
 
@@ -73,3 +77,51 @@ class FailingEvaluation(ToyRegression):
         if self.how == "raise":
             raise OverflowError("int too large to convert to float")
         return {"mse": float("inf"), "ok": 1.0}
+
+
+@dataclass
+class ToyNetConfig:
+    dim: int = 5
+    """Input features."""
+    hidden: int = 16
+    """Hidden units."""
+
+
+@dataclass
+class ToyRunConfig:
+    run_dir: str = ""
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=6, lr=1e-2, log_every=1))
+    model: ToyNetConfig = field(default_factory=ToyNetConfig)
+
+
+class ToyNet(PretrainedMixin, nn.Module):
+    """The toy regressor as a saveable model (what `train_task` saves to `<run>/model/`)."""
+
+    config_class = ToyNetConfig
+
+    def __init__(self, config: ToyNetConfig):
+        super().__init__()
+        self.config = config
+        self.hidden = nn.Linear(config.dim, config.hidden)
+        self.out = nn.Linear(config.hidden, 1)
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.hidden(x)))
+
+
+class ToyNetTask(ToyRegression):
+    def __init__(self, cfg: ToyRunConfig):
+        super().__init__(dim=cfg.model.dim)
+        self.cfg = cfg
+
+    def build_model(self):
+        return ToyNet(self.cfg.model)
+
+
+def toy_config(run_dir, *overrides: str) -> ToyRunConfig:
+    return load_config(ToyRunConfig, None, [f"run_dir={run_dir}", *overrides])
+
+
+def train_run(cfg: ToyRunConfig):
+    """The system path: `train_task` (config check, lock, training, `model/`)."""
+    return train_task(ToyNetTask(cfg), cfg, RunDir(cfg.run_dir, tensorboard=False))

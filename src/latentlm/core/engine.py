@@ -27,7 +27,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -57,6 +57,19 @@ CHECKPOINT_FORMAT_VERSION = 2
 @dataclass
 class TrainConfig:
     """Optimisation and bookkeeping settings shared by every system (`train:` in a run config)."""
+
+    resumable_fields: ClassVar[tuple[str, ...]] = (
+        "lr",
+        "max_steps",
+        "log_every",
+        "eval_every",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "early_stop_patience",
+        "nonfinite",
+        "max_nonfinite_skips",
+    )
+    """Fields a resumed run may change (recorded in `config_changes.jsonl`); any other change is refused."""
 
     max_steps: int = 1000
     """Optimizer steps to train for."""
@@ -546,9 +559,17 @@ class Trainer:
                 f"resume with {written} processes (exact resume needs each process's RNG state)"
             )
         self.state = TrainState(**meta)
+        configured = list(scheduler.base_lrs)  # from this run's config (LambdaLR read them at start)
         acc.unwrap_model(model).load_state_dict(load_tensors(checkpoint / "model.safetensors"))
         optimizer.load_state_dict(load_state(checkpoint, "optimizer"))
         scheduler.load_state_dict(load_state(checkpoint, "scheduler"))
+        # The learning rate of this run's config applies from here on (unchanged: the same numbers as the
+        # saved ones, since LambdaLR sets lr = base_lr * lambda(step) the same way).
+        scheduler.base_lrs = list(configured)
+        for group, base in zip(optimizer.param_groups, configured, strict=True):
+            group["initial_lr"] = base
+            group["lr"] = base * self._lr_lambda(scheduler.last_epoch)
+        scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
         _set_rng_state(load_state(checkpoint, f"rng_rank{acc.process_index}"))
         if acc.is_main_process:
             self.run.truncate_metrics(self.state.step)
