@@ -25,7 +25,6 @@ from latentlm.core.report import Report, line_plot
 from latentlm.core.run import progress
 from latentlm.data.squad import SquadExample
 from latentlm.metrics.squad import best_over_golds, exact_match, f1_score, squad_scores
-from latentlm.wire.adapters import WireModel
 from latentlm.wire.config import WireRunConfig
 from latentlm.wire.features import (
     FeatureBuilder,
@@ -35,8 +34,9 @@ from latentlm.wire.features import (
     soft_content_prompts,
     text_prompts,
 )
+from latentlm.wire.frozen import FrozenLM, format_content
 from latentlm.wire.losses import segment_mean_pool
-from latentlm.wire.models import FrozenLM, format_content
+from latentlm.wire.model import WireModel
 
 
 @torch.no_grad()
@@ -324,10 +324,16 @@ def _prefill(cfg, wire, lms, examples) -> dict:
 def write_outputs(
     out_dir: str | Path, metrics: dict, records: list[dict], run_dir: str | Path | None = None
 ) -> Path:
-    """metrics.json, predictions.jsonl and report.md (with plots) under `out_dir`."""
+    """metrics.json, predictions.jsonl and report.md (with plots) under `out_dir` (any folder)."""
     out_dir = Path(out_dir)
     write_json(out_dir / "metrics.json", metrics)
     atomic_write_text(out_dir / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    build_report(metrics, run_dir).save(out_dir)
+    return out_dir
+
+
+def build_report(metrics: dict, run_dir: str | Path | None = None) -> Report:
+    """The evaluation report (tables, F1 per mode, training curves of the run)."""
     report = Report("LatentWire evaluation")
     report.text(f"{metrics['num_examples']} questions, M = {metrics['latent_length']} soft tokens.")
     rows = []
@@ -368,8 +374,7 @@ def write_outputs(
     report.figure(fig, "f1_by_mode", "SQuAD F1 by mode")
     if run_dir is not None:
         _training_curves(report, Path(run_dir))
-    report.save(out_dir)
-    return out_dir
+    return report
 
 
 def _training_curves(report: Report, run_dir: Path) -> None:
@@ -393,3 +398,46 @@ def _training_curves(report: Report, run_dir: Path) -> None:
         report.figure(
             line_plot(series, "step", "first-token top-1"), "first_top1", "First-token top-1 (train)"
         )
+
+
+def load_wire(run_dir: str | Path, checkpoint: str = "best") -> WireModel:
+    """The trained `WireModel` of a run: `model/` (config + final weights), then `best/` weights if asked."""
+    from latentlm.core.engine import load_model_weights
+    from latentlm.core.lifecycle import load_trained_model
+
+    wire = load_trained_model(run_dir, WireModel)
+    if checkpoint not in ("best", "last"):
+        raise ValueError(f"checkpoint: must be best or last, got {checkpoint!r}")
+    if checkpoint == "best" and (Path(run_dir) / "best" / "model.safetensors").is_file():
+        load_model_weights(wire, Path(run_dir) / "best")
+    return wire.eval()
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    overrides: Sequence[str] = (),
+    checkpoint: str = "best",
+    lms: Sequence[FrozenLM] | None = None,
+    sentence: SentenceStates | None = None,
+) -> dict:
+    """Evaluate a finished run; writes `<run_dir>/eval/` (metrics.json, predictions.jsonl, report.md)
+    through `write_eval` and returns the metrics."""
+    from latentlm.core.lifecycle import load_finished_run, write_eval
+    from latentlm.wire.data import resolve_examples
+    from latentlm.wire.features import build_features
+    from latentlm.wire.frozen import load_frozen_lms
+
+    cfg = load_finished_run(run_dir, WireRunConfig, overrides)
+    lms = list(lms) if lms is not None else load_frozen_lms(cfg.models, cfg.prompt)
+    wire = load_wire(run_dir, checkpoint)
+    features, _ = build_features(cfg.encoder, lms, sentence, "anchor_budget" in cfg.eval.baselines)
+    wire.attach(lms, features.sentence)
+    dev = resolve_examples(cfg.data.dev, "validation", cfg.data.dev_limit, cfg.data.max_context_chars)
+    train = resolve_examples(cfg.data.train, "train", cfg.eval.pca_fit_examples, cfg.data.max_context_chars)
+    metrics, records = evaluate_wire(
+        cfg, wire, lms, features, dev, [format_content(e.context, e.question) for e in train]
+    )
+    metrics["checkpoint"] = checkpoint
+    folder = write_eval(run_dir, metrics, build_report(metrics, run_dir))
+    atomic_write_text(folder / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    return metrics

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,27 +33,17 @@ from latentlm.core.run import progress
 from latentlm.data.cache import cached_arrays, content_hash
 from latentlm.data.squad import SquadExample
 from latentlm.wire import losses as L
-from latentlm.wire.adapters import WireModel, token_rms
 from latentlm.wire.config import PhaseConfig, WireModelConfig, WireRunConfig
-from latentlm.wire.features import FeatureBuilder, content_embeddings, latent_prompt, text_prompts
-from latentlm.wire.models import FrozenLM, format_content
-
-
-@dataclass
-class QAItem:
-    """One training question as the task sees it."""
-
-    index: int
-    content: str
-    answer: str
-    answers: tuple[str, ...]
-
-
-def to_items(examples: list[SquadExample]) -> list[QAItem]:
-    return [
-        QAItem(i, format_content(e.context, e.question), e.answers[0], e.answers)
-        for i, e in enumerate(examples)
-    ]
+from latentlm.wire.data import QAItem, to_items
+from latentlm.wire.features import (
+    FeatureBuilder,
+    SentenceStates,
+    content_embeddings,
+    latent_prompt,
+    text_prompts,
+)
+from latentlm.wire.frozen import FrozenLM
+from latentlm.wire.model import WireModel, token_rms
 
 
 def model_config_for(cfg: WireRunConfig, lms: list[FrozenLM], st_dim: int) -> WireModelConfig:
@@ -64,6 +53,7 @@ def model_config_for(cfg: WireRunConfig, lms: list[FrozenLM], st_dim: int) -> Wi
         model_dims=[lm.d_model for lm in lms],
         embed_rms=[float(lm.embed_rms) for lm in lms],
         st_dim=st_dim,
+        prompt=cfg.prompt,
         encoder=cfg.encoder,
         latent=cfg.latent,
         adapter=cfg.adapter,
@@ -372,3 +362,34 @@ class WireTask(Task):
             nlls.append(scores["gold_nll"])
         out["gold_nll_mean"] = float(np.mean(nlls))
         return out
+
+
+def train_wire(
+    cfg: WireRunConfig,
+    lms: list[FrozenLM] | None = None,
+    sentence: SentenceStates | None = None,
+) -> Path:
+    """Train as configured (`train_task`: config, engine checkpoints, `best/`, `model/`); returns the
+    run directory. `lms` / `sentence` reuse frozen models already loaded (tests, benchmarks)."""
+    from latentlm.core.lifecycle import train_task
+    from latentlm.core.run import RunDir
+    from latentlm.wire.data import resolve_examples
+    from latentlm.wire.features import build_features
+    from latentlm.wire.frozen import load_frozen_lms
+
+    lms = list(lms) if lms is not None else load_frozen_lms(cfg.models, cfg.prompt)
+    features, st_dim = build_features(cfg.encoder, lms, sentence, "anchor_budget" in cfg.eval.baselines)
+    train = resolve_examples(cfg.data.train, "train", cfg.data.train_limit, cfg.data.max_context_chars)
+    # In-training evaluation (best checkpoint) uses dev questions after the ones `eval` scores.
+    dev = resolve_examples(
+        cfg.data.dev,
+        "validation",
+        cfg.eval.in_training_examples,
+        cfg.data.max_context_chars,
+        cfg.data.dev_limit,
+    )
+    run = RunDir(cfg.run_dir)
+    task = WireTask(cfg, lms, features, train, dev, run.path, st_dim)
+    train_task(task, cfg, run)
+    run.close()
+    return run.path
