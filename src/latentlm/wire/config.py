@@ -263,6 +263,14 @@ class EvalConfig:
         default_factory=lambda: ["text", "token_budget", "pca", "mean_pool", "replay", "replay_no_anchor"]
     )
     """Baselines evaluated next to the latent."""
+    context_baselines: list[str] = field(
+        default_factory=lambda: ["no_context", "token_budget", "anchor_budget", "external", "text"]
+    )
+    """Context scope: text baselines at the latent's positions, evaluated next to it (`text` is the
+    whole context, the ceiling)."""
+    external_scorer: str = "smollm2"
+    """Context scope: the frozen LM whose self-information drives the external (Selective Context)
+    baseline; one of `models` is reused, another name is loaded."""
     pca_fit_examples: int = 64
     """Train prompts whose token embeddings fit the PCA baseline."""
     in_training_examples: int = 16
@@ -283,6 +291,12 @@ class EvalConfig:
         )
         for name in self.baselines:
             _check_choice("eval.baselines[]", name, allowed)
+        for name in self.context_baselines:
+            _check_choice(
+                "eval.context_baselines[]",
+                name,
+                ("no_context", "token_budget", "anchor_budget", "external", "text"),
+            )
         _check_positive("eval.batch_size", self.batch_size)
         _check_positive("eval.prefix_gain", self.prefix_gain)
 

@@ -6,6 +6,9 @@ batches it.
 
 from __future__ import annotations
 
+import math
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,3 +57,70 @@ def to_items(examples: list[SquadExample]) -> list[QAItem]:
         QAItem(i, format_content(e.context, e.question), e.answers[0], e.answers, e.context, e.question)
         for i, e in enumerate(examples)
     ]
+
+
+@dataclass
+class ContextExample:
+    """A question prepared for the context scope: the context the latent and every baseline see."""
+
+    id: str
+    context: str
+    question: str
+    answers: tuple[str, ...]
+    positions: int
+    """M: the soft tokens of the latent, and the context tokens every text baseline may keep."""
+    context_tokens: int
+    """Encoder (sentence-encoder) tokens of the context after any cut."""
+    truncated: bool = False
+
+
+def prepare_context_examples(
+    examples: Sequence[SquadExample], tokenizer, ratio: int, max_positions: int, max_tokens: int
+) -> list[ContextExample]:
+    """Context-scope questions with their position budget M = ceil(n / ratio) (at least 1).
+
+    n counts the encoder tokenizer's tokens of the context (no special tokens). Defined behaviour at
+    the edges, checked here before any model runs:
+
+    - an empty question or an empty context: `ValueError` naming the question id (the context
+      scope keeps the question as text; there is nothing to ask or nothing to compress);
+    - a context shorter than `ratio` tokens: one position (its span is padded);
+    - a context longer than the encoder reads (`max_tokens` minus its two special tokens) or than
+      `max_positions * ratio`: cut after the last token that fits, for the latent and every
+      baseline alike, with one warning naming the ids.
+    """
+    limit = min(max_tokens - 2, max_positions * ratio)
+    prepared, cut = [], []
+    for example in examples:
+        if not example.question.strip():
+            raise ValueError(
+                f"question {example.id}: the question is empty (the context scope asks it as text)"
+            )
+        if not example.context.strip():
+            raise ValueError(f"question {example.id}: the context is empty (nothing to compress)")
+        offsets = tokenizer(example.context, add_special_tokens=False, return_offsets_mapping=True)[
+            "offset_mapping"
+        ]
+        context = example.context
+        if len(offsets) > limit:
+            context = context[: offsets[limit - 1][1]]
+            cut.append(example.id)
+        count = min(len(offsets), limit)
+        prepared.append(
+            ContextExample(
+                example.id,
+                context,
+                example.question,
+                tuple(example.answers),
+                max(1, math.ceil(count / ratio)),
+                count,
+                len(offsets) > limit,
+            )
+        )
+    if cut:
+        warnings.warn(
+            f"{len(cut)} context(s) longer than {limit} encoder tokens were cut (question ids: "
+            f"{', '.join(map(str, cut[:10]))}{' ...' if len(cut) > 10 else ''})",
+            stacklevel=2,
+        )
+    return prepared

@@ -251,6 +251,18 @@ def context_prompts(
     return lm.pack_left(rows)
 
 
+AUTOENCODE_INSTRUCTION = "\nRepeat the text above."
+"""Text after the soft tokens in an autoencoding sequence (ICAE's [AE] token, in words every model reads)."""
+
+
+def autoencode_prompts(lm: FrozenLM, contexts: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """`[prefix][soft tokens][instruction][suffix]`, left padded: the model then regenerates the context."""
+    prefix = lm.embed(lm.parts.prefix)
+    tail_ids = lm.encode(AUTOENCODE_INSTRUCTION) + lm.parts.suffix
+    rows = [torch.cat([prefix.to(c.dtype), c, lm.embed(tail_ids).to(c.dtype)], dim=0) for c in contexts]
+    return lm.pack_left(rows)
+
+
 def context_text_prompts(
     lm: FrozenLM, context_ids: Sequence[Sequence[int]], questions: Sequence[str]
 ) -> tuple[torch.Tensor, torch.Tensor]:

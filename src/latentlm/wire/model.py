@@ -128,14 +128,21 @@ class WireModel(PretrainedMixin, nn.Module):
         )
 
     # ----------------------------------------------------------------- frozen models
-    def attach(self, lms: Sequence[FrozenLM], sentence: SentenceStates | None = None) -> WireModel:
-        """Use these loaded frozen LLMs (in `config.model_names` order) and sentence encoder."""
+    def attach(
+        self,
+        lms: Sequence[FrozenLM],
+        sentence: SentenceStates | None = None,
+        features: FeatureBuilder | None = None,
+    ) -> WireModel:
+        """Use these loaded frozen LLMs (in `config.model_names` order) and sentence encoder (or a
+        whole feature builder)."""
         from latentlm.wire.features import build_features
 
         names = [lm.name for lm in lms]
         if names != list(self.config.model_names):
             raise ValueError(f"this WireModel serves {self.config.model_names}, got frozen models {names}")
-        features, _ = build_features(self.config.encoder, lms, sentence)
+        if features is None:
+            features, _ = build_features(self.config.encoder, lms, sentence)
         self.__dict__["_frozen"] = (list(lms), features)  # plain attribute: not a submodule
         return self
 
