@@ -89,3 +89,24 @@ def test_report_writes_markdown_and_png(tmp_path):
     text = path.read_text()
     assert "| a | 12.35 |" in text and "plots/loss.png" in text
     assert (tmp_path / "plots" / "loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_state_files_round_trip_without_pickle(tmp_path):
+    from latentlm.core.checkpoint import load_state, save_state
+
+    state = {
+        "state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.randn(2, 3)}},
+        "param_groups": [{"lr": 1e-3, "betas": (0.9, 0.999), "params": [0], "foreach": None}],
+        "rng": (3, tuple(range(5)), None),
+        "keys": np.arange(4, dtype=np.uint32),
+        "nan": float("nan"),
+    }
+    save_state(state, tmp_path, "opt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["opt.json", "opt.safetensors"]
+    again = load_state(tmp_path, "opt")
+    assert again["param_groups"] == state["param_groups"] and again["rng"] == state["rng"]
+    assert list(again["state"]) == [0]
+    torch.testing.assert_close(again["state"][0]["exp_avg"], state["state"][0]["exp_avg"], rtol=0, atol=0)
+    assert again["state"][0]["step"].shape == () and again["keys"].dtype == np.uint32
+    np.testing.assert_array_equal(again["keys"], state["keys"])
+    assert np.isnan(again["nan"])
