@@ -212,6 +212,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ public
     def fit(self) -> TrainState:
+        """Train to `max_steps`; the main process holds the run directory's lock meanwhile."""
+        with self.run.lock() if self.accelerator.is_main_process else contextlib.nullcontext():
+            return self._fit()
+
+    def _fit(self) -> TrainState:
         acc, cfg, task = self.accelerator, self.cfg, self.task
         seed_everything(cfg.seed + acc.process_index)
         model = task.build_model()
