@@ -14,7 +14,7 @@ from tests.core.toy_task import ToyRegression
 
 def train(path, max_steps: int = 10, task=None, **overrides):
     """Train `task` (the toy regression by default) into run directory `path`; returns (trainer, state)."""
-    cfg = TrainConfig(max_steps=max_steps, lr=1e-2, log_every=1, **overrides)
+    cfg = TrainConfig(**{"max_steps": max_steps, "lr": 1e-2, "log_every": 1, **overrides})
     trainer = Trainer(task or ToyRegression(), cfg, RunDir(path, tensorboard=False))
     state = trainer.fit()
     return trainer, state

@@ -114,22 +114,43 @@ class TrainConfig:
     """With nonfinite=skip: stop after this many consecutive skipped steps."""
 
     def __post_init__(self):
-        if self.max_steps < 1:
-            raise ValueError(f"train.max_steps: must be >= 1, got {self.max_steps}")
+        for name, low in (
+            ("max_steps", 1),
+            ("grad_accum", 1),
+            ("log_every", 1),
+            ("keep_checkpoints", 1),
+            ("max_nonfinite_skips", 1),
+            ("warmup_steps", 0),
+            ("eval_every", 0),
+            ("checkpoint_every", 0),
+            ("early_stop_patience", 0),
+            ("seed", 0),
+        ):
+            if getattr(self, name) < low:
+                raise ValueError(f"train.{name}: must be >= {low}, got {getattr(self, name)}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"train.lr: must be a finite number > 0, got {self.lr}")
+        for name in ("weight_decay", "grad_clip"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"train.{name}: must be a finite number >= 0, got {getattr(self, name)}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"train.min_lr_ratio: must be in [0, 1], got {self.min_lr_ratio}")
+        if self.seed >= 2**32 - 1024:
+            raise ValueError(f"train.seed: must be < {2**32 - 1024}, got {self.seed}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"train.betas: need two values in [0, 1), got {list(self.betas)}")
+        if not self.optimizer:
+            raise ValueError("train.optimizer: must name an optimizer (adamw), got ''")
         if self.schedule not in ("constant", "linear", "cosine"):
             raise ValueError(f"train.schedule: must be constant, linear or cosine, got {self.schedule!r}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"train.mixed_precision: must be no, bf16 or fp16, got {self.mixed_precision!r}")
         if self.best_mode not in ("min", "max"):
             raise ValueError(f"train.best_mode: must be min or max, got {self.best_mode!r}")
-        if self.grad_accum < 1:
-            raise ValueError(f"train.grad_accum: must be >= 1, got {self.grad_accum}")
-        if self.early_stop_patience and not self.best_metric:
-            raise ValueError("train.early_stop_patience: needs train.best_metric to watch")
         if self.nonfinite not in ("stop", "skip"):
             raise ValueError(f"train.nonfinite: must be stop or skip, got {self.nonfinite!r}")
-        if len(self.betas) != 2:
-            raise ValueError(f"train.betas: need two values, got {self.betas}")
+        if self.early_stop_patience and not self.best_metric:
+            raise ValueError("train.early_stop_patience: needs train.best_metric to watch")
 
 
 @dataclass
@@ -140,6 +161,8 @@ class TrainState:
     epoch: int = 0
     batch_in_epoch: int = 0
     tokens_seen: int = 0
+    log_window: dict[str, list[float]] = field(default_factory=dict)
+    """Sum and count of each training metric since the last log record (kept across a resume)."""
     skipped_steps: int = 0
     """Steps dropped by `train.nonfinite=skip` so far (not counted in `step`)."""
     best_value: float | None = None
@@ -232,7 +255,8 @@ class Trainer:
         bar = progress(
             total=cfg.max_steps, initial=self.state.step, desc="train", disable=not acc.is_main_process
         )
-        window: dict[str, list[float]] = defaultdict(list)
+        # The log window (sums and counts since the last record) lives in the TrainState, so the first record
+        # after a resume averages the same steps as an uninterrupted run; throughput counts this process only.
         window_tokens, window_start = 0, time.perf_counter()
         batches = self._batches(dataset, steps_per_epoch)
 
@@ -276,12 +300,15 @@ class Trainer:
             self.state.tokens_seen += step_tokens
             window_tokens += step_tokens
             for key, items in values.items():
-                window[key].extend(items)
+                total = self.state.log_window.setdefault(key, [0.0, 0])
+                for item in items:
+                    total[0] += item
+                    total[1] += 1
             bar.update(1)
 
             if self.state.step % cfg.log_every == 0 or self.state.step == cfg.max_steps:
                 elapsed = max(time.perf_counter() - window_start, 1e-9)
-                record = {f"train/{k}": sum(v) / len(v) for k, v in window.items()}
+                record = {f"train/{k}": total / count for k, (total, count) in self.state.log_window.items()}
                 record["train/lr"] = scheduler.get_last_lr()[0]
                 record["train/tokens_seen"] = self.state.tokens_seen
                 if window_tokens:
@@ -289,7 +316,7 @@ class Trainer:
                 if acc.is_main_process:
                     self.run.log(self.state.step, record)
                     bar.set_postfix(loss=f"{record['train/loss']:.4g}")
-                window.clear()
+                self.state.log_window = {}
                 window_tokens, window_start = 0, time.perf_counter()
 
             is_last = self.state.step == cfg.max_steps
