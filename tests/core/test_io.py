@@ -9,7 +9,6 @@ from torch import nn
 from latentlm.core import PretrainedMixin, Report, RunDir, line_plot
 from latentlm.core.checkpoint import read_json, write_json
 from latentlm.data.cache import cached_arrays, content_hash
-from latentlm.data.corpora import WordVocab, read_text, word_tokenize
 
 
 @dataclass
@@ -90,21 +89,6 @@ def test_report_writes_markdown_and_png(tmp_path):
     text = path.read_text()
     assert "| a | 12.35 |" in text and "plots/loss.png" in text
     assert (tmp_path / "plots" / "loss.png").read_bytes()[:4] == b"\x89PNG"
-
-
-def test_word_vocab_cutoff_unk_and_errors(tmp_path):
-    tokens = word_tokenize("the cat sat. The cat's hat, the end")
-    assert tokens[:4] == ["the", "cat", "sat", "."]
-    vocab = WordVocab.build([tokens], min_count=2)
-    assert vocab.decode(vocab.encode(["the", "zebra"], add_eos=True)) == ["the", "<unk>", "<eos>"]
-    vocab.save(tmp_path / "v.json")
-    assert WordVocab.load(tmp_path / "v.json").itos == vocab.itos
-    empty = tmp_path / "empty.txt"
-    empty.write_text("  \n")
-    with pytest.raises(ValueError, match="empty.txt: the corpus is empty"):
-        read_text(empty)
-    with pytest.raises(FileNotFoundError, match="nope.txt"):
-        read_text(tmp_path / "nope.txt")
 
 
 def test_state_files_round_trip_without_pickle(tmp_path):
