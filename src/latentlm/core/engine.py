@@ -47,6 +47,7 @@ from latentlm.core.checkpoint import (
     write_json,
     write_manifest,
 )
+from latentlm.core.config import check_choice, check_range
 from latentlm.core.run import RunDir, progress
 from latentlm.core.seed import seed_everything
 
@@ -124,31 +125,23 @@ class TrainConfig:
             ("eval_every", 0),
             ("checkpoint_every", 0),
             ("early_stop_patience", 0),
-            ("seed", 0),
         ):
-            if getattr(self, name) < low:
-                raise ValueError(f"train.{name}: must be >= {low}, got {getattr(self, name)}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"train.lr: must be a finite number > 0, got {self.lr}")
-        for name in ("weight_decay", "grad_clip"):
-            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
-                raise ValueError(f"train.{name}: must be a finite number >= 0, got {getattr(self, name)}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(f"train.min_lr_ratio: must be in [0, 1], got {self.min_lr_ratio}")
-        if self.seed >= 2**32 - 1024:
-            raise ValueError(f"train.seed: must be < {2**32 - 1024}, got {self.seed}")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise ValueError(f"train.betas: need two values in [0, 1), got {list(self.betas)}")
+            check_range(f"train.{name}", getattr(self, name), low)
+        check_range("train.seed", self.seed, 0, 2**32 - 1024, high_open=True)
+        check_range("train.lr", self.lr, 0, low_open=True)
+        check_range("train.weight_decay", self.weight_decay, 0)
+        check_range("train.grad_clip", self.grad_clip, 0)
+        check_range("train.min_lr_ratio", self.min_lr_ratio, 0, 1)
+        if len(self.betas) != 2:
+            raise ValueError(f"train.betas: need two values, got {list(self.betas)}")
+        for index, beta in enumerate(self.betas):
+            check_range(f"train.betas[{index}]", beta, 0, 1, high_open=True)
         if not self.optimizer:
             raise ValueError("train.optimizer: must name an optimizer (adamw), got ''")
-        if self.schedule not in ("constant", "linear", "cosine"):
-            raise ValueError(f"train.schedule: must be constant, linear or cosine, got {self.schedule!r}")
-        if self.mixed_precision not in ("no", "bf16", "fp16"):
-            raise ValueError(f"train.mixed_precision: must be no, bf16 or fp16, got {self.mixed_precision!r}")
-        if self.best_mode not in ("min", "max"):
-            raise ValueError(f"train.best_mode: must be min or max, got {self.best_mode!r}")
-        if self.nonfinite not in ("stop", "skip"):
-            raise ValueError(f"train.nonfinite: must be stop or skip, got {self.nonfinite!r}")
+        check_choice("train.schedule", self.schedule, ("constant", "linear", "cosine"))
+        check_choice("train.mixed_precision", self.mixed_precision, ("no", "bf16", "fp16"))
+        check_choice("train.best_mode", self.best_mode, ("min", "max"))
+        check_choice("train.nonfinite", self.nonfinite, ("stop", "skip"))
         if self.early_stop_patience and not self.best_metric:
             raise ValueError("train.early_stop_patience: needs train.best_metric to watch")
 
