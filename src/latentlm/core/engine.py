@@ -36,6 +36,7 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import broadcast
 from torch import nn
 from torch.utils.data import Dataset, default_collate
+from tqdm.auto import tqdm
 
 from latentlm.core.checkpoint import (
     load_state,
@@ -396,7 +397,7 @@ class Trainer:
         if skip:
             self.state.skipped_steps += 1
             if self.accelerator.is_main_process:
-                print(f"warning: step {step} skipped: {what}", file=sys.stderr)
+                tqdm.write(f"warning: step {step} skipped: {what}", file=sys.stderr)
             return
         good = self.run.latest_intact_checkpoint()
         where = (
@@ -430,7 +431,9 @@ class Trainer:
                 failure = f"non-finite values for {', '.join(nonfinite)}"
             finite = {f"eval/{k}": v for k, v in metrics.items() if k not in nonfinite}
             if failure is not None:
-                print(f"warning: evaluation at step {self.state.step} failed: {failure}", file=sys.stderr)
+                tqdm.write(
+                    f"warning: evaluation at step {self.state.step} failed: {failure}", file=sys.stderr
+                )
                 self.run.log(self.state.step, {**finite, "eval/failed": 1, "eval/error": failure})
                 if self.cfg.best_metric:
                     self.state.evals_since_best += 1
