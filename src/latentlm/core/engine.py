@@ -255,80 +255,86 @@ class Trainer:
         batches = self._batches(dataset, steps_per_epoch)
 
         wrapped.train()
-        while self.state.step < cfg.max_steps:
-            task.on_step_start(model, self.state)
-            values: dict[str, list[float]] = defaultdict(list)
-            step_tokens, problems = 0, []
-            for micro in range(cfg.grad_accum):
-                batch = next(batches)
-                out = self._micro_step(wrapped, batch, last=micro == cfg.grad_accum - 1)
-                step_tokens += int(acc.reduce(torch.tensor(out.num_tokens, device=acc.device), "sum").item())
-                loss = out.loss.item()
-                if not math.isfinite(loss):
-                    problems.append(f"loss is {loss} (metrics {out.metrics})")
-                values["loss"].append(loss)
-                for key, value in out.metrics.items():
-                    values[key].append(float(value))
-            grad_norm = self._grad_norm(model)
-            if grad_norm is not None:
-                values["grad_norm"].append(grad_norm)
-                if not math.isfinite(grad_norm):
-                    problems.append(f"gradient norm is {grad_norm}")
-            if not self._all_finite(problems):
-                self._reject_step(optimizer, problems or ["a non-finite value on another process"])
-                continue
-            before = self._snapshot(model, optimizer) if cfg.nonfinite == "skip" else None
-            optimizer.step()
-            bad_params = self._nonfinite_parameters(model)
-            if not self._all_finite(bad_params):
-                if before is not None:
-                    self._restore(model, optimizer, before)
-                self._reject_step(
-                    optimizer, [f"the update made parameters non-finite: {', '.join(bad_params[:5])}"]
-                )
-                continue
-            self._consecutive_skips = 0
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            self.state.step += 1
-            self.state.tokens_seen += step_tokens
-            window_tokens += step_tokens
-            for key, items in values.items():
-                total = self.state.log_window.setdefault(key, [0.0, 0])
-                for item in items:
-                    total[0] += item
-                    total[1] += 1
-            bar.update(1)
+        try:
+            while self.state.step < cfg.max_steps:
+                task.on_step_start(model, self.state)
+                values: dict[str, list[float]] = defaultdict(list)
+                step_tokens, problems = 0, []
+                for micro in range(cfg.grad_accum):
+                    batch = next(batches)
+                    out = self._micro_step(wrapped, batch, last=micro == cfg.grad_accum - 1)
+                    step_tokens += int(
+                        acc.reduce(torch.tensor(out.num_tokens, device=acc.device), "sum").item()
+                    )
+                    loss = out.loss.item()
+                    if not math.isfinite(loss):
+                        problems.append(f"loss is {loss} (metrics {out.metrics})")
+                    values["loss"].append(loss)
+                    for key, value in out.metrics.items():
+                        values[key].append(float(value))
+                grad_norm = self._grad_norm(model)
+                if grad_norm is not None:
+                    values["grad_norm"].append(grad_norm)
+                    if not math.isfinite(grad_norm):
+                        problems.append(f"gradient norm is {grad_norm}")
+                if not self._all_finite(problems):
+                    self._reject_step(optimizer, problems or ["a non-finite value on another process"])
+                    continue
+                before = self._snapshot(model, optimizer) if cfg.nonfinite == "skip" else None
+                optimizer.step()
+                bad_params = self._nonfinite_parameters(model)
+                if not self._all_finite(bad_params):
+                    if before is not None:
+                        self._restore(model, optimizer, before)
+                    self._reject_step(
+                        optimizer, [f"the update made parameters non-finite: {', '.join(bad_params[:5])}"]
+                    )
+                    continue
+                self._consecutive_skips = 0
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                self.state.step += 1
+                self.state.tokens_seen += step_tokens
+                window_tokens += step_tokens
+                for key, items in values.items():
+                    total = self.state.log_window.setdefault(key, [0.0, 0])
+                    for item in items:
+                        total[0] += item
+                        total[1] += 1
+                bar.update(1)
 
-            if self.state.step % cfg.log_every == 0 or self.state.step == cfg.max_steps:
-                elapsed = max(time.perf_counter() - window_start, 1e-9)
-                record = {f"train/{k}": total / count for k, (total, count) in self.state.log_window.items()}
-                record["train/lr"] = scheduler.get_last_lr()[0]
-                record["train/tokens_seen"] = self.state.tokens_seen
-                if window_tokens:
-                    record["train/tokens_per_s"] = window_tokens / elapsed
-                if acc.is_main_process:
-                    self.run.log(self.state.step, record)
-                    bar.set_postfix(loss=f"{record['train/loss']:.4g}")
-                self.state.log_window = {}
-                window_tokens, window_start = 0, time.perf_counter()
-
-            is_last = self.state.step == cfg.max_steps
-            if (cfg.eval_every and self.state.step % cfg.eval_every == 0) or is_last:
-                self._evaluate(model, wrapped)
-                if not is_last and self._plateaued():
-                    is_last = True
+                if self.state.step % cfg.log_every == 0 or self.state.step == cfg.max_steps:
+                    elapsed = max(time.perf_counter() - window_start, 1e-9)
+                    record = {
+                        f"train/{k}": total / count for k, (total, count) in self.state.log_window.items()
+                    }
+                    record["train/lr"] = scheduler.get_last_lr()[0]
+                    record["train/tokens_seen"] = self.state.tokens_seen
+                    if window_tokens:
+                        record["train/tokens_per_s"] = window_tokens / elapsed
                     if acc.is_main_process:
-                        self.run.log(self.state.step, {"train/early_stop": 1})
-                        print(
-                            f"early stop at step {self.state.step}: eval/{cfg.best_metric} has not improved "
-                            f"for {cfg.early_stop_patience} evaluations"
-                        )
-            if (cfg.checkpoint_every and self.state.step % cfg.checkpoint_every == 0) or is_last:
-                self._save_checkpoint(model, optimizer, scheduler)
-            if is_last:
-                break
-        bar.close()
+                        self.run.log(self.state.step, record)
+                        bar.set_postfix(loss=f"{record['train/loss']:.4g}")
+                    self.state.log_window = {}
+                    window_tokens, window_start = 0, time.perf_counter()
+
+                is_last = self.state.step == cfg.max_steps
+                if (cfg.eval_every and self.state.step % cfg.eval_every == 0) or is_last:
+                    self._evaluate(model, wrapped)
+                    if not is_last and self._plateaued():
+                        is_last = True
+                        if acc.is_main_process:
+                            self.run.log(self.state.step, {"train/early_stop": 1})
+                            print(
+                                f"early stop at step {self.state.step}: eval/{cfg.best_metric} has not "
+                                f"improved for {cfg.early_stop_patience} evaluations"
+                            )
+                if (cfg.checkpoint_every and self.state.step % cfg.checkpoint_every == 0) or is_last:
+                    self._save_checkpoint(model, optimizer, scheduler)
+                if is_last:
+                    break
+        finally:
+            bar.close()  # also on an error, so its message starts on a line of its own
         acc.wait_for_everyone()
         return self.state
 
