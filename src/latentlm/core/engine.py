@@ -4,10 +4,17 @@ A system describes *what* to train with a small `Task` (model, data, loss, evalu
 does the rest on Hugging Face Accelerate, so the same code runs on one CPU, one GPU, or several
 processes under `accelerate launch` / `torchrun`: AdamW, learning-rate schedule, gradient
 accumulation and clipping, mixed precision, JSONL + TensorBoard logging, a progress bar, evaluation
-cadence, best-checkpoint tracking, NaN detection, atomic checkpoints and exact resume.
+cadence, best-checkpoint tracking, atomic checkpoints and exact resume.
+
+Reliability (docs/reliability.md): a step whose loss, gradient norm or updated parameters are not finite
+is never applied nor checkpointed (`train.nonfinite: stop | skip`); an evaluation that fails numerically is
+recorded in metrics.jsonl instead of ending the run; every checkpoint ends with a manifest of its files'
+sizes and SHA-256, and resume falls back to the newest intact checkpoint; the main process holds the run
+directory's lock while training.
 
 Exact resume: a checkpoint holds the model, optimizer, scheduler, every RNG (per rank) and a
-`TrainState` with the data position. The data order is a pure function of (seed, epoch), so a run
+`TrainState` with the data position and the open log window, as safetensors + JSON (no pickles). The
+data order is a pure function of (seed, epoch), so a run
 stopped at step k and resumed reaches step N with the same parameters as an uninterrupted run.
 Multi-stage recipes (LVD's two phases, LatentWire's stages, diffusion's loss modes) are decided inside
 `Task.loss` from the `TrainState`, never by flags in this loop.
@@ -258,39 +265,10 @@ class Trainer:
         try:
             while self.state.step < cfg.max_steps:
                 task.on_step_start(model, self.state)
-                values: dict[str, list[float]] = defaultdict(list)
-                step_tokens, problems = 0, []
-                for micro in range(cfg.grad_accum):
-                    batch = next(batches)
-                    out = self._micro_step(wrapped, batch, last=micro == cfg.grad_accum - 1)
-                    step_tokens += int(
-                        acc.reduce(torch.tensor(out.num_tokens, device=acc.device), "sum").item()
-                    )
-                    loss = out.loss.item()
-                    if not math.isfinite(loss):
-                        problems.append(f"loss is {loss} (metrics {out.metrics})")
-                    values["loss"].append(loss)
-                    for key, value in out.metrics.items():
-                        values[key].append(float(value))
-                grad_norm = self._grad_norm(model)
-                if grad_norm is not None:
-                    values["grad_norm"].append(grad_norm)
-                    if not math.isfinite(grad_norm):
-                        problems.append(f"gradient norm is {grad_norm}")
-                if not self._all_finite(problems):
-                    self._reject_step(optimizer, problems or ["a non-finite value on another process"])
+                applied = self._optimizer_step(wrapped, model, optimizer, batches)
+                if applied is None:  # a non-finite step, skipped (train.nonfinite=skip)
                     continue
-                before = self._snapshot(model, optimizer) if cfg.nonfinite == "skip" else None
-                optimizer.step()
-                bad_params = self._nonfinite_parameters(model)
-                if not self._all_finite(bad_params):
-                    if before is not None:
-                        self._restore(model, optimizer, before)
-                    self._reject_step(
-                        optimizer, [f"the update made parameters non-finite: {', '.join(bad_params[:5])}"]
-                    )
-                    continue
-                self._consecutive_skips = 0
+                values, step_tokens = applied
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 self.state.step += 1
@@ -339,6 +317,45 @@ class Trainer:
         return self.state
 
     # ------------------------------------------------------------------ steps
+    def _optimizer_step(
+        self, wrapped: nn.Module, model: nn.Module, optimizer, batches: Iterator[Any]
+    ) -> tuple[dict[str, list[float]], int] | None:
+        """Accumulate `grad_accum` micro-batches and apply the update unless a loss, the gradient norm or
+        an updated parameter is not finite. Returns the step's metric values and token count, or None for
+        a skipped step (`_reject_step` raises instead under train.nonfinite=stop)."""
+        acc, cfg = self.accelerator, self.cfg
+        values: dict[str, list[float]] = defaultdict(list)
+        step_tokens, problems = 0, []
+        for micro in range(cfg.grad_accum):
+            out = self._micro_step(wrapped, next(batches), last=micro == cfg.grad_accum - 1)
+            step_tokens += int(acc.reduce(torch.tensor(out.num_tokens, device=acc.device), "sum").item())
+            loss = out.loss.item()
+            if not math.isfinite(loss):
+                problems.append(f"loss is {loss} (metrics {out.metrics})")
+            values["loss"].append(loss)
+            for key, value in out.metrics.items():
+                values[key].append(float(value))
+        grad_norm = self._grad_norm(model)
+        if grad_norm is not None:
+            values["grad_norm"].append(grad_norm)
+            if not math.isfinite(grad_norm):
+                problems.append(f"gradient norm is {grad_norm}")
+        if not self._all_finite(problems):
+            self._reject_step(optimizer, problems or ["a non-finite value on another process"])
+            return None
+        before = self._snapshot(model, optimizer) if cfg.nonfinite == "skip" else None
+        optimizer.step()
+        bad_params = self._nonfinite_parameters(model)
+        if not self._all_finite(bad_params):
+            if before is not None:
+                self._restore(model, optimizer, before)
+            self._reject_step(
+                optimizer, [f"the update made parameters non-finite: {', '.join(bad_params[:5])}"]
+            )
+            return None
+        self._consecutive_skips = 0
+        return values, step_tokens
+
     def _micro_step(self, wrapped: nn.Module, batch: Any, last: bool) -> StepOutput:
         acc = self.accelerator
         batch = to_device(batch, acc.device)
