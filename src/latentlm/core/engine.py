@@ -14,8 +14,8 @@ directory's lock while training.
 
 Exact resume: a checkpoint holds the model, optimizer, scheduler, every RNG (per rank) and a
 `TrainState` with the data position and the open log window, as safetensors + JSON (no pickles). The
-data order is a pure function of (seed, epoch), so a run
-stopped at step k and resumed reaches step N with the same parameters as an uninterrupted run.
+data order is a pure function of (seed, epoch), so a run stopped at step k and resumed reaches step N
+with the same parameters as an uninterrupted run.
 Multi-stage recipes (LVD's two phases, LatentWire's stages, diffusion's loss modes) are decided inside
 `Task.loss` from the `TrainState`, never by flags in this loop.
 """
