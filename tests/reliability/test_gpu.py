@@ -15,6 +15,7 @@ def test_guard_and_resume_on_cuda_bf16(tmp_path):
     resumed, _ = train(tmp_path / "cut", 10, **cadence)
     full, _ = train(tmp_path / "full", 10, **cadence)
     assert next(resumed.model.parameters()).device.type == "cuda"
+    assert not [r for r in RunDir(tmp_path / "cut").read_metrics() if "eval/failed" in r]
     for name, value in weights(full.model).items():
         torch.testing.assert_close(weights(resumed.model)[name], value, rtol=0, atol=0)
 
