@@ -30,7 +30,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from latentlm.core.checkpoint import DamagedFileError, atomic_write_text, verify_manifest, write_json
-from latentlm.core.config import ConfigError, config_to_dict, save_config
+from latentlm.core.config import ConfigError, config_to_yaml, save_config
 
 ALWAYS_RESUMABLE = ("run_dir", "num_threads")
 """Field names that may differ on resume wherever they sit in a config (they do not change the results)."""
@@ -268,7 +268,8 @@ def check_resume_config(run: RunDir, cfg: Any) -> dict[str, list]:
         raise ConfigError(
             f"{saved_path}: not a mapping of config fields, cannot compare it with the new config"
         )
-    old, new = _flatten(saved), _flatten(config_to_dict(cfg))
+    # Compared in saved form (an `${oc.env:...}` field stays its interpolation on both sides).
+    old, new = _flatten(saved), _flatten(yaml.safe_load(config_to_yaml(cfg)))
     missing = object()
     differences = {
         key: [old.get(key, missing), new.get(key, missing)]
