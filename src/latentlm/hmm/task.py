@@ -42,8 +42,14 @@ from latentlm.hmm.lvd import LatentStates, closed_form_estimate, prepare_latent_
 from latentlm.hmm.model import HMMLanguageModel
 
 
-def _world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+def _world_size(cpu: bool = False) -> int:
+    """Processes of this run; sets up Accelerate's process group (as the engine will) if not done yet."""
+    from accelerate import PartialState
+
+    # As the engine's Accelerator does: without cpu=True, torchrun on CPUs would not start gloo (and
+    # the first PartialState fixes the process group for the whole process).
+    gpu = torch.cuda.is_available() or torch.backends.mps.is_available()
+    return PartialState(cpu=cpu or not gpu).num_processes
 
 
 def _token_counts(local_tokens: int, device: torch.device) -> tuple[int, int]:
@@ -92,7 +98,8 @@ class HMMTask(Task):
         if self.em:
             lengths = np.diff(corpus.train.offsets)
             chunk = cfg.em.batch_tokens or cfg.em.chunk_tokens
-            self.groups = token_chunks(lengths, chunk, multiple_of=_world_size(), seed=cfg.train.seed)
+            world = _world_size(cfg.train.cpu)
+            self.groups = token_chunks(lengths, chunk, multiple_of=world, seed=cfg.train.seed)
         self.batch_size = 1 if self.em else cfg.batch_size
 
     def em_grad_accum(self) -> int:
