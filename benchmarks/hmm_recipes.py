@@ -15,8 +15,9 @@ Every recipe runs ``--epochs`` passes over the training split; held-out perplexi
 every epoch (and at epoch 0 for the initialisations). ``heldout_ppl`` is the best held-out perplexity
 over the epochs (what early stopping on held-out perplexity keeps), ``final_heldout_ppl`` the last.
 ``train_seconds`` is optimisation only: it excludes the LVD preparation (teacher embeddings + k-means,
-``lvd_prepare_seconds``, cached across K), the evaluations and the start-up. Rows are merged into benchmarks/results/hmm_recipes.json by
-(corpus, K, recipe), so corpora can be run in separate jobs; plots: hmm_recipes_<corpus>_K<k>.png.
+``lvd_prepare_seconds``, cached across K), the evaluations and the start-up. Rows are merged into
+benchmarks/results/hmm_recipes.json by (corpus, K, recipe), so corpora can be run in separate jobs;
+plots: hmm_recipes_<corpus>_K<k>.png.
 
     python3 benchmarks/hmm_recipes.py --corpus ptb --states 256 1024 --epochs 8
 """
