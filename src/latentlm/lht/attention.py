@@ -22,28 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from latentlm.lht.config import EdgeConfig
+
 KIND_INVALID = -1
 KIND_DOC = 0
 KIND_TOKEN = 1
 KIND_HEAD0 = 2  # head of level l has kind KIND_HEAD0 + l (l = 0 is the first level)
-
-
-@dataclass
-class EdgeConfig:
-    """Which edge types the hierarchical attention uses (each can be switched off for ablations)."""
-
-    local_window: int = 8  # tokens attend to tokens within +-local_window positions; 0 = off
-    same_unit: bool = True  # tokens attend to every token of their level-1 unit
-    parent_child: bool = True  # every node <-> the head of its unit at each higher level
-    siblings: bool = True  # heads <-> heads of the same level sharing a parent (top level: all)
-    neighbour_units: int = 1  # heads <-> heads of the same level within +-k units; 0 = off
-    doc_token: bool = True  # a [DOC] slot attends to and is attended by every valid slot
-
-    def __post_init__(self) -> None:
-        if self.local_window < 0:
-            raise ValueError(f"edges.local_window: must be >= 0, got {self.local_window}")
-        if self.neighbour_units < 0:
-            raise ValueError(f"edges.neighbour_units: must be >= 0, got {self.neighbour_units}")
 
 
 @dataclass
@@ -204,6 +188,33 @@ class AttentionPattern:
         kj = torch.arange(size, device=device)[None, None, :]
         return self.rule(self.slot_keys(layout), b, qi, kj)
 
+    def key_ranges(self, layout: HierarchyLayout) -> Tensor | None:
+        """Per query slot, a few slot intervals that hold every key it may attend to (a superset is fine).
+
+        Returns:
+            (B, S, R, 2) long [first, last] slot of R intervals (first > last = empty), or None when the
+            pattern has no cheap description (then `key_block_mask` tiles the dense mask).
+        """
+        return None
+
+    def key_block_mask(self, layout: HierarchyLayout, block_size: int) -> Tensor:
+        """Which key blocks each query block needs: a superset of the tiles of `materialize` that hold
+        an edge, always with the diagonal (every slot attends to itself).
+
+        Returns:
+            (B, nb, nb) bool with nb = ceil(S / block_size).
+        """
+        ranges = self.key_ranges(layout)
+        if ranges is None:
+            mask = self.materialize(layout)
+            batch, size, _ = mask.shape
+            blocks = -(-size // block_size)
+            pad = blocks * block_size - size
+            padded = F.pad(mask, (0, pad, 0, pad))
+            tiles = padded.view(batch, blocks, block_size, blocks, block_size)  # (B, nb, bs, nb, bs)
+            return tiles.any(dim=4).any(dim=2) | torch.eye(blocks, dtype=torch.bool, device=mask.device)
+        return ranges_to_block_mask(ranges, block_size)
+
     def mask_mod(self, layout: HierarchyLayout) -> Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]:
         """The same rule as a FlexAttention `mask_mod(b, h, q_idx, kv_idx)`."""
         keys = self.slot_keys(layout)
@@ -214,11 +225,77 @@ class AttentionPattern:
         return mod
 
 
+def ranges_to_block_mask(ranges: Tensor, block_size: int) -> Tensor:
+    """Key blocks touched by any interval of any query of a query block.
+
+    Args:
+        ranges: (B, S, R, 2) long [first, last] key slots per query slot (first > last = empty).
+        block_size: slots per block.
+
+    Returns:
+        (B, nb, nb) bool, with the diagonal always set.
+    """
+    batch, size, count, _ = ranges.shape
+    blocks = -(-size // block_size)
+    pad = blocks * block_size - size
+    first, last = ranges[..., 0], ranges[..., 1]
+    empty = first > last
+    first_block = torch.where(empty, blocks, first.div(block_size, rounding_mode="floor"))
+    last_block = torch.where(empty, -1, last.div(block_size, rounding_mode="floor"))
+    first_block = F.pad(first_block, (0, 0, 0, pad), value=blocks).view(batch, blocks, block_size, count)
+    last_block = F.pad(last_block, (0, 0, 0, pad), value=-1).view(batch, blocks, block_size, count)
+    low = first_block.amin(dim=2)  # (B, nb, R): hull over the queries of a block
+    high = last_block.amax(dim=2)
+    key_block = torch.arange(blocks, device=ranges.device)
+    hit = (key_block >= low[..., None]) & (key_block <= high[..., None])  # (B, nb, R, nb)
+    return hit.any(dim=2) | torch.eye(blocks, dtype=torch.bool, device=ranges.device)
+
+
+def _stack_range(condition: Tensor, first: Tensor, last: Tensor, size: int) -> Tensor:
+    """(B, S, 2) interval, empty (size, -1) where `condition` is False."""
+    return torch.stack([torch.where(condition, first, size), torch.where(condition, last, -1)], dim=-1)
+
+
 class FullAttention(AttentionPattern):
     """Every valid slot attends to every valid slot (the dense baseline)."""
 
     def allowed(self, keys: dict[str, Tensor], b: Tensor, qi: Tensor, kj: Tensor) -> Tensor:
         return keys["valid"][b, qi] & keys["valid"][b, kj]
+
+    def key_ranges(self, layout: HierarchyLayout) -> Tensor:
+        valid = layout.valid
+        zero = torch.zeros_like(valid, dtype=torch.long)
+        return _stack_range(valid, zero, zero + valid.shape[1] - 1, valid.shape[1])[:, :, None]
+
+
+class LocalWindowAttention(AttentionPattern):
+    """Sliding-window baseline: a valid slot attends to valid slots within ±window positions."""
+
+    def __init__(self, window: int) -> None:
+        if window < 1:
+            raise ValueError(f"model.edges.local_window: the sliding window needs >= 1, got {window}")
+        self.window = window
+
+    def slot_keys(self, layout: HierarchyLayout) -> dict[str, Tensor]:
+        valid = layout.valid
+        far = torch.full_like(layout.position, _FAR)
+        return {
+            "valid": valid,
+            "pos_q": torch.where(valid, layout.position, -far),
+            "pos_k": torch.where(valid, layout.position, far),
+        }
+
+    def allowed(self, keys: dict[str, Tensor], b: Tensor, qi: Tensor, kj: Tensor) -> Tensor:
+        return (keys["pos_q"][b, qi] - keys["pos_k"][b, kj]).abs() <= self.window
+
+    def key_ranges(self, layout: HierarchyLayout) -> Tensor | None:
+        if layout.token_offset != 0 or layout.head_capacity:
+            return None  # slots are not positions: tile the exact mask instead
+        batch, size = layout.kind.shape
+        slot = torch.arange(size, device=layout.kind.device).expand(batch, size)
+        first = (slot - self.window).clamp(min=0)
+        last = (slot + self.window).clamp(max=size - 1)
+        return _stack_range(layout.valid, first, last, size)[:, :, None]
 
 
 # Sentinels: a query-side key of -FAR never equals or comes near a key-side key of +FAR, so slots a
@@ -288,6 +365,104 @@ class HierarchicalBias(AttentionPattern):
         if e.neighbour_units > 0:
             allowed = allowed | ((keys["unit_q"][b, qi] - keys["unit_k"][b, kj]).abs() <= e.neighbour_units)
         return allowed
+
+    def key_ranges(self, layout: HierarchyLayout) -> Tensor:
+        """Intervals per query slot: itself, `[DOC]`, one hull in the token segment and one hull in each
+        head segment (window + same unit for tokens, the unit's tokens for heads; the own head for
+        tokens and lower heads, the children for heads, siblings and neighbours for heads)."""
+        e = self.edges
+        kind = layout.kind.long()
+        unit = layout.unit.long()
+        position = layout.position.long()
+        batch, size = kind.shape
+        device = kind.device
+        active = layout.active_levels
+        t0, n = layout.token_offset, layout.num_tokens
+        slot = torch.arange(size, device=device).expand(batch, size)
+        valid = kind >= 0
+        ranges = [_stack_range(torch.ones_like(valid), slot, slot, size)]  # self
+        if e.doc_token and t0 == 1:
+            zero = torch.zeros_like(slot)
+            ranges.append(_stack_range(valid, zero, zero, size))  # every slot -> [DOC]
+            ranges.append(_stack_range(kind == KIND_DOC, zero, zero + size - 1, size))  # [DOC] -> all
+        token_units = unit[:, :, t0 : t0 + n]  # (L, B, N)
+        token_index = torch.arange(n, device=device).expand(batch, n)
+        firsts, lasts = [], []
+        for level in range(active):
+            capacity = layout.head_capacity[level]
+            ids = token_units[level]
+            dump = torch.where(ids >= 0, ids, capacity)
+            first = torch.full((batch, capacity + 1), n - 1, dtype=torch.long, device=device)
+            last = torch.zeros((batch, capacity + 1), dtype=torch.long, device=device)
+            firsts.append(first.scatter_reduce(1, dump, token_index, reduce="amin")[:, :capacity])
+            lasts.append(last.scatter_reduce(1, dump, token_index, reduce="amax")[:, :capacity])
+
+        def token_span(level: int) -> tuple[Tensor, Tensor]:
+            """First/last token index of each slot's unit at `level` ((B, S) each)."""
+            ids = unit[level].clamp(0, layout.head_capacity[level] - 1)
+            return firsts[level].gather(1, ids), lasts[level].gather(1, ids)
+
+        def member_span(member_level: int, level: int) -> tuple[Tensor, Tensor]:
+            """First/last level-`member_level` unit inside each slot's level-`level` unit."""
+            first, last = token_span(level)
+            members = token_units[member_level]
+            return members.gather(1, first).clamp(min=0), members.gather(1, last).clamp(min=0)
+
+        class Hull:
+            def __init__(self) -> None:
+                self.first = torch.full_like(slot, size)
+                self.last = torch.full_like(slot, -1)
+
+            def widen(self, condition: Tensor, first: Tensor, last: Tensor) -> None:
+                self.first = torch.where(condition, torch.minimum(self.first, first), self.first)
+                self.last = torch.where(condition, torch.maximum(self.last, last), self.last)
+
+        token = kind == KIND_TOKEN
+        tokens = Hull()
+        if e.local_window > 0:
+            tokens.widen(
+                token,
+                t0 + (position - e.local_window).clamp(min=0),
+                t0 + (position + e.local_window).clamp(max=n - 1),
+            )
+        if e.same_unit and active > 0:
+            first, last = token_span(0)
+            tokens.widen(token, t0 + first, t0 + last)
+        if e.parent_child:
+            for level in range(active):
+                first, last = token_span(level)
+                tokens.widen(kind == KIND_HEAD0 + level, t0 + first, t0 + last)
+        ranges.append(torch.stack([tokens.first, tokens.last], dim=-1))
+        for segment in range(active):
+            offset = layout.head_offsets[segment]
+            capacity = layout.head_capacity[segment]
+            heads = Hull()
+            is_segment_head = kind == KIND_HEAD0 + segment
+            if e.parent_child:
+                below = (kind >= KIND_TOKEN) & (kind < KIND_HEAD0 + segment)
+                heads.widen(below, offset + unit[segment], offset + unit[segment])
+                for level in range(segment + 1, active):
+                    first, last = member_span(segment, level)
+                    heads.widen(kind == KIND_HEAD0 + level, offset + first, offset + last)
+            if e.siblings:
+                if segment + 1 < active:
+                    first, last = member_span(segment, segment + 1)
+                    heads.widen(is_segment_head, offset + first, offset + last)
+                else:
+                    heads.widen(
+                        is_segment_head,
+                        torch.full_like(slot, offset),
+                        torch.full_like(slot, offset + capacity - 1),
+                    )
+            if e.neighbour_units > 0:
+                own = unit[segment]
+                heads.widen(
+                    is_segment_head,
+                    offset + (own - e.neighbour_units).clamp(min=0),
+                    offset + (own + e.neighbour_units).clamp(max=capacity - 1),
+                )
+            ranges.append(torch.stack([heads.first, heads.last], dim=-1))
+        return torch.stack(ranges, dim=2)
 
 
 class AttentionBackend:
@@ -363,10 +538,96 @@ def block_density(mask: Tensor, block_size: int) -> float:
     return tiles.float().mean().item()
 
 
-def make_backend(name: str, pattern: AttentionPattern) -> AttentionBackend:
-    """Backend by config name: 'dense' or 'flex'."""
+@dataclass
+class SparseLayout:
+    """What `SparseBlockBackend.prepare` computes once per layout.
+
+    Attributes:
+        key_blocks: (B, nb, K) long, the key blocks gathered for each query block (padded with block 0).
+        mask: (B * nb, 1, bs, K * bs) bool, the pattern's edges between each query block and its gathered
+            keys (False on padding blocks and on key slots beyond S).
+        size: S.
+        block_size: bs.
+    """
+
+    key_blocks: Tensor
+    mask: Tensor
+    size: int
+    block_size: int
+
+
+class SparseBlockBackend(AttentionBackend):
+    """Block-sparse attention that runs anywhere, backward included (plain autograd ops).
+
+    The slots are cut into blocks of `block_size`; for each query block, only the key blocks that the
+    pattern may connect it to (`AttentionPattern.key_block_mask`, computed from per-slot intervals in
+    O(B S), never from the S x S mask) are gathered, the exact edge rule is evaluated on those pairs only,
+    and `scaled_dot_product_attention` runs on (query block, gathered keys). Work and memory grow with
+    S * K * bs instead of S^2, where K is the largest number of key blocks a query block needs.
+    """
+
+    def __init__(self, pattern: AttentionPattern, block_size: int = 64) -> None:
+        super().__init__(pattern)
+        self.block_size = block_size
+
+    def prepare(self, layout: HierarchyLayout) -> SparseLayout:
+        batch, size = layout.kind.shape
+        device = layout.kind.device
+        bs = self.block_size
+        needed = self.pattern.key_block_mask(layout, bs)  # (B, nb, nb)
+        blocks = needed.shape[1]
+        counts = needed.sum(dim=-1)  # (B, nb)
+        width = int(counts.max())
+        # Needed blocks first, in block order (a stable sort of "not needed").
+        key_blocks = torch.sort((~needed).to(torch.uint8), dim=-1, stable=True).indices[..., :width]
+        present = torch.arange(width, device=device) < counts[..., None]  # (B, nb, K)
+        key_blocks = torch.where(present, key_blocks, 0)
+        key_slot = key_blocks[..., None] * bs + torch.arange(bs, device=device)  # (B, nb, K, bs)
+        key_ok = (present[..., None] & (key_slot < size)).flatten(2)  # (B, nb, K*bs)
+        key_slot = key_slot.flatten(2).clamp(max=size - 1)  # (B, nb, K*bs)
+        query_slot = torch.arange(blocks * bs, device=device).view(blocks, bs)  # (nb, bs)
+        b = torch.arange(batch, device=device)[:, None, None, None]
+        qi = query_slot.clamp(max=size - 1)[None, :, :, None]  # (1, nb, bs, 1)
+        kj = key_slot[:, :, None, :]  # (B, nb, 1, K*bs)
+        mask = self.pattern.rule(self.pattern.slot_keys(layout), b, qi, kj) & key_ok[:, :, None, :]
+        # Query rows beyond S are dropped after attention; one key keeps their softmax finite.
+        padding_row = (query_slot >= size)[None, :, :, None]
+        first_key = torch.arange(width * bs, device=device) == 0
+        mask = mask | (padding_row & first_key)  # (B, nb, bs, K*bs)
+        return SparseLayout(key_blocks, mask.flatten(0, 1)[:, None], size, bs)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, prepared: object, dropout: float = 0.0) -> Tensor:
+        assert isinstance(prepared, SparseLayout)
+        batch, heads, size, dim = q.shape
+        bs = prepared.block_size
+        blocks, width = prepared.key_blocks.shape[1:]
+        pad = blocks * bs - size
+
+        def blocked(x: Tensor) -> Tensor:
+            x = F.pad(x, (0, 0, 0, pad))  # (B, H, nb*bs, Dh)
+            return x.view(batch, heads, blocks, bs, dim).transpose(1, 2)  # (B, nb, H, bs, Dh)
+
+        rows = torch.arange(batch, device=q.device)[:, None, None]
+
+        def gathered(x: Tensor) -> Tensor:
+            picked = blocked(x)[rows, prepared.key_blocks]  # (B, nb, K, H, bs, Dh)
+            picked = picked.permute(0, 1, 3, 2, 4, 5)  # (B, nb, H, K, bs, Dh)
+            return picked.reshape(batch * blocks, heads, width * bs, dim)
+
+        queries = blocked(q).reshape(batch * blocks, heads, bs, dim)  # (B*nb, H, bs, Dh)
+        out = F.scaled_dot_product_attention(
+            queries, gathered(k), gathered(v), attn_mask=prepared.mask, dropout_p=dropout
+        )  # (B*nb, H, bs, Dh)
+        out = out.view(batch, blocks, heads, bs, dim).transpose(1, 2)  # (B, H, nb, bs, Dh)
+        return out.reshape(batch, heads, blocks * bs, dim)[:, :, :size]
+
+
+def make_backend(name: str, pattern: AttentionPattern, block_size: int = 64) -> AttentionBackend:
+    """Backend by config name: 'dense', 'sparse' or 'flex'."""
     if name == "dense":
         return DenseMaskBackend(pattern)
+    if name == "sparse":
+        return SparseBlockBackend(pattern, block_size)
     if name == "flex":
         return FlexBackend(pattern)
-    raise ValueError(f"model.backend: expected 'dense' or 'flex', got {name!r}")
+    raise ValueError(f"model.backend: expected 'dense', 'sparse' or 'flex', got {name!r}")

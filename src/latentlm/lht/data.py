@@ -14,13 +14,14 @@ import hashlib
 import os
 import random
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from latentlm.core.cli import UserError
 from latentlm.data.cache import cached_arrays, content_hash
 from latentlm.data.documents import (
     Document,
@@ -30,66 +31,10 @@ from latentlm.data.documents import (
     stream_hf_documents,
 )
 from latentlm.data.paths import data_root
-from latentlm.lht.masking import MaskingConfig, mask_tokens
+from latentlm.lht.config import DataConfig, MaskingConfig, SourceConfig
+from latentlm.lht.masking import mask_tokens
 
 GOLD_KINDS = ("sentence", "paragraph", "section")
-SOURCE_KINDS = ("rst", "plain", "hf")
-
-
-@dataclass
-class SourceConfig:
-    """One document source of the pretraining mix."""
-
-    kind: str = "rst"  # 'rst' (folder of reST files), 'plain' (text file), 'hf' (streamed dataset)
-    path: str = "pydocs"  # rst/plain: path; relative paths are looked up under $LATENTLM_DATA
-    name: str = ""  # hf: dataset name (e.g. wikimedia/wikipedia) or builder ('json', 'text')
-    hf_config: str = ""  # hf: dataset configuration ('' = none)
-    split: str = "train"  # hf: split
-    text_field: str = "text"  # hf: column holding the document text
-    probability: float = 1.0  # share of draws from this source
-    paragraphs_per_document: int = 40  # plain: paragraphs per document
-    limit: int = 0  # at most this many documents from the source (0 = all; needed for large hf sets)
-
-    def __post_init__(self) -> None:
-        if self.kind not in SOURCE_KINDS:
-            raise ValueError(f"data.sources.kind: expected one of {SOURCE_KINDS}, got {self.kind!r}")
-        if self.kind == "hf" and not self.name:
-            raise ValueError("data.sources.name: an 'hf' source needs a dataset name")
-        if self.probability < 0:
-            raise ValueError(f"data.sources.probability: must be >= 0, got {self.probability}")
-
-
-def _default_sources() -> list[SourceConfig]:
-    return [
-        SourceConfig(kind="rst", path="pydocs", probability=0.8),
-        SourceConfig(kind="plain", path="tinyshakespeare/input.txt", probability=0.2),
-    ]
-
-
-@dataclass
-class DataConfig:
-    """Where documents come from and how they become training chunks."""
-
-    sources: list[SourceConfig] = field(default_factory=_default_sources)  # the interleaved mix
-    tokenizer: str = "minilm"  # WordPiece tokenizer (alias, path or hub id; needs [MASK])
-    max_length: int = 8192  # tokens per chunk (longer documents are cut into several chunks)
-    min_length: int = 16  # chunks shorter than this are dropped
-    heldout_fraction: float = 0.1  # share of documents kept for evaluation (by a hash of their name)
-    max_documents: int = 0  # documents drawn from the mix (0 = until every source is exhausted)
-    mix_seed: int = 0  # seed of the source-choosing draws
-    cache_dir: str = ".cache/latentlm/lht"  # tokenized corpora are cached here
-    masking: MaskingConfig = field(default_factory=MaskingConfig)  # BERT 80/10/10
-
-    def __post_init__(self) -> None:
-        if not self.sources:
-            raise ValueError("data.sources: give at least one source")
-        if self.max_length < self.min_length or self.min_length < 1:
-            raise ValueError(
-                f"data.max_length/min_length: need 1 <= min_length <= max_length, got "
-                f"{self.min_length}, {self.max_length}"
-            )
-        if not 0.0 <= self.heldout_fraction < 1.0:
-            raise ValueError(f"data.heldout_fraction: must be in [0, 1), got {self.heldout_fraction}")
 
 
 @dataclass
@@ -121,13 +66,38 @@ def resolve_path(path: str) -> Path:
     )
 
 
+def check_text_file(path: Path) -> None:
+    """Refuse a file that is not UTF-8 text, naming the file and the byte offset of the first bad byte."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text (invalid byte at offset {err.start})") from err
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        raise UserError(f"{path}: not text (NUL byte at offset {nul})")
+
+
+def rst_files(root: Path) -> list[Path]:
+    """The reST files `read_rst_documents` reads below `root`."""
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.name.endswith((".rst.txt", ".rst")))
+
+
 def read_source(source: SourceConfig) -> Iterable[Document]:
-    """The documents of one source (a list, or a stream for 'hf')."""
+    """The documents of one source (a list, or a stream for 'hf'); local files must be UTF-8 text."""
     limit = source.limit or None
     if source.kind == "rst":
-        docs = read_rst_documents(resolve_path(source.path))
+        root = resolve_path(source.path)
+        for path in rst_files(root):
+            check_text_file(path)
+        docs = read_rst_documents(root)
     elif source.kind == "plain":
-        docs = read_plain_documents(resolve_path(source.path), source.paragraphs_per_document)
+        path = resolve_path(source.path)
+        if path.is_file():
+            check_text_file(path)
+        docs = read_plain_documents(path, source.paragraphs_per_document)
     else:
         return stream_hf_documents(
             source.name, source.hf_config or None, source.split, source.text_field, limit=limit
@@ -267,18 +237,49 @@ class ChunkDataset(Dataset):
         return len(self.chunks)
 
     def __getitem__(self, index: int) -> dict:
-        return {"index": index, "ids": self.chunks[index].ids}
+        return chunk_item(self.chunks[index], index)
+
+
+def chunk_item(chunk: Chunk, index: int) -> dict:
+    """What `pad_batch` collates: the chunk's ids, its gold unit starts and its index."""
+    return {"index": index, "ids": chunk.ids, "gold": chunk.gold}
 
 
 def pad_batch(items: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad chunks to the longest one: `input_ids` (B, N) and `attention_mask` (B, N) bool."""
+    """Right-pad chunks to the longest one.
+
+    Returns:
+        `input_ids` (B, N), `attention_mask` (B, N) bool and, when the items carry gold positions,
+        `gold_<kind>` (B, N) bool flags of the tokens that start a gold unit of each kind.
+    """
     length = max(len(item["ids"]) for item in items)
     ids = torch.full((len(items), length), pad_token_id, dtype=torch.long)
     valid = torch.zeros((len(items), length), dtype=torch.bool)
     for row, item in enumerate(items):
         ids[row, : len(item["ids"])] = torch.as_tensor(item["ids"])
         valid[row, : len(item["ids"])] = True
-    return {"input_ids": ids, "attention_mask": valid}
+    batch = {"input_ids": ids, "attention_mask": valid}
+    if all("gold" in item for item in items):
+        for kind in GOLD_KINDS:
+            flags = torch.zeros((len(items), length), dtype=torch.bool)
+            for row, item in enumerate(items):
+                flags[row, torch.as_tensor(item["gold"][kind], dtype=torch.long)] = True
+            batch[f"gold_{kind}"] = flags
+    return batch
+
+
+def gold_level_flags(batch: dict[str, torch.Tensor], num_levels: int) -> list[torch.Tensor]:
+    """Gold unit starts per level for the oracle (`hierarchy.boundaries: gold`), nested by construction.
+
+    Level 1 starts at every sentence, paragraph or section start; level 2 at paragraph or section starts;
+    level 3 and above at section starts. Returns one (B, N) bool tensor per level.
+    """
+    if "gold_sentence" not in batch:
+        raise ValueError("model.hierarchy.boundaries: 'gold' needs batches with gold unit starts")
+    section = batch["gold_section"]
+    paragraph = batch["gold_paragraph"] | section
+    sentence = batch["gold_sentence"] | paragraph
+    return [(sentence, paragraph, section)[min(level, 2)] for level in range(num_levels)]
 
 
 def masked_batch(
