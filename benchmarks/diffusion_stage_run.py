@@ -53,16 +53,14 @@ def main() -> None:
     if not (data / "tokens" / "meta.json").is_file():
         commands["precompute"] = [
             "precompute-latents",
-            f"corpus={data_dir() / 'pydocs'}",
-            "corpus_format=pydocs",
-            f"out_dir={data}",
-            "seq_len=40",
-            "max_words=24",
+            "configs/diffusion/rwkv_mmdit.yaml",
+            f"data.token_dir={data / 'tokens'}",
+            f"data.latent_dir={data / 'latents'}",
+            f"data.prepare.corpus={data_dir() / 'pydocs'}",
         ]
         seconds["precompute"] = _run(commands["precompute"])
     common = [
-        "--config-name",
-        "rwkv_mmdit",
+        "configs/diffusion/rwkv_mmdit.yaml",
         f"data.token_dir={data / 'tokens'}",
         f"data.latent_dir={data / 'latents'}",
         *args.extra,
@@ -72,9 +70,9 @@ def main() -> None:
         "train",
         *common,
         f"run_dir={stage1}",
-        f"training.max_steps={args.stage1_steps}",
-        f"training.eval_every={max(args.stage1_steps // 4, 1)}",
-        f"training.checkpoint_every={max(args.stage1_steps // 4, 1)}",
+        f"train.max_steps={args.stage1_steps}",
+        f"train.eval_every={max(args.stage1_steps // 4, 1)}",
+        f"train.checkpoint_every={max(args.stage1_steps // 4, 1)}",
     ]
     if not _trained(stage1, args.stage1_steps):
         seconds["stage1_train"] = _run(commands["stage1_train"])
@@ -84,14 +82,14 @@ def main() -> None:
         "train",
         *common,
         f"run_dir={stage2}",
-        "training.stage_schedule=stage2_variational",
+        "train.stage_schedule=stage2_variational",
         "data.use_external_latents=false",
         f"model.checkpoint_path={stage1}",
-        f"training.max_steps={args.stage2_steps}",
-        "training.warmup_steps=20",
-        f"training.unfreeze_after_steps={args.unfreeze_after}",
-        f"training.eval_every={max(args.stage2_steps // 2, 1)}",
-        f"training.checkpoint_every={max(args.stage2_steps // 2, 1)}",
+        f"train.max_steps={args.stage2_steps}",
+        "train.warmup_steps=20",
+        f"train.unfreeze_after_steps={args.unfreeze_after}",
+        f"train.eval_every={max(args.stage2_steps // 2, 1)}",
+        f"train.checkpoint_every={max(args.stage2_steps // 2, 1)}",
     ]
     if not _trained(stage2, args.stage2_steps):
         seconds["stage2_train"] = _run(commands["stage2_train"])
@@ -99,7 +97,7 @@ def main() -> None:
     seconds["stage2_eval"] = _run(commands["stage2_eval"])
 
     def summary(run: Path) -> dict:
-        metrics = json.loads((run / "eval_metrics.json").read_text())
+        metrics = json.loads((run / "eval" / "metrics.json").read_text())
         records = [
             json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()
         ]

@@ -27,9 +27,9 @@ from latentlm.core.bench import save_results
 from latentlm.core.config import load_config
 from latentlm.diffusion.config import DiffusionConfig
 from latentlm.diffusion.data import DirectFileDataset
-from latentlm.diffusion.denoiser import LatentDiffusionLM
+from latentlm.diffusion.model import LatentDiffusionLM
 from latentlm.diffusion.sampling import sample_text_from_latent
-from latentlm.diffusion.training import DiffusionTask
+from latentlm.diffusion.task import DiffusionTask
 
 
 def _batches(dataset: DirectFileDataset, task: DiffusionTask, batch_size: int, length: int, count: int):
@@ -106,7 +106,7 @@ def main() -> None:
         }
         for mixer in ("rwkv", "attention"):
             torch.manual_seed(0)
-            config = dataclasses.replace(task.denoiser_config, sequence_mixer=mixer, seq_len=max(length, 40))
+            config = dataclasses.replace(task.model_config, sequence_mixer=mixer, seq_len=max(length, 40))
             model = LatentDiffusionLM(config)
             row[f"{mixer}_params"] = sum(p.numel() for p in model.parameters())
             row[f"{mixer}_train_tokens_per_s"] = _train_rate(model, task, batches)
@@ -121,7 +121,7 @@ def main() -> None:
         )
         rows.append(row)
         print(row, flush=True)
-    c = task.denoiser_config
+    c = task.model_config
     save_results(
         "diffusion_throughput",
         {

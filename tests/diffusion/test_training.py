@@ -11,7 +11,8 @@ from latentlm.core.engine import Trainer
 from latentlm.core.run import RunDir
 from latentlm.diffusion.config import DiffusionConfig
 from latentlm.diffusion.data import DirectFileDataset, collate_batch
-from latentlm.diffusion.training import DiffusionTask, stream_of
+from latentlm.diffusion.model import stream_of
+from latentlm.diffusion.task import DiffusionTask
 
 
 def _task(overrides, run=None):
@@ -38,10 +39,10 @@ def test_every_mode_gives_finite_losses_and_gradients_only_where_trainable(
     torch.manual_seed(0)
     overrides = [
         *tiny_overrides,
-        f"training.stage_schedule={stage}",
-        f"training.loss_type={mode}",
+        f"train.stage_schedule={stage}",
+        f"train.loss_type={mode}",
         "loss.geom_weight=0.5",
-        "training.clean_cond_prob=0.0",
+        "train.clean_cond_prob=0.0",
     ]
     if stage == "stage2_variational":
         overrides.append("data.use_external_latents=false")
@@ -74,8 +75,8 @@ def test_sequential_schedule_phases(tiny_overrides):
     task = _task(
         [
             *tiny_overrides,
-            "training.loss_type=sequential",
-            "training.sequential_schedule=[{type: stage1_coupling, steps: 2}, {type: l2t, steps: 1},"
+            "train.loss_type=sequential",
+            "train.sequential_schedule=[{type: stage1_coupling, steps: 2}, {type: l2t, steps: 1},"
             " {type: t2l, steps: 3}]",
         ]
     )
@@ -86,25 +87,25 @@ def _train(overrides, run_path):
     cfg = load_config(DiffusionConfig, None, overrides)
     run = RunDir(run_path, tensorboard=False)
     task = DiffusionTask(cfg, run)
-    trainer = Trainer(task, cfg.training, run)
+    trainer = Trainer(task, cfg.train, run)
     trainer.fit()
     return trainer, task, run
 
 
 def test_stage2_starts_from_stage1_checkpoint_and_unfreezes_on_schedule(tiny_overrides, tiny_data):
     stage1_dir = tiny_data["root"] / "stage1"
-    _train([*tiny_overrides, "training.max_steps=2"], stage1_dir)
+    _train([*tiny_overrides, "train.max_steps=2"], stage1_dir)
     stage1 = load_tensors(RunDir(stage1_dir, tensorboard=False).latest_checkpoint() / "model.safetensors")
 
     patterns = ["rwkv.*time_mix"]
     stage2_overrides = [
         *tiny_overrides,
-        "training.stage_schedule=stage2_variational",
+        "train.stage_schedule=stage2_variational",
         "data.use_external_latents=false",
         f"model.checkpoint_path={stage1_dir}",
-        "training.unfreeze_after_steps=2",
-        f"training.unfreeze_patterns={patterns}",
-        "training.param_log_every=1",
+        "train.unfreeze_after_steps=2",
+        f"train.unfreeze_patterns={patterns}",
+        "train.param_log_every=1",
     ]
     task = _task(stage2_overrides)
     model = task.build_model()
@@ -124,7 +125,7 @@ def test_stage2_starts_from_stage1_checkpoint_and_unfreezes_on_schedule(tiny_ove
     assert task._apply_unfreeze_policy(model, 3) == []
 
     # Train 3 steps: step 0-1 frozen denoiser, step 2 unfreezes time_mix.
-    trainer, _, run = _train([*stage2_overrides, "training.max_steps=3"], tiny_data["root"] / "stage2")
+    trainer, _, run = _train([*stage2_overrides, "train.max_steps=3"], tiny_data["root"] / "stage2")
     final = trainer.model.state_dict()
     for name, value in final.items():
         if name.startswith("rwkv.") and "time_mix" not in name:
@@ -154,3 +155,23 @@ def test_bad_checkpoint_path_is_named(tiny_overrides, tmp_path):
     task = _task([*tiny_overrides, f"model.checkpoint_path={tmp_path / 'nope'}"])
     with pytest.raises(FileNotFoundError, match="model.checkpoint_path"):
         task.build_model()
+
+
+def test_compact_vocab_round_trips_training_tokens_and_counts_unk(tiny_data):
+    import numpy as np
+
+    from latentlm.diffusion.data import CompactVocab, read_token_meta
+
+    meta = read_token_meta(tiny_data["token_dir"])
+    train = np.load(f"{tiny_data['token_dir']}/train.npy")[:4]
+    vocab = CompactVocab.build(train, meta)
+    seen = set(np.unique(train).tolist()) | {meta.pad_token_id, meta.sep_token_id, meta.mask_token_id, 2}
+    assert len(vocab) == len(seen) < meta.vocab_size
+    # every training token maps to a distinct compact id and back
+    np.testing.assert_array_equal(vocab.original_ids[vocab.id_map[train]], train)
+    # unseen tokens map to [UNK] (tokenizer id 2 in the fixture), and are counted
+    unseen = sorted(set(range(meta.vocab_size)) - seen)
+    assert unseen and all(vocab.original_ids[vocab.id_map[u]] == 2 for u in unseen)
+    val = np.load(f"{tiny_data['token_dir']}/val.npy")
+    expected = sum(int(t) in unseen for t in val.ravel())
+    assert vocab.unknown_count(val, meta) == expected

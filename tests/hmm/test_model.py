@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch.testing import assert_close
 
+from latentlm.hmm.config import HMMConfig
 from latentlm.hmm.estimate import count_estimate, em_step
-from latentlm.hmm.model import HMMConfig, HMMLanguageModel
+from latentlm.hmm.model import HMMLanguageModel
 
 
 @pytest.mark.parametrize("parameterization", ["dense", "neural"])

@@ -16,11 +16,11 @@ Notation (per head): ``r_t, k_t, w_t in R^K``, ``v_t in R^V``, state ``S in R^{K
 so that position ``s != t`` contributes ``r_t^T diag(prod_{j strictly between s and t} w_j) k_s v_s^T``.
 
 Two implementations of the past-only scan are given and tested equal in float64:
-``wkv_naive`` (one step per token, ``T`` sequential steps) and ``wkv_chunked`` (the exact chunkwise
-form: the sequence is cut into ``N = T / C`` chunks; the recurrence runs inside all chunks in parallel
-for ``C`` steps from a zero state, then a state recurrence over the ``N`` chunks adds what enters each
-chunk, so ``C + N`` sequential steps instead of ``T``).  All exponents are sums of ``log_w`` and hence
-``<= 0``, so nothing overflows.
+``wkv_naive`` (one step per token, ``T`` sequential steps) and ``wkv_chunked`` (the gated-linear-
+attention chunk form, Yang et al. 2024: inside a chunk the decayed scores are one matmul, between
+chunks a recurrence over ``N = T / C`` states; all heavy work is matmuls and only ``N`` steps are
+sequential).  On CUDA, ``impl="fla"`` uses the ``flash-linear-attention`` kernels when that optional
+package is installed (RWKV-6 chunk kernel with zero bonus), else the chunked form.
 """
 
 from __future__ import annotations
@@ -31,10 +31,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+DEFAULT_CHUNK_SIZE = 32
+"""Chunk length of the chunked WKV when ``model.wkv_chunk_size = 0`` (fastest on our CPU, see docs)."""
+LOG_DECAY_MIN = -5.0
+"""Smallest per-token log decay (a channel keeps at least e^-5 = 0.7 % of its state per token)."""
+
 __all__ = [
     "bidirectional_wkv",
     "wkv_naive",
     "wkv_chunked",
+    "wkv_fla",
+    "fla_available",
     "TimeMixStream",
     "JointTimeMix",
     "ChannelMix",
@@ -88,14 +95,36 @@ def wkv_naive(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_w: torch.Te
     return _scan_from_zero(r, k, v, log_w, dim=2)[0]
 
 
+def _max_chunk_span(log_w: torch.Tensor, chunk_size: int) -> float:
+    """Largest total log-decay magnitude inside one chunk (over batch, heads, chunks and channels)."""
+    B, H, T, K = log_w.shape
+    pad = (-T) % chunk_size
+    padded = F.pad(log_w, (0, 0, 0, pad)) if pad else log_w
+    return float(-padded.reshape(B, H, -1, chunk_size, K).sum(3).min())
+
+
 def wkv_chunked(
     r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_w: torch.Tensor, chunk_size: int = 32
 ) -> torch.Tensor:
-    """Past-only WKV scan in exact chunked-parallel form (same result as ``wkv_naive``).
+    """Past-only WKV scan in the gated-linear-attention chunk form (same result as ``wkv_naive``).
+
+    The sequence is cut into ``N = T / C`` chunks. With ``A_t`` the within-chunk cumulative log decay
+    (inclusive) and a reference ``A_ref`` in the middle of each chunk:
+
+    * intra-chunk, one masked matmul pair per chunk:
+      ``y_t += sum_{s<t} (r_t e^{A_{t-1} - A_ref}) . (k_s e^{A_ref - A_s}) v_s``
+      (the product of the two factors is ``e^{A_{t-1} - A_s} <= 1``: the decay between s and t);
+    * what a chunk adds to the state: ``(k e^{A_C - A})^T v`` (a (K, C) @ (C, V) matmul);
+    * inter-chunk: a recurrence over the N chunk states, then ``y_t += (r_t e^{A_{t-1}}) S_n``.
+
+    The split factors ``e^{+-(A - A_ref)}`` are bounded by the total decay inside a chunk; when that
+    comes within 10 of the dtype's exponent range (float32: 78, float64: 699) the chunk size is halved
+    (down to 1, where the form is the plain recurrence), so the result stays exact for any decay.
+    Products for ``s >= t`` may overflow; they are masked out before use (their gradient is zero).
 
     Args:
         r, k, v, log_w: as in ``wkv_naive``.
-        chunk_size: tokens per chunk ``C``; about ``sqrt(T)`` minimises the ``C + T / C`` sequential steps.
+        chunk_size: tokens per chunk ``C`` (capped at T).
 
     Returns:
         y: (B, H, T, V).
@@ -105,25 +134,31 @@ def wkv_chunked(
         raise ValueError(f"wkv_chunked: chunk_size must be >= 1, got {chunk_size}")
     B, H, T, K = r.shape
     V = v.shape[-1]
-    C = chunk_size
+    C = min(chunk_size, T)
+    limit = math.log(torch.finfo(r.dtype).max) - 10.0
+    while C > 1 and _max_chunk_span(log_w.detach(), C) > limit:
+        C //= 2
     pad = (-T) % C
     if pad:
-        # Zero keys/values and zero log-decay after the end change nothing before it.
+        # Zero r/k/v and zero log-decay after the end change nothing before it.
         r, k, log_w = (F.pad(x, (0, 0, 0, pad)) for x in (r, k, log_w))
         v = F.pad(v, (0, 0, 0, pad))
     N = (T + pad) // C
-    r, k, log_w = (x.reshape(B, H, N, C, K) for x in (r, k, log_w))
-    v = v.reshape(B, H, N, C, V)
+    r, k, log_w = (x.reshape(B, H, N, C, K) for x in (r, k, log_w))  # (B, H, N, C, K)
+    v = v.reshape(B, H, N, C, V)  # (B, H, N, C, V)
 
-    # Intra-chunk: the recurrence from a zero state, run for C steps in all N chunks at once.
-    y, chunk_kv = _scan_from_zero(r, k, v, log_w, dim=3)  # (B, H, N, C, V), (B, H, N, K, V)
-    # chunk_kv = sum_s diag(prod_{j > s in the chunk} w_j) k_s v_s^T: what each chunk adds to the state.
+    cum = log_w.cumsum(dim=3)  # A_t, (B, H, N, C, K)
+    cum_excl = cum - log_w  # A_{t-1}
+    ref = cum_excl[:, :, :, C // 2 : C // 2 + 1]  # (B, H, N, 1, K)
+    # Intra-chunk: decayed scores as one matmul, strictly causal inside the chunk.
+    scores = (r * (cum_excl - ref).exp()) @ (k * (ref - cum).exp()).transpose(-1, -2)  # (B, H, N, C, C)
+    causal = torch.ones(C, C, dtype=torch.bool, device=r.device).tril(-1)
+    y = scores.masked_fill(~causal, 0.0) @ v  # (B, H, N, C, V)
 
-    # Inter-chunk: state entering each chunk, then its contribution r_t^T diag(exp A_{t-1}) S_n with
-    # A_{t-1} = sum of log w before t inside the chunk (<= 0, so nothing overflows).
-    cum = log_w.cumsum(dim=3)  # (B, H, N, C, K)
-    cum_excl = cum - log_w
-    chunk_decay = cum[:, :, :, -1].exp()  # (B, H, N, K)
+    # Inter-chunk: what each chunk adds to the state, a recurrence over chunks, then its read-out.
+    total = cum[:, :, :, -1:]  # (B, H, N, 1, K)
+    chunk_kv = (k * (total - cum).exp()).transpose(-1, -2) @ v  # (B, H, N, K, V)
+    chunk_decay = total.squeeze(3).exp()  # (B, H, N, K)
     states = []
     state = r.new_zeros(B, H, K, V)
     for n in range(N):
@@ -132,6 +167,39 @@ def wkv_chunked(
     entering = torch.stack(states, dim=2)  # (B, H, N, K, V)
     y = y + (r * cum_excl.exp()) @ entering
     return y.reshape(B, H, N * C, V)[:, :, :T]
+
+
+def fla_available(device: torch.device) -> bool:
+    """True on CUDA when the optional ``flash-linear-attention`` package (``fla``) is importable."""
+    if device.type != "cuda":
+        return False
+    try:
+        import fla.ops.rwkv6  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def wkv_fla(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_w: torch.Tensor) -> torch.Tensor:
+    """Past-only WKV with flash-linear-attention's RWKV-6 chunk kernel (CUDA), bonus u = 0.
+
+    RWKV-6's output is ``r_t^T (S_{t-1} + diag(u) k_t v_t^T)``, so with ``u = 0`` it is exactly
+    ``wkv_naive``'s ``r_t^T S_{t-1}``.  Inputs and output are (B, H, T, .) as in ``wkv_naive``.
+    """
+    import inspect
+
+    from fla.ops.rwkv6 import chunk_rwkv6
+
+    _check_wkv_inputs(r, k, v, log_w)
+    u = r.new_zeros(r.shape[1], r.shape[3])  # (H, K)
+    if "head_first" in inspect.signature(chunk_rwkv6).parameters:
+        out = chunk_rwkv6(r, k, v, log_w, u, scale=1.0, head_first=True)
+        return out[0] if isinstance(out, tuple) else out
+    # Newer releases take (B, T, H, K) only.
+    r, k, v, log_w = (x.transpose(1, 2).contiguous() for x in (r, k, v, log_w))  # (B, T, H, .)
+    out = chunk_rwkv6(r, k, v, log_w, u, scale=1.0)
+    out = out[0] if isinstance(out, tuple) else out
+    return out.transpose(1, 2)  # (B, H, T, V)
 
 
 def bidirectional_wkv(
@@ -148,18 +216,24 @@ def bidirectional_wkv(
     Args:
         r, k, v, log_w: as in ``wkv_naive``.
         u: bonus for the current token, broadcastable to (B, H, T, K) (e.g. (H, 1, K) or per token).
-        impl: ``"chunked"`` or ``"naive"``.
+        impl: ``"chunked"``, ``"naive"`` or ``"fla"`` (flash-linear-attention on CUDA when installed,
+            else ``"chunked"``).
         chunk_size: chunk length for ``"chunked"``.
 
     Returns:
         y: (B, H, T, V).
     """
-    if impl not in ("chunked", "naive"):
-        raise ValueError(f"bidirectional_wkv: impl must be 'chunked' or 'naive', got {impl!r}")
+    if impl not in ("chunked", "naive", "fla"):
+        raise ValueError(f"bidirectional_wkv: impl must be 'chunked', 'naive' or 'fla', got {impl!r}")
     B = r.shape[0]
     # Both directions in one scan: the reversed sequence is stacked on the batch dimension.
     both = [torch.cat([x, x.flip(2)], dim=0) for x in (r, k, v, log_w)]
-    scanned = wkv_chunked(*both, chunk_size) if impl == "chunked" else wkv_naive(*both)
+    if impl == "fla" and fla_available(r.device):
+        scanned = wkv_fla(*both)
+    elif impl == "naive":
+        scanned = wkv_naive(*both)
+    else:
+        scanned = wkv_chunked(*both, chunk_size)
     forward, backward = scanned[:B], scanned[B:].flip(2)
     bonus = (r * u * k).sum(-1, keepdim=True) * v  # (B, H, T, V)
     return forward + backward + bonus
@@ -232,7 +306,7 @@ class TimeMixStream(nn.Module):
             "r": heads(self.receptance(x + shift * self.time_maa_r)),
             "k": heads(self.key(x + shift * self.time_maa_k)),
             "v": heads(self.value(x + shift * self.time_maa_v)),
-            "log_w": heads(-decay.clamp(max=10.0).exp()),
+            "log_w": heads(-decay.clamp(max=math.log(-LOG_DECAY_MIN)).exp()),
             "u": self.time_faaaa[None, :, None, :].expand(B, -1, T, -1),
             "g": F.silu(self.gate(x + shift * self.time_maa_g)),
         }
@@ -257,8 +331,8 @@ class JointTimeMix(nn.Module):
     """MMDiT-style joint time mix: each stream has its own projections, one scan runs over both.
 
     The joint sequence is ``[latent tokens; text tokens]``, so latent tokens and text tokens exchange
-    information in both directions inside a single bidirectional WKV.  ``chunk_size=0`` picks about
-    ``sqrt(M + T)``, which minimises the sequential steps of the chunked scan.
+    information in both directions inside a single bidirectional WKV.  ``chunk_size=0`` uses
+    ``DEFAULT_CHUNK_SIZE`` (capped at the joint length).
     """
 
     def __init__(
@@ -267,7 +341,7 @@ class JointTimeMix(nn.Module):
         num_heads: int,
         decay_lora_rank: int = 16,
         impl: str = "chunked",
-        chunk_size: int = 32,
+        chunk_size: int = 0,
     ) -> None:
         super().__init__()
         self.text = TimeMixStream(d_model, num_heads, decay_lora_rank)
@@ -289,7 +363,7 @@ class JointTimeMix(nn.Module):
         joint = {
             name: torch.cat([p_latent[name], p_text[name]], dim=2) for name in ("r", "k", "v", "log_w", "u")
         }
-        chunk = self.chunk_size or max(1, round(math.sqrt(joint["r"].shape[2])))  # 0: about sqrt(length)
+        chunk = self.chunk_size or DEFAULT_CHUNK_SIZE
         y = bidirectional_wkv(**joint, impl=self.impl, chunk_size=chunk)  # (B, H, M+T, K)
         return self.text.finish(y[:, :, M:], p_text["g"]), self.latent.finish(y[:, :, :M], p_latent["g"])
 
