@@ -8,11 +8,13 @@ Each is trained with several seeds and scored on held-out chunks: MLM perplexity
 boundary F1 against gold sentences (±2 tokens) next to random boundaries at the same rate, and the
 document-classification probe (docs folder from the frozen document vector).
 
-`--routers` runs the router candidates instead (the ablation that chose the `learned` settings of the
-YAML; learned routers only, never trained on gold).
+`--pick-routers` first trains the router candidates (`ROUTERS`: learned routers only, never trained on
+gold; seeds `--router-seeds`, disjoint from the ablation's), keeps the one with the lowest mean held-out
+perplexity, and applies its settings to every hierarchical variant (so random / stride / gold boundaries
+enter at the same layers); `--routers` runs only the candidates.
 
-    python3 benchmarks/lht_ablation.py [--seeds 0 1 2] [--steps 150] [--workers 2]
-    python3 benchmarks/lht_ablation.py --routers --seeds 0
+    python3 benchmarks/lht_ablation.py [--seeds 0 1 2] [--steps 150] [--workers 2] [--pick-routers]
+    python3 benchmarks/lht_ablation.py --routers --seeds 10
 
 Results: benchmarks/results/lht_ablation.json (rows: variant, seed, heldout_ppl, f1_l1_sentences,
 f1_l1_random), or lht_routers.json; written after every finished run.
@@ -42,7 +44,6 @@ VARIANTS = {
 }
 
 ROUTERS = {
-    "ratio_4": ["model.hierarchy.target_ratios=[4.0,4.0]"],
     "ratio_26": [],
     "ratio_26_deep": ["model.hierarchy.router_layers=[2,3]"],
     "ratio_26_smooth": ["model.hierarchy.smoothing=4"],
@@ -196,6 +197,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--only", nargs="*", default=None, help="variant names to run")
     parser.add_argument("--routers", action="store_true", help="run the router candidates instead")
+    parser.add_argument("--pick-routers", action="store_true", help="choose the learned routers first")
+    parser.add_argument("--router-seeds", type=int, nargs="+", default=[10])
     parser.add_argument("--cache-dir", default=".cache/latentlm/lht")
     args = parser.parse_args()
     table = ROUTERS if args.routers else VARIANTS
@@ -223,34 +226,63 @@ def main() -> None:
         "for "
         f"{steps} steps of {cfg.batch_size} chunks of <= {cfg.data.max_length} Python-docs tokens "
         f"({steps * cfg.batch_size * cfg.data.max_length:,} token slots), one torch thread, "
-        f"{args.workers} runs at a time; seeds {args.seeds}. Held-out perplexity: {cfg.eval.max_chunks} "
+        f"{args.workers} runs at a time; seeds SEEDS. Held-out perplexity: {cfg.eval.max_chunks} "
         "chunks, fixed BERT masks. F1: level-1 boundaries vs gold sentence starts, tolerance "
         f"±{cfg.eval.tolerance} tokens, position 0 excluded; f1_l1_random: random boundaries at the "
         "variant's own level-1 rate on the same chunks. Probe: logistic regression, 5-fold, on the "
         "frozen document vector. Std is the sample std over seeds. Config: configs/lht/ablation.yaml."
     )
+    chosen: dict = {}
+    with mp.get_context("spawn").Pool(args.workers) as pool:
+        if args.pick_routers and not args.routers:
+            router_jobs = [
+                (name, ROUTERS[name], seed, steps, args.cache_dir)
+                for seed in args.router_seeds
+                for name in ROUTERS
+            ]
+            router_summary = run_jobs(pool, router_jobs, list(ROUTERS), "lht_routers", description, False)
+            best = min(router_summary, key=lambda name: router_summary[name]["heldout_ppl"]["mean"])
+            chosen = {
+                "router": best,
+                "overrides": ROUTERS[best],
+                "by": f"lowest mean held-out perplexity over router seeds {args.router_seeds}",
+            }
+            print(f"chosen router settings: {chosen}", flush=True)
+            jobs = [
+                (name, [*table[name], *ROUTERS[best]], seed, steps, args.cache_dir)
+                for name, _, seed, _, _ in jobs
+            ]
+        run_jobs(pool, jobs, names, result_name, description, not args.routers, chosen)
+
+
+def run_jobs(
+    pool, jobs: list, names: list[str], result_name: str, description: str, with_targets: bool, chosen=None
+) -> dict:
+    """Run the jobs in the pool, saving the JSON after every finished run; returns the summary."""
     rows: list[dict] = []
     extras: list[dict] = []
-    overrides = {name: table[name] for name in names}
-    with mp.get_context("spawn").Pool(args.workers) as pool:
-        for result in pool.imap_unordered(run_variant, jobs):
-            print(result, flush=True)
-            rows.append(result["row"])
-            extras.append(result["extra"])
-            rows.sort(key=lambda r: (names.index(r["variant"]), r["seed"]))
-            summary = summarize(rows, extras)
-            save_results(
-                result_name,
-                {
-                    "description": description,
-                    "steps": steps,
-                    "overrides": overrides,
-                    "rows": rows,
-                    "summary": summary,
-                    "targets": {} if args.routers else targets(summary),
-                    "details": extras,
-                },
-            )
+    summary: dict = {}
+    overrides = {name: next(job[1] for job in jobs if job[0] == name) for name in names}
+    for result in pool.imap_unordered(run_variant, jobs):
+        print(result, flush=True)
+        rows.append(result["row"])
+        extras.append(result["extra"])
+        rows.sort(key=lambda r: (names.index(r["variant"]), r["seed"]))
+        summary = summarize(rows, extras)
+        seeds = sorted({job[2] for job in jobs})
+        payload = {
+            "description": description.replace("SEEDS", str(seeds)),
+            "steps": jobs[0][3],
+            "overrides": overrides,
+            "rows": rows,
+            "summary": summary,
+            "targets": targets(summary) if with_targets else {},
+            "details": extras,
+        }
+        if chosen:
+            payload["router_choice"] = chosen
+        save_results(result_name, payload)
+    return summary
 
 
 if __name__ == "__main__":

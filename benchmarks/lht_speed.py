@@ -111,6 +111,9 @@ def main() -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=[512, 2048, 8192])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--timeout", type=int, default=400, help="seconds per measurement")
+    parser.add_argument(
+        "--dense-mask-up-to", type=int, default=2048, help="longest length timed with the dense-mask backend"
+    )
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -123,6 +126,8 @@ def main() -> None:
         details.append(dense)
         print(dense, flush=True)
         for backend in BACKENDS:
+            if backend == "dense" and length > args.dense_mask_up_to:
+                continue  # an S x S boolean mask at this length takes minutes per step on this CPU
             lht = run_child("lht", backend, length, args.repeats, args.timeout)
             details.append(lht)
             print(lht, flush=True)
@@ -150,7 +155,12 @@ def main() -> None:
                 "'dense' = boolean S x S mask through SDPA, 'sparse' = gathered 64-slot key blocks. The "
                 "machine is shared with other jobs: compare the ratio within one length."
             ),
-            "config": {"repeats": args.repeats, "lengths": args.lengths, "torch_threads": 1},
+            "config": {
+                "repeats": args.repeats,
+                "lengths": args.lengths,
+                "dense_mask_up_to": args.dense_mask_up_to,
+                "torch_threads": 1,
+            },
             "rows": rows,
             "lht_over_dense": summary,
             "details": details,
