@@ -45,9 +45,10 @@ VARIANTS = {
 
 ROUTERS = {
     "ratio_26": [],
-    "ratio_26_deep": ["model.hierarchy.router_layers=[2,3]"],
-    "ratio_26_smooth": ["model.hierarchy.smoothing=4"],
     "ratio_26_weight_1": ["model.hierarchy.ratio_loss_weight=1.0"],
+    "ratio_26_top_k": ["model.hierarchy.selection=top_k"],
+    "ratio_26_top_k_deep": ["model.hierarchy.selection=top_k", "model.hierarchy.router_layers=[2,3]"],
+    "ratio_26_top_k_smooth": ["model.hierarchy.selection=top_k", "model.hierarchy.smoothing=4"],
 }
 
 
