@@ -364,6 +364,8 @@ def diffusion_section(results: Results) -> str:
 
 
 def lht_speed(data: dict) -> str:
+    if data["rows"] and "backend" in data["rows"][0]:
+        return lht_speed_backends(data)
     rows = {(r["model"], r["mode"], r["length"]): r for r in data["rows"] if "error" not in r}
     lines = [
         "| length | mode | dense tok/s | LHT tok/s | LHT / dense | dense peak RSS GB | LHT peak RSS GB "
@@ -394,6 +396,82 @@ def lht_speed(data: dict) -> str:
                 f"| {r['length']} | {r['mode']} ({r['model']}) | not measured: {r['error'][:60]} |||||||"
             )
     return "\n".join(lines)
+
+
+def lht_speed_backends(data: dict) -> str:
+    """Training tokens/s of the LHT per attention backend against the dense encoder, same run."""
+    details = {(d["kind"], d["backend"], d["length"]): d for d in data.get("details", [])}
+
+    def number(value: float | None) -> str:
+        return f"{value:,.0f}" if value else "–"
+
+    rows = []
+    for r in data["rows"]:
+        lht, dense = r["lht_tokens_per_s"], r["dense_tokens_per_s"]
+        detail = details.get(("lht", r["backend"], r["length"]), {})
+        density = detail.get("sparse_block_density")
+        rows.append(
+            [
+                r["length"],
+                r["backend"],
+                number(dense),
+                number(lht),
+                f"{lht / dense:.2f}" if lht and dense else "–",
+                f"{density:.3f}" if density is not None else "–",
+                detail.get("error", "")[:60],
+            ]
+        )
+    header = [
+        "length",
+        "LHT backend",
+        "dense tok/s",
+        "LHT tok/s",
+        "LHT / dense",
+        "key blocks gathered",
+        "error",
+    ]
+    return markdown_table(header, rows)
+
+
+def _mean_std(cell: dict, digits: int) -> str:
+    if not cell or cell.get("mean") is None:
+        return "–"
+    return f"{cell['mean']:.{digits}f} ± {cell['std']:.{digits}f}"
+
+
+def lht_ablation(data: dict) -> str:
+    """Mean ± std over seeds per variant, then the targets with their numbers."""
+    rows = []
+    for name, cell in data["summary"].items():
+        rows.append(
+            [
+                name,
+                cell["heldout_ppl"]["n"],
+                _mean_std(cell["heldout_ppl"], 1),
+                _mean_std(cell["f1_l1_sentences"], 3),
+                _mean_std(cell["f1_l1_random"], 3),
+                _mean_std(cell["l1_tokens_per_unit"], 1),
+                _mean_std(cell["probe_accuracy"], 3),
+            ]
+        )
+    header = [
+        "variant",
+        "seeds",
+        "held-out ppl",
+        "F1 L1 vs sentences",
+        "F1 random, same rate",
+        "tokens / L1 unit",
+        "probe accuracy",
+    ]
+    text = markdown_table(header, rows)
+    targets = data.get("targets") or {}
+    if targets:
+        lines = []
+        for name, target in targets.items():
+            numbers = ", ".join(f"{key} {value:.3f}" for key, value in target.items() if key != "met")
+            lines.append(f"- {name}: {'met' if target['met'] else 'missed'} ({numbers})")
+        text += "\n\n" + "\n".join(lines)
+    return text
 
 
 LHT_VARIANTS = [
@@ -440,6 +518,8 @@ def lht_section(results: Results) -> str:
     parts = []
     for title, name, render in (
         ("speed", "lht_speed", lht_speed),
+        ("ablation", "lht_ablation", lht_ablation),
+        ("router candidates", "lht_routers", lht_ablation),
         ("quality", "lht_quality", lht_quality),
         ("quality, second seed", "lht_quality_seed1", lht_quality),
     ):

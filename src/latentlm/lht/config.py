@@ -15,6 +15,7 @@ from latentlm.core.engine import TrainConfig
 ATTENTION_KINDS = ("hierarchical", "full", "window")
 BACKENDS = ("dense", "sparse", "flex")
 BOUNDARY_MODES = ("learned", "random", "stride", "gold")
+SELECTIONS = ("threshold", "top_k")
 SOURCE_KINDS = ("rst", "plain", "hf")
 
 
@@ -73,6 +74,9 @@ class HierarchyConfig:
     smoothing: int = 0
     """Learned routers: a boundary must also be the largest probability within ±smoothing members
     (non-maximum suppression; spaces units out). 0 = off."""
+    selection: str = "threshold"
+    """Learned routers: 'threshold' (a boundary where p >= 0.5, H-Net) or 'top_k' (the round(n / ratio)
+    members with the highest p: the learned positions at exactly the rate of 'random' and 'stride')."""
 
     def __post_init__(self) -> None:
         if len(self.target_ratios) != len(self.router_layers):
@@ -95,6 +99,10 @@ class HierarchyConfig:
         _at_least("model.hierarchy.capacity_factor", self.capacity_factor, 1.0)
         _at_least("model.hierarchy.ratio_loss_weight", self.ratio_loss_weight, 0.0)
         _at_least("model.hierarchy.smoothing", self.smoothing, 0)
+        if self.selection not in SELECTIONS:
+            raise ValueError(
+                f"model.hierarchy.selection: expected one of {SELECTIONS}, got {self.selection!r}"
+            )
         if self.boundaries not in BOUNDARY_MODES:
             raise ValueError(
                 f"model.hierarchy.boundaries: expected one of {BOUNDARY_MODES}, got {self.boundaries!r}"

@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from latentlm.core.cli import UserError
 from latentlm.data.cache import cached_arrays, content_hash
 from latentlm.data.documents import (
     Document,
@@ -66,38 +65,17 @@ def resolve_path(path: str) -> Path:
     )
 
 
-def check_text_file(path: Path) -> None:
-    """Refuse a file that is not UTF-8 text, naming the file and the byte offset of the first bad byte."""
-    data = path.read_bytes()
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise UserError(f"{path}: not UTF-8 text (invalid byte at offset {err.start})") from err
-    nul = data.find(b"\x00")
-    if nul >= 0:
-        raise UserError(f"{path}: not text (NUL byte at offset {nul})")
-
-
-def rst_files(root: Path) -> list[Path]:
-    """The reST files `read_rst_documents` reads below `root`."""
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.name.endswith((".rst.txt", ".rst")))
-
-
 def read_source(source: SourceConfig) -> Iterable[Document]:
-    """The documents of one source (a list, or a stream for 'hf'); local files must be UTF-8 text."""
+    """The documents of one source (a list, or a stream for 'hf').
+
+    Local files must be UTF-8 text: the readers of `latentlm.data` refuse anything else naming the file
+    and the byte offset.
+    """
     limit = source.limit or None
     if source.kind == "rst":
-        root = resolve_path(source.path)
-        for path in rst_files(root):
-            check_text_file(path)
-        docs = read_rst_documents(root)
+        docs = read_rst_documents(resolve_path(source.path))
     elif source.kind == "plain":
-        path = resolve_path(source.path)
-        if path.is_file():
-            check_text_file(path)
-        docs = read_plain_documents(path, source.paragraphs_per_document)
+        docs = read_plain_documents(resolve_path(source.path), source.paragraphs_per_document)
     else:
         return stream_hf_documents(
             source.name, source.hf_config or None, source.split, source.text_field, limit=limit
@@ -194,7 +172,7 @@ class CorpusSplits:
 def build_corpus(config: DataConfig, tokenizer) -> CorpusSplits:
     """Read, mix, split and tokenize the configured sources (cached by content hash)."""
     key = content_hash(
-        "lht-corpus-v2",
+        "lht-corpus-v3",  # v3: gold spans from latentlm.data.text (the shared splitter and reST reader)
         [vars(s) for s in config.sources],
         config.tokenizer,
         config.max_length,
