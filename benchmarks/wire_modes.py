@@ -21,8 +21,10 @@ import torch
 from latentlm.core.bench import REPO, data_dir, save_results
 from latentlm.core.config import load_config, load_run_config
 from latentlm.wire.config import WireRunConfig
-from latentlm.wire.evaluate import evaluate_wire
-from latentlm.wire.pipeline import build_features, load_lms, load_wire, resolve_examples
+from latentlm.wire.data import resolve_examples
+from latentlm.wire.evaluate import evaluate_wire, load_wire
+from latentlm.wire.features import build_features
+from latentlm.wire.frozen import load_frozen_lms
 
 
 def main() -> None:
@@ -40,8 +42,8 @@ def main() -> None:
     started = time.time()
     results: dict = {"settings": vars(args) | {"config": "configs/wire/squad.yaml"}, "runs": {}}
     cfg = load_config(WireRunConfig, REPO / "configs" / "wire" / "squad.yaml", [f"data.dev_limit={args.dev}"])
-    lms = load_lms(cfg)
-    features, _ = build_features(cfg, lms)
+    lms = load_frozen_lms(cfg.models, cfg.prompt)
+    features, _ = build_features(cfg.encoder, lms, needs_sentence="anchor_budget" in cfg.eval.baselines)
     dev = resolve_examples(cfg.data.dev, "validation", cfg.data.dev_limit, cfg.data.max_context_chars)
     for length in args.lengths:
         wire = None

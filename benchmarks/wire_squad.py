@@ -21,7 +21,10 @@ import torch
 from latentlm.core.bench import REPO, data_dir, save_results
 from latentlm.core.config import load_config
 from latentlm.wire.config import WireRunConfig
-from latentlm.wire.pipeline import build_features, evaluate_run, load_lms, train_wire
+from latentlm.wire.evaluate import evaluate_run
+from latentlm.wire.features import build_features
+from latentlm.wire.frozen import load_frozen_lms
+from latentlm.wire.task import train_wire
 
 
 def main() -> None:
@@ -78,8 +81,9 @@ def main() -> None:
         *args.set,
     ]
     cfg0 = load_config(WireRunConfig, REPO / "configs" / "wire" / "squad.yaml", base)
-    lms = load_lms(cfg0)
-    _, _ = build_features(cfg0, lms)  # fail early if the sentence encoder is missing
+    lms = load_frozen_lms(cfg0.models, cfg0.prompt)
+    # Fail early if the sentence encoder is missing.
+    build_features(cfg0.encoder, lms, needs_sentence="anchor_budget" in cfg0.eval.baselines)
     from latentlm.wire.features import SentenceStates
 
     sentence = SentenceStates.load(cfg0.encoder.sentence_encoder, cfg0.encoder.max_tokens)

@@ -15,9 +15,9 @@ from latentlm.core.config import load_config
 from latentlm.wire.config import EncoderConfig, WireRunConfig
 from latentlm.wire.encoders import EncoderInputs, InterlinguaEncoder
 from latentlm.wire.features import SentenceStates, aligned_embeddings, anchor_relevance, span_overlap
+from latentlm.wire.frozen import content_spans, format_content
 from latentlm.wire.losses import token_reconstruction
-from latentlm.wire.models import content_spans, format_content
-from latentlm.wire.pipeline import train_wire
+from latentlm.wire.task import train_wire
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -9,7 +9,7 @@ import torch
 
 from latentlm.data.squad import load_squad
 from latentlm.wire.features import text_prompts
-from latentlm.wire.models import FrozenLM, format_content
+from latentlm.wire.frozen import FrozenLM, format_content
 
 pytestmark = pytest.mark.real_model
 
@@ -32,7 +32,7 @@ def dev(data_dir):
 
 
 def test_smollm2_generation_from_embeds_equals_ids(dev):
-    from latentlm.wire.models import load_frozen_lm
+    from latentlm.wire.frozen import load_frozen_lm
 
     lm = load_frozen_lm("smollm2", "chat")
     assert not lm.use_bos and lm.tokenizer.decode(lm.parts.prefix).startswith("<|im_start|>system")
@@ -83,7 +83,7 @@ def test_interlingua_alignment_on_real_tokenizers(name):
     """MiniLM (uncased WordPiece) and a byte-level BPE meet on characters: a word that is one token
     in both gets exactly the LLM's embedding of that token; label and special tokens are no candidates."""
     from latentlm.wire.features import SentenceStates, aligned_embeddings, anchor_relevance
-    from latentlm.wire.models import load_frozen_lm
+    from latentlm.wire.frozen import load_frozen_lm
 
     lm = load_frozen_lm(name, "plain")
     sentence = SentenceStates.load("minilm", 64)

@@ -13,13 +13,12 @@ from transformers import BertConfig, BertModel
 from latentlm.core.config import load_config, load_run_config
 from latentlm.core.engine import load_model_weights
 from latentlm.data.synthetic_qa import synthetic_squad
-from latentlm.wire.adapters import WireModel
 from latentlm.wire.config import PhaseConfig, WireRunConfig
-from latentlm.wire.evaluate import evaluate_wire
-from latentlm.wire.features import SentenceStates
-from latentlm.wire.models import FrozenLM, format_content
-from latentlm.wire.pipeline import build_features, evaluate_run, train_wire
-from latentlm.wire.task import is_text_batch, phase_at
+from latentlm.wire.evaluate import evaluate_run, evaluate_wire
+from latentlm.wire.features import SentenceStates, build_features
+from latentlm.wire.frozen import FrozenLM, format_content
+from latentlm.wire.model import WireModel
+from latentlm.wire.task import is_text_batch, phase_at, train_wire
 from tests.wire.conftest import build_model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -78,17 +77,19 @@ def test_run_directory_and_diagnostics(trained):
         model_diag["embed_rms"], rel=0.2
     )  # calibrated (+ affine)
     assert {d["phase"] for d in diags} == {"stage_a", "stage_b"}
-    assert (trained / "best" / "model.safetensors").is_file() and (trained / "wire" / "config.json").is_file()
+    assert (trained / "best" / "model.safetensors").is_file() and (
+        trained / "model" / "config.json"
+    ).is_file()
 
 
 def test_checkpoint_roundtrip_reproduces_eval(trained, tiny_llama, tiny_qwen, sentence):
     lms = [tiny_llama, tiny_qwen]
     cfg = load_run_config(WireRunConfig, trained)
-    saved = WireModel.from_pretrained(trained / "wire").eval()
+    saved = WireModel.from_pretrained(trained / "model").eval()
     rebuilt = WireModel(saved.config)
     latest = sorted((trained / "checkpoints").iterdir(), key=lambda p: int(p.name.split("_")[1]))[-1]
     load_model_weights(rebuilt, latest).eval()
-    features, _ = build_features(cfg, lms, sentence)
+    features, _ = build_features(cfg.encoder, lms, sentence)
     dev = synthetic_squad(5, seed=11)
     pca_texts = [format_content(e.context, e.question) for e in synthetic_squad(6, seed=12)]
     a, rec_a = evaluate_wire(cfg, saved, lms, features, dev, pca_texts, modes=["token_budget"])

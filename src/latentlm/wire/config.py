@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from latentlm.core.engine import TrainConfig
 
-ENCODER_KINDS = ("byte", "stquery", "anchor", "interlingua")
+ENCODER_KINDS = ("byte", "stquery", "anchor", "interlingua", "span")
 ADAPTER_KINDS = ("linear", "mlp")
 SCHEDULES = ("constant", "cosine", "taper")
 
@@ -51,7 +51,8 @@ class EncoderConfig:
 
     kind: str = "stquery"
     """byte | stquery | anchor (anchor-guided: LLM token embeddings + sentence-encoder anchor) |
-    interlingua (per-token codes in LLM-native space, M of them kept)."""
+    interlingua (per-token codes in LLM-native space, M of them kept) | span (context scope: one code
+    per span of `latent.ratio` context tokens)."""
     width: int = 256
     """Hidden width of the encoder transformer and pooler."""
     layers: int = 2
@@ -86,14 +87,23 @@ class EncoderConfig:
 class LatentConfig:
     """Shape of the latent: M soft tokens per model = shared + private slots, each d_z wide."""
 
+    scope: str = "context"
+    """context: the soft tokens carry the context paragraph and the question follows them as text,
+    `[prefix][M soft tokens][question][suffix][anchor]`; prompt: they carry context + question
+    (seed 004's layout, `[prefix][M soft tokens][suffix][anchor]`)."""
+    ratio: int = 4
+    """Span encoder: context tokens per soft token; a paragraph of n encoder tokens gets
+    M = ceil(n / ratio) soft tokens (capped at `length`)."""
     length: int = 32
-    """M, the soft tokens each frozen LLM receives."""
+    """M, the soft tokens each frozen LLM receives (span encoder: the most it may receive)."""
     private_length: int = 0
     """Slots of M private to each model (the rest are shared by all models)."""
     d_z: int = 256
     """Latent width."""
 
     def __post_init__(self):
+        _check_choice("latent.scope", self.scope, ("context", "prompt"))
+        _check_positive("latent.ratio", self.ratio)
         _check_positive("latent.length", self.length)
         _check_positive("latent.d_z", self.d_z)
         if not 0 <= self.private_length < self.length:
@@ -157,6 +167,13 @@ class LossConfig:
     """Pull latent slot 0 (model space) toward the embedding of the gold first answer token (1 - cos)."""
     recon: float = 0.0
     """Reconstruct the prompt embeddings from the latent: soft tokens vs M-segment mean-pooled content."""
+    autoencode: float = 0.0
+    """Context scope: weight of the autoencoding CE (each frozen model regenerates the context from
+    the soft tokens, ICAE's pretraining task)."""
+    autoencode_tokens: int = 128
+    """Context tokens (of each model's tokenizer) the autoencoding loss regenerates."""
+    autoencode_only_steps: int = 0
+    """Context scope: first steps with the autoencoding loss only (no answer pass)."""
     recon_warmup_steps: int = 0
     """Steps of reconstruction only before the generation losses anneal in."""
     gen_anneal_steps: int = 0
@@ -168,7 +185,9 @@ class LossConfig:
 
     def __post_init__(self):
         _check_choice("loss.first_token_schedule", self.first_token_schedule, SCHEDULES)
-        for name in ("answer_ce", "first_token", "k_token", "kd", "entropy", "align", "recon"):
+        _check_positive("loss.autoencode_tokens", self.autoencode_tokens)
+        _check_positive("loss.autoencode_only_steps", self.autoencode_only_steps, allow_zero=True)
+        for name in ("answer_ce", "first_token", "k_token", "kd", "entropy", "align", "recon", "autoencode"):
             _check_positive(f"loss.{name}", getattr(self, name), allow_zero=True)
         _check_positive("loss.k", self.k)
         _check_positive("loss.kd_tau", self.kd_tau)
@@ -244,6 +263,14 @@ class EvalConfig:
         default_factory=lambda: ["text", "token_budget", "pca", "mean_pool", "replay", "replay_no_anchor"]
     )
     """Baselines evaluated next to the latent."""
+    context_baselines: list[str] = field(
+        default_factory=lambda: ["no_context", "token_budget", "anchor_budget", "external", "text"]
+    )
+    """Context scope: text baselines at the latent's positions, evaluated next to it (`text` is the
+    whole context, the ceiling)."""
+    external_scorer: str = "smollm2"
+    """Context scope: the frozen LM whose self-information drives the external (Selective Context)
+    baseline; one of `models` is reused, another name is loaded."""
     pca_fit_examples: int = 64
     """Train prompts whose token embeddings fit the PCA baseline."""
     in_training_examples: int = 16
@@ -264,6 +291,12 @@ class EvalConfig:
         )
         for name in self.baselines:
             _check_choice("eval.baselines[]", name, allowed)
+        for name in self.context_baselines:
+            _check_choice(
+                "eval.context_baselines[]",
+                name,
+                ("no_context", "token_budget", "anchor_budget", "external", "text"),
+            )
         _check_positive("eval.batch_size", self.batch_size)
         _check_positive("eval.prefix_gain", self.prefix_gain)
 
@@ -280,6 +313,8 @@ class WireModelConfig:
     """Input-embedding RMS of each model (calibration target)."""
     st_dim: int = 384
     """Width of the sentence encoder's token states (stquery / anchor)."""
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    """How the frozen models were prompted in training (the saved model prompts them the same way)."""
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     latent: LatentConfig = field(default_factory=LatentConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
@@ -339,6 +374,10 @@ class WireRunConfig:
             raise ValueError(f"phases: steps add up to {total} but train.max_steps is {self.train.max_steps}")
         _check_positive("batch_size", self.batch_size)
         _check_positive("encoder_lr_scale", self.encoder_lr_scale)
+        if self.encoder.kind == "span" and self.latent.scope != "context":
+            raise ValueError("encoder.kind: span compresses the context; it needs latent.scope: context")
+        if self.encoder.kind == "span" and self.latent.private_length:
+            raise ValueError("latent.private_length: the span encoder's codes are all shared; set it to 0")
         if self.encoder.kind == "interlingua" and self.latent.private_length:
             raise ValueError(
                 "latent.private_length: the interlingua encoder keeps shared token codes only; set it to 0"

@@ -266,11 +266,103 @@ class InterlinguaEncoder(nn.Module):
         return self.select(self.token_codes(inputs), inputs)
 
 
+def span_assignment(
+    token_mask: torch.Tensor, ratio: int, max_spans: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Cut each row's text tokens into consecutive spans of `ratio` tokens (the last may be shorter).
+
+    Args:
+        token_mask: (B, L) 1 on tokens that carry text (special tokens and padding: 0).
+        ratio: tokens per span.
+        max_spans: at most this many spans per row; tokens after `max_spans * ratio` get no span.
+
+    Returns:
+        index: (B, S, ratio) position in L of each span's tokens (0 where `valid` is 0).
+        valid: (B, S, ratio) 1 where a span slot holds a token.
+        span_of_token: (B, L) the span each token belongs to, -1 for tokens in none.
+        S is the largest span count of the batch.
+    """
+    batch, length = token_mask.shape
+    counts = token_mask.sum(-1).clamp(max=max_spans * ratio)  # (B,)
+    spans = int(((counts + ratio - 1) // ratio).max().clamp(min=1))
+    index = torch.zeros(batch, spans, ratio, dtype=torch.long, device=token_mask.device)
+    valid = torch.zeros(batch, spans, ratio, dtype=torch.long, device=token_mask.device)
+    span_of_token = torch.full((batch, length), -1, dtype=torch.long, device=token_mask.device)
+    for row in range(batch):
+        positions = token_mask[row].nonzero().squeeze(-1)[: int(counts[row])]  # (n,)
+        rank = torch.arange(positions.numel(), device=token_mask.device)
+        index[row].view(-1)[rank] = positions
+        valid[row].view(-1)[rank] = 1
+        span_of_token[row, positions] = rank // ratio
+    return index, valid, span_of_token
+
+
+class SpanEncoder(nn.Module):
+    """Issue 12's context compressor: each soft token stands for a span of `ratio` context tokens.
+
+    Every sentence-encoder token of the context gets a state from its anchor (MiniLM) state and each
+    frozen LLM's own embedding of the same characters (`aligned_embeds`, the interlingua's inputs),
+    mixed by a small transformer. The tokens are cut into consecutive spans of `ratio`; the states
+    of a span are concatenated in order (so the code knows which token came first) and projected to
+    one code in R^{d_z}; a second small transformer lets the codes see each other. A paragraph of n
+    tokens becomes M = ceil(n / ratio) codes (at most `latent.length`); `latent_mask` marks them.
+    Trained through the frozen LLMs by autoencoding (each model regenerates the context from the
+    codes) and the answer loss.
+    """
+
+    required_features = ("aligned",)
+
+    def __init__(
+        self,
+        cfg: EncoderConfig,
+        slots: int,
+        d_z: int,
+        st_dim: int = 384,
+        model_dims: tuple[int, ...] = (),
+        ratio: int = 4,
+        **_: object,
+    ) -> None:
+        super().__init__()
+        if not model_dims:
+            raise ValueError("SpanEncoder: model_dims must list each frozen model's width")
+        self.slots, self.ratio = slots, ratio
+        self.norms = nn.ModuleList(nn.LayerNorm(d) for d in (st_dim, *model_dims))
+        self.proj = nn.Linear(st_dim + sum(model_dims), cfg.width)
+        self.tokens = _transformer(cfg.width, cfg.heads, cfg.layers, cfg.dropout)
+        self.span_proj = nn.Linear(ratio * cfg.width, cfg.width)
+        self.spans = _transformer(cfg.width, cfg.heads, cfg.layers, cfg.dropout)
+        self.out = nn.Linear(cfg.width, d_z)
+
+    def latent_mask(self, inputs: EncoderInputs) -> torch.Tensor:
+        """(B, S) 1 on the codes that carry a span."""
+        _, valid, _ = span_assignment(inputs.token_mask, self.ratio, self.slots)
+        return valid[..., 0]
+
+    def forward(self, inputs: EncoderInputs) -> torch.Tensor:
+        parts = [inputs.st_states, *inputs.aligned_embeds]
+        normed = [norm(x.float()) for norm, x in zip(self.norms, parts, strict=True)]
+        hidden = self.proj(torch.cat(normed, dim=-1))  # (B, L, width)
+        mask = inputs.token_mask
+        if self.tokens is not None:
+            hidden = self.tokens(hidden, src_key_padding_mask=mask == 0)
+        index, valid, _ = span_assignment(mask, self.ratio, self.slots)  # (B, S, r) each
+        batch, spans, ratio = index.shape
+        width = hidden.shape[-1]
+        gathered = hidden.gather(1, index.view(batch, spans * ratio, 1).expand(-1, -1, width))  # (B, S*r, w)
+        gathered = gathered * valid.view(batch, spans * ratio, 1).to(gathered.dtype)
+        codes = self.span_proj(gathered.view(batch, spans, ratio * width))  # (B, S, width)
+        span_mask = valid[..., 0]  # (B, S)
+        if self.spans is not None:
+            codes = self.spans(codes, src_key_padding_mask=span_mask == 0)
+        return self.out(codes) * span_mask.unsqueeze(-1).to(codes.dtype)  # (B, S, d_z)
+
+
 ENCODERS = {
     "byte": ByteEncoder,
     "stquery": STQueryEncoder,
     "anchor": AnchorGuidedEncoder,
     "interlingua": InterlinguaEncoder,
+    "span": SpanEncoder,
 }
 
 
@@ -279,7 +371,9 @@ def build_encoder(
 ) -> nn.Module:
     """The encoder named by `cfg.kind`, emitting shared + per-model private slots."""
     slots = latent.shared_length + num_models * latent.private_length
-    encoder = ENCODERS[cfg.kind](cfg, slots, latent.d_z, st_dim=st_dim, model_dims=tuple(model_dims))
+    encoder = ENCODERS[cfg.kind](
+        cfg, slots, latent.d_z, st_dim=st_dim, model_dims=tuple(model_dims), ratio=latent.ratio
+    )
     if cfg.frozen:
         for param in encoder.parameters():
             param.requires_grad_(False)

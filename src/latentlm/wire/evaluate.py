@@ -25,7 +25,6 @@ from latentlm.core.report import Report, line_plot
 from latentlm.core.run import progress
 from latentlm.data.squad import SquadExample
 from latentlm.metrics.squad import best_over_golds, exact_match, f1_score, squad_scores
-from latentlm.wire.adapters import WireModel
 from latentlm.wire.config import WireRunConfig
 from latentlm.wire.features import (
     FeatureBuilder,
@@ -35,8 +34,9 @@ from latentlm.wire.features import (
     soft_content_prompts,
     text_prompts,
 )
+from latentlm.wire.frozen import FrozenLM, format_content
 from latentlm.wire.losses import segment_mean_pool
-from latentlm.wire.models import FrozenLM, format_content
+from latentlm.wire.model import WireModel
 
 
 @torch.no_grad()
@@ -324,10 +324,16 @@ def _prefill(cfg, wire, lms, examples) -> dict:
 def write_outputs(
     out_dir: str | Path, metrics: dict, records: list[dict], run_dir: str | Path | None = None
 ) -> Path:
-    """metrics.json, predictions.jsonl and report.md (with plots) under `out_dir`."""
+    """metrics.json, predictions.jsonl and report.md (with plots) under `out_dir` (any folder)."""
     out_dir = Path(out_dir)
     write_json(out_dir / "metrics.json", metrics)
     atomic_write_text(out_dir / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    build_report(metrics, run_dir).save(out_dir)
+    return out_dir
+
+
+def build_report(metrics: dict, run_dir: str | Path | None = None) -> Report:
+    """The evaluation report (tables, F1 per mode, training curves of the run)."""
     report = Report("LatentWire evaluation")
     report.text(f"{metrics['num_examples']} questions, M = {metrics['latent_length']} soft tokens.")
     rows = []
@@ -368,8 +374,7 @@ def write_outputs(
     report.figure(fig, "f1_by_mode", "SQuAD F1 by mode")
     if run_dir is not None:
         _training_curves(report, Path(run_dir))
-    report.save(out_dir)
-    return out_dir
+    return report
 
 
 def _training_curves(report: Report, run_dir: Path) -> None:
@@ -393,3 +398,253 @@ def _training_curves(report: Report, run_dir: Path) -> None:
         report.figure(
             line_plot(series, "step", "first-token top-1"), "first_top1", "First-token top-1 (train)"
         )
+
+
+def needs_sentence(cfg: WireRunConfig) -> bool:
+    """Whether evaluation reads the sentence encoder even when the wire's encoder does not."""
+    return cfg.latent.scope == "context" or "anchor_budget" in cfg.eval.baselines
+
+
+def external_scorer(cfg: WireRunConfig, lms: Sequence[FrozenLM]) -> FrozenLM:
+    """The frozen LM of the external baseline: one of `lms` when named so, else loaded."""
+    from latentlm.wire.frozen import load_frozen_lms
+
+    for lm in lms:
+        if lm.name == cfg.eval.external_scorer:
+            return lm
+    return load_frozen_lms([cfg.eval.external_scorer], cfg.prompt)[0]
+
+
+def load_wire(run_dir: str | Path, checkpoint: str = "best") -> WireModel:
+    """The trained `WireModel` of a run: `model/` (config + final weights), then `best/` weights if asked."""
+    from latentlm.core.engine import load_model_weights
+    from latentlm.core.lifecycle import load_trained_model
+
+    wire = load_trained_model(run_dir, WireModel)
+    if checkpoint not in ("best", "last"):
+        raise ValueError(f"checkpoint: must be best or last, got {checkpoint!r}")
+    if checkpoint == "best" and (Path(run_dir) / "best" / "model.safetensors").is_file():
+        load_model_weights(wire, Path(run_dir) / "best")
+    return wire.eval()
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    overrides: Sequence[str] = (),
+    checkpoint: str = "best",
+    lms: Sequence[FrozenLM] | None = None,
+    sentence: SentenceStates | None = None,
+) -> dict:
+    """Evaluate a finished run; writes `<run_dir>/eval/` (metrics.json, predictions.jsonl, report.md)
+    through `write_eval` and returns the metrics."""
+    from latentlm.core.lifecycle import load_finished_run, write_eval
+    from latentlm.wire.data import resolve_examples
+    from latentlm.wire.features import build_features
+    from latentlm.wire.frozen import load_frozen_lms
+
+    cfg = load_finished_run(run_dir, WireRunConfig, overrides)
+    lms = list(lms) if lms is not None else load_frozen_lms(cfg.models, cfg.prompt)
+    wire = load_wire(run_dir, checkpoint)
+    features, _ = build_features(cfg.encoder, lms, sentence, needs_sentence(cfg))
+    wire.attach(lms, features=features)
+    dev = resolve_examples(cfg.data.dev, "validation", cfg.data.dev_limit, cfg.data.max_context_chars)
+    if cfg.latent.scope == "context":
+        metrics, records = evaluate_context(
+            cfg,
+            wire,
+            lms,
+            features,
+            dev,
+            ["latent", *cfg.eval.context_baselines],
+            scorer=external_scorer(cfg, lms) if "external" in cfg.eval.context_baselines else None,
+        )
+        metrics["checkpoint"] = checkpoint
+        folder = write_eval(run_dir, metrics, context_report(metrics))
+        atomic_write_text(folder / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+        return metrics
+    train = resolve_examples(cfg.data.train, "train", cfg.eval.pca_fit_examples, cfg.data.max_context_chars)
+    metrics, records = evaluate_wire(
+        cfg, wire, lms, features, dev, [format_content(e.context, e.question) for e in train]
+    )
+    metrics["checkpoint"] = checkpoint
+    folder = write_eval(run_dir, metrics, build_report(metrics, run_dir))
+    atomic_write_text(folder / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------- context scope
+@torch.no_grad()
+def evaluate_context(
+    cfg: WireRunConfig,
+    wire: WireModel | None,
+    lms: list[FrozenLM],
+    features: FeatureBuilder,
+    examples: list[SquadExample],
+    methods: Sequence[str],
+    ratio: int | None = None,
+    scorer: FrozenLM | None = None,
+) -> tuple[dict, list[dict]]:
+    """The context scope's measurements: SQuAD F1/EM of the latent and of every text baseline at the
+    same positions, per frozen model.
+
+    Args:
+        wire: the trained model (None: text baselines only; `latent` must then not be in `methods`).
+        features: feature builder with the sentence encoder (positions, anchor_budget, the latent).
+        examples: dev questions (validated and cut by `prepare_context_examples`).
+        methods: among `latent` and `baselines.TEXT_BASELINES`.
+        ratio: context tokens per position (default `cfg.latent.ratio`).
+        scorer: the frozen LM of the `external` baseline (Selective Context).
+
+    Returns:
+        (metrics, records): `metrics["methods"][model][method]` has f1, em, positions (mean M used),
+        empty_rate; one record per (question, model, method).
+    """
+    from latentlm.wire.baselines import baseline_context_ids, selective_context, self_information
+    from latentlm.wire.data import prepare_context_examples
+    from latentlm.wire.features import context_prompts, context_text_prompts
+
+    ratio = ratio or cfg.latent.ratio
+    if "latent" in methods and wire is None:
+        raise ValueError("the latent method needs a trained WireModel")
+    if "external" in methods and scorer is None:
+        raise ValueError("the external baseline needs its scorer LM (eval.external_scorer)")
+    sentence = features.sentence
+    if sentence is None:
+        raise ValueError("the context scope needs the sentence encoder (positions are counted in its tokens)")
+    prepared = prepare_context_examples(
+        examples,
+        sentence.tokenizer,
+        ratio,
+        cfg.latent.length,
+        min(cfg.encoder.max_tokens, sentence.max_tokens),
+    )
+    preds: dict[tuple[str, str], list[str]] = defaultdict(list)
+    positions: dict[tuple[str, str], list[int]] = defaultdict(list)
+    records: list[dict] = []
+    for batch in progress(list(_chunks(prepared, cfg.eval.batch_size)), desc=f"eval context {ratio}x"):
+        questions = [e.question for e in batch]
+        external = {}
+        if "external" in methods:
+            external = {
+                e.id: selective_context(scorer, e.context, e.positions, self_information(scorer, e.context))
+                for e in batch
+            }
+        out = None
+        if "latent" in methods:
+            inputs = features([e.context for e in batch], wire.required_features)
+            out = wire(inputs, gain=cfg.eval.prefix_gain)
+            budgets = out.latent_mask.sum(-1).tolist()
+            if budgets != [e.positions for e in batch]:
+                raise RuntimeError(
+                    f"latent positions {budgets} differ from the budgets {[e.positions for e in batch]}"
+                )
+        for index, lm in enumerate(lms):
+            for method in methods:
+                if method == "latent":
+                    soft = out.soft_tokens[index]
+                    pieces = [soft[row, out.latent_mask[row].bool()] for row in range(len(batch))]
+                    prompt, mask = context_prompts(lm, pieces, questions)
+                    used = [p.shape[0] for p in pieces]
+                else:
+                    ids = [
+                        baseline_context_ids(
+                            method, lm, e.context, e.question, e.positions, sentence, external.get(e.id)
+                        )
+                        for e in batch
+                    ]
+                    prompt, mask = context_text_prompts(lm, ids, questions)
+                    used = [len(i) for i in ids]
+                generated = lm.generate_from_embeds(
+                    prompt, mask, cfg.eval.max_new_tokens, cfg.eval.min_new_tokens, cfg.eval.eos_ban_steps
+                )
+                texts = [lm.decode(g) for g in generated]
+                preds[(lm.name, method)].extend(texts)
+                positions[(lm.name, method)].extend(used)
+                for example, text, count in zip(batch, texts, used, strict=True):
+                    records.append(
+                        {
+                            "id": example.id,
+                            "model": lm.name,
+                            "method": method,
+                            "positions": count,
+                            "prediction": text,
+                            "gold": list(example.answers),
+                            "f1": 100 * best_over_golds(f1_score, text, example.answers),
+                            "em": 100 * best_over_golds(exact_match, text, example.answers),
+                        }
+                    )
+    golds = [list(e.answers) for e in prepared]
+    metrics: dict = {
+        "scope": "context",
+        "ratio": ratio,
+        "num_examples": len(prepared),
+        "truncated_contexts": sum(e.truncated for e in prepared),
+        "encoder_context_tokens_mean": float(np.mean([e.context_tokens for e in prepared])),
+        "positions_mean": float(np.mean([e.positions for e in prepared])),
+        "methods": {},
+    }
+    for lm in lms:
+        per = {}
+        for method in methods:
+            texts = preds[(lm.name, method)]
+            scores = squad_scores(texts, golds)
+            per[method] = {
+                "f1": scores["f1"],
+                "em": scores["em"],
+                "positions": float(np.mean(positions[(lm.name, method)])),
+                "empty_rate": float(np.mean([not t for t in texts])),
+            }
+        metrics["methods"][lm.name] = per
+        metrics.setdefault("model_context_tokens_mean", {})[lm.name] = float(
+            np.mean([len(lm.encode(e.context)) for e in prepared])
+        )
+    if wire is not None and "latent" in methods:
+        values = metrics["positions_mean"] * wire.config.latent.d_z
+        metrics["latent_bytes"] = {"fp16": 2 * values, "int8": values}
+        metrics["context_utf8_bytes_mean"] = float(
+            np.mean([len(e.context.encode("utf-8")) for e in prepared])
+        )
+        metrics["prefill"] = context_prefill(cfg, wire, lms, prepared[: max(1, min(4, len(prepared)))])
+    return metrics, records
+
+
+def context_prefill(cfg: WireRunConfig, wire: WireModel, lms: list[FrozenLM], examples) -> dict:
+    """Median prefill seconds (batch 1) of the whole-context prompt vs the latent prompt, per model."""
+    from latentlm.wire.features import context_prompts, context_text_prompts
+
+    result = {}
+    for lm in lms:
+        text_t, latent_t = [], []
+        for e in examples:
+            prompt, mask = context_text_prompts(lm, [lm.encode(e.context)], [e.question])
+            text_t.append(prefill_latency(lm, prompt, mask, cfg.eval.latency_repeats))
+            # Prefill cost depends on the number of soft tokens, not on their values.
+            prompt, mask = context_prompts(lm, [torch.zeros(e.positions, lm.d_model)], [e.question])
+            latent_t.append(prefill_latency(lm, prompt, mask, cfg.eval.latency_repeats))
+        text_s, latent_s = float(np.mean(text_t)), float(np.mean(latent_t))
+        result[lm.name] = {"text_seconds": text_s, "latent_seconds": latent_s, "speedup": text_s / latent_s}
+    return result
+
+
+def context_report(metrics: dict) -> Report:
+    """Report of a context-scope evaluation: F1/EM/positions per model and method, F1 bars."""
+    report = Report("LatentWire context compression")
+    ratio, mean_m = metrics["ratio"], metrics["positions_mean"]
+    report.text(
+        f"{metrics['num_examples']} questions, {ratio}x: M = ceil(context tokens / {ratio}), "
+        f"{mean_m:.1f} positions on average for {metrics['encoder_context_tokens_mean']:.1f} "
+        "encoder tokens of context."
+    )
+    rows = [
+        {"model": model, "method": method, **entry}
+        for model, per in metrics["methods"].items()
+        for method, entry in per.items()
+    ]
+    report.heading("F1 / EM per model and method")
+    report.table(rows, ["model", "method", "f1", "em", "positions", "empty_rate"])
+    if "prefill" in metrics:
+        report.heading("Bytes and prefill")
+        report.text(
+            "```json\n" + json.dumps({k: metrics[k] for k in ("latent_bytes", "prefill")}, indent=1) + "\n```"
+        )
+    return report

@@ -2,7 +2,7 @@
 
 `FeatureBuilder` owns the frozen helpers an encoder reads (the sentence encoder, the frozen LLMs'
 embedding tables) and builds only the features the encoder declares. `latent_prompt` and
-`text_prompt` lay out one model's input embeddings around the content (see `wire.models`).
+`text_prompt` lay out one model's input embeddings around the content (see `wire.frozen`).
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ from collections.abc import Sequence
 
 import torch
 
+from latentlm.wire.config import EncoderConfig
 from latentlm.wire.encoders import BYTE_VOCAB, EncoderInputs
-from latentlm.wire.models import ContentSpans, FrozenLM, content_spans
+from latentlm.wire.frozen import QUESTION_LABEL, ContentSpans, FrozenLM, content_spans
 
 
 def byte_features(texts: Sequence[str], max_bytes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -227,6 +228,50 @@ def latent_prompt(
     return embeds, torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
 
 
+def question_tail_ids(lm: FrozenLM, question: str) -> list[int]:
+    """What follows the context in the context scope: `"\nQuestion: q"`, the scaffold's suffix, the anchor."""
+    return lm.encode(QUESTION_LABEL + question) + lm.parts.suffix + lm.parts.anchor
+
+
+def context_prompts(
+    lm: FrozenLM, contexts: Sequence[torch.Tensor], questions: Sequence[str]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Context-scope prompts `[prefix][context positions][question][suffix][anchor]`, left padded.
+
+    Args:
+        contexts: per example, the embeddings that stand for the context, (M_b, d): soft tokens,
+            the embeddings of M_b chosen context tokens, or none at all ((0, d)).
+        questions: per example, the question text.
+    """
+    prefix = lm.embed(lm.parts.prefix)
+    rows = [
+        torch.cat([prefix.to(c.dtype), c, lm.embed(question_tail_ids(lm, q)).to(c.dtype)], dim=0)
+        for c, q in zip(contexts, questions, strict=True)
+    ]
+    return lm.pack_left(rows)
+
+
+AUTOENCODE_INSTRUCTION = "\nRepeat the text above."
+"""Text after the soft tokens in an autoencoding sequence (ICAE's [AE] token, in words every model reads)."""
+
+
+def autoencode_prompts(lm: FrozenLM, contexts: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """`[prefix][soft tokens][instruction][suffix]`, left padded: the model then regenerates the context."""
+    prefix = lm.embed(lm.parts.prefix)
+    tail_ids = lm.encode(AUTOENCODE_INSTRUCTION) + lm.parts.suffix
+    rows = [torch.cat([prefix.to(c.dtype), c, lm.embed(tail_ids).to(c.dtype)], dim=0) for c in contexts]
+    return lm.pack_left(rows)
+
+
+def context_text_prompts(
+    lm: FrozenLM, context_ids: Sequence[Sequence[int]], questions: Sequence[str]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`context_prompts` with the context given as this model's token ids (the text baselines)."""
+    with torch.no_grad():
+        pieces = [lm.embed(list(ids)) if len(ids) else lm.embed([lm.pad_id])[:0] for ids in context_ids]
+    return context_prompts(lm, pieces, questions)
+
+
 def soft_content_prompts(
     lm: FrozenLM, contents: Sequence[torch.Tensor], with_anchor: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -239,3 +284,17 @@ def soft_content_prompts(
 def text_prompts(lm: FrozenLM, texts: Sequence[str], max_content_tokens: int | None = None):
     """Left-padded text prompts as embeddings (B, P, d) + mask; token-budget when a limit is given."""
     return lm.pack_left([lm.embed(lm.text_prompt_ids(t, max_content_tokens)) for t in texts])
+
+
+def build_features(
+    encoder: EncoderConfig,
+    lms: Sequence[FrozenLM],
+    sentence: SentenceStates | None = None,
+    needs_sentence: bool = False,
+) -> tuple[FeatureBuilder, int]:
+    """Feature builder for an encoder config (loads the sentence encoder only if something reads it);
+    returns it and the sentence encoder's width."""
+    if sentence is None and (encoder.kind != "byte" or needs_sentence):
+        sentence = SentenceStates.load(encoder.sentence_encoder, encoder.max_tokens)
+    features = FeatureBuilder(lms, sentence, encoder.max_bytes, encoder.max_tokens)
+    return features, (sentence.dim if sentence is not None else 384)

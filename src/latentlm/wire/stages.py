@@ -29,13 +29,14 @@ from latentlm.core.engine import StepOutput, Task, Trainer, TrainState
 from latentlm.core.run import RunDir
 from latentlm.data.squad import SquadExample
 from latentlm.metrics.squad import squad_scores
-from latentlm.wire.adapters import WireAdapter
 from latentlm.wire.config import WireRunConfig
-from latentlm.wire.evaluate import PCABasis, score_gold_batch
+from latentlm.wire.data import resolve_examples
+from latentlm.wire.evaluate import PCABasis, evaluate_run, score_gold_batch
 from latentlm.wire.features import soft_content_prompts, text_prompts
+from latentlm.wire.frozen import FrozenLM, format_content, load_frozen_lms
 from latentlm.wire.losses import masked_token_ce
-from latentlm.wire.models import FrozenLM, format_content
-from latentlm.wire.pipeline import evaluate_run, load_lms, resolve_examples, train_wire
+from latentlm.wire.model import WireAdapter
+from latentlm.wire.task import train_wire
 
 SEED_TEXT_F1 = 82.0
 TARGETS = {1: (70.0, 0.60), 2: (50.0, 0.40), 3: (30.0, 0.25), 4: (20.0, 0.15)}
@@ -131,7 +132,7 @@ def _chunked(seq, size):
 
 def run_stage1(cfg: WireRunConfig, lms: Sequence[FrozenLM] | None = None) -> dict:
     """Stage 1 on the first configured model; writes `stage_report.json` in the run directory."""
-    lm = (list(lms) if lms is not None else load_lms(cfg))[0]
+    lm = (list(lms) if lms is not None else load_frozen_lms(cfg.models, cfg.prompt))[0]
     train = resolve_examples(cfg.data.train, "train", cfg.data.train_limit, cfg.data.max_context_chars)
     dev = resolve_examples(cfg.data.dev, "validation", cfg.data.dev_limit, cfg.data.max_context_chars)
     fit = [format_content(e.context, e.question) for e in train[: cfg.eval.pca_fit_examples]]

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,27 +33,17 @@ from latentlm.core.run import progress
 from latentlm.data.cache import cached_arrays, content_hash
 from latentlm.data.squad import SquadExample
 from latentlm.wire import losses as L
-from latentlm.wire.adapters import WireModel, token_rms
 from latentlm.wire.config import PhaseConfig, WireModelConfig, WireRunConfig
-from latentlm.wire.features import FeatureBuilder, content_embeddings, latent_prompt, text_prompts
-from latentlm.wire.models import FrozenLM, format_content
-
-
-@dataclass
-class QAItem:
-    """One training question as the task sees it."""
-
-    index: int
-    content: str
-    answer: str
-    answers: tuple[str, ...]
-
-
-def to_items(examples: list[SquadExample]) -> list[QAItem]:
-    return [
-        QAItem(i, format_content(e.context, e.question), e.answers[0], e.answers)
-        for i, e in enumerate(examples)
-    ]
+from latentlm.wire.data import QAItem, to_items
+from latentlm.wire.features import (
+    FeatureBuilder,
+    SentenceStates,
+    content_embeddings,
+    latent_prompt,
+    text_prompts,
+)
+from latentlm.wire.frozen import FrozenLM
+from latentlm.wire.model import WireModel, token_rms
 
 
 def model_config_for(cfg: WireRunConfig, lms: list[FrozenLM], st_dim: int) -> WireModelConfig:
@@ -64,6 +53,7 @@ def model_config_for(cfg: WireRunConfig, lms: list[FrozenLM], st_dim: int) -> Wi
         model_dims=[lm.d_model for lm in lms],
         embed_rms=[float(lm.embed_rms) for lm in lms],
         st_dim=st_dim,
+        prompt=cfg.prompt,
         encoder=cfg.encoder,
         latent=cfg.latent,
         adapter=cfg.adapter,
@@ -173,6 +163,17 @@ class WireTask(Task):
     ) -> None:
         self.cfg, self.lms, self.features = cfg, lms, features
         self.batch_size = cfg.batch_size
+        if cfg.latent.scope == "context" and features.sentence is not None:
+            from latentlm.wire.data import prepare_context_examples
+
+            limit = min(cfg.encoder.max_tokens, features.sentence.max_tokens)
+            tokenizer = features.sentence.tokenizer
+            train_examples = prepare_context_examples(
+                train_examples, tokenizer, cfg.latent.ratio, cfg.latent.length, limit
+            )
+            dev_examples = prepare_context_examples(
+                dev_examples, tokenizer, cfg.latent.ratio, cfg.latent.length, limit
+            )
         self.items = to_items(train_examples)
         self.dev_items = to_items(dev_examples)[: cfg.eval.in_training_examples]
         self.run_path = Path(run_path)
@@ -193,7 +194,7 @@ class WireTask(Task):
                 )
                 for lm in self.lms
             ]
-        return WireModel(self.model_config)
+        return WireModel(self.model_config).attach(self.lms, features=self.features)
 
     def train_dataset(self):
         return self.items
@@ -203,6 +204,8 @@ class WireTask(Task):
             "index": torch.tensor([i.index for i in items], dtype=torch.long),
             "content": [i.content for i in items],
             "answer": [i.answer for i in items],
+            "context": [i.context for i in items],
+            "question": [i.question for i in items],
         }
 
     def param_groups(self, model: WireModel) -> list[dict]:
@@ -214,6 +217,8 @@ class WireTask(Task):
     # ------------------------------------------------------------------ the step
     def loss(self, model: nn.Module, batch: dict, state: TrainState) -> StepOutput:
         wire: WireModel = getattr(model, "module", model)
+        if self.cfg.latent.scope == "context":
+            return self._context_loss(wire, batch, state)
         cfg, loss_cfg = self.cfg, self.cfg.loss
         phase, phase_step = phase_at(cfg.phases, state.step)
         text_batch = is_text_batch(phase, phase_step, state.step, cfg.train.seed)
@@ -326,6 +331,56 @@ class WireTask(Task):
             self._write_diagnostics(record)
         return StepOutput(loss=total, num_tokens=num_tokens, metrics=metrics)
 
+    def _context_loss(self, wire: WireModel, batch: dict, state: TrainState) -> StepOutput:
+        """Context scope: autoencoding through every frozen model (it regenerates the context from the
+        soft tokens) and, after `loss.autoencode_only_steps`, the answer CE with the question as text.
+        One teacher-forced pass per model and objective, the whole batch at once."""
+        from latentlm.wire.features import autoencode_prompts, context_prompts
+
+        cfg, loss_cfg = self.cfg, self.cfg.loss
+        out = wire(self.features(batch["context"], wire.required_features))
+        answer_pass = state.step >= loss_cfg.autoencode_only_steps
+        terms: dict[str, torch.Tensor] = {}
+        metrics: dict[str, float] = {"latent_positions": float(out.latent_mask.sum(-1).float().mean())}
+        num_tokens = 0
+        for i, lm in enumerate(self.lms):
+            soft = out.soft_tokens[i]  # (B, M, d)
+            pieces = [soft[row, out.latent_mask[row].bool()] for row in range(soft.shape[0])]  # (M_b, d)
+            if loss_cfg.autoencode > 0:
+                targets = [lm.encode(c)[: loss_cfg.autoencode_tokens] for c in batch["context"]]
+                target_ids = lm.pad_answers(targets).to(soft.device)
+                target_mask = lm.answer_mask(targets, target_ids.shape[1]).to(soft.device)
+                prompt, prompt_mask = autoencode_prompts(lm, pieces)
+                logits = lm.teacher_forced_logits(prompt, prompt_mask, target_ids, target_mask)  # (B, T, V)
+                ae = L.masked_token_ce(logits, target_ids, target_mask)
+                terms[f"{lm.name}/autoencode"] = loss_cfg.autoencode * ae
+                metrics[f"{lm.name}/autoencode_nll"] = ae.item()
+                num_tokens += int(target_mask.sum())
+            if cfg.adapter.affine_l2 > 0:
+                terms[f"{lm.name}/identity"] = cfg.adapter.affine_l2 * wire.adapters[i].identity_penalty()
+            if not answer_pass:
+                continue
+            answers = [lm.answer_ids(a)[: cfg.data.max_answer_tokens] for a in batch["answer"]]
+            answer_ids = lm.pad_answers(answers).to(soft.device)
+            answer_mask = lm.answer_mask(answers, answer_ids.shape[1]).to(soft.device)
+            prompt, prompt_mask = context_prompts(lm, pieces, batch["question"])
+            logits = lm.teacher_forced_logits(prompt, prompt_mask, answer_ids, answer_mask)  # (B, A, V)
+            answer_nll = L.masked_token_ce(logits, answer_ids, answer_mask)
+            if loss_cfg.answer_ce > 0:
+                terms[f"{lm.name}/answer_ce"] = loss_cfg.answer_ce * answer_nll
+            if loss_cfg.first_token > 0:
+                terms[f"{lm.name}/first_ce"] = loss_cfg.first_token * L.first_k_ce(
+                    logits, answer_ids, answer_mask, 1
+                )
+            metrics[f"{lm.name}/answer_nll"] = answer_nll.item()
+            with torch.no_grad():
+                diag = L.first_token_diagnostics(logits[:, 0], answer_ids[:, 0])
+            metrics.update({f"{lm.name}/{k}": v for k, v in diag.items()})
+            num_tokens += int(answer_mask.sum())
+        total = sum(terms.values())
+        metrics.update({f"loss/{k}": v.item() for k, v in terms.items()})
+        return StepOutput(loss=total, num_tokens=num_tokens, metrics=metrics)
+
     def _update_backoff(self, state: TrainState, index: int, cos: float) -> None:
         """EMA of the reconstruction cosine per model, kept in `state.extra` so resume is exact."""
         emas = state.extra.setdefault("recon_cos_ema", {})
@@ -360,15 +415,46 @@ class WireTask(Task):
             return {}
         out: dict[str, float] = {}
         nlls = []
-        contents = [i.content for i in self.dev_items]
+        questions = [i.question for i in self.dev_items]
         golds = [i.answer for i in self.dev_items]
-        z = wire.encode(self.features(contents, wire.required_features))
+        texts = wire.encoder_texts([i.context for i in self.dev_items], questions)
+        encoded = wire(self.features(texts, wire.required_features), gain=self.cfg.eval.prefix_gain)
         for index, lm in enumerate(self.lms):
-            soft = wire.soft_tokens(z, index, gain=self.cfg.eval.prefix_gain)
-            prompt, mask = latent_prompt(lm, soft)
+            prompt, mask = wire.prompt(index, encoded.soft_tokens[index], encoded.latent_mask, questions)
             scores = score_gold(lm, prompt, mask, golds, self.cfg.data.max_answer_tokens)
             out[f"{lm.name}/first_top1"] = scores["first_top1"]
             out[f"{lm.name}/gold_nll"] = scores["gold_nll"]
             nlls.append(scores["gold_nll"])
         out["gold_nll_mean"] = float(np.mean(nlls))
         return out
+
+
+def train_wire(
+    cfg: WireRunConfig,
+    lms: list[FrozenLM] | None = None,
+    sentence: SentenceStates | None = None,
+) -> Path:
+    """Train as configured (`train_task`: config, engine checkpoints, `best/`, `model/`); returns the
+    run directory. `lms` / `sentence` reuse frozen models already loaded (tests, benchmarks)."""
+    from latentlm.core.lifecycle import train_task
+    from latentlm.core.run import RunDir
+    from latentlm.wire.data import resolve_examples
+    from latentlm.wire.features import build_features
+    from latentlm.wire.frozen import load_frozen_lms
+
+    lms = list(lms) if lms is not None else load_frozen_lms(cfg.models, cfg.prompt)
+    features, st_dim = build_features(cfg.encoder, lms, sentence, "anchor_budget" in cfg.eval.baselines)
+    train = resolve_examples(cfg.data.train, "train", cfg.data.train_limit, cfg.data.max_context_chars)
+    # In-training evaluation (best checkpoint) uses dev questions after the ones `eval` scores.
+    dev = resolve_examples(
+        cfg.data.dev,
+        "validation",
+        cfg.eval.in_training_examples,
+        cfg.data.max_context_chars,
+        cfg.data.dev_limit,
+    )
+    run = RunDir(cfg.run_dir)
+    task = WireTask(cfg, lms, features, train, dev, run.path, st_dim)
+    train_task(task, cfg, run)
+    run.close()
+    return run.path

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from latentlm.data.synthetic_qa import synthetic_squad
-from latentlm.wire.models import FrozenLM, answer_cross_entropy, format_content
+from latentlm.wire.frozen import FrozenLM, answer_cross_entropy, format_content
 
 
 def _prompts(lm: FrozenLM, n: int = 3):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from latentlm.wire.adapters import WireAdapter, WireModel, token_rms
 from latentlm.wire.config import AdapterConfig, EncoderConfig, LatentConfig, WireModelConfig
 from latentlm.wire.encoders import EncoderInputs
 from latentlm.wire.features import byte_features
+from latentlm.wire.model import WireAdapter, WireModel, token_rms
 
 
 def test_calibration_hits_target_rms():

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from latentlm.wire.config import PromptConfig
+
 IGNORE_INDEX = -100
 _SENTINEL = "\u2063LATENTWIRE_CONTENT\u2063"
 
@@ -417,3 +419,26 @@ def load_frozen_lm(
 
     model, tokenizer = load_causal_lm(name, dtype=dtype)
     return FrozenLM(model, tokenizer, name, prompt_style, anchor_text, add_bos, bos_after_prefix)
+
+
+def load_frozen_lms(names: Sequence[str], prompt: PromptConfig) -> list[FrozenLM]:
+    """The frozen models `names` with a prompting policy (`prompt.style: auto` picks the chat
+    template when the tokenizer has one)."""
+    lms = []
+    for name in names:
+        lm = load_frozen_lm(name, "plain", prompt.anchor_text, prompt.add_bos, prompt.bos_after_prefix)
+        style = prompt.style
+        if style == "auto":
+            style = "chat" if getattr(lm.tokenizer, "chat_template", None) else "plain"
+        if style != "plain":
+            lm = FrozenLM(
+                lm.model,
+                lm.tokenizer,
+                name,
+                style,
+                prompt.anchor_text,
+                prompt.add_bos,
+                prompt.bos_after_prefix,
+            )
+        lms.append(lm)
+    return lms
