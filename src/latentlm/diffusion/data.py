@@ -28,6 +28,7 @@ from torch.utils.data import Dataset
 from latentlm.core.checkpoint import atomic_write_bytes, atomic_write_text, read_json, write_json
 from latentlm.data.corpora import read_lines, read_text
 from latentlm.data.paths import data_root
+from latentlm.data.text import read_rst_paragraphs, split_sentences
 
 __all__ = [
     "FORMAT_VERSION",
@@ -49,10 +50,6 @@ __all__ = [
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val")
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(\"'])")
-_RST_ROLE = re.compile(r":[\w:.-]+:`~?([^`<]*?)(?:\s*<[^>]*>)?`")
-_RST_LINK = re.compile(r"`([^`<]+?)\s*<[^>]*>`_+")
-_RST_MARKUP = re.compile(r"\*\*|``|`_?|\*")
 
 
 @dataclass
@@ -78,25 +75,6 @@ class LatentMeta:
     latent_dim: int
     mean: list[float]
     std: list[float]
-
-
-def _clean_rst(text: str) -> str:
-    text = _RST_ROLE.sub(r"\1", text)
-    text = _RST_LINK.sub(r"\1", text)
-    return re.sub(r"\s+", " ", _RST_MARKUP.sub("", text)).strip()
-
-
-def _pydocs_paragraphs(text: str) -> list[str]:
-    """Prose paragraphs of an .rst file: no directives, indented blocks, headings or tables."""
-    paragraphs = []
-    for block in re.split(r"\n\s*\n", text):
-        lines = block.splitlines()
-        if not lines or lines[0][:1] in (" ", "\t", ".", "=", "-", "+", "|", "*", "#", ":", ">"):
-            continue
-        if len(lines) > 1 and re.fullmatch(r"[=\-~^\"'`#*+]{3,}", lines[1].strip()):
-            continue  # a section title
-        paragraphs.append(_clean_rst(" ".join(lines)))
-    return paragraphs
 
 
 def _shakespeare_paragraphs(text: str) -> list[str]:
@@ -136,12 +114,11 @@ def read_sentences(
         candidates = [
             sentence
             for file in files
-            for paragraph in _pydocs_paragraphs(read_text(file))
-            if not paragraph.endswith("::")
-            for sentence in _SENTENCE_END.split(paragraph)
+            for paragraph in read_rst_paragraphs(file)
+            for sentence in split_sentences(paragraph)
         ]
     elif corpus_format == "shakespeare":
-        candidates = [s for p in _shakespeare_paragraphs(read_text(path)) for s in _SENTENCE_END.split(p)]
+        candidates = [s for p in _shakespeare_paragraphs(read_text(path)) for s in split_sentences(p)]
     else:
         raise ValueError(f"corpus_format: must be lines, pydocs or shakespeare, got {corpus_format!r}")
     seen: set[str] = set()
