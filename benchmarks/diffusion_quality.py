@@ -52,6 +52,8 @@ def _step_rate(task, steps: int = 8) -> float:
     """Optimizer steps per second of `task` on a throw-away model (after one warm-up step)."""
     torch.manual_seed(0)
     model = task.build_model()
+    if hasattr(task, "_apply_unfreeze_policy"):  # time the regime after Stage II's unfreeze step
+        task._apply_unfreeze_policy(model, 10**9)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     dataset = task.train_dataset()
     from latentlm.core.engine import TrainState
