@@ -595,6 +595,8 @@ class Trainer:
         acc = self.accelerator
         checkpoint, damaged = self._pick_checkpoint()
         if checkpoint is None:
+            if acc.is_main_process and self.run.metrics_path.is_file():
+                self.run.truncate_metrics(0)  # records of an attempt that never checkpointed: start over
             return
         meta = read_json(checkpoint / "state.json")
         version = meta.pop("format_version", None)
