@@ -444,8 +444,9 @@ class Trainer:
             try:
                 with torch.no_grad():
                     metrics = self.task.evaluate(model, self.state)
-            except (ArithmeticError, ValueError, RuntimeError) as err:
-                # A numerical failure of the evaluation is recorded; the run (and its weights) is kept.
+            except (ArithmeticError, ValueError) as err:
+                # A numerical failure (overflow, a math domain error) is recorded; the run and its weights are
+                # kept. Anything else is a bug and raises.
                 metrics, failure = {}, f"{type(err).__name__}: {err}"
             finally:
                 wrapped.train()
