@@ -38,6 +38,7 @@ from torch import nn
 from latentlm.core.checkpoint import load_tensors
 from latentlm.core.engine import StepOutput, Task, TrainState
 from latentlm.core.run import RunDir
+from latentlm.diffusion.autoregressive import AutoregressiveLM
 from latentlm.diffusion.config import DiffusionConfig, ModelConfig
 from latentlm.diffusion.data import (
     CompactVocab,
@@ -47,13 +48,14 @@ from latentlm.diffusion.data import (
     read_latent_meta,
     read_token_meta,
 )
-from latentlm.diffusion.evaluate import heldout_nelbo
+from latentlm.diffusion.evaluate import heldout_nelbo, safe_perplexity
 from latentlm.diffusion.model import MODE_FROZEN_STREAM, LatentDiffusionLM, stream_of
 from latentlm.diffusion.schedules import sample_diffusion_times
 from latentlm.diffusion.variational import free_bits_kl, kl_weight_at, latent_geometry_loss
 
 __all__ = [
     "DiffusionTask",
+    "AutoregressiveTask",
     "prepare_data",
     "load_stage1_checkpoint",
     "resolve_checkpoint_file",
@@ -196,7 +198,7 @@ class DiffusionTask(Task):
             "compact_vocab_size": len(self.vocab),
             "tokenizer_vocab_size": self.token_meta.vocab_size,
             "heldout_tokens_mapped_to_unk": self.vocab.unknown_count(val, self.token_meta),
-            "heldout_tokens": int(val.size),
+            "heldout_tokens": int((val != self.token_meta.pad_token_id).sum()),
         }
 
     # ------------------------------------------------------------------ engine hooks
@@ -369,3 +371,43 @@ class DiffusionTask(Task):
             if self.run is not None:
                 with (self.run.path / "events.log").open("a") as fh:
                     fh.write(message + "\n")
+
+
+class AutoregressiveTask(Task):
+    """The same-size autoregressive baseline on the same sentences (same run config, latents unused)."""
+
+    def __init__(self, cfg: DiffusionConfig, run: RunDir | None = None) -> None:
+        self.cfg = cfg
+        self.run = run
+        self.batch_size = cfg.batch_size
+        self.data = DiffusionTask(cfg, run)
+        self.model_config = self.data.model_config
+
+    def build_model(self) -> AutoregressiveLM:
+        model = AutoregressiveLM(self.model_config)
+        if self.data.vocab is not None:
+            model.original_ids.copy_(torch.from_numpy(self.data.vocab.original_ids))
+        return model
+
+    def train_dataset(self) -> DirectFileDataset:
+        return self.data.train_dataset()
+
+    def collate(self, items: list[dict]) -> dict[str, torch.Tensor]:
+        return {"input_ids": torch.stack([item["input_ids"] for item in items])}
+
+    def loss(self, model: nn.Module, batch: dict, state: TrainState) -> StepOutput:
+        out = model(batch["input_ids"])
+        return StepOutput(out.loss, num_tokens=int(batch["input_ids"].numel()))
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, state: TrainState) -> dict[str, float]:
+        """Held-out cross-entropy per real token and its perplexity (exact, not a bound)."""
+        val = self.data.val_dataset
+        device = next(model.parameters()).device
+        nll, tokens = 0.0, 0
+        for start in range(0, len(val), self.cfg.eval.batch_size):
+            end = min(len(val), start + self.cfg.eval.batch_size)
+            rows = torch.stack([val[i]["input_ids"] for i in range(start, end)])
+            out = model(rows.to(device))
+            nll, tokens = nll + float(out.nll_sum), tokens + int(out.num_tokens)
+        return {"nll_per_token": nll / tokens, "ppl": safe_perplexity(nll, tokens)}

@@ -61,9 +61,12 @@ class EM(torch.optim.Optimizer):
                 state = self.state[table]
                 if not state:
                     state["step"] = 0
-                    state["statistics"] = torch.zeros_like(counts)
+                    # Kept in the table's dtype: torch casts optimizer state to it when a checkpoint is
+                    # loaded, so storing it that way from the start keeps resume bit-exact.
+                    state["statistics"] = torch.zeros_like(table)
                 eta = self.step_size(state["step"], group["step_decay"])
-                state["statistics"].mul_(1.0 - eta).add_(counts, alpha=eta)
-                smoothed = state["statistics"] + group["pseudocount"]
+                statistics = state["statistics"].to(torch.float64) * (1.0 - eta) + eta * counts
+                state["statistics"].copy_(statistics)
+                smoothed = statistics + group["pseudocount"]
                 table.copy_(smoothed.log() - smoothed.sum(dim=-1, keepdim=True).log())
                 state["step"] += 1

@@ -6,8 +6,9 @@ Two parameterisations of the same HMM (``K`` states, vocabulary ``V``) are selec
 * ``dense``: free logits for π ``(K,)``, A ``(K, K)`` and B ``(K, V)``, each normalised by a softmax.
 * ``neural``: the reparameterisation of Chiu & Rush (2020, "Scaling Hidden Markov Language Models"):
   state and word embeddings shared across the three distributions, with small residual MLPs producing
-  the logits, ``A = softmax(f_from(E_s) f_to(E'_s)ᵀ)``, ``B = softmax(f_emit(E_s) E_wᵀ)`` and
-  ``π = softmax(E_s f_start(q))``. Parameters grow as ``O((K + V)·d)`` instead of ``O(K² + K·V)``.
+  the logits, ``A = softmax(c·cos(f_from(E_s), f_to(E'_s)))``, ``B = softmax(c·cos(f_emit(E_s), E_w))`` and
+  ``π = softmax(c·cos(E_s, f_start(q)))`` with ``c = √d``: cosine logits are bounded, so AdamW cannot push
+  them out of float32's range. Parameters grow as ``O((K + V)·d)`` instead of ``O(K² + K·V)``.
 
 Both produce normalised log parameters; all inference goes through :mod:`latentlm.hmm.forward`.
 """
@@ -103,12 +104,34 @@ class NeuralParameterization(nn.Module):
                     layer.bias.zero_()
 
     def forward(self) -> HMMParameters:
-        start_logits = self.state_embeddings @ self.start_mlp(self.start_query)  # (K,)
-        transition_logits = self.from_mlp(self.state_embeddings) @ self.to_mlp(self.next_state_embeddings).t()
-        emission_logits = self.emission_mlp(self.state_embeddings) @ self.word_embeddings.t()  # (K, V)
-        return HMMParameters(
-            start_logits.log_softmax(0), transition_logits.log_softmax(1), emission_logits.log_softmax(1)
+        scale = self.state_embeddings.shape[1] ** 0.5
+        start_logits = bounded_logits(self.state_embeddings, self.start_mlp(self.start_query)[None], scale)
+        transition_logits = bounded_logits(
+            self.from_mlp(self.state_embeddings), self.to_mlp(self.next_state_embeddings), scale
+        )  # (K, K)
+        emission_logits = bounded_logits(
+            self.emission_mlp(self.state_embeddings), self.word_embeddings, scale
         )
+        return HMMParameters(
+            start_logits[:, 0].log_softmax(0),  # (K, 1) -> (K,)
+            transition_logits.log_softmax(1),
+            emission_logits.log_softmax(1),
+        )
+
+
+def bounded_logits(rows: Tensor, columns: Tensor, scale: float) -> Tensor:
+    """``(n, m)`` cosine similarities of ``(n, d)`` rows and ``(m, d)`` columns, times ``scale``.
+
+    Bounded in ``[−scale, scale]`` whatever the weights: with raw dot products, AdamW at the seed's
+    learning rates (0.02–0.05) grew the logits past float32's exp range within ~10 steps and the
+    forward algorithm returned NaN; cosine logits with scale √d keep every probability ratio within
+    ``exp(2√d)`` (≈ 9e6 at d = 64), ample for a peaked emission row.
+    """
+    return (
+        torch.nn.functional.normalize(rows, dim=-1)
+        @ torch.nn.functional.normalize(columns, dim=-1).t()
+        * scale
+    )
 
 
 _PARAMETERIZATION_CLASSES = {"dense": DenseParameterization, "neural": NeuralParameterization}
