@@ -145,7 +145,7 @@ class LHTConfig:
     """'dense' (SDPA + boolean mask), 'sparse' (gathers only the key blocks the pattern allows; trains on
     CPU) or 'flex' (FlexAttention block masks; trains on GPU)."""
     block_size: int = 64
-    """Query/key block of the 'sparse' backend (and of 'flex' when a multiple of 128 is not needed)."""
+    """Slots per query/key block of the 'sparse' backend."""
     gradient_checkpointing: bool = False
     """Recompute blocks in the backward pass to save memory."""
     edges: EdgeConfig = field(default_factory=EdgeConfig)
