@@ -175,7 +175,7 @@ class PrepareConfig:
     """How `precompute-latents` (and `train`, when the folders do not exist yet) prepares the data."""
 
     corpus: str = ""
-    """Text source (file or folder; a relative path not found here is looked up under $LATENTLM_DATA)."""
+    """Text source (file or folder; a relative path not found here is looked up in the data folder)."""
     corpus_format: str = "lines"
     """lines (one sentence a line) | pydocs (a folder of .rst sources) | shakespeare (plays)."""
     encoder: str = "minilm"

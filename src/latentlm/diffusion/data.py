@@ -15,7 +15,6 @@ batch and puts zeros (with ``has_latent=False``) where a latent is missing.
 from __future__ import annotations
 
 import io
-import os
 import random
 import re
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from torch.utils.data import Dataset
 
 from latentlm.core.checkpoint import atomic_write_bytes, atomic_write_text, read_json, write_json
 from latentlm.data.corpora import read_lines, read_text
-from latentlm.data.paths import data_root
+from latentlm.data.paths import resolve_data_path
 from latentlm.data.text import read_rst_paragraphs, split_sentences
 
 __all__ = [
@@ -45,7 +44,6 @@ __all__ = [
     "read_latent_meta",
     "denormalize_latent",
     "CompactVocab",
-    "resolve_corpus",
 ]
 
 FORMAT_VERSION = 1
@@ -187,14 +185,6 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def resolve_corpus(path: str) -> Path:
-    """An existing path as given, else the same relative path under ``$LATENTLM_DATA``."""
-    candidate = Path(path)
-    if candidate.exists() or candidate.is_absolute() or not os.environ.get("LATENTLM_DATA"):
-        return candidate
-    return data_root() / candidate
-
-
 def precompute_latents(
     cfg, token_dir: str | Path, latent_dir: str | Path, tokenizer=None, encoder=None
 ) -> dict[str, Path]:
@@ -211,7 +201,8 @@ def precompute_latents(
     """
     if not cfg.corpus:
         raise ValueError("data.prepare.corpus: give the text source, e.g. data.prepare.corpus=sentences.txt")
-    sentences = read_sentences(resolve_corpus(cfg.corpus), cfg.corpus_format, cfg.min_words, cfg.max_words)
+    corpus = resolve_data_path(cfg.corpus, "data.prepare.corpus")
+    sentences = read_sentences(corpus, cfg.corpus_format, cfg.min_words, cfg.max_words)
     random.Random(cfg.seed).shuffle(sentences)
     if cfg.max_sentences:
         sentences = sentences[: cfg.max_sentences]
