@@ -6,14 +6,14 @@ import re
 import pytest
 import torch
 
-from latentlm.core.checkpoint import load_tensors
+from latentlm.core.checkpoint import DamagedFileError, load_tensors
 from latentlm.core.config import load_config
 from latentlm.core.engine import Trainer
 from latentlm.core.run import RunDir
 from latentlm.diffusion.config import DiffusionConfig
 from latentlm.diffusion.data import DirectFileDataset, collate_batch
 from latentlm.diffusion.model import stream_of
-from latentlm.diffusion.task import DiffusionTask
+from latentlm.diffusion.task import DiffusionTask, load_stage1_checkpoint, resolve_checkpoint_file
 
 
 def _task(overrides, run=None):
@@ -150,6 +150,24 @@ def test_collate_handles_missing_latents(tiny_data):
     train = DirectFileDataset(tiny_data["token_dir"], tiny_data["latent_dir"], "train", True)
     stacked = torch.stack([train[i]["latent"] for i in range(len(train))])
     torch.testing.assert_close(stacked.mean(0), torch.zeros(6), atol=1e-5, rtol=0)
+
+
+def test_stage2_start_skips_and_names_a_damaged_checkpoint(tiny_overrides, tiny_data):
+    stage1_dir = tiny_data["root"] / "stage1"
+    _train([*tiny_overrides, "train.max_steps=2", "train.checkpoint_every=1"], stage1_dir)
+    older, newest = RunDir(stage1_dir, tensorboard=False).checkpoints()[-2:]
+    weights = newest / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # one flipped bit in a tensor: still readable, but the manifest's SHA-256 differs
+    weights.write_bytes(bytes(data))
+    assert resolve_checkpoint_file(stage1_dir) == older / "model.safetensors"
+    model = _task(tiny_overrides).build_model()
+    with pytest.raises(DamagedFileError, match=re.escape(str(weights))):
+        load_stage1_checkpoint(model, newest)
+    load_stage1_checkpoint(model, stage1_dir)
+    expected = load_tensors(older / "model.safetensors")
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, expected[name], rtol=0, atol=0)
 
 
 def test_bad_checkpoint_path_is_named(tiny_overrides, tmp_path):

@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import Dataset
 
 from latentlm.core.checkpoint import atomic_write_bytes, atomic_write_text, read_json, write_json
+from latentlm.data.cache import check_ids
 from latentlm.data.corpora import read_lines, read_text
 from latentlm.data.paths import resolve_data_path
 from latentlm.data.text import read_rst_paragraphs, split_sentences
@@ -307,11 +308,7 @@ class DirectFileDataset(Dataset):
         self.tokens = np.load(token_file, mmap_mode="r")
         if self.tokens.ndim != 2 or self.tokens.shape[1] != self.meta.seq_len:
             raise ValueError(f"{token_file}: expected (N, {self.meta.seq_len}) ids, got {self.tokens.shape}")
-        if self.tokens.size and (self.tokens.min() < 0 or self.tokens.max() >= self.meta.vocab_size):
-            raise ValueError(
-                f"{token_file}: token ids in [{self.tokens.min()}, {self.tokens.max()}] fall outside the "
-                f"vocabulary of {self.meta.vocab_size} (meta.json)"
-            )
+        check_ids(self.tokens, self.meta.vocab_size, token_file)
         self.id_map = None if id_map is None else torch.from_numpy(np.asarray(id_map, dtype=np.int64))
         self.use_external_latents = use_external_latents
         self.latents = None

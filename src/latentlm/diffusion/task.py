@@ -35,7 +35,7 @@ import torch
 from accelerate import PartialState
 from torch import nn
 
-from latentlm.core.checkpoint import load_tensors
+from latentlm.core.checkpoint import load_tensors, verify_manifest
 from latentlm.core.engine import StepOutput, Task, TrainState
 from latentlm.core.run import RunDir
 from latentlm.diffusion.autoregressive import AutoregressiveLM
@@ -74,7 +74,8 @@ def prepare_data(cfg: DiffusionConfig) -> bool:
 
 
 def resolve_checkpoint_file(path: str | Path) -> Path:
-    """A weights file from a .safetensors path, a model/checkpoint folder or a run folder."""
+    """A weights file from a .safetensors path, a model/checkpoint folder or a run folder (its model/, else
+    its newest checkpoint whose files match their manifest)."""
     path = Path(path)
     if path.is_file():
         return path
@@ -82,12 +83,12 @@ def resolve_checkpoint_file(path: str | Path) -> Path:
         if candidate.is_file():
             return candidate
     if (path / "checkpoints").is_dir():
-        latest = RunDir(path, tensorboard=False).latest_checkpoint()
+        latest = RunDir(path, tensorboard=False).latest_intact_checkpoint()
         if latest is not None:
             return latest / "model.safetensors"
     raise FileNotFoundError(
         f"model.checkpoint_path={str(path)!r}: not a .safetensors file, a model/checkpoint folder or a run "
-        "folder with a saved model"
+        "folder with a saved model or an intact checkpoint"
     )
 
 
@@ -101,6 +102,10 @@ def load_stage1_checkpoint(model: LatentDiffusionLM, path: str | Path) -> list[s
         names of model tensors left at their initial values (the Stage II modules of a Stage I file).
     """
     file = resolve_checkpoint_file(path)
+    # Check the folder against its manifest (model/ and checkpoints carry one) before reading; the
+    # engine's load_model_weights does the same but loads strictly, and a Stage I file lacks the
+    # Stage II modules.
+    verify_manifest(file.parent, required=False)
     tensors = load_tensors(file)
     own = model.state_dict()
     missing_denoiser = [k for k in own if k.startswith("rwkv.") and k not in tensors]
