@@ -1,10 +1,11 @@
 """Markdown tables for docs/diffusion.md from the diffusion benchmark JSON files (no measuring here).
 
-python benchmarks/diffusion_tables.py
+python3 benchmarks/diffusion_tables.py
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 
 from latentlm.core.bench import RESULTS
@@ -21,125 +22,78 @@ def _table(rows: list[list], header: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _machine(d: dict) -> str:
-    m = d["machine"]
-    return (
-        f"{m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch thread(s), torch {m['torch']}, "
-        + m["date"]
-    )
+def _machine(m: dict) -> str:
+    load = m.get("load_average_at_start")
+    load = f", load {load[0]:.1f}" if load else ""
+    threads = f"{m['torch_threads']} torch thread(s)"
+    return f"{m['cpu']}, {m['cores']} cores, {threads}, torch {m['torch']}, {m['date']}{load}"
 
 
-def _retrieval(m: dict | None) -> str:
-    return (
-        "-" if m is None else f"{m['cosine']:.3f} / {m['cosine_random_pairs']:.3f} / {m['recall_at_1']:.3f}"
-    )
+def _num(value, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}g}"
 
 
-def main() -> None:
-    wkv = _load("diffusion_wkv")
-    if wkv:
-        print(f"**Chunked vs naive bidirectional WKV** ({wkv['description']}; {_machine(wkv)})\n")
+def wkv_table(wkv: dict) -> str:
+    rows = [
+        [
+            r["T"],
+            r["pass"],
+            r["chunk_size"],
+            f"{r['naive_s']:.4f}",
+            f"{r['chunked_s']:.4f}",
+            f"{r['speedup']:.2f}x",
+        ]
+        for r in wkv["rows"]
+    ]
+    head = f"**Chunked vs naive bidirectional WKV** ({wkv['description']}; {_machine(wkv['machine'])})\n\n"
+    return head + _table(rows, ["T", "pass", "chunk", "naive s", "chunked s", "speed-up"])
+
+
+def quality_tables(q: dict) -> str:
+    parts = [f"**Quality** ({q['description']})\n"]
+    rows = [
+        ["L2T recall@1 (64 candidates)", _num(q.get("l2t_recall_at_1")), ">= 0.5"],
+        ["T2L recall@1 (64 candidates)", _num(q.get("t2l_recall_at_1")), ">= 0.5"],
+        ["gen. ppl, joint samples", _num(q.get("gen_ppl_joint"), 4), "<= 2x AR"],
+        ["gen. ppl, AR baseline (matched entropy)", _num(q.get("gen_ppl_ar"), 4), ""],
+        ["gen. ppl, reference sentences", _num(q.get("gen_ppl_reference"), 4), ""],
+        ["Stage II KL at the end (nats/sentence)", _num(q.get("kl_final"), 4), "finite, bounded"],
+        ["Stage II VAE bound (nats/token)", _num(q.get("vae_bound"), 4), "< text bound"],
+        ["Stage II text-only bound (nats/token)", _num(q.get("text_bound"), 4), ""],
+    ]
+    parts.append(_table(rows, ["measure", "value", "target"]))
+    if "gen_ppl_settings" in q:
+        parts.append(f"\nGenerative perplexity settings: {json.dumps(q['gen_ppl_settings'])}\n")
+    if "speed_rows" in q:
         rows = [
             [
                 r["T"],
-                r["pass"],
-                r["chunk_size"],
-                f"{r['naive_s']:.3f}",
-                f"{r['chunked_s']:.3f}",
-                f"{r['speedup']:.2f}x",
+                r["mode"],
+                r["batch_size"],
+                f"{r['rwkv_tokens_per_s']:.0f}",
+                f"{r['attention_tokens_per_s']:.0f}",
+                f"{r['ratio_rwkv_over_attention']:.2f}",
             ]
-            for r in wkv["rows"]
+            for r in q["speed_rows"]
         ]
-        print(_table(rows, ["T", "pass", "chunk", "naive s", "chunked s", "speed-up"]) + "\n")
-    tp = _load("diffusion_throughput")
-    if tp:
-        print(f"**Throughput, RWKV vs attention denoiser** ({tp['description']}; {_machine(tp)})\n")
-        rows = [
-            [
-                r["seq_len"],
-                "real" if r["real_text"] else "synthetic",
-                f"{r['rwkv_params'] / 1e6:.2f}M / {r['attention_params'] / 1e6:.2f}M",
-                f"{r['rwkv_train_tokens_per_s']:.0f}",
-                f"{r['attention_train_tokens_per_s']:.0f}",
-                f"{r['train_ratio_rwkv_over_attention']:.2f}",
-                f"{r['rwkv_sample_tokens_per_s']:.1f}",
-                f"{r['attention_sample_tokens_per_s']:.1f}",
-                f"{r['sample_ratio_rwkv_over_attention']:.2f}",
-            ]
-            for r in tp["rows"]
-        ]
-        print(
-            _table(
-                rows,
-                [
-                    "T",
-                    "text",
-                    "params rwkv / attn",
-                    "train tok/s rwkv",
-                    "train tok/s attn",
-                    "ratio",
-                    "sample tok/s rwkv",
-                    "sample tok/s attn",
-                    "ratio",
-                ],
-            )
-            + "\n"
+        machine = q.get("phases", {}).get("speed", {}).get("machine")
+        parts.append(
+            f"\n**RWKV vs attention denoiser** ({json.dumps(q['speed_settings'])}"
+            + (f"; {_machine(machine)}" if machine else "")
+            + ")\n"
         )
-    run = _load("diffusion_stage_run")
-    if run:
-        print(f"**Stage I -> Stage II run** ({run['description']}; {_machine(run)})\n")
-        rows = []
-        for stage in ("stage1", "stage2"):
-            m = run[stage]
-            n = m["nelbo"]
-            s = m["samples"]
-            uncond = s.get("joint", s.get("prior_l2t", {}))
-            rows.append(
-                [
-                    stage,
-                    f"{n['ppl_bound']:.1f}",
-                    f"{n['ppl_bound_given_latent']:.1f}",
-                    f"{n['ppl_bound_vae']:.1f}" if "ppl_bound_vae" in n else "-",
-                    _retrieval(m.get("t2l")),
-                    _retrieval(m.get("l2t")),
-                    f"{uncond.get('generative_perplexity', float('nan')):.0f}",
-                    f"{uncond['unigram_entropy_bits']:.2f}",
-                    f"{uncond['distinct_1']:.3f} / {uncond['distinct_2']:.3f}",
-                    f"{m['checks_passed']}/{m['checks_total']}",
-                ]
-            )
-        print(
-            _table(
-                rows,
-                [
-                    "stage",
-                    "NELBO ppl bound (text)",
-                    "ppl bound given latent",
-                    "VAE ppl bound",
-                    "T2L cos / random / R@1",
-                    "L2T cos / random / R@1",
-                    "gen. ppl (SmolLM2)",
-                    "unigram H (bits)",
-                    "distinct-1 / -2",
-                    "checks",
-                ],
-            )
-            + "\n"
-        )
-        ref = run["stage1"]["samples"]["reference"]
-        print(
-            f"Reference held-out sentences: generative perplexity {ref.get('generative_perplexity', 0):.1f}, "
-            f"unigram entropy {ref['unigram_entropy_bits']:.2f} bits, distinct-1/2 {ref['distinct_1']:.3f} / "
-            f"{ref['distinct_2']:.3f}.\n"
-        )
-        if "reconstruction" in run["stage2"]:
-            r = run["stage2"]["reconstruction"]
-            print(
-                "Stage II reconstruction (L2T from mu(x)): "
-                + ", ".join(f"{k} {v:.3f}" for k, v in r.items())
-                + "\n"
-            )
-        print("Seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in run["seconds"].items()) + "\n")
+        parts.append(_table(rows, ["T", "mode", "batch", "rwkv tok/s", "attention tok/s", "ratio"]))
+    return "\n".join(parts)
+
+
+def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
+    wkv = _load("diffusion_wkv")
+    if wkv:
+        print(wkv_table(wkv) + "\n")
+    quality = _load("diffusion_quality")
+    if quality:
+        print(quality_tables(quality))
 
 
 if __name__ == "__main__":

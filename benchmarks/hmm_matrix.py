@@ -19,14 +19,14 @@ from pathlib import Path
 from latentlm.core.bench import REPO, RESULTS, data_dir, save_results
 from latentlm.core.config import load_config
 from latentlm.core.run import RunDir
+from latentlm.hmm.config import HMMRunConfig
+from latentlm.hmm.evaluate import write_comparison_report
 from latentlm.hmm.lvd import prepare_latent_states
-from latentlm.hmm.report import write_comparison_report
-from latentlm.hmm.task import HMMRunConfig
-from latentlm.hmm.train import PreparedData, prepare_corpus, train_run
+from latentlm.hmm.task import prepare_corpus, train_run
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--units", type=int, default=1200, help="training paragraphs of tiny-shakespeare")
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--states", type=int, default=512)
@@ -37,8 +37,8 @@ def main() -> None:
         HMMRunConfig,
         REPO / "configs" / "hmm" / "shakespeare_smollm2.yaml",
         [
-            f"corpus.path={data_dir() / 'tinyshakespeare' / 'input.txt'}",
-            f"corpus.max_train_units={args.units}",
+            f"data.path={data_dir() / 'tinyshakespeare' / 'input.txt'}",
+            f"data.max_train_units={args.units}",
             f"model.num_states={args.states}",
             f"train.max_steps={args.steps}",
             f"train.eval_every={max(1, args.steps // 8)}",
@@ -59,7 +59,7 @@ def main() -> None:
             cfg.model.parameterization = parameterization
             cfg.lvd.enabled = lvd
             cfg.run_dir = f"{args.out}/{label}"
-            summary = train_run(cfg, PreparedData(corpus, states if lvd else None))
+            summary = train_run(cfg, corpus, states if lvd else None)
             if lvd:
                 summary["lvd_prepare_seconds"] = lvd_prepare_seconds
             print(label, summary, flush=True)

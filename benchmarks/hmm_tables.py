@@ -1,10 +1,11 @@
 """Markdown tables of the HMM benchmark results (for docs/hmm.md), read from benchmarks/results/hmm_*.json.
 
-python benchmarks/hmm_tables.py
+python3 benchmarks/hmm_tables.py
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 
 from latentlm.core.bench import RESULTS
@@ -88,8 +89,43 @@ def quality_table(data: dict) -> str:
     return "\n".join(lines)
 
 
+def recipes_table(data: dict) -> str:
+    lines = [
+        f"Machine: {data['machine']['cpu']}, {data['machine']['date']}; {data['setup']}.",
+        "",
+        "| corpus | K | recipe | held-out ppl (best) | at epoch | final | epoch 0 | epochs | train s "
+        "| LVD prep s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in data["rows"]:
+        lines.append(
+            f"| {row['corpus']} | {row['K']} | {row['recipe']} | {_fmt(row['heldout_ppl'])} | "
+            f"{_fmt(row['best_epoch'], 0)} | {_fmt(row['final_heldout_ppl'])} | "
+            f"{_fmt(row.get('initial_ppl'))} | {_fmt(row['epochs'], 0)} | {_fmt(row['train_seconds'])} | "
+            f"{_fmt(row.get('lvd_prepare_seconds'))} |"
+        )
+    lines += [
+        "",
+        "| cell | closed-form LVD → EM | best random init | gain | seconds to random AdamW's best |",
+        "|---|---|---|---|---|",
+    ]
+    for cell, entry in data["summary"].items():
+        times = ", ".join(
+            f"{key.removeprefix('seconds_to_target_')}: {_fmt(value)}"
+            for key, value in entry.items()
+            if key.startswith("seconds_to_target_")
+        )
+        lines.append(
+            f"| {cell} | {_fmt(entry.get('lvd_closed_form_em'))} | {_fmt(entry.get('best_random'))} | "
+            f"{_fmt(entry.get('gain_percent'))} % | {times} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__).parse_args()
     for name, render in (
+        ("hmm_recipes", recipes_table),
         ("hmm_throughput", throughput_table),
         ("hmm_matrix", matrix_table),
         ("hmm_throughput_adjacent", throughput_table),

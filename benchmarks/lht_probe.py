@@ -18,10 +18,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from latentlm.core.bench import data_dir, save_results
-from benchmarks.lht_quality import BASE
+from latentlm.core.bench import REPO, data_dir, save_results
 
-REPO = Path(__file__).resolve().parents[1]
+BENCH_CONFIG = REPO / "configs" / "lht" / "bench.yaml"
 
 
 def train_and_eval(job: tuple[str, list[str], int]) -> dict:
@@ -32,10 +31,15 @@ def train_and_eval(job: tuple[str, list[str], int]) -> dict:
 
     run_dir = Path(tempfile.mkdtemp(prefix=f"lht-probe-{name}-"))
     probe = ["eval.probe_max_documents=300", "eval.max_chunks=32"]
-    args = [*BASE, "num_threads=1", f"run_dir={run_dir}", f"train.max_steps={steps}", *overrides, *probe]
-    cli.main(["train", str(REPO / "configs" / "lht" / "tiny.yaml"), *args])
+    args = [f"run_dir={run_dir}", f"train.max_steps={steps}", *overrides, *probe]
+    cli.main(["train", str(BENCH_CONFIG), *args])
     cli.main(["eval", f"run_dir={run_dir}", "num_threads=1", *probe])
-    return {"model": name, "overrides": overrides, "steps": steps, **read_json(run_dir / "metrics.json")}
+    return {
+        "model": name,
+        "overrides": overrides,
+        "steps": steps,
+        **read_json(run_dir / "eval" / "metrics.json"),
+    }
 
 
 def main() -> None:

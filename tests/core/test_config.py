@@ -3,7 +3,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from latentlm.core import ConfigError, TrainConfig, load_config, save_config, split_cli_args
-from latentlm.core.config import config_to_dict
+from latentlm.core.config import check_choice, check_range, config_to_dict
 
 
 @dataclass
@@ -70,3 +70,82 @@ def test_split_cli_args():
     assert split_cli_args(["c.yaml", "a=1", "b.c=x"]) == ("c.yaml", ["a=1", "b.c=x"])
     with pytest.raises(ConfigError, match="neither"):
         split_cli_args(["oops"])
+
+
+def test_check_choice_and_check_range_messages():
+    check_choice("model.kind", "dense", ("dense", "sparse"))
+    with pytest.raises(ValueError) as err:
+        check_choice("model.kind", "tiny", ("dense", "sparse"))
+    assert str(err.value) == "model.kind: must be one of dense, sparse, got 'tiny'"
+    check_range("train.lr", 1e-3, 0, low_open=True)
+    cases = [
+        (dict(name="train.lr", value=-1, low=0, low_open=True), "train.lr: must be > 0, got -1"),
+        (dict(name="model.d_model", value=0, low=1), "model.d_model: must be >= 1, got 0"),
+        (dict(name="p", value=1.5, low=0, high=1, high_open=True), "p: must be in [0, 1), got 1.5"),
+        (dict(name="p", value=0.0, low=0, high=1, low_open=True), "p: must be in (0, 1], got 0.0"),
+        (dict(name="q", value=3, high=2), "q: must be <= 2, got 3"),
+        (dict(name="train.lr", value=float("inf"), low=0, low_open=True), "train.lr: must be > 0, got inf"),
+        (dict(name="train.lr", value=float("nan"), low=0, low_open=True), "train.lr: must be > 0, got nan"),
+        (dict(name="x", value=float("-inf")), "x: must be finite, got -inf"),
+        (dict(name="x", value="3", low=0), "x: must be a number >= 0, got '3'"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(ValueError) as err:
+            check_range(**kwargs)
+        assert str(err.value) == message
+    check_range("x", float("inf"), 0, finite=False)
+    check_range("x", 1, 1, 1)
+
+
+@dataclass
+class CheckedCfg:
+    d_model: int = 8
+    name: str = "x"
+
+    def __post_init__(self):
+        check_range("model.d_model", self.d_model, 1)
+
+
+@dataclass
+class CheckedRun:
+    model: CheckedCfg = field(default_factory=CheckedCfg)
+
+
+def test_range_errors_name_the_source_that_set_the_field(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("model:\n  d_model: 0\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(CheckedRun, path, ["model.name=y"])
+    assert str(err.value) == f"{path}: model.d_model: must be >= 1, got 0"
+    path.write_text("model:\n  d_model: 4\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(CheckedRun, path, ["model.d_model=-2"])
+    assert str(err.value) == "command line: model.d_model: must be >= 1, got -2"
+
+
+def test_empty_override_is_an_empty_string():
+    assert load_config(CheckedRun, None, ["model.name="]).model.name == ""
+    assert load_config(CheckedRun, None, ["model.name=a=b"]).model.name == "a=b"
+
+
+def test_env_interpolation_needs_opt_in_and_is_never_saved_resolved(tmp_path, monkeypatch):
+    monkeypatch.delenv("LATENTLM_ALLOW_ENV", raising=False)
+    monkeypatch.setenv("LATENTLM_TEST_SECRET", "s3cret")
+    path = tmp_path / "env.yaml"
+    path.write_text("model:\n  name: ${oc.env:LATENTLM_TEST_SECRET}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(CheckedRun, path)
+    assert str(err.value) == (
+        f"{path}: field 'model.name': ${{oc.env:LATENTLM_TEST_SECRET}} reads an environment variable, "
+        "which is off by default; set LATENTLM_ALLOW_ENV=1 to allow it "
+        "(config.yaml keeps the interpolation, not the value)"
+    )
+    with pytest.raises(ConfigError, match=r"^command line: field 'model.name': \$\{oc.env:"):
+        load_config(CheckedRun, None, ["model.name=${oc.env:LATENTLM_TEST_SECRET}"])
+    monkeypatch.setenv("LATENTLM_ALLOW_ENV", "1")
+    cfg = load_config(CheckedRun, path)
+    assert cfg.model.name == "s3cret"
+    save_config(cfg, tmp_path / "config.yaml")
+    saved = (tmp_path / "config.yaml").read_text()
+    assert "s3cret" not in saved and "${oc.env:LATENTLM_TEST_SECRET}" in saved
+    assert load_config(CheckedRun, tmp_path / "config.yaml") == cfg

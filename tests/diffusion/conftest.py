@@ -45,6 +45,7 @@ def tiny_data(tmp_path):
         "mask_token_id": MASK,
         "pad_token_id": PAD,
         "sep_token_id": SEP,
+        "unk_token_id": 2,
         "num_train": counts["train"],
         "num_val": counts["val"],
     }
@@ -69,7 +70,7 @@ def tiny_overrides(tiny_data):
     return [
         f"data.token_dir={tiny_data['token_dir']}",
         f"data.latent_dir={tiny_data['latent_dir']}",
-        "data.batch_size=8",
+        "batch_size=8",
         "model.d_model=16",
         "model.num_layers=1",
         "model.num_heads=2",
@@ -77,7 +78,7 @@ def tiny_overrides(tiny_data):
         "model.decay_lora_rank=4",
         "model.wkv_chunk_size=4",
         "model.latent_encoder_hidden=16",
-        "training.max_steps=3",
-        "training.log_every=1",
+        "train.max_steps=3",
+        "train.log_every=1",
         "eval.max_examples=8",
     ]

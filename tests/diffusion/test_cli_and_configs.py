@@ -6,10 +6,11 @@ import pytest
 import yaml
 
 from latentlm.core.config import ConfigError, config_from_dict, config_to_dict, load_config
-from latentlm.diffusion.cli import main, resolve_config_name
+from latentlm.diffusion.cli import main
 from latentlm.diffusion.config import DiffusionConfig
 
-CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs" / "diffusion").glob("*.yaml"))
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "diffusion"
+CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
@@ -17,58 +18,90 @@ def test_shipped_configs_load_and_round_trip(path):
     cfg = load_config(DiffusionConfig, path)
     again = config_from_dict(DiffusionConfig, config_to_dict(cfg))
     assert config_to_dict(again) == config_to_dict(cfg)
-    assert cfg.training.unfreeze_patterns == ["rwkv.*time_mix", "rwkv.*channel_mix"]
+    assert cfg.train.unfreeze_patterns == ["rwkv.*time_mix", "rwkv.*channel_mix"]
 
 
 def test_seed_overrides_parse():
     cfg = load_config(
         DiffusionConfig,
-        resolve_config_name("rwkv_mmdit"),
+        CONFIG_DIR / "rwkv_mmdit.yaml",
         [
-            "training.stage_schedule=stage2_variational",
-            'training.unfreeze_patterns=["rwkv.*time_mix"]',
-            "training.loss_type=sequential",
-            'training.sequential_schedule=[{"type": "stage1_coupling", "steps": 10000},'
+            "train.stage_schedule=stage2_variational",
+            'train.unfreeze_patterns=["rwkv.*time_mix"]',
+            "train.loss_type=sequential",
+            'train.sequential_schedule=[{"type": "stage1_coupling", "steps": 10000},'
             ' {"type": "l2t", "steps": 5000}]',
             "model.latent_prior_type=learned_gaussian",
             "loss.kl_weight=0.001",
         ],
     )
-    assert cfg.training.unfreeze_patterns == ["rwkv.*time_mix"]
-    assert [(p.type, p.steps) for p in cfg.training.sequential_schedule] == [
+    assert cfg.train.unfreeze_patterns == ["rwkv.*time_mix"]
+    assert [(p.type, p.steps) for p in cfg.train.sequential_schedule] == [
         ("stage1_coupling", 10000),
         ("l2t", 5000),
     ]
     with pytest.raises(ConfigError, match="latent_pred_from"):
         load_config(DiffusionConfig, None, ["model.latent_pred_from=middle"])
     with pytest.raises(ConfigError, match="unknown config key"):
-        load_config(DiffusionConfig, None, ["training.num_epoch=3"])
+        load_config(DiffusionConfig, None, ["train.num_epoch=3"])
 
 
 def test_cli_train_and_resume(tiny_overrides, tiny_data, capsys):
     run_dir = tiny_data["root"] / "run"
-    args = [*tiny_overrides, f"run_dir={run_dir}", "training.checkpoint_every=2"]
-    assert main(["train", *args, "training.max_steps=2"]) == 0
-    assert main(["train", *args, "training.max_steps=4"]) == 0  # resumes from step 2
+    args = [*tiny_overrides, f"run_dir={run_dir}", "train.checkpoint_every=2"]
+    assert main(["train", *args, "train.max_steps=2"]) == 0
+    assert main(["train", *args, "train.max_steps=4"]) == 0  # resumes from step 2
     out = capsys.readouterr().out
-    assert "resumed from" in out and "finished at step 4" in out
+    assert "resumed from" in out and "finished at step: 4" in out
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-    assert saved["training"]["max_steps"] == 4
-    assert main(["train", "--config-name", "no_such_config"]) == 2
+    assert saved["train"]["max_steps"] == 4
+    assert (run_dir / "model" / "config.json").is_file()
+    assert main(["train", "no_such_config.yaml"]) == 2
 
 
-def test_config_name_with_overrides_in_any_order():
-    from latentlm.diffusion.cli import _parse
+def test_cli_help_lists_fields_with_docstrings(capsys):
+    assert main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "model.d_model: int = 256" in out and "Width of both streams." in out
+    assert "loss.free_bits" in out and "sampling.float64" in out
 
-    command, path, overrides = _parse(
-        ["train", "--config-name", "rwkv_mmdit", "model.d_model=64", "run_dir=x"]
-    )
-    assert (
-        command == "train"
-        and path.name == "rwkv_mmdit.yaml"
-        and overrides == ["model.d_model=64", "run_dir=x"]
-    )
-    assert _parse(["eval", "run_dir=x", "--config-name", "tiny"])[1].name == "tiny.yaml"
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.d_model=0", "model.d_model: must be >= 1, got 0"),
+        ("batch_size=0", "batch_size: must be >= 1, got 0"),
+        ("eval.num_samples=0", "eval.num_samples: must be >= 1"),
+        ("loss.free_bits=-1", "loss.free_bits: must be >= 0"),
+    ],
+)
+def test_out_of_range_fields_are_refused_with_exit_2(override, message, capsys):
+    assert main(["train", override]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_bad_data_is_a_one_line_error_naming_the_file(tiny_overrides, tiny_data, capsys):
+    import numpy as np
+
+    latent_file = f"{tiny_data['latent_dir']}/train.npy"
+    latents = np.load(latent_file)
+    np.save(latent_file, latents[:-1])
+    assert main(["train", *tiny_overrides, f"run_dir={tiny_data['root'] / 'r1'}"]) == 2
+    assert "train.npy" in capsys.readouterr().err
+    latents[3, 2] = np.nan
+    np.save(latent_file, latents)
+    assert main(["train", *tiny_overrides, f"run_dir={tiny_data['root'] / 'r2'}"]) == 2
+    err = capsys.readouterr().err
+    assert "latents/train.npy" in err and "NaN" in err
+    np.save(latent_file, np.nan_to_num(latents))
+    token_file = f"{tiny_data['token_dir']}/val.npy"
+    ids = np.load(token_file)
+    ids[0, 0] = 999
+    np.save(token_file, ids)
+    assert main(["train", *tiny_overrides, f"run_dir={tiny_data['root'] / 'r3'}"]) == 2
+    err = capsys.readouterr().err
+    assert "tokens/val.npy" in err and "outside the vocabulary" in err
 
 
 @pytest.mark.real_model
@@ -76,16 +109,17 @@ def test_config_name_with_overrides_in_any_order():
 def test_real_precompute_train_eval(tmp_path, data_dir):
     """MiniLM latents for 80 Shakespeare sentences, 6 training steps, eval with the SmolLM2 judge, sample."""
     out = tmp_path / "data"
+    folders = [f"data.token_dir={out / 'tokens'}", f"data.latent_dir={out / 'latents'}"]
     assert (
         main(
             [
                 "precompute-latents",
-                f"corpus={data_dir / 'tinyshakespeare' / 'input.txt'}",
-                "corpus_format=shakespeare",
-                f"out_dir={out}",
-                "max_sentences=80",
-                "seq_len=16",
-                "val_fraction=0.2",
+                *folders,
+                f"data.prepare.corpus={data_dir / 'tinyshakespeare' / 'input.txt'}",
+                "data.prepare.corpus_format=shakespeare",
+                "data.prepare.max_sentences=80",
+                "data.prepare.seq_len=16",
+                "data.prepare.val_fraction=0.2",
             ]
         )
         == 0
@@ -95,21 +129,21 @@ def test_real_precompute_train_eval(tmp_path, data_dir):
     run_dir = tmp_path / "run"
     common = [
         f"run_dir={run_dir}",
-        f"data.token_dir={out / 'tokens'}",
-        f"data.latent_dir={out / 'latents'}",
+        *folders,
         "model.d_model=32",
         "model.num_layers=1",
         "model.num_heads=2",
-        "data.batch_size=16",
-        "training.max_steps=6",
+        "batch_size=16",
+        "train.max_steps=6",
         "eval.max_examples=16",
         "eval.num_samples=4",
         "sampling.num_steps=4",
         "eval.nelbo_samples=1",
     ]
     assert main(["train", *common]) == 0
-    assert main(["eval", *common]) == 0
-    metrics = yaml.safe_load((run_dir / "eval_metrics.json").read_text())
+    evaluated = [f"run_dir={run_dir}", "eval.num_samples=4", "sampling.num_steps=4", "eval.nelbo_samples=1"]
+    assert main(["eval", *evaluated]) == 0
+    metrics = yaml.safe_load((run_dir / "eval" / "metrics.json").read_text())
     assert metrics["nelbo"]["ppl_bound"] > 1.0
     for key in ("t2l", "l2t"):
         assert -1.0 <= metrics[key]["cosine"] <= 1.0 and 0.0 <= metrics[key]["recall_at_1"] <= 1.0
@@ -118,6 +152,31 @@ def test_real_precompute_train_eval(tmp_path, data_dir):
         "forward shapes",
         "freezing (l2t: latent stream frozen)",
     }
-    assert (run_dir / "report.md").is_file() and (run_dir / "plots" / "t2l_cosine.png").is_file()
-    assert main(["sample", *common, "sampling.mode=joint", "sampling.num_samples=2"]) == 0
+    assert metrics["sampling"] == {
+        "judge": "smollm2",
+        "sampling_precision": "float64",
+        "sampling_steps": 4,
+        "temperature": 1.0,
+        "top_k": 0,
+        "top_p": 1.0,
+    }
+    assert (run_dir / "eval" / "report.md").is_file() and (
+        run_dir / "eval" / "plots" / "t2l_cosine.png"
+    ).is_file()
+    assert main(["sample", f"run_dir={run_dir}", "sampling.mode=joint", "sampling.num_samples=2"]) == 0
     assert len((run_dir / "samples_joint.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.real_model
+@pytest.mark.slow
+def test_tiny_yaml_trains_as_written(tmp_path, data_dir, monkeypatch):
+    """`latentlm diffusion train configs/diffusion/tiny.yaml` from the repo root (fewer steps/sentences)."""
+    monkeypatch.setenv("LATENTLM_DATA", str(data_dir))
+    monkeypatch.chdir(tmp_path)
+    config = CONFIG_DIR / "tiny.yaml"
+    args = ["train.max_steps=2", "data.prepare.max_sentences=60"]
+    assert main(["train", str(config), *args]) == 0
+    run_dir = tmp_path / "runs" / "diffusion_tiny"
+    assert (run_dir / "model" / "model.safetensors").is_file()
+    meta = yaml.safe_load((tmp_path / "runs/diffusion_data/pydocs_tiny/tokens/meta.json").read_text())
+    assert meta["corpus_format"] == "pydocs" and meta["num_train"] + meta["num_val"] == 60

@@ -5,7 +5,8 @@ import re
 import pytest
 import torch
 
-from latentlm.diffusion.denoiser import DenoiserConfig, LatentDiffusionLM, TwoStreamDenoiser
+from latentlm.diffusion.config import ModelConfig
+from latentlm.diffusion.model import LatentDiffusionLM, TwoStreamDenoiser
 
 
 def _config(**kw):
@@ -20,8 +21,10 @@ def _config(**kw):
         num_latent_tokens=3,
         decay_lora_rank=4,
         prefix_length=2,
+        pad_token_id=0,
+        sep_token_id=1,
     )
-    return DenoiserConfig(**{**base, **kw})
+    return ModelConfig(**{**base, **kw})
 
 
 @pytest.mark.parametrize("mixer", ["rwkv", "attention"])
@@ -61,7 +64,7 @@ def test_prefix_latent_head_reads_only_the_prefix_embeddings():
 
 
 def test_seed_unfreeze_regexes_select_recurrent_layers():
-    names = [n for n, _ in LatentDiffusionLM(_config(), variational=True).named_parameters()]
+    names = [n for n, _ in LatentDiffusionLM(_config(variational=True)).named_parameters()]
     time_mix = [n for n in names if re.search("rwkv.*time_mix", n)]
     channel_mix = [n for n in names if re.search("rwkv.*channel_mix", n)]
     assert time_mix and channel_mix

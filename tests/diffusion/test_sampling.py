@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from latentlm.diffusion.denoiser import DenoiserConfig, LatentDiffusionLM
+from latentlm.diffusion.config import ModelConfig
+from latentlm.diffusion.model import LatentDiffusionLM
 from latentlm.diffusion.sampling import (
     filter_logits,
     sample_categorical,
@@ -64,7 +65,7 @@ def test_gumbel_frequencies_match_tempered_softmax():
 
 def _tiny_model():
     torch.manual_seed(0)
-    cfg = DenoiserConfig(
+    cfg = ModelConfig(
         vocab_size=13,
         mask_token_id=12,
         latent_dim=5,

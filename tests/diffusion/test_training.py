@@ -1,5 +1,6 @@
 """Loss modes, freezing, the Stage II unfreeze policy and Stage I -> Stage II checkpoint start."""
 
+import math
 import re
 
 import pytest
@@ -11,7 +12,8 @@ from latentlm.core.engine import Trainer
 from latentlm.core.run import RunDir
 from latentlm.diffusion.config import DiffusionConfig
 from latentlm.diffusion.data import DirectFileDataset, collate_batch
-from latentlm.diffusion.training import DiffusionTask, stream_of
+from latentlm.diffusion.model import stream_of
+from latentlm.diffusion.task import DiffusionTask
 
 
 def _task(overrides, run=None):
@@ -38,10 +40,10 @@ def test_every_mode_gives_finite_losses_and_gradients_only_where_trainable(
     torch.manual_seed(0)
     overrides = [
         *tiny_overrides,
-        f"training.stage_schedule={stage}",
-        f"training.loss_type={mode}",
+        f"train.stage_schedule={stage}",
+        f"train.loss_type={mode}",
         "loss.geom_weight=0.5",
-        "training.clean_cond_prob=0.0",
+        "train.clean_cond_prob=0.0",
     ]
     if stage == "stage2_variational":
         overrides.append("data.use_external_latents=false")
@@ -74,8 +76,8 @@ def test_sequential_schedule_phases(tiny_overrides):
     task = _task(
         [
             *tiny_overrides,
-            "training.loss_type=sequential",
-            "training.sequential_schedule=[{type: stage1_coupling, steps: 2}, {type: l2t, steps: 1},"
+            "train.loss_type=sequential",
+            "train.sequential_schedule=[{type: stage1_coupling, steps: 2}, {type: l2t, steps: 1},"
             " {type: t2l, steps: 3}]",
         ]
     )
@@ -86,25 +88,25 @@ def _train(overrides, run_path):
     cfg = load_config(DiffusionConfig, None, overrides)
     run = RunDir(run_path, tensorboard=False)
     task = DiffusionTask(cfg, run)
-    trainer = Trainer(task, cfg.training, run)
+    trainer = Trainer(task, cfg.train, run)
     trainer.fit()
     return trainer, task, run
 
 
 def test_stage2_starts_from_stage1_checkpoint_and_unfreezes_on_schedule(tiny_overrides, tiny_data):
     stage1_dir = tiny_data["root"] / "stage1"
-    _train([*tiny_overrides, "training.max_steps=2"], stage1_dir)
+    _train([*tiny_overrides, "train.max_steps=2"], stage1_dir)
     stage1 = load_tensors(RunDir(stage1_dir, tensorboard=False).latest_checkpoint() / "model.safetensors")
 
     patterns = ["rwkv.*time_mix"]
     stage2_overrides = [
         *tiny_overrides,
-        "training.stage_schedule=stage2_variational",
+        "train.stage_schedule=stage2_variational",
         "data.use_external_latents=false",
         f"model.checkpoint_path={stage1_dir}",
-        "training.unfreeze_after_steps=2",
-        f"training.unfreeze_patterns={patterns}",
-        "training.param_log_every=1",
+        "train.unfreeze_after_steps=2",
+        f"train.unfreeze_patterns={patterns}",
+        "train.param_log_every=1",
     ]
     task = _task(stage2_overrides)
     model = task.build_model()
@@ -124,7 +126,7 @@ def test_stage2_starts_from_stage1_checkpoint_and_unfreezes_on_schedule(tiny_ove
     assert task._apply_unfreeze_policy(model, 3) == []
 
     # Train 3 steps: step 0-1 frozen denoiser, step 2 unfreezes time_mix.
-    trainer, _, run = _train([*stage2_overrides, "training.max_steps=3"], tiny_data["root"] / "stage2")
+    trainer, _, run = _train([*stage2_overrides, "train.max_steps=3"], tiny_data["root"] / "stage2")
     final = trainer.model.state_dict()
     for name, value in final.items():
         if name.startswith("rwkv.") and "time_mix" not in name:
@@ -154,3 +156,101 @@ def test_bad_checkpoint_path_is_named(tiny_overrides, tmp_path):
     task = _task([*tiny_overrides, f"model.checkpoint_path={tmp_path / 'nope'}"])
     with pytest.raises(FileNotFoundError, match="model.checkpoint_path"):
         task.build_model()
+
+
+def test_compact_vocab_round_trips_training_tokens_and_counts_unk(tiny_data):
+    import numpy as np
+
+    from latentlm.diffusion.data import CompactVocab, read_token_meta
+
+    meta = read_token_meta(tiny_data["token_dir"])
+    train = np.load(f"{tiny_data['token_dir']}/train.npy")[:4]
+    vocab = CompactVocab.build(train, meta)
+    seen = set(np.unique(train).tolist()) | {meta.pad_token_id, meta.sep_token_id, meta.mask_token_id, 2}
+    assert len(vocab) == len(seen) < meta.vocab_size
+    # every training token maps to a distinct compact id and back
+    np.testing.assert_array_equal(vocab.original_ids[vocab.id_map[train]], train)
+    # unseen tokens map to [UNK] (tokenizer id 2 in the fixture), and are counted
+    unseen = sorted(set(range(meta.vocab_size)) - seen)
+    assert unseen and all(vocab.original_ids[vocab.id_map[u]] == 2 for u in unseen)
+    val = np.load(f"{tiny_data['token_dir']}/val.npy")
+    expected = sum(int(t) in unseen for t in val.ravel())
+    assert vocab.unknown_count(val, meta) == expected
+
+
+def test_kl_warmup_and_free_bits_match_hand_computation():
+    from latentlm.diffusion.variational import free_bits_kl, kl_divergence, kl_weight_at
+
+    assert kl_weight_at(0, 0.5, 10) == 0.0
+    assert kl_weight_at(4, 0.5, 10) == 0.5 * 4 / 10
+    assert kl_weight_at(10, 0.5, 10) == kl_weight_at(99, 0.5, 10) == 0.5
+    assert kl_weight_at(0, 0.5, 0) == 0.5
+    # Two examples, two dimensions; q = N(mu, e^logvar), p = N(0, 1): KL = (e^lv + mu^2 - 1 - lv) / 2.
+    mu = torch.tensor([[0.0, 2.0], [0.0, 1.0]])
+    logvar = torch.tensor([[0.0, 0.0], [-1.0, 0.0]])
+    kl = kl_divergence(mu, logvar, torch.zeros(2), torch.zeros(2), reduce=False)
+    by_hand = torch.tensor([[0.0, 2.0], [(math.exp(-1.0) - 1.0 + 1.0) / 2, 0.5]])
+    torch.testing.assert_close(kl, by_hand)
+    # Batch means per dimension: [0.18394, 1.25]; free bits 0.5 lifts the first to 0.5.
+    torch.testing.assert_close(free_bits_kl(kl, 0.0), torch.tensor(math.exp(-1.0) / 4 + 1.25))
+    torch.testing.assert_close(free_bits_kl(kl, 0.5), torch.tensor(0.5 + 1.25))
+    # Below the free bits a dimension gets no gradient; above it does.
+    mu = mu.clone().requires_grad_()
+    free_bits_kl(kl_divergence(mu, logvar, torch.zeros(2), torch.zeros(2), reduce=False), 0.5).backward()
+    assert mu.grad[:, 0].abs().sum() == 0 and mu.grad[:, 1].abs().sum() > 0
+
+
+def test_stage2_loss_uses_warmup_and_free_bits(tiny_overrides):
+    overrides = [
+        *tiny_overrides,
+        "train.stage_schedule=stage2_variational",
+        "data.use_external_latents=false",
+        "loss.kl_weight=0.2",
+        "loss.kl_warmup_steps=4",
+        "loss.free_bits=0.01",
+    ]
+    task = _task(overrides)
+    model = task.build_model()
+    batch = _batch(task)
+    for step, weight in ((0, 0.0), (2, 0.1), (8, 0.2)):
+        torch.manual_seed(0)
+        out = task.compute_losses(model, batch, "stage1_coupling", step)
+        assert float(out["kl_weight"]) == pytest.approx(weight)
+        expected = out["text_nelbo_per_token"] + out["latent_mse"] + weight * out["kl_penalised"] / 8
+        torch.testing.assert_close(out["loss"].detach(), expected)
+
+
+def test_autoregressive_baseline_loss_is_hand_computed_cross_entropy():
+    from latentlm.diffusion.autoregressive import AutoregressiveLM, real_token_mask
+    from latentlm.diffusion.config import ModelConfig
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        d_model=8,
+        num_layers=1,
+        num_heads=2,
+        vocab_size=7,
+        seq_len=5,
+        latent_dim=1,
+        mask_token_id=6,
+        pad_token_id=0,
+        sep_token_id=1,
+        unk_token_id=2,
+    )
+    model = AutoregressiveLM(cfg).eval()
+    rows = torch.tensor([[3, 4, 1, 0, 0], [5, 3, 4, 5, 1]])
+    assert real_token_mask(rows, 1).tolist() == [[True, True, True, False, False], [True] * 5]
+    out = model(rows)
+    total, count = 0.0, 0
+    for b in range(2):
+        prefix = [1]  # the [SEP] start token
+        for t in range(5):
+            logits = model.logits(torch.tensor([prefix]))[0, -1]
+            if t < 3 or b == 1:
+                total += -(logits[rows[b, t]] - torch.logsumexp(logits, 0)).item()
+                count += 1
+            prefix.append(int(rows[b, t]))
+    assert count == 8 and int(out.num_tokens) == 8
+    assert float(out.loss.detach()) == pytest.approx(total / count, rel=1e-5)
+    samples = model.sample_ids(3, generator=torch.Generator().manual_seed(0))
+    assert samples.shape == (3, 5) and not (samples == 6).any()

@@ -46,6 +46,45 @@ def test_chunked_equals_naive_float64(chunk_size):
     )
 
 
+@pytest.mark.parametrize(
+    ("regime", "low", "high"),
+    [("near 1", -1e-6, -1e-9), ("near 0", -12.0, -8.0), ("mixed", -12.0, -1e-9), ("model floor", -5.0, -4.0)],
+)
+@pytest.mark.parametrize("chunk_size", [4, 16, 64])
+def test_chunk_form_equals_naive_both_directions_forward_and_backward(regime, low, high, chunk_size):
+    """The matmul chunk form == the step-by-step scan to 1e-10 in float64, values and gradients, with
+    decays near 1 (w = 1 - 1e-6), near 0 (w ~ e^-12) and mixed, in both scan directions."""
+    g = torch.Generator().manual_seed(1)
+    B, H, T, K, V = 2, 2, 70, 4, 3
+    leaves = [torch.randn(B, H, T, d, generator=g, dtype=torch.float64) for d in (K, K, V)]
+    log_w = low + (high - low) * torch.rand(B, H, T, K, generator=g, dtype=torch.float64)
+    u = torch.randn(1, H, 1, K, generator=g, dtype=torch.float64)
+    leaves = [x.requires_grad_() for x in (*leaves, log_w)]
+    cotangent = torch.randn(B, H, T, V, generator=g, dtype=torch.float64)
+    results = {}
+    for impl in ("naive", "chunked"):
+        for direction in ("forward", "backward"):
+            inputs = [x.flip(2) if direction == "backward" else x for x in leaves]
+            y = wkv_chunked(*inputs, chunk_size) if impl == "chunked" else wkv_naive(*inputs)
+            grads = torch.autograd.grad((y * cotangent).sum(), leaves)
+            results[impl, direction] = (y, *grads)
+        y = bidirectional_wkv(*leaves, u, impl=impl, chunk_size=chunk_size)
+        results[impl, "both"] = (y, *torch.autograd.grad((y * cotangent).sum(), leaves))
+    for direction in ("forward", "backward", "both"):
+        for a, b in zip(results["naive", direction], results["chunked", direction], strict=True):
+            assert torch.isfinite(b).all()
+            torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10)
+
+
+def test_chunk_size_falls_back_when_decay_exceeds_the_exponent_range():
+    r, k, v, log_w, _ = _random_inputs(T=24)
+    log_w = log_w.float() * 100.0  # up to -300 per token: e^{+-300} does not fit float32
+    r, k, v = r.float(), k.float(), v.float()
+    y = wkv_chunked(r, k, v, log_w, chunk_size=16)
+    assert torch.isfinite(y).all()
+    torch.testing.assert_close(y, wkv_naive(r, k, v, log_w), rtol=1e-5, atol=1e-5)
+
+
 def test_bidirectional_matches_double_loop():
     r, k, v, log_w, u = _random_inputs(T=9)
     expected = _bidirectional_double_loop(r, k, v, log_w, u)
@@ -76,7 +115,7 @@ def test_joint_time_mix_impls_agree_and_names():
             p.add_(0.1 * torch.randn_like(p))
     x_text, x_lat = torch.randn(2, 7, 16, dtype=torch.float64), torch.randn(2, 3, 16, dtype=torch.float64)
     naive = mix(x_text, x_lat)
-    for chunk in (4, 0):  # 0: automatic, about sqrt(10)
+    for chunk in (4, 0):  # 0: DEFAULT_CHUNK_SIZE, capped at the joint length
         mix.impl, mix.chunk_size = "chunked", chunk
         chunked = mix(x_text, x_lat)
         for a, b in zip(naive, chunked, strict=True):
@@ -85,3 +124,23 @@ def test_joint_time_mix_impls_agree_and_names():
     # Text output depends on latent tokens (joint mixing).
     out_text_2, _ = mix(x_text, x_lat + 1.0)
     assert not torch.allclose(out_text_2, chunked[0])
+
+
+@pytest.mark.gpu
+def test_flash_linear_attention_kernel_equals_chunked_on_cuda():
+    pytest.importorskip("fla")
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from latentlm.diffusion.wkv import wkv_fla
+
+    g = torch.Generator().manual_seed(0)
+    B, H, T, K = 2, 4, 256, 64
+    r, k, v = (0.3 * torch.randn(B, H, T, K, generator=g) for _ in range(3))
+    log_w = -torch.rand(B, H, T, K, generator=g).mul(2.0).exp()
+    u = torch.randn(1, H, 1, K, generator=g)
+    cuda = [x.cuda() for x in (r, k, v, log_w)]
+    torch.testing.assert_close(wkv_fla(*cuda).cpu(), wkv_chunked(r, k, v, log_w, 32), rtol=2e-3, atol=2e-3)
+    both = bidirectional_wkv(*cuda, u.cuda(), impl="fla").cpu()
+    torch.testing.assert_close(
+        both, bidirectional_wkv(r, k, v, log_w, u, chunk_size=32), rtol=2e-3, atol=2e-3
+    )

@@ -8,9 +8,10 @@ from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import WhitespaceSplit
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from latentlm.hmm.corpus import CorpusConfig, build_corpus
-from latentlm.hmm.distill import DistillConfig, sample_corpus, sample_texts
-from latentlm.hmm.teacher import TeacherConfig, embed_sequences
+from latentlm.hmm.config import DataConfig, DistillConfig, TeacherConfig
+from latentlm.hmm.data import build_corpus
+from latentlm.hmm.distill import sample_corpus, sample_texts
+from latentlm.hmm.teacher import embed_sequences
 
 WORDS = ["<pad>", "<unk>", "<eos>", "the", "cat", "dog", "sat", "ran", "on", "mat", "."]
 
@@ -72,7 +73,8 @@ def test_teacher_tokenizer_embeddings_use_hidden_states_and_eos(tiny_lm, tmp_pat
     path = tmp_path / "c.txt"
     path.write_text("the cat sat on the mat .\nthe dog ran .\n")
     corpus = build_corpus(
-        CorpusConfig(path=str(path), format="lines", tokenizer="teacher", heldout_fraction=0.0), tokenizer
+        DataConfig(path=str(path), format="lines", tokenizer="teacher", heldout_fraction=0.0),
+        teacher_tokenizer=tokenizer,
     )
     assert corpus.vocab[:3] == ["<pad>", "<unk>", "<eos>"] and "cat" in corpus.vocab
     emb = embed_sequences(

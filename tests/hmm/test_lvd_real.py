@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from latentlm.hmm.corpus import CorpusConfig, build_corpus
-from latentlm.hmm.teacher import TeacherConfig, embed_sequences, load_teacher
+from latentlm.hmm.config import DataConfig, TeacherConfig
+from latentlm.hmm.data import build_corpus
+from latentlm.hmm.teacher import embed_sequences, load_teacher
 
 pytestmark = pytest.mark.real_model
 
@@ -17,7 +18,7 @@ LINES = "the unbelievably happy cat sat .\na dog ran far away from the cat .\nth
 def test_word_embedding_is_the_mean_of_its_subword_states(tmp_path):
     path = tmp_path / "c.txt"
     path.write_text(LINES)
-    corpus = build_corpus(CorpusConfig(path=str(path), format="lines", heldout_fraction=0.0))
+    corpus = build_corpus(DataConfig(path=str(path), format="lines", heldout_fraction=0.0))
     model, tokenizer, kind = load_teacher(TeacherConfig(name="minilm"))
     assert kind == "encoder"
     embeddings = embed_sequences(
@@ -51,9 +52,9 @@ def test_cli_train_then_eval_with_minilm(tmp_path):
     run_dir = tmp_path / "run"
     args = [
         f"run_dir={run_dir}",
-        f"corpus.path={path}",
-        "corpus.format=lines",
-        "corpus.heldout_fraction=0.2",
+        f"data.path={path}",
+        "data.format=lines",
+        "data.heldout_fraction=0.2",
         "model.num_states=6",
         "lvd.pretrain_tokens=40",
         f"lvd.cache_dir={tmp_path / 'cache'}",
@@ -68,5 +69,5 @@ def test_cli_train_then_eval_with_minilm(tmp_path):
     report = (run_dir / "report.md").read_text()
     assert "plots/train_loss.png" in report and (run_dir / "plots" / "train_loss.png").is_file()
     assert main(["eval", f"run_dir={run_dir}"]) == 0
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
     assert metrics["heldout_ppl"] == pytest.approx(summary["heldout_ppl"], rel=1e-5)

@@ -11,10 +11,11 @@ from latentlm.core.config import ConfigError, config_from_dict, load_config
 from latentlm.core.engine import Trainer, TrainState
 from latentlm.core.run import RunDir
 from latentlm.hmm import lvd as lvd_module
-from latentlm.hmm.corpus import CorpusConfig, build_corpus, surface_words
+from latentlm.hmm.config import DataConfig, HMMRunConfig, KMeansConfig
+from latentlm.hmm.data import build_corpus, pad_batch, surface_words
 from latentlm.hmm.forward import forward_log_likelihood, joint_log_likelihood
-from latentlm.hmm.lvd import KMeansConfig, LatentStates, kmeans_assignments, prepare_latent_states
-from latentlm.hmm.task import HMMRunConfig, HMMTask, lvd_prefix_lengths, pad_batch
+from latentlm.hmm.lvd import LatentStates, kmeans_assignments, prepare_latent_states
+from latentlm.hmm.task import HMMTask, lvd_prefix_lengths
 
 TEXT = """the cat sat on the mat .
 the dog sat on the log .
@@ -39,7 +40,7 @@ def make_cfg(tmp_path, corpus_file, **overrides):
         "run_dir": str(tmp_path / "run"),
         "batch_size": 3,
         "model": {"num_states": 4},
-        "corpus": {"path": str(corpus_file), "format": "lines", "heldout_fraction": 0.25},
+        "data": {"path": str(corpus_file), "format": "lines", "heldout_fraction": 0.25},
         "lvd": {"pretrain_tokens": 23, "cache_dir": str(tmp_path / "cache")},
         "train": {"max_steps": 8, "lr": 0.05, "log_every": 1, "eval_every": 4, "seed": 1},
     }
@@ -73,7 +74,7 @@ def test_prefix_lengths_hand_out_the_budget_in_order():
 
 def test_loss_is_joint_then_marginal(tmp_path, corpus_file):
     cfg = make_cfg(tmp_path, corpus_file)
-    corpus = build_corpus(cfg.corpus)
+    corpus = build_corpus(cfg.data)
     cfg.model.vocab_size = len(corpus.vocab)
     states = random_states(corpus, 4)
     task = HMMTask(cfg, corpus, states)
@@ -81,7 +82,7 @@ def test_loss_is_joint_then_marginal(tmp_path, corpus_file):
     dataset = task.train_dataset()
     batch = pad_batch([dataset[i] for i in range(3)])
     lengths = batch["mask"].sum(1)
-    params = model()
+    params = model.log_parameters()
     joint = joint_log_likelihood(*params, batch["obs"], batch["states"], batch["mask"])
     marginal = forward_log_likelihood(*params, batch["obs"], batch["mask"])
     n = int(lengths.sum())
@@ -106,7 +107,7 @@ def test_loss_is_joint_then_marginal(tmp_path, corpus_file):
 
 def test_switch_happens_at_exactly_pretrain_tokens(tmp_path, corpus_file):
     cfg = make_cfg(tmp_path, corpus_file)
-    corpus = build_corpus(cfg.corpus)
+    corpus = build_corpus(cfg.data)
     _, state, run = trained(cfg, corpus, random_states(corpus, 4))
     records = run.read_metrics()
     lvd_tokens = [r["train/lvd_tokens"] for r in records if "train/lvd_tokens" in r]
@@ -122,14 +123,14 @@ def test_switch_happens_at_exactly_pretrain_tokens(tmp_path, corpus_file):
 
 def test_no_lvd_run_never_uses_states(tmp_path, corpus_file):
     cfg = make_cfg(tmp_path, corpus_file, **{"lvd.enabled": False})
-    corpus = build_corpus(cfg.corpus)
+    corpus = build_corpus(cfg.data)
     _, state, run = trained(cfg, corpus, None)
     assert all(r.get("train/lvd_tokens", 0) == 0 for r in run.read_metrics())
     assert "switch_step" not in state.extra
 
 
 def test_resume_equals_uninterrupted_run(tmp_path, corpus_file):
-    corpus = build_corpus(make_cfg(tmp_path, corpus_file).corpus)
+    corpus = build_corpus(make_cfg(tmp_path, corpus_file).data)
     states = random_states(corpus, 4)
     full_cfg = make_cfg(tmp_path, corpus_file, **{"train.max_steps": 10})
     full_cfg.run_dir = str(tmp_path / "full")
@@ -147,7 +148,7 @@ def test_resume_equals_uninterrupted_run(tmp_path, corpus_file):
 
 def test_stored_assignments_are_computed_once_and_reused(tmp_path, corpus_file, monkeypatch):
     cfg = make_cfg(tmp_path, corpus_file)
-    corpus = build_corpus(cfg.corpus)
+    corpus = build_corpus(cfg.data)
     calls = {"embed": 0, "kmeans": 0}
 
     def fake_teacher(teacher_cfg):
@@ -211,7 +212,7 @@ def test_too_many_states_for_the_embeddings_raises():
 
 def test_too_many_states_for_the_corpus_raises(tmp_path, corpus_file):
     cfg = make_cfg(tmp_path, corpus_file)
-    corpus = build_corpus(cfg.corpus)
+    corpus = build_corpus(cfg.data)
     with pytest.raises(ValueError, match="larger than the number of training tokens"):
         prepare_latent_states(corpus, 10_000, cfg.lvd)
 
@@ -220,9 +221,9 @@ def test_empty_corpus_raises(tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("  \n\n ")
     with pytest.raises(ValueError, match="empty"):
-        build_corpus(CorpusConfig(path=str(empty), format="lines"))
-    with pytest.raises(ValueError, match="corpus.path"):
-        build_corpus(CorpusConfig())
+        build_corpus(DataConfig(path=str(empty), format="lines"))
+    with pytest.raises(ValueError, match="data.path"):
+        build_corpus(DataConfig())
 
 
 def test_unknown_teacher_raises():
@@ -246,14 +247,12 @@ def test_malformed_and_unknown_config_raise(tmp_path):
 def test_cli_reports_errors_with_exit_code(tmp_path, capsys):
     from latentlm.hmm.cli import main
 
-    assert main(["train", f"corpus.path={tmp_path / 'missing.txt'}"]) == 2
+    assert main(["train", f"data.path={tmp_path / 'missing.txt'}"]) == 2
     assert "missing.txt" in capsys.readouterr().err
 
 
 def test_corpus_split_vocab_and_eos(tmp_path, corpus_file):
-    cfg = CorpusConfig(
-        path=str(corpus_file), format="lines", heldout_fraction=0.25, min_count=2, max_length=5
-    )
+    cfg = DataConfig(path=str(corpus_file), format="lines", heldout_fraction=0.25, min_count=2, max_length=5)
     corpus = build_corpus(cfg)
     assert corpus.vocab[:3] == ["<pad>", "<unk>", "<eos>"]
     lines = TEXT.strip().splitlines()

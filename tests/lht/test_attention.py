@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import warnings
 
@@ -117,14 +118,23 @@ def layout_for(active: int, with_doc: bool):
     return build_layout(valid, units, CAPACITY, with_doc)
 
 
+def edge_set(*values) -> EdgeConfig:
+    """One edge type in isolation: set after construction, since a run config refuses a token row with
+    neither a window nor its unit (the patterns themselves stay defined for it)."""
+    config = EdgeConfig()
+    for field, value in zip(dataclasses.fields(EdgeConfig), values, strict=True):
+        setattr(config, field.name, value)
+    return config
+
+
 ONLY = {
-    "local": EdgeConfig(2, False, False, False, 0, False),
-    "same_unit": EdgeConfig(0, True, False, False, 0, False),
-    "parent_child": EdgeConfig(0, False, True, False, 0, False),
-    "siblings": EdgeConfig(0, False, False, True, 0, False),
-    "neighbours": EdgeConfig(0, False, False, False, 1, False),
-    "doc": EdgeConfig(0, False, False, False, 0, True),
-    "all": EdgeConfig(3, True, True, True, 2, True),
+    "local": edge_set(2, False, False, False, 0, False),
+    "same_unit": edge_set(0, True, False, False, 0, False),
+    "parent_child": edge_set(0, False, True, False, 0, False),
+    "siblings": edge_set(0, False, False, True, 0, False),
+    "neighbours": edge_set(0, False, False, False, 1, False),
+    "doc": edge_set(0, False, False, False, 0, True),
+    "all": edge_set(3, True, True, True, 2, True),
 }
 
 

@@ -4,7 +4,8 @@ import math
 
 import torch
 
-from latentlm.lht.masking import MaskingConfig, mask_tokens
+from latentlm.lht.config import MaskingConfig
+from latentlm.lht.masking import mask_tokens
 
 
 def test_masking_statistics_80_10_10():

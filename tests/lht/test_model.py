@@ -7,9 +7,8 @@ import warnings
 import pytest
 import torch
 
-from latentlm.lht.attention import EdgeConfig
-from latentlm.lht.model import LHTConfig, LHTForMaskedLM, apply_rope, autocast_context, rope_tables
-from latentlm.lht.routers import HierarchyConfig
+from latentlm.lht.config import EdgeConfig, HierarchyConfig, LHTConfig
+from latentlm.lht.model import LHTForMaskedLM, apply_rope, autocast_context, rope_tables
 
 
 def tiny_config(**overrides) -> LHTConfig:

@@ -15,8 +15,9 @@ from latentlm.core.config import load_config
 from latentlm.core.engine import Trainer
 from latentlm.core.run import RunDir
 from latentlm.lht import cli
+from latentlm.lht.config import LHTRunConfig
 from latentlm.lht.data import build_corpus, random_token_range
-from latentlm.lht.train import LHTPretrainTask, LHTRunConfig
+from latentlm.lht.task import LHTPretrainTask
 from latentlm.teachers import load_tokenizer
 
 DOC = """Heading {i}
@@ -133,15 +134,16 @@ def test_cli_train_and_eval(tmp_path, tokenizer, monkeypatch):
     assert (
         cli.main(["eval", f"run_dir={cfg.run_dir}", "eval.probe_min_documents=2", "eval.probe_folds=2"]) == 0
     )
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
     assert metrics["heldout"]["perplexity"] > 1
     level1 = metrics["boundaries"]["levels"]["level1"]
     assert 0 <= level1["sentence"]["f1"] <= 1 and level1["tokens_per_unit"] >= 1
-    report = (tmp_path / "run" / "report.md").read_text()
-    assert "plots/boundaries.png" in report and (tmp_path / "run" / "plots" / "boundaries.png").is_file()
+    report = (tmp_path / "run" / "eval" / "report.md").read_text()
+    assert "plots/boundaries.png" in report
+    assert (tmp_path / "run" / "eval" / "plots" / "boundaries.png").is_file()
 
 
-@pytest.mark.parametrize("name", ["tiny.yaml", "pretrain.yaml"])
+@pytest.mark.parametrize("name", ["tiny.yaml", "pretrain.yaml", "bench.yaml"])
 def test_shipped_configs_load(name):
     from pathlib import Path
 

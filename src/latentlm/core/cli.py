@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from latentlm.cli import help_text, usage_error
 from latentlm.core.config import ConfigError, load_config, split_cli_args, split_run_dir
 
 
@@ -71,9 +72,9 @@ def system_cli(system: str, doc: str, commands: Sequence[Command]) -> Callable[[
         name, rest = args[0], args[1:]
         command = by_name.get(name)
         if command is None:
-            print(f"latentlm {system}: error: unknown command {name!r}; choose one of {', '.join(by_name)}",
-                  file=sys.stderr)
-            return 2
+            return usage_error(
+                f"latentlm {system}", f"unknown command {name!r}; choose one of {', '.join(by_name)}"
+            )
         if "-h" in rest or "--help" in rest:
             print(command_help(system, command))
             return 0
@@ -87,13 +88,15 @@ def system_cli(system: str, doc: str, commands: Sequence[Command]) -> Callable[[
             else:
                 result = command.run(rest)
         except KeyboardInterrupt:
-            print(f"latentlm {system} {name}: interrupted (checkpoints written so far are kept)", file=sys.stderr)
+            print(
+                f"latentlm {system} {name}: interrupted (checkpoints written so far are kept)",
+                file=sys.stderr,
+            )
             return 130
         except USER_ERRORS as err:
             if debug:
                 raise
-            print(f"latentlm {system} {name}: error: {_one_line(err)}", file=sys.stderr)
-            return 2
+            return usage_error(f"latentlm {system} {name}", _one_line(err))
         _print_result(result)
         return 0
 
@@ -136,7 +139,8 @@ def describe_fields(schema: type, prefix: str = "") -> list[tuple[str, str, Any,
             default = field.default_factory()
         else:
             default = None
-        type_name = getattr(kind, "__name__", None) or str(kind).replace("typing.", "")
+        generic = typing.get_origin(kind) is not None  # list[str], int | None: spelled out in full
+        type_name = (None if generic else getattr(kind, "__name__", None)) or str(kind).replace("typing.", "")
         rows.append((name, type_name, default, docs.get(field.name, "")))
     return rows
 
@@ -165,10 +169,14 @@ def _attribute_docs(schema: type) -> dict[str, str]:
 
 
 def _usage(system: str, doc: str, commands: Sequence[Command]) -> str:
-    lines = [f"usage: latentlm {system} <command> [config.yaml] [key=value ...]", "", doc.strip(), "", "commands:"]
-    lines += [f"  {c.name:12s} {c.help}" for c in commands]
-    lines += ["", f"`latentlm {system} <command> --help` lists every config field with its default."]
-    return "\n".join(lines)
+    return help_text(
+        [f"latentlm {system} <command> [config.yaml] [key=value ...]"],
+        doc,
+        "commands",
+        [(c.name, c.help) for c in commands],
+        f"`latentlm {system} <command> --help` lists every config field with its default;\n"
+        "add --debug to see the traceback of an error.",
+    )
 
 
 def _one_line(err: BaseException) -> str:

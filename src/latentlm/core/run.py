@@ -1,26 +1,43 @@
 """The run directory: one folder per run holding everything it produced.
 
 Layout:
-    config.yaml        the resolved configuration, written before step 0
+    config.yaml        the resolved configuration, written before step 0 (rewritten when a resume
+                       changes a field that may change, see `check_resume_config`)
+    config_changes.jsonl  one record per resume that changed such fields: the step they took effect at
     metrics.jsonl      one JSON record per logged step ({"step": ..., "train/loss": ...})
     tb/                TensorBoard events of the same scalars
     checkpoints/       step_N/ folders written by the engine (atomic)
     plots/  report.md  written by `latentlm.core.report.Report`
+    .lock              the advisory lock of the process training into the run (pid and host inside)
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import fcntl
 import json
 import math
+import os
 import re
+import socket
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import yaml
 from tqdm.auto import tqdm
 
-from latentlm.core.checkpoint import atomic_write_text, write_json
-from latentlm.core.config import save_config
+from latentlm.core.checkpoint import DamagedFileError, atomic_write_text, verify_manifest, write_json
+from latentlm.core.config import ConfigError, config_to_yaml, save_config
+
+ALWAYS_RESUMABLE = ("run_dir", "num_threads")
+"""Field names that may differ on resume wherever they sit in a config (they do not change the results)."""
+
+
+class RunLockedError(OSError):
+    """Another process is training into the same run directory."""
 
 
 class RunDir:
@@ -31,6 +48,9 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         self.tensorboard = tensorboard
         self._tb_writer = None
+        self._verified: dict[tuple[Path, int], str | None] = {}
+        self._lock_fd: int | None = None
+        self._lock_depth = 0
 
     @property
     def metrics_path(self) -> Path:
@@ -44,8 +64,26 @@ class RunDir:
     def plots_dir(self) -> Path:
         return self.path / "plots"
 
-    def save_config(self, cfg: Any) -> None:
-        save_config(cfg, self.path / "config.yaml")
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    def save_config(self, cfg: Any, resume_policy: str = "check") -> None:
+        """Write `config.yaml`. With `resume_policy="check"` (the default) and a run that already has
+        checkpoints or a saved model, the new config is first compared with the saved one
+        (`check_resume_config`): resumable changes are recorded, any other difference is refused and
+        nothing is written. `resume_policy="overwrite"` writes unconditionally."""
+        if resume_policy not in ("check", "overwrite"):
+            raise ValueError(f"resume_policy: must be check or overwrite, got {resume_policy!r}")
+        resuming = resume_policy == "check" and self.config_path.is_file() and self.has_progress()
+        if resuming and not check_resume_config(self, cfg):
+            return
+        save_config(cfg, self.config_path)
+
+    def has_progress(self) -> bool:
+        """Whether training wrote anything a rerun would continue from (a checkpoint or `model/`)."""
+        started = self.checkpoints_dir.is_dir() and any(self.checkpoints_dir.glob("step_*"))
+        return started or (self.path / "model").is_dir()
 
     def write_json(self, name: str, obj: Any) -> Path:
         path = self.path / name
@@ -103,6 +141,56 @@ class RunDir:
         found = self.checkpoints()
         return found[-1] if found else None
 
+    def checkpoint_problem(self, checkpoint: Path) -> str | None:
+        """None when every file of `checkpoint` matches its manifest, else the damage, naming the file.
+        Verdicts are remembered per manifest modification time."""
+        manifest = checkpoint / "manifest.json"
+        key = (checkpoint, manifest.stat().st_mtime_ns if manifest.is_file() else -1)
+        if key not in self._verified:
+            try:
+                verify_manifest(checkpoint, required=True)
+                self._verified[key] = None
+            except DamagedFileError as err:
+                self._verified[key] = str(err)
+        return self._verified[key]
+
+    def latest_intact_checkpoint(self) -> Path | None:
+        """The newest checkpoint whose files match its manifest (None if there is none)."""
+        for checkpoint in reversed(self.checkpoints()):
+            if self.checkpoint_problem(checkpoint) is None:
+                return checkpoint
+        return None
+
+    def set_aside(self, checkpoint: Path) -> Path:
+        """Rename a damaged checkpoint to `damaged_step_N` (kept for inspection, ignored by resume)."""
+        target = checkpoint.with_name(f"damaged_{checkpoint.name}")
+        number = 1
+        while target.exists():
+            number += 1
+            target = checkpoint.with_name(f"damaged_{checkpoint.name}_{number}")
+        checkpoint.rename(target)
+        return target
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold the run's advisory lock (`fcntl.flock` on `<run>/.lock`) for the `with` block.
+
+        Re-entrant on this object. A lock held by another process raises `RunLockedError` at once; a lock
+        file left by a process that died (the kernel released its flock) is taken over with a warning.
+        """
+        if self._lock_fd is None:
+            self._lock_fd = _acquire_lock(self.path)
+        self._lock_depth += 1
+        try:
+            yield self
+        finally:
+            self._lock_depth -= 1
+            if self._lock_depth == 0:
+                fd, self._lock_fd = self._lock_fd, None
+                os.ftruncate(fd, 0)  # an empty lock file: released cleanly, nothing stale
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+
     def close(self) -> None:
         if self._tb_writer is not None:
             self._tb_writer.close()
@@ -114,6 +202,129 @@ class RunDir:
 
             self._tb_writer = SummaryWriter(log_dir=str(self.path / "tb"))
         return self._tb_writer
+
+
+def _acquire_lock(run_path: Path) -> int:
+    path = run_path / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _lock_holder(fd)
+        os.close(fd)
+        who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}" if holder else "another process"
+        raise RunLockedError(
+            f"run directory {run_path} is in use by {who}; wait for it to finish or use another run_dir"
+        ) from None
+    holder = _lock_holder(fd)
+    if holder:
+        here = holder.get("host") == socket.gethostname()
+        state = "is no longer running" if here and not _alive(holder.get("pid")) else "does not hold it"
+        who = f"pid {holder.get('pid')} on {holder.get('host')}"
+        print(f"warning: {path}: taking over a stale lock ({who} {state})", file=sys.stderr)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode() + b"\n", 0)
+    return fd
+
+
+def _lock_holder(fd: int) -> dict:
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0).decode("utf-8", errors="replace") or "{}")
+    except json.JSONDecodeError:
+        return {"pid": "?", "host": "?"}
+    return holder if isinstance(holder, dict) else {"pid": "?", "host": "?"}
+
+
+def _alive(pid: Any) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, TypeError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def check_resume_config(run: RunDir, cfg: Any) -> dict[str, list]:
+    """Compare `cfg` with the config a run saved, before it resumes.
+
+    Fields listed in a config dataclass's `resumable_fields` (TrainConfig: lr, max_steps, the logging,
+    evaluation and checkpoint cadence, ...) and `run_dir`/`num_threads` anywhere may change: the changes are
+    appended to `config_changes.jsonl` with the step they take effect at, and the caller rewrites
+    `config.yaml`. Any other difference (architecture, data, tokenizer) is refused.
+
+    Returns:
+        The changed resumable fields as {dotted name: [old, new]} (empty: nothing changed).
+
+    Raises:
+        ConfigError: listing every difference that cannot change; nothing is written then.
+    """
+    saved_path = run.config_path
+    try:
+        saved = yaml.safe_load(saved_path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{saved_path}: malformed YAML, cannot compare it with the new config") from err
+    if not isinstance(saved, dict):
+        raise ConfigError(
+            f"{saved_path}: not a mapping of config fields, cannot compare it with the new config"
+        )
+    # Compared in saved form (an `${oc.env:...}` field stays its interpolation on both sides).
+    old, new = _flatten(saved), _flatten(yaml.safe_load(config_to_yaml(cfg)))
+    missing = object()
+    differences = {
+        key: [old.get(key, missing), new.get(key, missing)]
+        for key in sorted(set(old) | set(new))
+        if old.get(key, missing) != new.get(key, missing)
+    }
+    resumable = _resumable_paths(cfg)
+    allowed = {k: v for k, v in differences.items() if k in resumable or k.split(".")[-1] in ALWAYS_RESUMABLE}
+    refused = {k: v for k, v in differences.items() if k not in allowed}
+    if refused:
+        listed = "; ".join(
+            f"{k}: {_show(o, missing)} -> {_show(n, missing)}" for k, (o, n) in refused.items()
+        )
+        raise ConfigError(
+            f"{run.path}: this run was trained with another configuration and cannot resume with these "
+            f"changes: {listed}. Restore them or use a new run_dir (fields that may change on resume: "
+            f"{', '.join(sorted(resumable))})"
+        )
+    if allowed:
+        checkpoint = run.latest_intact_checkpoint()
+        step = int(checkpoint.name.removeprefix("step_")) if checkpoint is not None else 0
+        with (run.path / "config_changes.jsonl").open("a") as fh:
+            fh.write(json.dumps({"step": step, "changes": allowed}) + "\n")
+        listed = ", ".join(f"{k} {o} -> {n}" for k, (o, n) in allowed.items())
+        print(
+            f"resuming with changed settings from step {step}: {listed} (config_changes.jsonl)",
+            file=sys.stderr,
+        )
+    return allowed
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """{"train": {"lr": 1}} -> {"train.lr": 1} (lists and empty mappings stay leaves)."""
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _resumable_paths(cfg: Any, prefix: str = "") -> set[str]:
+    """Dotted names of the fields that config dataclasses declare in `resumable_fields`."""
+    if not dataclasses.is_dataclass(cfg):
+        return set()
+    found = {f"{prefix}{name}" for name in getattr(cfg, "resumable_fields", ())}
+    for item in dataclasses.fields(cfg):
+        found |= _resumable_paths(getattr(cfg, item.name), f"{prefix}{item.name}.")
+    return found
+
+
+def _show(value: Any, missing: object) -> str:
+    return "(absent)" if value is missing else repr(value)
 
 
 def progress(iterable: Iterable | None = None, total: int | None = None, desc: str = "", **kwargs) -> tqdm:

@@ -19,15 +19,37 @@ UNK, EOS, PAD = "<unk>", "<eos>", "<pad>"
 _WORD = re.compile(r"\w+(?:'\w+)?|[^\w\s]")
 
 
+def read_utf8(path: str | Path) -> str:
+    """The whole file as UTF-8 text with universal newlines; a missing file or bytes that are not UTF-8
+    text raise naming the path.
+
+    Raises:
+        FileNotFoundError: `path` is not a file.
+        ValueError: an invalid UTF-8 sequence or a NUL byte (a binary file); the message names the
+            file and the byte offset, e.g. ``data.bin: not UTF-8 text (invalid byte 0xff at byte offset 12)``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{path}: not UTF-8 text (invalid byte 0x{data[err.start]:02x} at byte offset {err.start})"
+        ) from None
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        raise ValueError(f"{path}: not UTF-8 text (NUL byte at byte offset {nul}; a binary file?)")
+    return text.replace("\r\n", "\n").replace("\r", "\n")  # universal newlines, as open() reads
+
+
 def read_text(path: str | Path) -> str:
-    """The whole file as UTF-8 text; a missing, unreadable or empty file raises naming the path."""
+    """The whole file as UTF-8 text (`read_utf8`); an empty file raises naming the path too."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"corpus file not found: {path}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not UTF-8 text (byte {err.start})") from err
+    text = read_utf8(path)
     if not text.strip():
         raise ValueError(f"{path}: the corpus is empty")
     return text

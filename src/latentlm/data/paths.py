@@ -15,3 +15,33 @@ def data_root() -> Path:
     if not path.is_dir():
         raise FileNotFoundError(f"LATENTLM_DATA={value} is not a directory")
     return path
+
+
+def resolve_data_path(path: str | Path, field: str = "path") -> Path:
+    """Where a data path given by the user points, the same way in every system.
+
+    An absolute path, or a relative path that exists from the working directory, is used as given;
+    any other relative path is looked up under `$LATENTLM_DATA`.
+
+    Args:
+        path: the path as the user wrote it (`ptb/ptb.train.txt`, `~/corpora/x.txt`).
+        field: the config field it came from, named in errors (`data.path`).
+
+    Raises:
+        FileNotFoundError: the path exists nowhere it is looked for (the message names the field and
+            every place tried).
+    """
+    candidate = Path(path).expanduser()
+    if candidate.is_absolute() or candidate.exists():
+        if not candidate.exists():
+            raise FileNotFoundError(f"{field}: {candidate} does not exist")
+        return candidate
+    value = os.environ.get("LATENTLM_DATA")
+    if not value:
+        raise FileNotFoundError(
+            f"{field}: {path} does not exist here and LATENTLM_DATA is not set to look it up"
+        )
+    under = Path(value) / candidate
+    if not under.exists():
+        raise FileNotFoundError(f"{field}: {path} does not exist here nor under LATENTLM_DATA={value}")
+    return under

@@ -1,13 +1,16 @@
-"""Typed configuration of the diffusion system (seed 002, "Configuration Fields").
+"""Every config dataclass of a diffusion run (seed 002, "Configuration Fields"), in the project's dialect.
 
-The run config (``DiffusionConfig``, YAML ``configs/diffusion/rwkv_mmdit.yaml``) keeps the seed's field
-names: ``model.latent_pred_from``, ``model.latent_encoder_type``, ``model.latent_prior_type``,
-``model.checkpoint_path``, ``data.use_external_latents``, ``data.token_dir``, ``data.latent_dir``,
-``training.stage_schedule``, ``training.loss_type``, ``training.sequential_schedule``,
-``training.unfreeze_after_steps``, ``training.unfreeze_patterns``, ``training.num_epochs``,
-``loss.kl_weight``, ``loss.geom_weight``.  ``training`` extends the shared engine's ``TrainConfig``
-(``max_steps``, ``lr``, ...), so one section holds every optimisation knob.
-``PrecomputeConfig`` configures ``latentlm diffusion precompute-latents``.
+    run_dir, batch_size                 top level
+    model:     ModelConfig              the one model config (saved inside `<run>/model/config.json`)
+    data:      DataConfig               prepared token/latent folders, or a corpus to prepare them from
+    train:     TrainingConfig           engine TrainConfig + the seed's stage / loss-mode / unfreeze fields
+    loss:      LossConfig               loss weights, Stage II KL warm-up and free bits
+    sampling:  SamplingConfig           `sample` command and the sampling inside `eval`
+    eval:      EvalConfig               `eval` command (and the end-of-training evaluation)
+
+The model fields `vocab_size`, `seq_len`, `latent_dim`, `mask_token_id`, `pad_token_id`, `sep_token_id`,
+`tokenizer` and `encoder` are read from the data folders at start-up when left at 0 / -1 / ""; the saved
+model carries them filled in, so it loads without the data.
 """
 
 from __future__ import annotations
@@ -16,12 +19,10 @@ import re
 from dataclasses import dataclass, field
 
 from latentlm.core.engine import TrainConfig
-from latentlm.diffusion.denoiser import LATENT_PRED_FROM, SEQUENCE_MIXERS
-from latentlm.diffusion.objectives import LATENT_PREDICTIONS
-from latentlm.diffusion.variational import LATENT_PRIOR_TYPES
 
 __all__ = [
     "ModelConfig",
+    "PrepareConfig",
     "DataConfig",
     "ScheduleEntry",
     "TrainingConfig",
@@ -29,17 +30,25 @@ __all__ = [
     "SamplingConfig",
     "EvalConfig",
     "DiffusionConfig",
-    "PrecomputeConfig",
     "STAGES",
     "LOSS_TYPES",
     "STAGE1_MODES",
     "CORPUS_FORMATS",
+    "SEQUENCE_MIXERS",
+    "LATENT_PRED_FROM",
+    "LATENT_PREDICTIONS",
+    "LATENT_PRIOR_TYPES",
 ]
 
 STAGES = ("stage1_coupling", "stage2_variational")
 STAGE1_MODES = ("stage1_coupling", "l2t", "t2l")
 LOSS_TYPES = (*STAGE1_MODES, "sequential")
 CORPUS_FORMATS = ("lines", "pydocs", "shakespeare")
+SEQUENCE_MIXERS = ("rwkv", "attention")
+LATENT_PRED_FROM = ("text", "prefix", "both")
+LATENT_PREDICTIONS = ("v", "eps")
+LATENT_PRIOR_TYPES = ("fixed_gaussian", "learned_gaussian")
+WKV_IMPLS = ("chunked", "naive", "fla")
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -47,9 +56,23 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise ValueError(f"{name}: must be one of {list(choices)}, got {value!r}")
 
 
+def _check_at_least(section: str, obj: object, minimum: float, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value < minimum:
+            raise ValueError(f"{section}.{name}: must be >= {minimum}, got {value}")
+
+
+def _check_unit_interval(section: str, obj: object, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{section}.{name}: must be in [0, 1], got {value}")
+
+
 @dataclass
 class ModelConfig:
-    """Denoiser architecture and the Stage II modules."""
+    """The two-stream denoiser and the Stage II modules: everything `LatentDiffusionLM(config)` needs."""
 
     d_model: int = 256
     """Width of both streams."""
@@ -59,8 +82,6 @@ class ModelConfig:
     """WKV / attention heads (d_model must be divisible by it)."""
     num_latent_tokens: int = 4
     """The sentence latent is projected to this many latent-stream tokens."""
-    latent_dim: int = 0
-    """Size of the sentence latent; 0: read it from data.latent_dir/meta.json."""
     ffn_mult: int = 4
     """Channel-mix (feed-forward) hidden width as a multiple of d_model."""
     decay_lora_rank: int = 16
@@ -68,15 +89,20 @@ class ModelConfig:
     sequence_mixer: str = "rwkv"
     """rwkv (bidirectional WKV time mix) | attention (the MDLM-like peer, for comparisons)."""
     wkv_impl: str = "chunked"
-    """chunked (parallel within chunks) | naive (one step per token; reference)."""
+    """chunked (matmul chunk form) | naive (one step per token; reference) | fla (flash-linear-attention
+    kernels on CUDA when installed, else chunked)."""
     wkv_chunk_size: int = 0
-    """Chunk length of the chunked WKV (0: about sqrt of the joint sequence length)."""
+    """Chunk length of the chunked WKV (0: 32, or the whole sequence when shorter)."""
     latent_pred_from: str = "text"
     """Extra features of the latent head: text (final text states) | prefix (prefix embeddings) | both."""
     prefix_length: int = 8
     """Tokens pooled for latent_pred_from=prefix|both."""
     latent_prediction: str = "v"
     """Latent diffusion target: v | eps."""
+    mask_eps: float = 1e-3
+    """Log-linear masking schedule: alpha_1 = mask_eps (defines the text NELBO)."""
+    variational: bool = False
+    """Stage II modules q(z|x) and p(z); set from train.stage_schedule at start-up."""
     latent_encoder_type: str = "mlp"
     """Stage II q(z|x): mlp (2-layer GELU MLP on pooled text hidden states)."""
     latent_encoder_hidden: int = 256
@@ -84,18 +110,103 @@ class ModelConfig:
     latent_prior_type: str = "fixed_gaussian"
     """Stage II p(z): fixed_gaussian | learned_gaussian."""
     checkpoint_path: str = ""
-    """Start from these weights: a run dir (latest checkpoint), a checkpoint dir or a .safetensors file."""
+    """Start from these weights: a run dir (its model/ or latest checkpoint), a model or checkpoint folder,
+    or a .safetensors file."""
+    vocab_size: int = 0
+    """Text vocabulary size (0: from the data; the compact vocabulary when data.compact_vocab)."""
+    seq_len: int = 0
+    """Tokens per sentence (0: from the data)."""
+    latent_dim: int = 0
+    """Size of the sentence latent (0: from the data's latents/meta.json)."""
+    mask_token_id: int = -1
+    """[MASK] id in the model's vocabulary (-1: from the data)."""
+    pad_token_id: int = -1
+    """[PAD] id in the model's vocabulary (-1: from the data)."""
+    sep_token_id: int = -1
+    """[SEP] id in the model's vocabulary (-1: from the data)."""
+    unk_token_id: int = -1
+    """[UNK] id in the model's vocabulary (-1: from the data; unseen tokens of a compact vocabulary)."""
+    tokenizer: str = ""
+    """Tokenizer of the text stream (alias, path or hub id; "": from the data)."""
+    encoder: str = ""
+    """Sentence encoder whose space the latents live in ("": from the data)."""
 
     def __post_init__(self):
         _check_choice("model.sequence_mixer", self.sequence_mixer, SEQUENCE_MIXERS)
-        _check_choice("model.wkv_impl", self.wkv_impl, ("chunked", "naive"))
+        _check_choice("model.wkv_impl", self.wkv_impl, WKV_IMPLS)
         _check_choice("model.latent_pred_from", self.latent_pred_from, LATENT_PRED_FROM)
         _check_choice("model.latent_prediction", self.latent_prediction, LATENT_PREDICTIONS)
         _check_choice("model.latent_encoder_type", self.latent_encoder_type, ("mlp",))
         _check_choice("model.latent_prior_type", self.latent_prior_type, LATENT_PRIOR_TYPES)
+        _check_at_least(
+            "model",
+            self,
+            1,
+            "d_model",
+            "num_layers",
+            "num_heads",
+            "num_latent_tokens",
+            "ffn_mult",
+            "decay_lora_rank",
+            "prefix_length",
+            "latent_encoder_hidden",
+        )
+        _check_at_least("model", self, 0, "wkv_chunk_size", "vocab_size", "seq_len", "latent_dim")
+        _check_at_least("model", self, -1, "mask_token_id", "pad_token_id", "sep_token_id", "unk_token_id")
+        if not 0.0 < self.mask_eps < 1.0:
+            raise ValueError(f"model.mask_eps: must be in (0, 1), got {self.mask_eps}")
         if self.d_model % self.num_heads:
             raise ValueError(
                 f"model.d_model={self.d_model} must be divisible by model.num_heads={self.num_heads}"
+            )
+        if self.vocab_size and not 0 <= self.mask_token_id < self.vocab_size:
+            raise ValueError(
+                f"model.mask_token_id: {self.mask_token_id} outside the vocabulary of {self.vocab_size}"
+            )
+
+    @property
+    def complete(self) -> bool:
+        """True when every data-derived field is filled in (a model can be built)."""
+        return bool(self.vocab_size and self.seq_len and self.latent_dim and self.mask_token_id >= 0)
+
+
+@dataclass
+class PrepareConfig:
+    """How `precompute-latents` (and `train`, when the folders do not exist yet) prepares the data."""
+
+    corpus: str = ""
+    """Text source (file or folder; a relative path not found here is looked up under $LATENTLM_DATA)."""
+    corpus_format: str = "lines"
+    """lines (one sentence a line) | pydocs (a folder of .rst sources) | shakespeare (plays)."""
+    encoder: str = "minilm"
+    """Sentence-transformers model (alias, path or hub id) that makes the latents."""
+    tokenizer: str = ""
+    """Tokenizer for the text stream (alias/path/id; empty: the encoder's, which has [MASK])."""
+    seq_len: int = 32
+    """Tokens per sentence including the closing [SEP]; longer sentences are truncated."""
+    min_words: int = 5
+    """Drop sentences with fewer words."""
+    max_words: int = 40
+    """Drop sentences with more words."""
+    max_sentences: int = 20000
+    """Keep at most this many sentences after shuffling (0: all)."""
+    val_fraction: float = 0.05
+    """Held-out share."""
+    batch_size: int = 64
+    """Encoder batch size."""
+    seed: int = 0
+    """Shuffling seed."""
+
+    def __post_init__(self):
+        _check_choice("data.prepare.corpus_format", self.corpus_format, CORPUS_FORMATS)
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"data.prepare.val_fraction: must be in (0, 1), got {self.val_fraction}")
+        _check_at_least("data.prepare", self, 4, "seq_len")
+        _check_at_least("data.prepare", self, 1, "min_words", "batch_size")
+        _check_at_least("data.prepare", self, 0, "max_sentences")
+        if self.max_words < self.min_words:
+            raise ValueError(
+                f"data.prepare.max_words: must be >= min_words ({self.min_words}), got {self.max_words}"
             )
 
 
@@ -103,21 +214,26 @@ class ModelConfig:
 class DataConfig:
     """Where the tokenised sentences and their pre-computed latents live."""
 
-    token_dir: str = "data/diffusion/pydocs/tokens"
-    """Folder written by `precompute-latents`: train.npy / val.npy token ids + meta.json."""
-    latent_dir: str = "data/diffusion/pydocs/latents"
-    """Folder written by `precompute-latents`: train.npy / val.npy sentence latents + meta.json."""
+    token_dir: str = "runs/diffusion_data/pydocs/tokens"
+    """Folder of train.npy / val.npy token ids + meta.json (made by `precompute-latents`)."""
+    latent_dir: str = "runs/diffusion_data/pydocs/latents"
+    """Folder of train.npy / val.npy sentence latents + meta.json (made by `precompute-latents`)."""
     use_external_latents: bool = True
     """Stage I: read the pre-computed latents; Stage II: false (latents come from q(z|x))."""
-    batch_size: int = 32
-    """Micro-batch size per process."""
     max_train_examples: int = 0
     """Use only the first N training sentences (0: all)."""
+    compact_vocab: bool = False
+    """Keep only the WordPiece tokens seen in the training sentences (+ specials); others become [UNK]."""
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    """Used when token_dir has no meta.json yet and prepare.corpus is set."""
+
+    def __post_init__(self):
+        _check_at_least("data", self, 0, "max_train_examples")
 
 
 @dataclass
 class ScheduleEntry:
-    """One phase of `training.loss_type=sequential`."""
+    """One phase of `train.loss_type=sequential`."""
 
     type: str = "stage1_coupling"
     """Loss mode of the phase: stage1_coupling | l2t | t2l."""
@@ -125,9 +241,9 @@ class ScheduleEntry:
     """Optimizer steps in the phase."""
 
     def __post_init__(self):
-        _check_choice("training.sequential_schedule[].type", self.type, STAGE1_MODES)
+        _check_choice("train.sequential_schedule[].type", self.type, STAGE1_MODES)
         if self.steps < 1:
-            raise ValueError(f"training.sequential_schedule[].steps: must be >= 1, got {self.steps}")
+            raise ValueError(f"train.sequential_schedule[].steps: must be >= 1, got {self.steps}")
 
 
 @dataclass
@@ -155,38 +271,52 @@ class TrainingConfig(TrainConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        _check_choice("training.stage_schedule", self.stage_schedule, STAGES)
-        _check_choice("training.loss_type", self.loss_type, LOSS_TYPES)
+        _check_choice("train.stage_schedule", self.stage_schedule, STAGES)
+        _check_choice("train.loss_type", self.loss_type, LOSS_TYPES)
         if self.loss_type == "sequential" and not self.sequential_schedule:
-            raise ValueError("training.sequential_schedule: loss_type=sequential needs at least one phase")
+            raise ValueError("train.sequential_schedule: loss_type=sequential needs at least one phase")
         for pattern in self.unfreeze_patterns:
             try:
                 re.compile(pattern)
             except re.error as err:
-                raise ValueError(f"training.unfreeze_patterns: bad regex {pattern!r}: {err}") from err
-        for name in ("cond_dropout", "clean_cond_prob"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"training.{name}: must be in [0, 1], got {getattr(self, name)}")
-        if self.num_epochs < 0 or self.unfreeze_after_steps < 0 or self.param_log_every < 1:
-            raise ValueError("training.num_epochs / unfreeze_after_steps must be >= 0, param_log_every >= 1")
+                raise ValueError(f"train.unfreeze_patterns: bad regex {pattern!r}: {err}") from err
+        _check_unit_interval("train", self, "cond_dropout", "clean_cond_prob")
+        _check_at_least("train", self, 0, "num_epochs", "unfreeze_after_steps")
+        _check_at_least("train", self, 1, "param_log_every")
 
 
 @dataclass
 class LossConfig:
-    """Loss weights and noise-schedule constants."""
+    """Loss weights and the Stage II KL schedule."""
 
     text_weight: float = 1.0
     """Weight of the MDLM text NELBO (per token)."""
     latent_weight: float = 1.0
     """Weight of the Gaussian latent loss."""
     kl_weight: float = 0.001
-    """Stage II: weight of KL(q(z|x) || p(z)) (per latent, divided by the sequence length)."""
+    """Stage II: final weight of KL(q(z|x) || p(z)) (per sentence, divided by the sequence length)."""
+    kl_warmup_steps: int = 0
+    """Stage II: the KL weight rises linearly from 0 to kl_weight over this many steps (0: no warm-up)."""
+    free_bits: float = 0.0
+    """Stage II: nats per latent dimension below which the KL is not penalised (batch-mean per dimension,
+    Kingma et al. 2016); 0: off."""
     geom_weight: float = 0.0
     """Stage II: weight of the latent-geometry regulariser."""
-    mask_eps: float = 1e-3
-    """Log-linear schedule: alpha_1 = mask_eps."""
     low_discrepancy: bool = True
     """Stratified diffusion times within a batch (lower-variance loss)."""
+
+    def __post_init__(self):
+        _check_at_least(
+            "loss",
+            self,
+            0,
+            "text_weight",
+            "latent_weight",
+            "kl_weight",
+            "kl_warmup_steps",
+            "free_bits",
+            "geom_weight",
+        )
 
 
 @dataclass
@@ -203,16 +333,33 @@ class SamplingConfig:
     """Nucleus sampling mass (1: off)."""
     guidance_scale: float = 1.0
     """Classifier-free guidance scale (1: plain conditional)."""
+    float64: bool = True
+    """Compute the token logits, softmax and Gumbel noise in float64 (float32 biases rare tokens)."""
     num_samples: int = 8
     """Samples written by `latentlm diffusion sample`."""
     mode: str = "l2t"
     """`sample` command: l2t (text from held-out latents) | t2l (latents from held-out text) | joint."""
     seed: int = 0
+    """Sampling seed."""
 
     def __post_init__(self):
         _check_choice("sampling.mode", self.mode, ("l2t", "t2l", "joint"))
-        if self.num_steps < 1 or self.temperature <= 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
-            raise ValueError("sampling: need num_steps >= 1, temperature > 0, top_k >= 0, 0 < top_p <= 1")
+        _check_at_least("sampling", self, 1, "num_steps", "num_samples")
+        _check_at_least("sampling", self, 0, "top_k")
+        if self.temperature <= 0:
+            raise ValueError(f"sampling.temperature: must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"sampling.top_p: must be in (0, 1], got {self.top_p}")
+
+    def text_kwargs(self) -> dict:
+        """Keyword arguments of the text samplers (`sample_text_from_latent`, `sample_joint`)."""
+        return {
+            "num_steps": self.num_steps,
+            "temperature": self.temperature,
+            "top_k": self.top_k,
+            "top_p": self.top_p,
+            "float64": self.float64,
+        }
 
 
 @dataclass
@@ -228,54 +375,29 @@ class EvalConfig:
     judge_model: str = "smollm2"
     """Frozen causal LM for generative perplexity (alias, path or hub id; empty: skip)."""
     batch_size: int = 32
+    """Sentences per evaluation forward pass."""
     seed: int = 0
+    """Evaluation seed."""
+
+    def __post_init__(self):
+        _check_at_least("eval", self, 1, "max_examples", "nelbo_samples", "num_samples", "batch_size")
 
 
 @dataclass
 class DiffusionConfig:
-    """A diffusion run: `latentlm diffusion train|eval|sample`."""
+    """A diffusion run: `latentlm diffusion precompute-latents|train|eval|sample`."""
 
     run_dir: str = "runs/diffusion"
-    """Run directory (config, metrics, checkpoints, report)."""
+    """Run directory (config, metrics, checkpoints, model/, eval/)."""
+    batch_size: int = 32
+    """Sentences per micro-batch and process."""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    training: TrainingConfig = field(default_factory=TrainingConfig)
+    train: TrainingConfig = field(default_factory=TrainingConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
-
-@dataclass
-class PrecomputeConfig:
-    """`latentlm diffusion precompute-latents`: sentences -> token ids + sentence-encoder latents."""
-
-    corpus: str = ""
-    """Text source (file or folder); required."""
-    corpus_format: str = "lines"
-    """lines (one sentence a line) | pydocs (a folder of .rst sources) | shakespeare (plays)."""
-    out_dir: str = "data/diffusion/corpus"
-    """Writes <out_dir>/tokens and <out_dir>/latents."""
-    encoder: str = "minilm"
-    """Sentence-transformers model (alias, path or hub id) that makes the latents."""
-    tokenizer: str = ""
-    """Tokenizer for the text stream (alias/path/id; empty: the encoder's, which has [MASK])."""
-    seq_len: int = 32
-    """Tokens per sentence including the closing [SEP]; longer sentences are truncated."""
-    min_words: int = 5
-    """Drop sentences with fewer words."""
-    max_words: int = 40
-    """Drop sentences with more words."""
-    max_sentences: int = 20000
-    """Keep at most this many sentences after shuffling (0: all)."""
-    val_fraction: float = 0.05
-    """Held-out share."""
-    batch_size: int = 64
-    """Encoder batch size."""
-    seed: int = 0
-
     def __post_init__(self):
-        _check_choice("corpus_format", self.corpus_format, CORPUS_FORMATS)
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction: must be in (0, 1), got {self.val_fraction}")
-        if self.seq_len < 4 or self.min_words < 1 or self.max_words < self.min_words:
-            raise ValueError("seq_len must be >= 4 and 1 <= min_words <= max_words")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size: must be >= 1, got {self.batch_size}")

@@ -15,6 +15,7 @@ batch and puts zeros (with ``has_latent=False``) where a latent is missing.
 from __future__ import annotations
 
 import io
+import os
 import random
 import re
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from torch.utils.data import Dataset
 
 from latentlm.core.checkpoint import atomic_write_bytes, atomic_write_text, read_json, write_json
 from latentlm.data.corpora import read_lines, read_text
+from latentlm.data.paths import data_root
 
 __all__ = [
     "FORMAT_VERSION",
@@ -41,6 +43,8 @@ __all__ = [
     "read_token_meta",
     "read_latent_meta",
     "denormalize_latent",
+    "CompactVocab",
+    "resolve_corpus",
 ]
 
 FORMAT_VERSION = 1
@@ -63,6 +67,7 @@ class TokenMeta:
     sep_token_id: int
     num_train: int
     num_val: int
+    unk_token_id: int = -1
 
 
 @dataclass
@@ -205,11 +210,22 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def precompute_latents(cfg, tokenizer=None, encoder=None) -> dict[str, Path]:
+def resolve_corpus(path: str) -> Path:
+    """An existing path as given, else the same relative path under ``$LATENTLM_DATA``."""
+    candidate = Path(path)
+    if candidate.exists() or candidate.is_absolute() or not os.environ.get("LATENTLM_DATA"):
+        return candidate
+    return data_root() / candidate
+
+
+def precompute_latents(
+    cfg, token_dir: str | Path, latent_dir: str | Path, tokenizer=None, encoder=None
+) -> dict[str, Path]:
     """Build the token and latent folders for ``DirectFileDataset``.
 
     Args:
-        cfg: a ``PrecomputeConfig``.
+        cfg: a ``PrepareConfig`` (``data.prepare``).
+        token_dir, latent_dir: output folders (``data.token_dir``, ``data.latent_dir``).
         tokenizer: optional tokenizer (default: ``cfg.tokenizer`` or the encoder's tokenizer).
         encoder: optional sentence-transformers model (default: ``load_sentence_encoder(cfg.encoder)``).
 
@@ -217,8 +233,8 @@ def precompute_latents(cfg, tokenizer=None, encoder=None) -> dict[str, Path]:
         ``{"token_dir": ..., "latent_dir": ...}``.
     """
     if not cfg.corpus:
-        raise ValueError("corpus: give the text source, e.g. corpus=path/to/sentences.txt")
-    sentences = read_sentences(cfg.corpus, cfg.corpus_format, cfg.min_words, cfg.max_words)
+        raise ValueError("data.prepare.corpus: give the text source, e.g. data.prepare.corpus=sentences.txt")
+    sentences = read_sentences(resolve_corpus(cfg.corpus), cfg.corpus_format, cfg.min_words, cfg.max_words)
     random.Random(cfg.seed).shuffle(sentences)
     if cfg.max_sentences:
         sentences = sentences[: cfg.max_sentences]
@@ -234,7 +250,7 @@ def precompute_latents(cfg, tokenizer=None, encoder=None) -> dict[str, Path]:
             tokenizer = load_tokenizer(cfg.tokenizer)
         else:
             tokenizer = encoder.tokenizer
-    token_dir, latent_dir = Path(cfg.out_dir) / "tokens", Path(cfg.out_dir) / "latents"
+    token_dir, latent_dir = Path(token_dir), Path(latent_dir)
     latents = {}
     truncated = 0
     for split, texts in splits.items():
@@ -254,6 +270,7 @@ def precompute_latents(cfg, tokenizer=None, encoder=None) -> dict[str, Path]:
             "mask_token_id": tokenizer.mask_token_id,
             "pad_token_id": tokenizer.pad_token_id,
             "sep_token_id": tokenizer.sep_token_id,
+            "unk_token_id": tokenizer.unk_token_id if tokenizer.unk_token_id is not None else -1,
             "num_train": len(splits["train"]),
             "num_val": len(splits["val"]),
             "num_truncated": truncated,
@@ -289,7 +306,7 @@ def _read_meta(folder: Path, kind: str) -> dict:
 def read_token_meta(token_dir: str | Path) -> TokenMeta:
     """Read ``tokens/meta.json`` (clear error naming the file)."""
     meta = _read_meta(Path(token_dir), "token")
-    return TokenMeta(**{k: meta[k] for k in TokenMeta.__dataclass_fields__})
+    return TokenMeta(**{k: meta[k] for k in TokenMeta.__dataclass_fields__ if k in meta})
 
 
 def read_latent_meta(latent_dir: str | Path) -> LatentMeta:
@@ -311,6 +328,7 @@ class DirectFileDataset(Dataset):
         split: str = "train",
         use_external_latents: bool = True,
         max_examples: int = 0,
+        id_map: np.ndarray | None = None,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -321,6 +339,12 @@ class DirectFileDataset(Dataset):
         self.tokens = np.load(token_file, mmap_mode="r")
         if self.tokens.ndim != 2 or self.tokens.shape[1] != self.meta.seq_len:
             raise ValueError(f"{token_file}: expected (N, {self.meta.seq_len}) ids, got {self.tokens.shape}")
+        if self.tokens.size and (self.tokens.min() < 0 or self.tokens.max() >= self.meta.vocab_size):
+            raise ValueError(
+                f"{token_file}: token ids in [{self.tokens.min()}, {self.tokens.max()}] fall outside the "
+                f"vocabulary of {self.meta.vocab_size} (meta.json)"
+            )
+        self.id_map = None if id_map is None else torch.from_numpy(np.asarray(id_map, dtype=np.int64))
         self.use_external_latents = use_external_latents
         self.latents = None
         if use_external_latents:
@@ -336,6 +360,12 @@ class DirectFileDataset(Dataset):
                     f"{latent_file}: shape {self.latents.shape} does not match {token_file} "
                     f"({self.tokens.shape[0]} rows) and latent_dim {self.latent_meta.latent_dim}"
                 )
+            finite = np.isfinite(self.latents).all(axis=1)
+            if not finite.all():
+                raise ValueError(
+                    f"{latent_file}: {int((~finite).sum())} rows contain NaN or inf (first: row "
+                    f"{int(np.argmin(finite))})"
+                )
             self.mean = torch.tensor(self.latent_meta.mean)
             self.std = torch.tensor(self.latent_meta.std)
         self.length = self.tokens.shape[0] if not max_examples else min(max_examples, self.tokens.shape[0])
@@ -348,7 +378,8 @@ class DirectFileDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < self.length:
             raise IndexError(index)
-        item = {"input_ids": torch.from_numpy(np.array(self.tokens[index], dtype=np.int64)), "latent": None}
+        ids = torch.from_numpy(np.array(self.tokens[index], dtype=np.int64))
+        item = {"input_ids": ids if self.id_map is None else self.id_map[ids], "latent": None}
         if self.latents is not None:
             raw = torch.from_numpy(np.array(self.latents[index], dtype=np.float32))
             item["latent"] = (raw - self.mean) / self.std
@@ -359,6 +390,43 @@ class DirectFileDataset(Dataset):
         if self.texts_path is None:
             raise FileNotFoundError("this token folder has no sentence text files")
         return self.texts_path.read_text().splitlines()[: self.length]
+
+
+@dataclass
+class CompactVocab:
+    """The tokenizer ids seen in the training sentences (+ the specials), renumbered 0..V'-1.
+
+    ``original_ids[i]`` is the tokenizer id of compact id ``i``; ``id_map`` maps every tokenizer id to
+    its compact id, unseen ones to the compact [UNK].
+    """
+
+    original_ids: np.ndarray
+    id_map: np.ndarray
+
+    @classmethod
+    def build(cls, train_ids: np.ndarray, meta: TokenMeta) -> CompactVocab:
+        specials = [meta.pad_token_id, meta.sep_token_id, meta.mask_token_id, meta.unk_token_id]
+        if meta.unk_token_id < 0:
+            raise ValueError(
+                "data.compact_vocab: the token folder's meta.json has no unk_token_id (re-run "
+                "precompute-latents)"
+            )
+        original = np.union1d(np.unique(np.asarray(train_ids)), np.array(specials, dtype=np.int64))
+        id_map = np.full(meta.vocab_size, -1, dtype=np.int64)
+        id_map[original] = np.arange(len(original))
+        id_map[id_map < 0] = id_map[meta.unk_token_id]
+        return cls(original.astype(np.int64), id_map)
+
+    def __len__(self) -> int:
+        return len(self.original_ids)
+
+    def compact_id(self, tokenizer_id: int) -> int:
+        return int(self.id_map[tokenizer_id])
+
+    def unknown_count(self, ids: np.ndarray, meta: TokenMeta) -> int:
+        """Tokens of ``ids`` (tokenizer ids) mapped to [UNK] by this vocabulary (real [UNK]s excluded)."""
+        ids = np.asarray(ids)
+        return int(((self.id_map[ids] == self.id_map[meta.unk_token_id]) & (ids != meta.unk_token_id)).sum())
 
 
 def collate_batch(items: list[dict], latent_dim: int) -> dict[str, torch.Tensor]:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from latentlm.diffusion.config import LATENT_PREDICTIONS
 from latentlm.diffusion.schedules import CosineGaussianSchedule, LogLinearMaskingSchedule
 from latentlm.metrics.perplexity import perplexity
 
@@ -31,8 +32,6 @@ __all__ = [
     "perplexity_bound",
     "LATENT_PREDICTIONS",
 ]
-
-LATENT_PREDICTIONS = ("v", "eps")
 
 
 def apply_masking(

@@ -5,7 +5,9 @@
   ``(alpha_s - alpha_t) / (1 - alpha_t)``, drawing its token from p_theta(x_0 | x_t) with temperature,
   top-k and top-p; unmasked tokens never change.  The coins are flipped first, so vocabulary logits
   and draws are computed only where a token is revealed in that step.  Categorical draws use the
-  Gumbel-max trick with Gumbel noise in float64 (float32 noise biases low-probability tokens).
+  Gumbel-max trick; with ``float64=True`` (the default, and what ``eval`` uses) the logits, the softmax
+  of top-p and the Gumbel noise are float64 (float32 noise biases low-probability tokens);
+  ``float64=False`` samples in float32, as most diffusion LM code does, for comparisons.
 * ``sample_latent_from_text`` (T2L): deterministic DDIM on the cosine schedule with classifier-free
   guidance ``pred = uncond + s * (cond - uncond)``, the null condition being fully masked text.
 * ``sample_joint``: both modalities from noise on one time grid.
@@ -19,7 +21,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from latentlm.diffusion.denoiser import TwoStreamDenoiser
 from latentlm.diffusion.objectives import predicted_clean_latent
 from latentlm.diffusion.schedules import CosineGaussianSchedule, LogLinearMaskingSchedule
 
@@ -33,7 +34,7 @@ __all__ = [
 ]
 
 
-def _denoiser(model: nn.Module) -> TwoStreamDenoiser:
+def _denoiser(model: nn.Module) -> nn.Module:
     return model.rwkv if hasattr(model, "rwkv") else model
 
 
@@ -70,8 +71,9 @@ def sample_categorical(
     top_k: int = 0,
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
+    float64: bool = True,
 ) -> torch.Tensor:
-    """Draw one index per row by Gumbel-max in float64.
+    """Draw one index per row by Gumbel-max (in float64 unless ``float64=False``).
 
     Args:
         logits: (..., V) (``-inf`` entries are never drawn).
@@ -84,9 +86,10 @@ def sample_categorical(
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    scaled = filter_logits(logits.double() / temperature, top_k, top_p)
-    uniform = torch.rand(scaled.shape, generator=generator, dtype=torch.float64).to(scaled.device)
-    uniform = uniform.clamp(torch.finfo(torch.float64).tiny, 1.0 - torch.finfo(torch.float64).eps)
+    dtype = torch.float64 if float64 else torch.float32
+    scaled = filter_logits(logits.to(dtype) / temperature, top_k, top_p)
+    uniform = torch.rand(scaled.shape, generator=generator, dtype=dtype).to(scaled.device)
+    uniform = uniform.clamp(torch.finfo(dtype).tiny, 1.0 - torch.finfo(dtype).eps)
     gumbel = -torch.log(-torch.log(uniform))
     return (scaled + gumbel).argmax(-1)
 
@@ -113,7 +116,7 @@ def _positions_to_unmask(
 
 
 def _fill_positions(
-    denoiser: TwoStreamDenoiser,
+    denoiser: nn.Module,
     x_t: torch.Tensor,
     chosen: torch.Tensor,
     hidden: torch.Tensor,
@@ -123,6 +126,7 @@ def _fill_positions(
     top_k: int,
     top_p: float,
     generator: torch.Generator | None,
+    float64: bool = True,
 ) -> torch.Tensor:
     """Draw tokens at the ``chosen`` positions from SUBS p(x_0 | x_t) (mask never drawn; CFG on logits).
 
@@ -130,12 +134,12 @@ def _fill_positions(
     """
     if not chosen.any():
         return x_t
-    logits = denoiser.text_logits(hidden[chosen]).double()  # (N, V)
+    logits = denoiser.text_logits(hidden[chosen], float64=float64)  # (N, V)
     if uncond_hidden is not None:
-        logits = _guided(logits, denoiser.text_logits(uncond_hidden[chosen]).double(), guidance_scale)
+        logits = _guided(logits, denoiser.text_logits(uncond_hidden[chosen], float64=float64), guidance_scale)
     logits[:, denoiser.config.mask_token_id] = float("-inf")
     x_t = x_t.clone()
-    x_t[chosen] = sample_categorical(logits, temperature, top_k, top_p, generator)
+    x_t[chosen] = sample_categorical(logits, temperature, top_k, top_p, generator, float64)
     return x_t
 
 
@@ -172,6 +176,7 @@ def sample_text_from_latent(
     top_p: float = 1.0,
     guidance_scale: float = 1.0,
     generator: torch.Generator | None = None,
+    float64: bool = True,
 ) -> torch.Tensor:
     """L2T: text ids conditioned on clean latents.
 
@@ -181,6 +186,7 @@ def sample_text_from_latent(
         seq_len: tokens to generate (default: the model's ``seq_len``).
         num_steps: denoising steps.
         temperature, top_k, top_p: token sampling controls.
+        float64: logits and categorical draws in float64 (see the module docstring).
         guidance_scale: CFG scale on the logits (1: conditional only; the null condition is a
             fully noised latent).
         generator: torch generator for reproducible samples.
@@ -209,7 +215,17 @@ def sample_text_from_latent(
         hidden = denoiser(x_t, z_clean, t_vec, zeros).text_hidden
         uncond = denoiser(x_t, null_latent, t_vec, ones).text_hidden if null_latent is not None else None
         x_t = _fill_positions(
-            denoiser, x_t, chosen, hidden, uncond, guidance_scale, temperature, top_k, top_p, generator
+            denoiser,
+            x_t,
+            chosen,
+            hidden,
+            uncond,
+            guidance_scale,
+            temperature,
+            top_k,
+            top_p,
+            generator,
+            float64,
         )
     return x_t
 
@@ -270,6 +286,7 @@ def sample_joint(
     prediction: str = "v",
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
+    float64: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Unconditional joint generation: text and latent denoised together from pure noise.
 
@@ -290,7 +307,7 @@ def sample_joint(
         out = denoiser(x_t, z_t, t_vec, t_vec)
         chosen = _positions_to_unmask(x_t, cfg.mask_token_id, t, s, text_schedule, generator)
         x_t = _fill_positions(
-            denoiser, x_t, chosen, out.text_hidden, None, 1.0, temperature, top_k, top_p, generator
+            denoiser, x_t, chosen, out.text_hidden, None, 1.0, temperature, top_k, top_p, generator, float64
         )
         z_t = _ddim_step(out.latent_output, z_t, t, s, latent_schedule, prediction)
     return x_t, z_t

@@ -15,17 +15,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from latentlm.diffusion.config import LATENT_PRIOR_TYPES
+
 __all__ = [
     "TextLatentEncoder",
     "LatentPrior",
     "LATENT_PRIOR_TYPES",
     "kl_divergence",
     "reparameterize",
+    "kl_weight_at",
+    "free_bits_kl",
     "masked_mean",
     "latent_geometry_loss",
 ]
-
-LATENT_PRIOR_TYPES = ("fixed_gaussian", "learned_gaussian")
 
 
 def masked_mean(hidden: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
@@ -95,9 +97,13 @@ class LatentPrior(nn.Module):
 
 
 def kl_divergence(
-    mu_q: torch.Tensor, logvar_q: torch.Tensor, mu_p: torch.Tensor, logvar_p: torch.Tensor
+    mu_q: torch.Tensor,
+    logvar_q: torch.Tensor,
+    mu_p: torch.Tensor,
+    logvar_p: torch.Tensor,
+    reduce: bool = True,
 ) -> torch.Tensor:
-    """KL(q || p) between diagonal Gaussians, summed over the last dimension.
+    """KL(q || p) between diagonal Gaussians, summed over the last dimension (``reduce=False``: per dim).
 
     ``0.5 * sum( logvar_p - logvar_q + (exp(logvar_q) + (mu_q - mu_p)^2) / exp(logvar_p) - 1 )``
 
@@ -105,11 +111,36 @@ def kl_divergence(
         mu_q, logvar_q, mu_p, logvar_p: (..., d), broadcastable.
 
     Returns:
-        (...) KL in nats.
+        (...) KL in nats, or (..., d) with ``reduce=False``.
     """
-    return 0.5 * (logvar_p - logvar_q + (logvar_q.exp() + (mu_q - mu_p).pow(2)) / logvar_p.exp() - 1.0).sum(
-        -1
-    )
+    per_dim = 0.5 * (logvar_p - logvar_q + (logvar_q.exp() + (mu_q - mu_p).pow(2)) / logvar_p.exp() - 1.0)
+    return per_dim.sum(-1) if reduce else per_dim
+
+
+def kl_weight_at(step: int, kl_weight: float, warmup_steps: int) -> float:
+    """KL warm-up: ``kl_weight * min(1, step / warmup_steps)`` (``kl_weight`` when warm-up is off)."""
+    if warmup_steps <= 0:
+        return kl_weight
+    return kl_weight * min(1.0, step / warmup_steps)
+
+
+def free_bits_kl(kl_per_dim: torch.Tensor, free_bits: float) -> torch.Tensor:
+    """The KL term with free bits (Kingma et al. 2016): ``sum_j max(free_bits, mean_batch KL_j)``.
+
+    Dimensions whose batch-mean KL is below ``free_bits`` nats are not pushed further towards the prior
+    (their gradient is zero), so the posterior keeps that much information per dimension.
+
+    Args:
+        kl_per_dim: (B, d) KL per example and latent dimension.
+        free_bits: nats per dimension (0: the plain batch-mean KL).
+
+    Returns:
+        scalar: penalised KL per sentence.
+    """
+    per_dim = kl_per_dim.mean(0)  # (d,)
+    if free_bits > 0:
+        per_dim = per_dim.clamp_min(free_bits)
+    return per_dim.sum()
 
 
 def reparameterize(

@@ -16,11 +16,11 @@ Notation (per head): ``r_t, k_t, w_t in R^K``, ``v_t in R^V``, state ``S in R^{K
 so that position ``s != t`` contributes ``r_t^T diag(prod_{j strictly between s and t} w_j) k_s v_s^T``.
 
 Two implementations of the past-only scan are given and tested equal in float64:
-``wkv_naive`` (one step per token, ``T`` sequential steps) and ``wkv_chunked`` (the exact chunkwise
-form: the sequence is cut into ``N = T / C`` chunks; the recurrence runs inside all chunks in parallel
-for ``C`` steps from a zero state, then a state recurrence over the ``N`` chunks adds what enters each
-chunk, so ``C + N`` sequential steps instead of ``T``).  All exponents are sums of ``log_w`` and hence
-``<= 0``, so nothing overflows.
+``wkv_naive`` (one step per token, ``T`` sequential steps) and ``wkv_chunked`` (the gated-linear-
+attention chunk form, Yang et al. 2024: inside a chunk the decayed scores are one matmul, between
+chunks a recurrence over ``N = T / C`` states; all heavy work is matmuls and only ``N`` steps are
+sequential).  On CUDA, ``impl="fla"`` uses the ``flash-linear-attention`` kernels when that optional
+package is installed (RWKV-6 chunk kernel with zero bonus), else the chunked form.
 """
 
 from __future__ import annotations
@@ -31,10 +31,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+DEFAULT_CHUNK_SIZE = 32
+"""Chunk length of the chunked WKV when ``model.wkv_chunk_size = 0`` (fastest on our CPU, see docs)."""
+LOG_DECAY_MIN = -5.0
+"""Smallest per-token log decay (a channel keeps at least e^-5 = 0.7 % of its state per token)."""
+
 __all__ = [
     "bidirectional_wkv",
     "wkv_naive",
     "wkv_chunked",
+    "bidirectional_wkv_chunked",
+    "wkv_fla",
+    "fla_available",
     "TimeMixStream",
     "JointTimeMix",
     "ChannelMix",
@@ -91,11 +99,26 @@ def wkv_naive(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_w: torch.Te
 def wkv_chunked(
     r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_w: torch.Tensor, chunk_size: int = 32
 ) -> torch.Tensor:
-    """Past-only WKV scan in exact chunked-parallel form (same result as ``wkv_naive``).
+    """Past-only WKV scan in the gated-linear-attention chunk form (same result as ``wkv_naive``).
+
+    The sequence is cut into ``N = T / C`` chunks. With ``A_t`` the within-chunk cumulative log decay
+    (inclusive, ``A_0 = 0`` before the chunk):
+
+    * intra-chunk, one masked matmul pair per chunk:
+      ``y_t += sum_{s<t} (r_t e^{A_{t-1}}) . (k_s e^{-A_s}) v_s``
+      (the product of the two factors is ``e^{A_{t-1} - A_s} <= 1``: the decay between s and t);
+    * what a chunk adds to the state: ``(k e^{-A} e^{A_C})^T v`` (a (K, C) @ (C, V) matmul);
+    * inter-chunk: a recurrence over the N chunk states, then ``y_t += (r_t e^{A_{t-1}}) S_n``.
+
+    Only two exponentials of full size are taken.  The factors ``e^{A}`` and ``e^{-A}`` stay normal
+    numbers while the total decay inside a chunk is below the dtype's exponent range minus 10 (float32:
+    78, float64: 699); beyond that the chunk size is halved (at 1, the plain recurrence runs), so the
+    result stays exact for any decay.  Products for ``s >= t`` may be large; they
+    are masked out before use (their gradient is zero).
 
     Args:
         r, k, v, log_w: as in ``wkv_naive``.
-        chunk_size: tokens per chunk ``C``; about ``sqrt(T)`` minimises the ``C + T / C`` sequential steps.
+        chunk_size: tokens per chunk ``C`` (capped at T).
 
     Returns:
         y: (B, H, T, V).
@@ -105,33 +128,163 @@ def wkv_chunked(
         raise ValueError(f"wkv_chunked: chunk_size must be >= 1, got {chunk_size}")
     B, H, T, K = r.shape
     V = v.shape[-1]
-    C = chunk_size
-    pad = (-T) % C
+    limit = math.log(torch.finfo(r.dtype).max) - 10.0
+    C = min(chunk_size, T)
+    while True:
+        pad = (-T) % C
+        # Zero log-decay after the end changes nothing before it (and r/k/v are zero there).
+        chunks = (F.pad(log_w, (0, 0, 0, pad)) if pad else log_w).reshape(B, H, -1, C, K)  # (B, H, N, C, K)
+        cum = chunks.cumsum(dim=3)  # A_t
+        if float(-cum[:, :, :, -1].detach().min()) <= limit:
+            break
+        if C == 1:  # a single token's decay exceeds the range: the plain recurrence
+            return wkv_naive(r, k, v, log_w)
+        C //= 2
     if pad:
-        # Zero keys/values and zero log-decay after the end change nothing before it.
-        r, k, log_w = (F.pad(x, (0, 0, 0, pad)) for x in (r, k, log_w))
+        r, k = (F.pad(x, (0, 0, 0, pad)) for x in (r, k))
         v = F.pad(v, (0, 0, 0, pad))
     N = (T + pad) // C
-    r, k, log_w = (x.reshape(B, H, N, C, K) for x in (r, k, log_w))
-    v = v.reshape(B, H, N, C, V)
+    r, k = (x.reshape(B, H, N, C, K) for x in (r, k))  # (B, H, N, C, K)
+    v = v.reshape(B, H, N, C, V)  # (B, H, N, C, V)
 
-    # Intra-chunk: the recurrence from a zero state, run for C steps in all N chunks at once.
-    y, chunk_kv = _scan_from_zero(r, k, v, log_w, dim=3)  # (B, H, N, C, V), (B, H, N, K, V)
-    # chunk_kv = sum_s diag(prod_{j > s in the chunk} w_j) k_s v_s^T: what each chunk adds to the state.
+    r_decayed = r * (cum - chunks).exp()  # r_t e^{A_{t-1}}
+    k_grown = k * (-cum).exp()  # k_s e^{-A_s}
+    # Intra-chunk: decayed scores as one matmul, strictly causal inside the chunk.
+    scores = r_decayed @ k_grown.transpose(-1, -2)  # (B, H, N, C, C)
+    causal = torch.ones(C, C, dtype=torch.bool, device=r.device).tril(-1)
+    y = scores.masked_fill(~causal, 0.0) @ v  # (B, H, N, C, V)
 
-    # Inter-chunk: state entering each chunk, then its contribution r_t^T diag(exp A_{t-1}) S_n with
-    # A_{t-1} = sum of log w before t inside the chunk (<= 0, so nothing overflows).
-    cum = log_w.cumsum(dim=3)  # (B, H, N, C, K)
-    cum_excl = cum - log_w
-    chunk_decay = cum[:, :, :, -1].exp()  # (B, H, N, K)
+    # Inter-chunk: what each chunk adds to the state, a recurrence over chunks, then its read-out.
+    total = cum[:, :, :, -1:]  # (B, H, N, 1, K)
+    chunk_kv = (k_grown * total.exp()).transpose(-1, -2) @ v  # (B, H, N, K, V)
+    chunk_decay = total.squeeze(3).exp()  # (B, H, N, K)
     states = []
     state = r.new_zeros(B, H, K, V)
     for n in range(N):
         states.append(state)
         state = chunk_decay[:, :, n].unsqueeze(-1) * state + chunk_kv[:, :, n]
     entering = torch.stack(states, dim=2)  # (B, H, N, K, V)
-    y = y + (r * cum_excl.exp()) @ entering
+    y = y + r_decayed @ entering
     return y.reshape(B, H, N * C, V)[:, :, :T]
+
+
+def _chunk_cumsum(log_w: torch.Tensor, chunk_size: int) -> tuple[int, int, torch.Tensor, torch.Tensor] | None:
+    """Largest chunk size <= ``chunk_size`` whose total decay fits the dtype's exponent range (see
+    ``wkv_chunked``): (C, padding, per-chunk log decays (B, H, N, C, K), their inclusive cumsum); None
+    when even single tokens do not fit (the plain recurrence must run)."""
+    B, H, T, K = log_w.shape
+    limit = math.log(torch.finfo(log_w.dtype).max) - 10.0
+    C = min(chunk_size, T)
+    while True:
+        pad = (-T) % C
+        # Zero log-decay after the end changes nothing before it (and r/k/v are zero there).
+        chunks = (F.pad(log_w, (0, 0, 0, pad)) if pad else log_w).reshape(B, H, -1, C, K)  # (B, H, N, C, K)
+        cum = chunks.cumsum(dim=3)  # A_t
+        if float(-cum[:, :, :, -1].detach().min()) <= limit:
+            return C, pad, chunks, cum
+        if C == 1:
+            return None
+        C //= 2
+
+
+def bidirectional_wkv_chunked(
+    r: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    log_w: torch.Tensor,
+    u: torch.Tensor,
+    chunk_size: int = 32,
+) -> torch.Tensor:
+    """Bidirectional WKV in one chunked pass (no reversed copy of the sequence).
+
+    With ``E1 = e^{A_{t-1}}`` and ``E2 = e^{-A_t}`` inside each chunk, the decay between s and t is
+    ``E1_t E2_s`` for s < t (forward) and ``E2_t E1_s`` for s > t (backward), so one (C, C) score matrix
+    ``tril(rE1 (kE2)^T) + triu(rE2 (kE1)^T) + diag(r . u k)`` carries both directions and the bonus
+    through a single ``@ v``.  Between chunks, a left-to-right recurrence over chunk states
+    ``(kE2 e^{A_C})^T v`` and a right-to-left one over ``(kE1)^T v`` add what enters each chunk from
+    either side.  Same result as ``forward + backward + bonus`` of two ``wkv_naive`` scans.
+
+    Args:
+        r, k, v, log_w, u: as in ``bidirectional_wkv``.
+        chunk_size: tokens per chunk (capped at T; halved while a chunk's decay exceeds the range).
+
+    Returns:
+        y: (B, H, T, V).
+    """
+    _check_wkv_inputs(r, k, v, log_w)
+    if chunk_size < 1:
+        raise ValueError(f"wkv chunk_size must be >= 1, got {chunk_size}")
+    found = _chunk_cumsum(log_w, chunk_size)
+    if found is None:  # a single token's decay exceeds the range: the plain recurrence, both ways
+        return bidirectional_wkv(r, k, v, log_w, u, impl="naive")
+    C, pad, chunks, cum = found
+    B, H, T, K = r.shape
+    V = v.shape[-1]
+    u = u.expand(B, H, T, K)
+    if pad:
+        r, k, u = (F.pad(x, (0, 0, 0, pad)) for x in (r, k, u))
+        v = F.pad(v, (0, 0, 0, pad))
+    N = (T + pad) // C
+    r, k, u = (x.reshape(B, H, N, C, K) for x in (r, k, u))  # (B, H, N, C, K)
+    v = v.reshape(B, H, N, C, V)  # (B, H, N, C, V)
+
+    e1, e2 = (cum - chunks).exp(), (-cum).exp()  # e^{A_{t-1}}, e^{-A_t}
+    r1, r2, k1, k2 = r * e1, r * e2, k * e1, k * e2
+    lower = torch.ones(C, C, dtype=torch.bool, device=r.device).tril(-1)
+    forward_scores = (r1 @ k2.transpose(-1, -2)).masked_fill(~lower, 0.0)  # (B, H, N, C, C), s < t
+    backward_scores = (r2 @ k1.transpose(-1, -2)).masked_fill(~lower.T, 0.0)  # s > t
+    bonus = torch.diag_embed((r * u * k).sum(-1))  # (B, H, N, C, C), the current token
+    scores = forward_scores + backward_scores + bonus
+    y = scores @ v  # (B, H, N, C, V)
+
+    total = cum[:, :, :, -1:]  # (B, H, N, 1, K)
+    chunk_decay = total.squeeze(3).exp()  # (B, H, N, K)
+    forward_kv = (k2 * total.exp()).transpose(-1, -2) @ v  # (B, H, N, K, V)
+    backward_kv = k1.transpose(-1, -2) @ v  # (B, H, N, K, V)
+    from_left, from_right = [], []
+    state = r.new_zeros(B, H, K, V)
+    for n in range(N):
+        from_left.append(state)
+        state = chunk_decay[:, :, n].unsqueeze(-1) * state + forward_kv[:, :, n]
+    state = r.new_zeros(B, H, K, V)
+    for n in reversed(range(N)):
+        from_right.append(state)
+        state = chunk_decay[:, :, n].unsqueeze(-1) * state + backward_kv[:, :, n]
+    y = y + r1 @ torch.stack(from_left, dim=2) + (r2 * total.exp()) @ torch.stack(from_right[::-1], dim=2)
+    return y.reshape(B, H, N * C, V)[:, :, :T]
+
+
+def fla_available(device: torch.device) -> bool:
+    """True on CUDA when the optional ``flash-linear-attention`` package (``fla``) is importable."""
+    if device.type != "cuda":
+        return False
+    try:
+        import fla.ops.rwkv6  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def wkv_fla(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_w: torch.Tensor) -> torch.Tensor:
+    """Past-only WKV with flash-linear-attention's RWKV-6 chunk kernel (CUDA), bonus u = 0.
+
+    RWKV-6's output is ``r_t^T (S_{t-1} + diag(u) k_t v_t^T)``, so with ``u = 0`` it is exactly
+    ``wkv_naive``'s ``r_t^T S_{t-1}``.  Inputs and output are (B, H, T, .) as in ``wkv_naive``.
+    """
+    import inspect
+
+    from fla.ops.rwkv6 import chunk_rwkv6
+
+    _check_wkv_inputs(r, k, v, log_w)
+    u = r.new_zeros(r.shape[1], r.shape[3])  # (H, K)
+    if "head_first" in inspect.signature(chunk_rwkv6).parameters:
+        out = chunk_rwkv6(r, k, v, log_w, u, scale=1.0, head_first=True)
+        return out[0] if isinstance(out, tuple) else out
+    # Newer releases take (B, T, H, K) only.
+    r, k, v, log_w = (x.transpose(1, 2).contiguous() for x in (r, k, v, log_w))  # (B, T, H, .)
+    out = chunk_rwkv6(r, k, v, log_w, u, scale=1.0)
+    out = out[0] if isinstance(out, tuple) else out
+    return out.transpose(1, 2)  # (B, H, T, V)
 
 
 def bidirectional_wkv(
@@ -148,18 +301,21 @@ def bidirectional_wkv(
     Args:
         r, k, v, log_w: as in ``wkv_naive``.
         u: bonus for the current token, broadcastable to (B, H, T, K) (e.g. (H, 1, K) or per token).
-        impl: ``"chunked"`` or ``"naive"``.
+        impl: ``"chunked"``, ``"naive"`` or ``"fla"`` (flash-linear-attention on CUDA when installed,
+            else ``"chunked"``).
         chunk_size: chunk length for ``"chunked"``.
 
     Returns:
         y: (B, H, T, V).
     """
-    if impl not in ("chunked", "naive"):
-        raise ValueError(f"bidirectional_wkv: impl must be 'chunked' or 'naive', got {impl!r}")
+    if impl not in ("chunked", "naive", "fla"):
+        raise ValueError(f"bidirectional_wkv: impl must be 'chunked', 'naive' or 'fla', got {impl!r}")
+    if impl == "chunked" or (impl == "fla" and not fla_available(r.device)):
+        return bidirectional_wkv_chunked(r, k, v, log_w, u, chunk_size)
     B = r.shape[0]
     # Both directions in one scan: the reversed sequence is stacked on the batch dimension.
     both = [torch.cat([x, x.flip(2)], dim=0) for x in (r, k, v, log_w)]
-    scanned = wkv_chunked(*both, chunk_size) if impl == "chunked" else wkv_naive(*both)
+    scanned = wkv_fla(*both) if impl == "fla" else wkv_naive(*both)
     forward, backward = scanned[:B], scanned[B:].flip(2)
     bonus = (r * u * k).sum(-1, keepdim=True) * v  # (B, H, T, V)
     return forward + backward + bonus
@@ -232,7 +388,7 @@ class TimeMixStream(nn.Module):
             "r": heads(self.receptance(x + shift * self.time_maa_r)),
             "k": heads(self.key(x + shift * self.time_maa_k)),
             "v": heads(self.value(x + shift * self.time_maa_v)),
-            "log_w": heads(-decay.clamp(max=10.0).exp()),
+            "log_w": heads(-decay.clamp(max=math.log(-LOG_DECAY_MIN)).exp()),
             "u": self.time_faaaa[None, :, None, :].expand(B, -1, T, -1),
             "g": F.silu(self.gate(x + shift * self.time_maa_g)),
         }
@@ -257,8 +413,8 @@ class JointTimeMix(nn.Module):
     """MMDiT-style joint time mix: each stream has its own projections, one scan runs over both.
 
     The joint sequence is ``[latent tokens; text tokens]``, so latent tokens and text tokens exchange
-    information in both directions inside a single bidirectional WKV.  ``chunk_size=0`` picks about
-    ``sqrt(M + T)``, which minimises the sequential steps of the chunked scan.
+    information in both directions inside a single bidirectional WKV.  ``chunk_size=0`` uses
+    ``DEFAULT_CHUNK_SIZE`` (capped at the joint length).
     """
 
     def __init__(
@@ -267,7 +423,7 @@ class JointTimeMix(nn.Module):
         num_heads: int,
         decay_lora_rank: int = 16,
         impl: str = "chunked",
-        chunk_size: int = 32,
+        chunk_size: int = 0,
     ) -> None:
         super().__init__()
         self.text = TimeMixStream(d_model, num_heads, decay_lora_rank)
@@ -289,7 +445,7 @@ class JointTimeMix(nn.Module):
         joint = {
             name: torch.cat([p_latent[name], p_text[name]], dim=2) for name in ("r", "k", "v", "log_w", "u")
         }
-        chunk = self.chunk_size or max(1, round(math.sqrt(joint["r"].shape[2])))  # 0: about sqrt(length)
+        chunk = self.chunk_size or DEFAULT_CHUNK_SIZE
         y = bidirectional_wkv(**joint, impl=self.impl, chunk_size=chunk)  # (B, H, M+T, K)
         return self.text.finish(y[:, :, M:], p_text["g"]), self.latent.finish(y[:, :, :M], p_latent["g"])
 

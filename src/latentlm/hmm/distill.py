@@ -8,7 +8,6 @@ takes the same teacher's hidden states as the embeddings, so a distilled run nee
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,37 +15,7 @@ import torch
 from latentlm.core.checkpoint import atomic_write_text
 from latentlm.core.run import progress
 from latentlm.data.cache import content_hash
-
-
-@dataclass
-class DistillConfig:
-    """How the corpus is sampled from the teacher (``lvd.teacher.name``, a causal LM).
-
-    Attributes:
-        num_sequences: sequences to sample.
-        max_new_tokens: tokens per sequence (sampling stops early at the teacher's EOS).
-        batch_size: sequences sampled in parallel.
-        temperature: softmax temperature.
-        top_k: sample among the k most likely tokens (0: the full distribution).
-        prompt: text every sequence starts from ("" = the teacher's BOS/EOS token); not part of the corpus.
-        seed: sampling seed.
-        compare: also train the same HMM without LVD and write one comparison report.
-    """
-
-    num_sequences: int = 256
-    max_new_tokens: int = 48
-    batch_size: int = 64
-    temperature: float = 1.0
-    top_k: int = 0
-    prompt: str = ""
-    seed: int = 0
-    compare: bool = True
-
-    def __post_init__(self) -> None:
-        if self.num_sequences < 1 or self.max_new_tokens < 1 or self.batch_size < 1:
-            raise ValueError("distill.num_sequences, max_new_tokens, batch_size: must be >= 1")
-        if self.temperature <= 0:
-            raise ValueError(f"distill.temperature: must be > 0, got {self.temperature}")
+from latentlm.hmm.config import DistillConfig
 
 
 @torch.no_grad()

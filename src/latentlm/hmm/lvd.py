@@ -4,67 +4,22 @@
 training token, in the corpus' flat order (sequence ``i`` owns ``states[offsets[i]:offsets[i + 1]]``).
 Both the embeddings (float16) and the assignments (int32) are cached on disk under content hashes,
 memory-mapped on reuse, so a second run, a resumed run or the other half of ``latentlm hmm compare``
-reuses them instead of recomputing. The training phases (steps 4–6) live in :mod:`latentlm.hmm.task`.
+reuses them instead of recomputing. :func:`closed_form_estimate` is the ``closed_form`` LVD phase
+(step 4 in one pass); the training phases (steps 4–6) live in :mod:`latentlm.hmm.task`.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from latentlm.data.cache import cached_arrays, content_hash
-from latentlm.hmm.corpus import Corpus
-from latentlm.hmm.teacher import TeacherConfig, embed_sequences, load_teacher
-
-
-@dataclass
-class KMeansConfig:
-    """FAISS k-means over the teacher embeddings (K = ``model.num_states`` clusters).
-
-    Attributes:
-        iterations: Lloyd iterations.
-        seed: seed of FAISS's initialisation and subsampling.
-        pca_dim: project to this many principal components first (0: no PCA).
-        max_points_per_centroid: FAISS subsamples the training points to K times this.
-    """
-
-    iterations: int = 20
-    seed: int = 0
-    pca_dim: int = 0
-    max_points_per_centroid: int = 256
-
-    def __post_init__(self) -> None:
-        if self.iterations < 1:
-            raise ValueError(f"lvd.kmeans.iterations: must be >= 1, got {self.iterations}")
-        if self.pca_dim < 0 or self.max_points_per_centroid < 1:
-            raise ValueError("lvd.kmeans.pca_dim must be >= 0 and lvd.kmeans.max_points_per_centroid >= 1")
-
-
-@dataclass
-class LVDConfig:
-    """Latent Variable Distillation settings.
-
-    Attributes:
-        enabled: train with LVD (False: plain −log P(O) from the random initialisation).
-        pretrain_tokens: tokens trained on −log P(O, S) with the stored states before the switch.
-        teacher: the teacher model.
-        kmeans: the clustering.
-        cache_dir: where embeddings and assignments are cached ("" = ``$LATENTLM_CACHE/hmm`` or
-            ``~/.cache/latentlm/hmm``).
-    """
-
-    enabled: bool = True
-    pretrain_tokens: int = 5_000_000
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    kmeans: KMeansConfig = field(default_factory=KMeansConfig)
-    cache_dir: str = ""
-
-    def __post_init__(self) -> None:
-        if self.pretrain_tokens < 0:
-            raise ValueError(f"lvd.pretrain_tokens: must be >= 0, got {self.pretrain_tokens}")
+from latentlm.hmm.config import KMeansConfig, LVDConfig
+from latentlm.hmm.data import Corpus
+from latentlm.hmm.teacher import embed_sequences, load_teacher
 
 
 def default_cache_dir(cfg: LVDConfig) -> Path:
@@ -170,3 +125,51 @@ def prepare_latent_states(corpus: Corpus, num_states: int, cfg: LVDConfig) -> La
     if states.shape != (corpus.train.num_tokens,):
         raise ValueError(f"{cache / states_key}: cached states do not match the corpus; delete the entry")
     return LatentStates(states, corpus.train.offsets, embeddings_key, states_key)
+
+
+def closed_form_estimate(
+    corpus: Corpus, states: LatentStates, num_states: int, pseudocount: float, chunk_sequences: int = 4096
+):
+    """The ``closed_form`` LVD phase: the exact maximiser of ``Σ log P(O, S) + α Σ log θ``.
+
+    One streaming pass over the stored states counts first states, transitions and emissions (chunks of
+    ``chunk_sequences`` sequences); under several processes each counts its share of the sequences and
+    the counts are all-reduced, so every process ends with the same tables.
+
+    Returns:
+        Normalised :class:`~latentlm.hmm.model.HMMParameters` (float32 log-probabilities).
+    """
+    import torch
+    import torch.distributed as dist
+
+    from latentlm.hmm.data import pad_batch
+    from latentlm.hmm.estimate import normalise_counts, state_counts
+
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    vocab_size = len(corpus.vocab)
+    totals = None
+    indices = list(range(rank, len(corpus.train), world))
+    for start in range(0, len(indices), chunk_sequences):
+        batch = pad_batch(
+            [
+                {"index": i, "obs": corpus.train.sequence(i), "states": states.sequence(i)}
+                for i in indices[start : start + chunk_sequences]
+            ]
+        )
+        counts = state_counts(batch["obs"], batch["states"], batch["mask"], num_states, vocab_size)
+        totals = list(counts) if totals is None else [t + c for t, c in zip(totals, counts, strict=True)]
+    if totals is None:
+        totals = [
+            torch.zeros(num_states, dtype=torch.float64),
+            torch.zeros(num_states, num_states, dtype=torch.float64),
+            torch.zeros(num_states, vocab_size, dtype=torch.float64),
+        ]
+    if distributed:
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+        for tensor in totals:
+            moved = tensor.to(device)
+            dist.all_reduce(moved)
+            tensor.copy_(moved.cpu())
+    params = normalise_counts(*totals, pseudocount)
+    return type(params)(*(p.float() for p in params))

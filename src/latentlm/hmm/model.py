@@ -6,8 +6,9 @@ Two parameterisations of the same HMM (``K`` states, vocabulary ``V``) are selec
 * ``dense``: free logits for π ``(K,)``, A ``(K, K)`` and B ``(K, V)``, each normalised by a softmax.
 * ``neural``: the reparameterisation of Chiu & Rush (2020, "Scaling Hidden Markov Language Models"):
   state and word embeddings shared across the three distributions, with small residual MLPs producing
-  the logits, ``A = softmax(f_from(E_s) f_to(E'_s)ᵀ)``, ``B = softmax(f_emit(E_s) E_wᵀ)`` and
-  ``π = softmax(E_s f_start(q))``. Parameters grow as ``O((K + V)·d)`` instead of ``O(K² + K·V)``.
+  the logits, ``A = softmax(c·cos(f_from(E_s), f_to(E'_s)))``, ``B = softmax(c·cos(f_emit(E_s), E_w))`` and
+  ``π = softmax(c·cos(E_s, f_start(q)))`` with ``c = √d``: cosine logits are bounded, so AdamW cannot push
+  them out of float32's range. Parameters grow as ``O((K + V)·d)`` instead of ``O(K² + K·V)``.
 
 Both produce normalised log parameters; all inference goes through :mod:`latentlm.hmm.forward`.
 """
@@ -15,6 +16,7 @@ Both produce normalised log parameters; all inference goes through :mod:`latentl
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -22,45 +24,8 @@ from torch import Tensor, nn
 
 from latentlm.core.pretrained import PretrainedMixin
 from latentlm.hmm import forward as inference
-
-PARAMETERIZATIONS = ("dense", "neural")
-
-
-@dataclass
-class HMMConfig:
-    """Configuration of an :class:`HMMLanguageModel`.
-
-    Attributes:
-        num_states: number of hidden states K.
-        vocab_size: number of words V (set from the corpus vocabulary by the training commands).
-        parameterization: ``"dense"`` (softmax over free logits) or ``"neural"`` (Chiu & Rush MLPs).
-        init_std: standard deviation of the random normal initial logits (dense) or weights (neural).
-        embedding_dim: width of the state and word embeddings (neural only).
-        hidden_dim: width of the hidden layer of each residual MLP (neural only).
-        seed: seed of the random initialisation.
-    """
-
-    num_states: int = 64
-    vocab_size: int = 100
-    parameterization: str = "dense"
-    init_std: float = 1.0
-    embedding_dim: int = 64
-    hidden_dim: int = 128
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.num_states < 1:
-            raise ValueError(f"num_states: must be >= 1, got {self.num_states}")
-        if self.vocab_size < 1:
-            raise ValueError(f"vocab_size: must be >= 1, got {self.vocab_size}")
-        if self.parameterization not in PARAMETERIZATIONS:
-            raise ValueError(
-                f"parameterization: must be one of {PARAMETERIZATIONS}, got {self.parameterization!r}"
-            )
-        if self.init_std <= 0:
-            raise ValueError(f"init_std: must be > 0, got {self.init_std}")
-        if self.embedding_dim < 1 or self.hidden_dim < 1:
-            raise ValueError("embedding_dim, hidden_dim: must be >= 1")
+from latentlm.hmm.config import HMMConfig
+from latentlm.hmm.data import VOCAB_FILE, Vocabulary, pad_batch
 
 
 class HMMParameters(NamedTuple):
@@ -80,13 +45,17 @@ class DenseParameterization(nn.Module):
         self.start_logits = nn.Parameter(torch.randn(k, generator=generator) * std)
         self.transition_logits = nn.Parameter(torch.randn(k, k, generator=generator) * std)
         self.emission_logits = nn.Parameter(torch.randn(k, v, generator=generator) * std)
+        self.count_gradients = False
 
     def forward(self) -> HMMParameters:
-        return HMMParameters(
-            self.start_logits.log_softmax(0),
-            self.transition_logits.log_softmax(1),
-            self.emission_logits.log_softmax(1),
-        )
+        if self.count_gradients:
+            # Same normalised values, but the normaliser is a constant: the gradient of log P(O) with
+            # respect to each table is then exactly the expected counts (what EM's M-step needs).
+            return HMMParameters(*(t - t.logsumexp(-1, keepdim=True).detach() for t in self._tables()))
+        return HMMParameters(*(t.log_softmax(-1) for t in self._tables()))
+
+    def _tables(self) -> tuple[Tensor, Tensor, Tensor]:
+        return self.start_logits, self.transition_logits, self.emission_logits
 
     @torch.no_grad()
     def load_log_probabilities(self, params: HMMParameters) -> None:
@@ -135,24 +104,65 @@ class NeuralParameterization(nn.Module):
                     layer.bias.zero_()
 
     def forward(self) -> HMMParameters:
-        start_logits = self.state_embeddings @ self.start_mlp(self.start_query)  # (K,)
-        transition_logits = self.from_mlp(self.state_embeddings) @ self.to_mlp(self.next_state_embeddings).t()
-        emission_logits = self.emission_mlp(self.state_embeddings) @ self.word_embeddings.t()  # (K, V)
-        return HMMParameters(
-            start_logits.log_softmax(0), transition_logits.log_softmax(1), emission_logits.log_softmax(1)
+        scale = self.state_embeddings.shape[1] ** 0.5
+        start_logits = bounded_logits(self.state_embeddings, self.start_mlp(self.start_query)[None], scale)
+        transition_logits = bounded_logits(
+            self.from_mlp(self.state_embeddings), self.to_mlp(self.next_state_embeddings), scale
+        )  # (K, K)
+        emission_logits = bounded_logits(
+            self.emission_mlp(self.state_embeddings), self.word_embeddings, scale
         )
+        return HMMParameters(
+            start_logits[:, 0].log_softmax(0),  # (K, 1) -> (K,)
+            transition_logits.log_softmax(1),
+            emission_logits.log_softmax(1),
+        )
+
+
+def bounded_logits(rows: Tensor, columns: Tensor, scale: float) -> Tensor:
+    """``(n, m)`` cosine similarities of ``(n, d)`` rows and ``(m, d)`` columns, times ``scale``.
+
+    Bounded in ``[−scale, scale]`` whatever the weights: with raw dot products, AdamW at the seed's
+    learning rates (0.02–0.05) grew the logits past float32's exp range within ~10 steps and the
+    forward algorithm returned NaN; cosine logits with scale √d keep every probability ratio within
+    ``exp(2√d)`` (≈ 9e6 at d = 64), ample for a peaked emission row.
+    """
+    return (
+        torch.nn.functional.normalize(rows, dim=-1)
+        @ torch.nn.functional.normalize(columns, dim=-1).t()
+        * scale
+    )
 
 
 _PARAMETERIZATION_CLASSES = {"dense": DenseParameterization, "neural": NeuralParameterization}
 
 
+@dataclass
+class HMMOutput:
+    """What :meth:`HMMLanguageModel.forward` returns (transformers' convention: ``loss`` with labels).
+
+    Attributes:
+        log_likelihood: ``(B,)`` ``log P(O)`` of each sequence (``log P(O, S)`` for rows given latent states).
+        num_tokens: scored tokens (mask entries) in the batch.
+        loss: ``−Σ log_likelihood / num_tokens`` (nats per token) when labels were given, else ``None``;
+            ``loss.exp()`` is the batch's perplexity.
+    """
+
+    log_likelihood: Tensor
+    num_tokens: int
+    loss: Tensor | None = None
+
+
 class HMMLanguageModel(nn.Module, PretrainedMixin):
     """An HMM over word ids, with exact likelihood, joint, posteriors, Viterbi and sampling.
+
+    ``save_pretrained`` writes the vocabulary (``vocab.json``) beside the weights when the model has
+    one, so ``from_pretrained`` gives a model that encodes and scores text on its own.
 
     Example:
         >>> model = HMMLanguageModel(HMMConfig(num_states=8, vocab_size=20))
         >>> obs = torch.randint(0, 20, (2, 5))
-        >>> model.log_likelihood(obs).shape
+        >>> model(obs, labels=obs).log_likelihood.shape
         torch.Size([2])
     """
 
@@ -163,6 +173,20 @@ class HMMLanguageModel(nn.Module, PretrainedMixin):
         self.config = config
         generator = torch.Generator().manual_seed(config.seed)
         self.parameterization = _PARAMETERIZATION_CLASSES[config.parameterization](config, generator)
+        self.vocabulary: Vocabulary | None = None
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        directory = super().save_pretrained(directory)
+        if self.vocabulary is not None:
+            self.vocabulary.save(directory)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> HMMLanguageModel:
+        model = super().from_pretrained(directory, device=device)
+        if (Path(directory) / VOCAB_FILE).is_file():
+            model.vocabulary = Vocabulary.load(directory)
+        return model
 
     def log_parameters(self) -> HMMParameters:
         """Normalised log π ``(K,)``, log A ``(K, K)`` and log B ``(K, V)`` (differentiable)."""
@@ -176,9 +200,69 @@ class HMMLanguageModel(nn.Module, PretrainedMixin):
         """``(B,)`` ``log P(O, S)`` for given ``(B, T)`` states, by direct gather."""
         return inference.joint_log_likelihood(*self.log_parameters(), obs, states, mask)
 
-    def forward(self) -> HMMParameters:
-        """The normalised log parameters; training code calls the (possibly DDP-wrapped) model for them."""
-        return self.log_parameters()
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        labels: Tensor | None = None,
+        latent_states: Tensor | None = None,
+    ) -> HMMOutput:
+        """Score right-padded sequences.
+
+        Args:
+            input_ids: ``(B, T)`` word ids (the observations O).
+            attention_mask: ``(B, T)`` 1/True on real tokens (default: all).
+            labels: as for transformers' causal LMs, the ids to score: an HMM scores its own input, so
+                ``labels`` equals ``input_ids`` except where set to ``-100`` (not scored). Given labels,
+                ``loss`` is the mean negative log-likelihood per scored token.
+            latent_states: ``(B, T)`` stored states S; rows whose first entry is ``>= 0`` are scored by
+                ``log P(O, S)`` (LVD), the others by ``log P(O)``.
+        """
+        mask = (
+            torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        )
+        if labels is not None:
+            scored = labels != -100
+            if (labels[scored] != input_ids[scored]).any():
+                raise ValueError(
+                    "labels: an HMM scores its own input; labels must equal input_ids or be -100"
+                )
+            mask = mask & scored
+        params = self.log_parameters()  # one call, so that DDP sees one forward
+        log_likelihood = params.log_start.new_zeros(input_ids.shape[0])
+        joint = latent_states[:, 0] >= 0 if latent_states is not None else torch.zeros_like(mask[:, 0])
+        if joint.any():
+            rows = joint.nonzero().squeeze(1)  # (R,)
+            width = int(mask[rows].sum(1).max())
+            log_likelihood = log_likelihood.index_put(
+                (rows,),
+                inference.joint_log_likelihood(
+                    *params, input_ids[rows, :width], latent_states[rows, :width], mask[rows, :width]
+                ),
+            )
+        if (~joint).any():
+            rows = (~joint).nonzero().squeeze(1)  # (R,)
+            width = max(int(mask[rows].sum(1).max()), 1)
+            log_likelihood = log_likelihood.index_put(
+                (rows,),
+                inference.forward_log_likelihood(*params, input_ids[rows, :width], mask[rows, :width]),
+            )
+        num_tokens = int(mask.sum())
+        loss = -log_likelihood.sum() / max(num_tokens, 1) if labels is not None else None
+        return HMMOutput(log_likelihood=log_likelihood, num_tokens=num_tokens, loss=loss)
+
+    def encode(self, texts: list[str]) -> dict[str, Tensor]:
+        """Tokenise texts with the saved vocabulary: ``input_ids`` and ``attention_mask``, ``(B, T)``.
+
+        Each text is one unit (closed by ``<eos>``); a text longer than ``max_length`` tokens becomes
+        several rows, as in training.
+        """
+        if self.vocabulary is None:
+            raise ValueError("this model has no vocabulary (it was not saved by a training run)")
+        sequences = self.vocabulary.encode_units(list(texts))
+        batch = pad_batch([{"index": i, "obs": sequences.sequence(i)} for i in range(len(sequences))])
+        device = next(self.parameters()).device
+        return {"input_ids": batch["obs"].to(device), "attention_mask": batch["mask"].to(device)}
 
     @torch.no_grad()
     def posteriors(self, obs: Tensor, mask: Tensor | None = None) -> Tensor:

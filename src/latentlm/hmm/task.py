@@ -1,20 +1,29 @@
-"""LVD steps 4–6 on the shared engine: the two-phase HMM training task and held-out evaluation.
+"""LVD steps 4–6 on the shared engine: the HMM training task, its losses, and one training run.
 
-Phase 1 (LVD) minimises −log P(O, S) with the stored cluster ids S for exactly ``pretrain_tokens``
-tokens; phase 2 minimises −log P(O) by the forward algorithm until ``train.max_steps``. The switch is
-exact to the token: in the micro-batch that crosses the budget, the sequences (in batch order, and in
-rank order across processes) that still fit are trained on −log P(O, S), the crossing sequence on the
-joint of its prefix that completes the budget (the rest of that one sequence is skipped), and every
-later sequence on −log P(O). The switch is printed, written to ``metrics.jsonl`` as ``lvd/switch``
-and kept in ``TrainState.extra`` (so a resumed run knows it). There is no interpolation of the two.
+LVD phase (``lvd.phase``):
 
-Held-out perplexity is ``exp(Σ −log P(O) / Σ tokens)`` over the held-out sequences, ``<eos>``
-included; every sequence starts from π (sentence-level reset, no carried state).
+* ``adamw`` (the seed's): minimise −log P(O, S) with the stored cluster ids S for exactly
+  ``pretrain_tokens`` tokens, then −log P(O). The switch is exact to the token: in the micro-batch that
+  crosses the budget, the sequences (in batch order, and in rank order across processes) that still
+  fit are trained on −log P(O, S), the crossing sequence on the joint of its prefix that completes the
+  budget (the rest of that one sequence is skipped), and every later sequence on −log P(O).
+* ``closed_form``: set the tables to the exact maximiser of log P(O, S) + pseudocount prior (the count
+  estimate, :func:`latentlm.hmm.lvd.closed_form_estimate`) before step 1, then −log P(O) throughout.
+
+Either way the switch is printed, written to ``metrics.jsonl`` as ``lvd/switch`` and kept in
+``TrainState.extra``; there is no interpolation of the two objectives.
+
+Optimizer (``train.optimizer``): ``adamw``, or ``em`` (dense only): the task hands the engine an
+:class:`~latentlm.hmm.em.EM` optimizer and micro-batches of whole token chunks; the loss has the value
+of the per-token −log P(O) and the gradient of the summed −log P(O), i.e. minus the expected counts.
+Full-batch EM (``em.batch_tokens: 0``) accumulates every chunk of the training split into one step
+(one step = one epoch); stepwise EM takes one step per mini-batch of ``em.batch_tokens`` tokens.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import copy
+import time
 
 import numpy as np
 import torch
@@ -23,85 +32,29 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from latentlm.core.engine import StepOutput, Task, TrainConfig, TrainState
+from latentlm.core.lifecycle import train_task
 from latentlm.core.run import RunDir
-from latentlm.hmm.corpus import Corpus, CorpusConfig, SequenceSet
-from latentlm.hmm.distill import DistillConfig
-from latentlm.hmm.forward import forward_log_likelihood, joint_log_likelihood
-from latentlm.hmm.lvd import LatentStates, LVDConfig
-from latentlm.hmm.model import HMMConfig, HMMLanguageModel
-from latentlm.metrics.perplexity import perplexity
+from latentlm.hmm.config import HMMRunConfig
+from latentlm.hmm.data import ChunkDataset, Corpus, SequenceDataset, build_corpus, pad_batch, token_chunks
+from latentlm.hmm.em import EM
+from latentlm.hmm.evaluate import heldout_metrics, sample_strings, write_run_report
+from latentlm.hmm.lvd import LatentStates, closed_form_estimate, prepare_latent_states
+from latentlm.hmm.model import HMMLanguageModel
 
 
-@dataclass
-class HMMRunConfig:
-    """Everything one ``latentlm hmm train`` run needs (``configs/hmm/*.yaml``).
+def _world_size(cpu: bool = False) -> int:
+    """Processes of this run; sets up Accelerate's process group (as the engine will) if not done yet."""
+    from accelerate import PartialState
 
-    Attributes:
-        run_dir: output folder of the run (config, metrics, checkpoints, report).
-        batch_size: sequences per micro-batch (per process).
-        eval_batch_size: sequences per held-out batch.
-        max_eval_sequences: evaluate on the first N held-out sequences (0: all).
-        model: the HMM (``model.vocab_size`` is set from the corpus).
-        corpus: the training text.
-        lvd: Latent Variable Distillation.
-        train: the engine's optimisation settings.
-        distill: sampling of a teacher corpus (used only by ``latentlm hmm distill``/``quickstart``).
-    """
-
-    run_dir: str = "runs/hmm"
-    batch_size: int = 32
-    eval_batch_size: int = 128
-    max_eval_sequences: int = 0
-    model: HMMConfig = field(default_factory=HMMConfig)
-    corpus: CorpusConfig = field(default_factory=CorpusConfig)
-    lvd: LVDConfig = field(default_factory=LVDConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    distill: DistillConfig = field(default_factory=DistillConfig)
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.eval_batch_size < 1:
-            raise ValueError("batch_size, eval_batch_size: must be >= 1")
-
-
-class SequenceDataset(Dataset):
-    """Sequence ``i`` of a :class:`SequenceSet` with its stored LVD states (if any)."""
-
-    def __init__(self, sequences: SequenceSet, states: LatentStates | None = None) -> None:
-        self.sequences = sequences
-        self.states = states
-
-    def __len__(self) -> int:
-        return len(self.sequences)
-
-    def __getitem__(self, index: int) -> dict:
-        item = {"index": index, "obs": self.sequences.sequence(index)}
-        if self.states is not None:
-            item["states"] = self.states.sequence(index)
-        return item
-
-
-def pad_batch(items: list[dict]) -> dict[str, torch.Tensor]:
-    """Right-pad sequences: ``obs``/``states`` ``(B, T)`` long, ``mask`` ``(B, T)`` bool, ``index`` (B,)."""
-    width = max(len(item["obs"]) for item in items)
-    batch = {
-        "index": torch.tensor([item["index"] for item in items]),
-        "obs": torch.zeros(len(items), width, dtype=torch.long),
-        "mask": torch.zeros(len(items), width, dtype=torch.bool),
-    }
-    if "states" in items[0]:
-        batch["states"] = torch.zeros(len(items), width, dtype=torch.long)
-    for row, item in enumerate(items):
-        length = len(item["obs"])
-        batch["obs"][row, :length] = torch.from_numpy(np.asarray(item["obs"], dtype=np.int64))
-        batch["mask"][row, :length] = True
-        if "states" in batch:
-            batch["states"][row, :length] = torch.from_numpy(np.asarray(item["states"], dtype=np.int64))
-    return batch
+    # As the engine's Accelerator does: without cpu=True, torchrun on CPUs would not start gloo (and
+    # the first PartialState fixes the process group for the whole process).
+    gpu = torch.cuda.is_available() or torch.backends.mps.is_available()
+    return PartialState(cpu=cpu or not gpu).num_processes
 
 
 def _token_counts(local_tokens: int, device: torch.device) -> tuple[int, int]:
     """``(tokens held by lower ranks, tokens of all ranks)`` in this micro-step."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if _world_size() == 1:
         return 0, local_tokens
     counts = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(dist.get_world_size())]
     dist.all_gather(counts, torch.tensor([local_tokens], device=device))
@@ -125,31 +78,8 @@ def lvd_prefix_lengths(lengths: torch.Tensor, remaining: int) -> torch.Tensor:
     return (remaining - before).clamp(min=0).minimum(lengths)
 
 
-@torch.no_grad()
-def heldout_nll(
-    model: HMMLanguageModel, sequences: SequenceSet, batch_size: int, limit: int = 0
-) -> tuple[float, int]:
-    """``(Σ −log P(O), Σ tokens)`` over held-out sequences, each scored from π (EOS included)."""
-    count = len(sequences) if not limit else min(limit, len(sequences))
-    if count == 0:
-        raise ValueError(
-            "the held-out split is empty: set corpus.heldout_fraction > 0 or corpus.heldout_path"
-        )
-    params = model.log_parameters()
-    order = sorted(range(count), key=lambda i: len(sequences.sequence(i)))
-    total, tokens = 0.0, 0
-    for start in range(0, count, batch_size):
-        batch = pad_batch(
-            [{"index": i, "obs": sequences.sequence(i)} for i in order[start : start + batch_size]]
-        )
-        obs, mask = batch["obs"].to(params.log_start.device), batch["mask"].to(params.log_start.device)
-        total -= float(forward_log_likelihood(*params, obs, mask).sum())
-        tokens += int(batch["mask"].sum())
-    return total, tokens
-
-
 class HMMTask(Task):
-    """The engine task of ``latentlm hmm train``: LVD phase, clean switch, marginal phase."""
+    """The engine task of ``latentlm hmm train``: LVD phase, clean switch, marginal phase; AdamW or EM."""
 
     def __init__(
         self, cfg: HMMRunConfig, corpus: Corpus, states: LatentStates | None, run: RunDir | None = None
@@ -160,71 +90,195 @@ class HMMTask(Task):
         self.corpus = corpus
         self.states = states if cfg.lvd.enabled else None
         self.run = run
-        self.batch_size = cfg.batch_size
-        self.pretrain_tokens = cfg.lvd.pretrain_tokens if cfg.lvd.enabled else 0
+        self.closed_form = cfg.lvd.enabled and cfg.lvd.phase == "closed_form"
+        self.pretrain_tokens = cfg.lvd.pretrain_tokens if cfg.lvd.enabled and not self.closed_form else 0
+        self.em = cfg.train.optimizer == "em"
+        self.lvd_seconds = 0.0
+        self.started = time.perf_counter()
+        self.stepping = False
+        self.eval_seconds = 0.0  # time spent evaluating, left out of train_seconds_so_far
+        self.groups: list[np.ndarray] = []
+        if self.em:
+            lengths = np.diff(corpus.train.offsets)
+            chunk = cfg.em.batch_tokens or cfg.em.chunk_tokens
+            world = _world_size(cfg.train.cpu)
+            self.groups = token_chunks(lengths, chunk, multiple_of=world, seed=cfg.train.seed)
+        self.batch_size = 1 if self.em else cfg.batch_size
+
+    def em_grad_accum(self) -> int:
+        """Micro-batches per EM step: every chunk of this process (full batch), else one mini-batch."""
+        return len(self.groups) // _world_size() if self.cfg.em.batch_tokens == 0 else 1
 
     def build_model(self) -> nn.Module:
-        return HMMLanguageModel(self.cfg.model)
+        model = HMMLanguageModel(self.cfg.model)
+        model.vocabulary = self.corpus.vocabulary
+        if self.closed_form:
+            started = time.perf_counter()
+            model.load_log_probabilities(
+                closed_form_estimate(
+                    self.corpus, self.states, self.cfg.model.num_states, self.cfg.lvd.pseudocount
+                )
+            )
+            self.lvd_seconds = time.perf_counter() - started
+        if self.em:
+            model.parameterization.count_gradients = True
+        return model
+
+    def build_optimizer(self, groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
+        if cfg.optimizer != "em":
+            return super().build_optimizer(groups, cfg)
+        step_decay = self.cfg.em.step_decay if self.cfg.em.batch_tokens else 0.0
+        return EM(groups, self.cfg.em.pseudocount, step_decay, count_scale=cfg.grad_accum * _world_size())
 
     def train_dataset(self) -> Dataset:
+        if self.em:
+            return ChunkDataset(self.corpus.train, self.groups)
         return SequenceDataset(self.corpus.train, self.states)
 
     def collate(self, items: list[dict]) -> dict[str, torch.Tensor]:
-        return pad_batch(items)
+        return items[0] if self.em else pad_batch(items)
 
     def loss(self, model: nn.Module, batch: dict, state: TrainState) -> StepOutput:
+        if not self.stepping:
+            # The optimisation clock starts at the first step (a process's first run pays ~1 s of one-time
+            # start-up before it); the closed-form LVD phase is added to it (train_seconds_so_far).
+            self.stepping = True
+            self.started = time.perf_counter() - self.lvd_seconds
+        if self.closed_form and "switch_step" not in state.extra:
+            self._record_switch(state, step=0, tokens=0)
         obs, mask = batch["obs"], batch["mask"]
         lengths = mask.sum(dim=1)
         remaining = max(0, self.pretrain_tokens - state.tokens_seen)  # same on every rank
         offset, step_tokens = _token_counts(int(lengths.sum()), obs.device) if remaining else (0, 0)
         prefix = lvd_prefix_lengths(lengths, max(0, remaining - offset))
-        params = model()  # normalised log π, A, B; one call so that DDP sees one forward
-        total = torch.zeros((), dtype=params.log_emission.dtype, device=obs.device)
-        joint_rows = prefix > 0
-        marginal_rows = prefix == 0
-        lvd_tokens = int(prefix.sum())
-        marginal_tokens = int(lengths[marginal_rows].sum())
-        if joint_rows.any():
-            width = int(prefix.max())
-            sub_mask = torch.arange(width, device=obs.device).unsqueeze(0) < prefix[joint_rows].unsqueeze(1)
-            rows = joint_rows.nonzero().squeeze(1)
-            total = (
-                total
-                - joint_log_likelihood(
-                    *params, obs[rows, :width], batch["states"][rows, :width], sub_mask
-                ).sum()
+        latent = None
+        if bool((prefix > 0).any()):
+            # LVD rows: score log P(O, S) on their prefix only (the crossing row loses its tail).
+            mask = mask & (
+                torch.arange(mask.shape[1], device=obs.device).unsqueeze(0)
+                < torch.where(prefix > 0, prefix, lengths).unsqueeze(1)
             )
-        if marginal_rows.any():
-            rows = marginal_rows.nonzero().squeeze(1)
-            width = int(lengths[rows].max())
-            total = total - forward_log_likelihood(*params, obs[rows, :width], mask[rows, :width]).sum()
-        num_tokens = lvd_tokens + marginal_tokens
+            latent = torch.where((prefix > 0).unsqueeze(1), batch["states"], torch.full_like(obs, -1))
+        out = model(obs, attention_mask=mask, latent_states=latent)
+        total = -out.log_likelihood.sum()
+        num_tokens = out.num_tokens
+        lvd_tokens = int(prefix.sum())
         if 0 < remaining <= step_tokens and "switch_step" not in state.extra:
-            self._record_switch(state)
+            self._record_switch(state, step=state.step + 1, tokens=self.pretrain_tokens)
+        if self.em:
+            # Value: nats per token (what is logged); gradient: of the sum, i.e. minus the expected counts.
+            loss = total.detach() / max(num_tokens, 1) + (total - total.detach())
+        else:
+            loss = total / max(num_tokens, 1)
         return StepOutput(
-            loss=total / max(num_tokens, 1),
+            loss=loss,
             num_tokens=num_tokens,
             metrics={"lvd_fraction": lvd_tokens / max(num_tokens, 1), "lvd_tokens": lvd_tokens},
         )
 
-    def _record_switch(self, state: TrainState) -> None:
-        step = state.step + 1
+    def _record_switch(self, state: TrainState, step: int, tokens: int) -> None:
         state.extra["switch_step"] = step
-        state.extra["switch_tokens"] = self.pretrain_tokens
-        print(
-            f"LVD: switch from -log P(O,S) to -log P(O) after exactly {self.pretrain_tokens} tokens "
-            f"(step {step})",
-            flush=True,
+        state.extra["switch_tokens"] = tokens
+        how = (
+            f"the closed-form count estimate of log P(O,S) (pseudocount {self.cfg.lvd.pseudocount}, "
+            f"{self.lvd_seconds:.2f} s)"
+            if self.closed_form
+            else f"exactly {tokens} tokens on -log P(O,S)"
         )
-        if self.run is not None and (not dist.is_initialized() or dist.get_rank() == 0):
-            self.run.log(step, {"lvd/switch": 1, "lvd/switch_tokens": self.pretrain_tokens})
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            print(f"LVD: switch to -log P(O) after {how} (step {step})", flush=True)
+            if self.run is not None:
+                self.run.log(step, {"lvd/switch": 1, "lvd/switch_tokens": tokens})
 
     def evaluate(self, model: nn.Module, state: TrainState) -> dict[str, float]:
-        nll, tokens = heldout_nll(
-            model, self.corpus.heldout, self.cfg.eval_batch_size, self.cfg.max_eval_sequences
+        began = time.perf_counter()
+        metrics = heldout_metrics(
+            model, self.corpus.heldout, self.cfg.eval.batch_size, self.cfg.eval.max_sequences
         )
-        return {
-            "heldout_ppl": perplexity(nll, tokens),
-            "heldout_nll": nll / tokens,
-            "tokens_seen": state.tokens_seen,
-        }
+        metrics["train_seconds_so_far"] = began - self.started - self.eval_seconds
+        self.eval_seconds += time.perf_counter() - began
+        metrics["tokens_seen"] = state.tokens_seen
+        metrics["epoch"] = state.epoch + state.batch_in_epoch / max(1, self._steps_per_epoch())
+        return metrics
+
+    def _steps_per_epoch(self) -> int:
+        items = len(self.groups) if self.em else len(self.corpus.train)
+        return max(1, items // (self.batch_size * _world_size()))
+
+
+def prepare_corpus(cfg: HMMRunConfig) -> Corpus:
+    return build_corpus(cfg.data, cfg.lvd.teacher.name)
+
+
+def prepare_states(cfg: HMMRunConfig, corpus: Corpus) -> LatentStates | None:
+    """Steps 1–3 of LVD (teacher embeddings + k-means, cached) when LVD is on."""
+    return prepare_latent_states(corpus, cfg.model.num_states, cfg.lvd) if cfg.lvd.enabled else None
+
+
+def train_run(
+    cfg: HMMRunConfig,
+    corpus: Corpus | None = None,
+    states: LatentStates | None = None,
+    prepare_seconds: float = 0.0,
+) -> dict:
+    """Train one HMM on the engine; writes a complete run directory (model/, summary.json, report.md).
+
+    Args:
+        cfg: the run configuration.
+        corpus, states: prepared corpus and LVD states (prepared here when ``None``).
+        prepare_seconds: time the caller spent preparing them (reported in the summary).
+
+    Returns:
+        The run's summary: held-out perplexity, tokens, epochs, wall-clock, switch.
+    """
+    cfg = copy.deepcopy(cfg)
+    started = time.perf_counter()
+    if corpus is None:
+        corpus = prepare_corpus(cfg)
+    if states is None and cfg.lvd.enabled:
+        states = prepare_states(cfg, corpus)
+    prepare_seconds += time.perf_counter() - started
+    cfg.model.vocab_size = len(corpus.vocab)
+    run = RunDir(cfg.run_dir)
+    run.write_json("corpus.json", corpus.describe())
+    # Logged before training starts (this also opens TensorBoard, a one-time cost kept out of the timings).
+    run.log(0, {"data/train_tokens": corpus.train.num_tokens, "data/vocab_size": len(corpus.vocab)})
+    task = HMMTask(cfg, corpus, states, run)
+    if task.em:
+        cfg.train.grad_accum = task.em_grad_accum()
+    train_started = time.perf_counter()
+    model, state = train_task(task, cfg, run)
+    train_seconds = time.perf_counter() - train_started
+    model = model.cpu()
+    evals = [r for r in run.read_metrics() if "eval/heldout_ppl" in r]
+    summary = {
+        "recipe": recipe_name(cfg),
+        "parameterization": cfg.model.parameterization,
+        "num_states": cfg.model.num_states,
+        "vocab_size": cfg.model.vocab_size,
+        "heldout_ppl": evals[-1]["eval/heldout_ppl"] if evals else None,
+        "best_heldout_ppl": min(r["eval/heldout_ppl"] for r in evals) if evals else None,
+        "heldout_tokens": evals[-1]["eval/heldout_tokens"] if evals else None,
+        "heldout_unk_rate": evals[-1]["eval/heldout_unk_rate"] if evals else None,
+        "tokens_seen": state.tokens_seen,
+        "steps": state.step,
+        "epochs": round(state.epoch + state.batch_in_epoch / max(1, task._steps_per_epoch()), 3),
+        "switch_tokens": state.extra.get("switch_tokens"),
+        "switch_step": state.extra.get("switch_step"),
+        "prepare_seconds": round(prepare_seconds, 2),
+        "lvd_closed_form_seconds": round(task.lvd_seconds, 2),
+        "train_seconds": round(train_seconds, 2),
+        "fit_seconds": round(evals[-1]["eval/train_seconds_so_far"], 2) if evals else None,
+    }
+    run.write_json("summary.json", summary)
+    write_run_report(run, summary, sample_strings(model, corpus.vocab))
+    run.close()
+    return summary
+
+
+def recipe_name(cfg: HMMRunConfig) -> str:
+    """``random_adamw``, ``random_em``, ``lvd_adamw``, ``lvd_closed_form_em``, ``lvd_closed_form_adamw``."""
+    init = (
+        "random" if not cfg.lvd.enabled else ("lvd_closed_form" if cfg.lvd.phase == "closed_form" else "lvd")
+    )
+    return f"{init}_{cfg.train.optimizer}"

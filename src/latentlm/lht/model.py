@@ -1,18 +1,20 @@
 """The LHT encoder and its masked-LM head (seed 003, roadmap 1.1-1.2).
 
 `LHTForMaskedLM` is a pre-norm transformer (RoPE, GELU MLP, dropout, residuals, tied MLM head) whose
-attention pattern is chosen once from the config: `attention: hierarchical` runs the learned routers
-at the layers of `hierarchy.router_layers` and attends with `HierarchicalBias`; `attention: full` is
-the dense full-attention baseline of the same size (same blocks, every token sees every token). The
-attention backend (`dense` boolean mask through SDPA, or `flex` FlexAttention block masks) sits
-behind one interface. Gradient checkpointing recomputes blocks in the backward pass; bf16 autocast
+attention pattern is chosen once from the config: `attention: hierarchical` places unit boundaries at
+the layers of `hierarchy.router_layers` (learned routers, or random / stride / gold boundaries for the
+ablations) and attends with `HierarchicalBias`; `attention: full` is the dense full-attention baseline
+of the same size (same blocks, every token sees every token); `attention: window` the sliding-window
+baseline (tokens see ±`edges.local_window` tokens). The attention backend (`dense` boolean mask through
+SDPA, `sparse` gathered key blocks, or `flex` FlexAttention block masks) sits behind one interface.
+Gradient checkpointing recomputes blocks in the backward pass; bf16 autocast
 is applied by the engine (`train.mixed_precision: bf16`) or by `autocast_context` at evaluation.
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -23,59 +25,15 @@ from torch.utils.checkpoint import checkpoint
 from latentlm.core.pretrained import PretrainedMixin
 from latentlm.lht.attention import (
     AttentionBackend,
-    EdgeConfig,
     FullAttention,
     HierarchicalBias,
     HierarchyLayout,
+    LocalWindowAttention,
     make_backend,
     token_layout,
 )
-from latentlm.lht.routers import HierarchyConfig, HierarchyManager, HierarchyState
-
-ATTENTION_KINDS = ("hierarchical", "full")
-
-
-@dataclass
-class LHTConfig:
-    """Size and structure of an LHT encoder (or of the dense baseline with `attention: full`)."""
-
-    vocab_size: int = 30522  # WordPiece vocabulary (MiniLM's tokenizer)
-    hidden_size: int = 256  # D, width of every slot
-    num_layers: int = 4  # transformer blocks
-    num_heads: int = 4  # attention heads (hidden_size must divide by it)
-    intermediate_size: int = 1024  # GELU MLP width
-    dropout: float = 0.1  # residual and MLP dropout
-    attention_dropout: float = 0.0  # dropout on attention probabilities (backend 'dense' only)
-    rope_theta: float = 10000.0  # RoPE base
-    layer_norm_eps: float = 1e-5  # LayerNorm epsilon
-    pad_token_id: int = 0  # padding id (MiniLM: 0)
-    attention: str = "hierarchical"  # 'hierarchical' (LHT) or 'full' (dense baseline)
-    backend: str = "dense"  # 'dense' (SDPA + boolean mask, trains on CPU) or 'flex' (FlexAttention)
-    gradient_checkpointing: bool = False  # recompute blocks in backward to save memory
-    edges: EdgeConfig = field(default_factory=EdgeConfig)  # hierarchical attention edge types
-    hierarchy: HierarchyConfig = field(default_factory=HierarchyConfig)  # levels and router schedule
-
-    def __post_init__(self) -> None:
-        if self.attention not in ATTENTION_KINDS:
-            raise ValueError(f"model.attention: expected one of {ATTENTION_KINDS}, got {self.attention!r}")
-        if self.backend not in ("dense", "flex"):
-            raise ValueError(f"model.backend: expected 'dense' or 'flex', got {self.backend!r}")
-        if self.hidden_size % self.num_heads or (self.hidden_size // self.num_heads) % 2:
-            raise ValueError(
-                f"model.hidden_size: {self.hidden_size} must split into {self.num_heads} heads of even width"
-            )
-        if self.attention == "hierarchical":
-            bad = [layer for layer in self.hierarchy.router_layers if layer >= self.num_layers]
-            if bad:
-                raise ValueError(
-                    f"model.hierarchy.router_layers: {bad} >= num_layers={self.num_layers}; a router "
-                    "runs before a block, so its layer must be < num_layers"
-                )
-        for name in ("dropout", "attention_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"model.{name}: must be in [0, 1), got {getattr(self, name)}")
-        if self.backend == "flex" and self.attention_dropout > 0:
-            raise ValueError("model.attention_dropout: FlexAttention has no attention dropout; set it to 0")
+from latentlm.lht.config import LHTConfig
+from latentlm.lht.routers import HierarchyManager, HierarchyState
 
 
 def rope_tables(
@@ -171,6 +129,8 @@ class LHTForMaskedLM(nn.Module, PretrainedMixin):
 
     def __init__(self, config: LHTConfig) -> None:
         super().__init__()
+        if config.vocab_size < 1:
+            raise ValueError("model.vocab_size: 0 is only a placeholder for the tokenizer's size; give it")
         self.config = config
         d = config.hidden_size
         self.embed = nn.Embedding(config.vocab_size, d, padding_idx=config.pad_token_id)
@@ -185,11 +145,16 @@ class LHTForMaskedLM(nn.Module, PretrainedMixin):
             with_doc = config.edges.doc_token
             self.hierarchy = HierarchyManager(config.hierarchy, d, with_doc)
             self.doc_embedding = nn.Parameter(torch.zeros(d)) if with_doc else None
-            self.backend = make_backend(config.backend, HierarchicalBias(config.edges))
+            self.backend = make_backend(config.backend, HierarchicalBias(config.edges), config.block_size)
         else:
             self.hierarchy = None
             self.doc_embedding = None
-            self.backend = make_backend(config.backend, FullAttention())
+            pattern = (
+                FullAttention()
+                if config.attention == "full"
+                else LocalWindowAttention(config.edges.local_window)
+            )
+            self.backend = make_backend(config.backend, pattern, config.block_size)
         self.apply(self._init_weights)
         if self.hierarchy is not None:
             for router in self.hierarchy.routers:
@@ -203,7 +168,11 @@ class LHTForMaskedLM(nn.Module, PretrainedMixin):
             nn.init.zeros_(module.bias)
 
     def forward(
-        self, input_ids: Tensor, attention_mask: Tensor | None = None, labels: Tensor | None = None
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        labels: Tensor | None = None,
+        boundaries: list[Tensor] | None = None,
     ) -> LHTOutput:
         """Encode a batch of documents.
 
@@ -211,6 +180,7 @@ class LHTForMaskedLM(nn.Module, PretrainedMixin):
             input_ids: (B, N) token ids.
             attention_mask: (B, N) 1 for real tokens (default: input_ids != pad_token_id).
             labels: (B, N) MLM targets, -100 where no loss is taken.
+            boundaries: per level, (B, N) bool gold unit starts over tokens (`hierarchy.boundaries: gold`).
 
         Returns:
             `LHTOutput`.
@@ -225,7 +195,7 @@ class LHTForMaskedLM(nn.Module, PretrainedMixin):
             layout = token_layout(token_valid)
             hidden = tokens
         else:
-            state = self.hierarchy.initial_state(token_valid)
+            state = self.hierarchy.initial_state(token_valid, row_seeds(input_ids, token_valid))
             layout = state.layout
             parts = [tokens, tokens.new_zeros(batch, layout.size - layout.token_offset - n, d)]
             if self.doc_embedding is not None:
@@ -235,7 +205,8 @@ class LHTForMaskedLM(nn.Module, PretrainedMixin):
         for index, block in enumerate(self.blocks):
             if self.hierarchy is not None and state is not None:
                 for level in self.hierarchy.levels_at(index):
-                    hidden, state = self.hierarchy.route(level, hidden, state)
+                    gold = boundaries[level] if boundaries is not None else None
+                    hidden, state = self.hierarchy.route(level, hidden, state, gold)
                 layout = state.layout
             if layout is not prepared_layout:
                 prepared, cos, sin = self._prepare(layout)
@@ -266,6 +237,33 @@ class LHTForMaskedLM(nn.Module, PretrainedMixin):
             output.loss = output.mlm_loss + router_loss
         return output
 
+    def load_tokenizer(self):
+        """The tokenizer named in the saved config (`config.tokenizer`), loaded once."""
+        if getattr(self, "_tokenizer", None) is None:
+            if not self.config.tokenizer:
+                raise ValueError("model.tokenizer: this model was saved without a tokenizer name")
+            from latentlm.teachers import load_tokenizer
+
+            self._tokenizer = load_tokenizer(self.config.tokenizer)
+        return self._tokenizer
+
+    @torch.no_grad()
+    def fill_mask(self, text: str, top_k: int = 5) -> list[list[tuple[str, float]]]:
+        """The `top_k` (token, probability) predictions for every `[MASK]` in `text`, in order."""
+        tokenizer = self.load_tokenizer()
+        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        ids = ids.to(self.embed.weight.device)
+        logits = self(ids).logits[0]  # (N, V)
+        positions = (ids[0] == tokenizer.mask_token_id).nonzero().flatten().tolist()
+        if not positions:
+            raise ValueError(f"fill_mask: no {tokenizer.mask_token} in the text")
+        answers = []
+        for position in positions:
+            probs, best = logits[position].float().softmax(-1).topk(top_k)
+            tokens = tokenizer.convert_ids_to_tokens(best.tolist())
+            answers.append([(t, round(p, 4)) for t, p in zip(tokens, probs.tolist(), strict=True)])
+        return answers
+
     def mlm_logits(self, states: Tensor) -> Tensor:
         """Tied MLM head: (..., D) -> (..., V)."""
         return self.head_transform(states) @ self.embed.weight.T + self.head_bias
@@ -275,6 +273,13 @@ class LHTForMaskedLM(nn.Module, PretrainedMixin):
         head_dim = self.config.hidden_size // self.config.num_heads
         cos, sin = rope_tables(layout.position, head_dim, self.config.rope_theta, dtype)
         return self.backend.prepare(layout), cos, sin
+
+
+def row_seeds(input_ids: Tensor, valid: Tensor) -> Tensor:
+    """(B,) long seed per document from its tokens (random boundaries are a function of the text)."""
+    ids = torch.where(valid, input_ids, 0) % 1_000_003
+    weights = torch.arange(1, ids.shape[1] + 1, device=ids.device) % 9_973 + 1
+    return (ids * weights).sum(dim=1) % (2**31 - 1)
 
 
 def masked_lm_loss(logits: Tensor, labels: Tensor) -> Tensor:

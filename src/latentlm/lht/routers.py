@@ -19,40 +19,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from latentlm.lht.attention import HierarchyLayout, build_layout
-
-
-@dataclass
-class HierarchyConfig:
-    """Levels of the learned hierarchy: one entry per level in both lists."""
-
-    target_ratios: list[float] = field(default_factory=lambda: [4.0, 4.0])  # members per unit, per level
-    router_layers: list[int] = field(default_factory=lambda: [1, 2])  # router l runs before this block
-    capacity_factor: float = 2.0  # head slots of level l = ceil(capacity_factor * slots below / ratio)
-    ratio_loss_weight: float = 0.1  # weight of each level's ratio loss in the training loss
-
-    def __post_init__(self) -> None:
-        if len(self.target_ratios) != len(self.router_layers):
-            raise ValueError(
-                f"hierarchy: target_ratios has {len(self.target_ratios)} entries but router_layers has "
-                f"{len(self.router_layers)}; give one of each per level"
-            )
-        for ratio in self.target_ratios:
-            if ratio <= 1.0:
-                raise ValueError(f"hierarchy.target_ratios: each ratio must be > 1, got {ratio}")
-        if any(b < a for a, b in zip(self.router_layers, self.router_layers[1:], strict=False)):
-            raise ValueError(
-                f"hierarchy.router_layers: must be non-decreasing (level l pools level l-1's heads), "
-                f"got {self.router_layers}"
-            )
-        if any(layer < 0 for layer in self.router_layers):
-            raise ValueError(f"hierarchy.router_layers: must be >= 0, got {self.router_layers}")
-        if self.capacity_factor < 1.0:
-            raise ValueError(f"hierarchy.capacity_factor: must be >= 1, got {self.capacity_factor}")
-
-    @property
-    def num_levels(self) -> int:
-        return len(self.target_ratios)
+from latentlm.lht.attention import HierarchyLayout, build_layout, first_member_index
+from latentlm.lht.config import HierarchyConfig
 
 
 @dataclass
@@ -100,6 +68,72 @@ class LevelRouter(nn.Module):
         probs = probs * valid
         boundaries = (probs >= 0.5) & valid
         return RouterDecision(probs, boundaries)
+
+
+def suppress_non_maxima(probs: Tensor, boundaries: Tensor, radius: int) -> Tensor:
+    """Keep a boundary only where its probability is the largest within ±radius members (smoothing)."""
+    if radius <= 0:
+        return boundaries
+    probs = probs.detach()
+    pooled = nn.functional.max_pool1d(probs[:, None], 2 * radius + 1, stride=1, padding=radius)[:, 0]
+    return boundaries & (probs >= pooled)
+
+
+def unit_count(members: int, ratio: float) -> int:
+    """Units over `members` members at `ratio` members per unit: max(1, round(members / ratio)), 0 if none."""
+    return max(1, math.floor(members / ratio + 0.5)) if members else 0
+
+
+def top_k_boundaries(probs: Tensor, candidates: Tensor, valid: Tensor, ratio: float) -> Tensor:
+    """The unit_count(n, ratio) candidates with the highest probability in each row (member 0 first).
+
+    Args:
+        probs: (B, M) boundary probabilities (p_0 = 1).
+        candidates: (B, M) bool members that may start a unit.
+        valid: (B, M) bool real members (n per row).
+        ratio: members per unit.
+
+    Returns:
+        (B, M) bool; fewer than k starts only where fewer candidates exist.
+    """
+    counts = torch.tensor([unit_count(n, ratio) for n in valid.sum(dim=1).tolist()], device=probs.device)
+    scores = torch.where(candidates & valid, probs.detach().float(), -1.0)
+    scores[:, 0] = torch.where(valid[:, 0], 2.0, -1.0)  # the first member always starts a unit
+    order = scores.argsort(dim=1, descending=True)  # (B, M)
+    rank = torch.empty_like(order).scatter_(
+        1, order, torch.arange(order.shape[1], device=order.device).expand_as(order)
+    )
+    return (rank < counts[:, None]) & (scores >= 0)
+
+
+def fixed_boundaries(valid: Tensor, ratio: float, mode: str, seeds: Tensor) -> Tensor:
+    """Unit starts that do not depend on the content: exactly max(1, round(n / ratio)) per row.
+
+    Args:
+        valid: (B, M) bool, real members (a prefix of each row, n of them).
+        ratio: members per unit.
+        mode: 'stride' (evenly spaced: floor(i * n / k)) or 'random' (member 0 plus k - 1 distinct
+            members drawn uniformly from 1..n-1 with a generator seeded by the row's seed).
+        seeds: (B,) long seed of each row (the same document always gets the same boundaries).
+
+    Returns:
+        (B, M) bool.
+    """
+    flags = torch.zeros_like(valid)
+    for row, n in enumerate(valid.sum(dim=1).tolist()):
+        if n == 0:
+            continue
+        k = unit_count(n, ratio)
+        if mode == "stride":
+            positions = torch.arange(k) * n // k
+        elif mode == "random":
+            generator = torch.Generator().manual_seed(int(seeds[row]))
+            rest = torch.randperm(n - 1, generator=generator)[: k - 1] + 1
+            positions = torch.cat([torch.zeros(1, dtype=torch.long), rest])
+        else:
+            raise ValueError(f"model.hierarchy.boundaries: no fixed mode {mode!r}")
+        flags[row, positions.to(valid.device)] = True
+    return flags
 
 
 def ratio_loss(probs: Tensor, boundaries: Tensor, valid: Tensor, target_ratio: float) -> Tensor:
@@ -162,6 +196,7 @@ class HierarchyState:
     Attributes:
         layout: the current slot layout (grows a head segment per routed level).
         token_valid: (B, N) bool.
+        row_seeds: (B,) long per-document seeds of `boundaries: random` (from the token ids).
         token_units: per routed level, (B, N) long unit id of each token.
         decisions: per routed level, the router's decision over its members.
         member_valid: per routed level, (B, M_l) bool members the router saw.
@@ -170,6 +205,7 @@ class HierarchyState:
 
     layout: HierarchyLayout
     token_valid: Tensor
+    row_seeds: Tensor | None = None
     token_units: list[Tensor] = field(default_factory=list)
     decisions: list[RouterDecision] = field(default_factory=list)
     member_valid: list[Tensor] = field(default_factory=list)
@@ -204,19 +240,56 @@ class HierarchyManager(nn.Module):
         """Levels whose router runs just before block `layer`."""
         return [level for level, at in enumerate(self.config.router_layers) if at == layer]
 
-    def initial_state(self, token_valid: Tensor) -> HierarchyState:
+    def initial_state(self, token_valid: Tensor, row_seeds: Tensor | None = None) -> HierarchyState:
         """State before any router: tokens (and `[DOC]`), empty head segments."""
         capacities = self.capacities(token_valid.shape[1])
         layout = build_layout(token_valid, [], capacities, self.with_doc)
-        return HierarchyState(layout, token_valid)
+        return HierarchyState(layout, token_valid, row_seeds)
 
-    def route(self, level: int, hidden: Tensor, state: HierarchyState) -> tuple[Tensor, HierarchyState]:
-        """Run the router of `level` and write the pooled unit heads into their segment.
+    def decide(
+        self, level: int, members: Tensor, member_valid: Tensor, state: HierarchyState, gold: Tensor | None
+    ) -> RouterDecision:
+        """Unit starts over the members of `level`, by `config.boundaries`."""
+        mode = self.config.boundaries
+        if mode == "learned":
+            decision = self.routers[level](members, member_valid)
+            if self.config.selection == "top_k":
+                candidates = suppress_non_maxima(decision.probs, member_valid, self.config.smoothing)
+                ratio = self.config.target_ratios[level]
+                boundaries = top_k_boundaries(decision.probs, candidates, member_valid, ratio)
+            else:
+                boundaries = suppress_non_maxima(decision.probs, decision.boundaries, self.config.smoothing)
+            return RouterDecision(decision.probs, boundaries)
+        if mode == "gold":
+            if gold is None:
+                raise ValueError("model.hierarchy.boundaries: 'gold' needs the gold unit starts of the batch")
+            flags = gold & state.token_valid
+            if level > 0:  # a level-(l-1) unit starts a level-l unit when its first token does
+                capacity = state.layout.head_capacity[level - 1]
+                first = first_member_index(state.token_units[level - 1], capacity)  # (B, C)
+                n = flags.shape[1]
+                flags = flags.gather(1, first.clamp(max=n - 1)) & (first < n)
+            flags = flags & member_valid
+            flags[:, 0] = member_valid[:, 0]
+        else:
+            seeds = (
+                state.row_seeds
+                if state.row_seeds is not None
+                else torch.zeros(len(members), dtype=torch.long)
+            )
+            flags = fixed_boundaries(member_valid, self.config.target_ratios[level], mode, seeds + level)
+        return RouterDecision(flags.to(members.dtype), flags)
+
+    def route(
+        self, level: int, hidden: Tensor, state: HierarchyState, gold: Tensor | None = None
+    ) -> tuple[Tensor, HierarchyState]:
+        """Decide the unit starts of `level` and write the pooled unit heads into their segment.
 
         Args:
             level: which level (levels are routed in order).
             hidden: (B, S, D) states of every slot of `state.layout`.
             state: the state with `level` levels routed.
+            gold: (B, N) bool gold unit starts of this level over tokens (`boundaries: gold` only).
 
         Returns:
             The hidden states with the new head segment filled, and the new state.
@@ -231,7 +304,7 @@ class HierarchyManager(nn.Module):
         else:
             members = hidden[:, layout.head_slice(level - 1)]  # (B, C_{l-1}, D)
             member_valid = layout.valid[:, layout.head_slice(level - 1)]
-        decision = self.routers[level](members, member_valid)
+        decision = self.decide(level, members, member_valid, state, gold)
         # Capacity: a boundary beyond the last head slot is dropped (its unit merges into the last one).
         fits = decision.boundaries.long().cumsum(dim=1) <= capacity
         overflow = int((decision.boundaries & ~fits).sum())
@@ -256,6 +329,7 @@ class HierarchyManager(nn.Module):
         new_state = HierarchyState(
             new_layout,
             state.token_valid,
+            state.row_seeds,
             token_units_all,
             [*state.decisions, decision],
             [*state.member_valid, member_valid],
@@ -265,7 +339,9 @@ class HierarchyManager(nn.Module):
         return hidden, new_state
 
     def ratio_losses(self, state: HierarchyState) -> list[Tensor]:
-        """One ratio loss per routed level."""
+        """One ratio loss per routed level (none when the boundaries are not learned)."""
+        if self.config.boundaries != "learned":
+            return []
         return [
             ratio_loss(d.probs, d.boundaries, valid, ratio)
             for d, valid, ratio in zip(

@@ -11,9 +11,9 @@ from latentlm.data.documents import (
     parse_rst,
     read_plain_documents,
     read_rst_documents,
-    split_sentences,
     stream_hf_documents,
 )
+from latentlm.data.text import sentence_spans
 
 RST = """Title
 =====
@@ -70,7 +70,7 @@ def test_parse_rst_finds_every_kind():
 
 
 def test_sentence_splitter_keeps_initials_and_abbreviations():
-    spans = split_sentences("J. Smith wrote it, i.e. the book. Then he left! Why? Done.", 10)
+    spans = sentence_spans("J. Smith wrote it, i.e. the book. Then he left! Why? Done.", 10)
     assert [(a - 10, b - 10) for a, b in spans] == [(0, 33), (34, 47), (48, 52), (53, 58)]
 
 

@@ -15,7 +15,13 @@ reparameterisation, reconstruction) and issue 4's metrics:
 * L2T: cosine between the re-encoded generated text and the conditioning latent, its random-pair
   baseline and recall@1.
 
-Results go to ``<run_dir>/eval_metrics.json``, ``<run_dir>/samples.jsonl`` and ``report.md`` with plots.
+Generative perplexity states its judge, the sampling precision (float64 or float32) and the number of
+denoising steps.  A perplexity too large for a float is recorded as ``inf`` with ``*_overflow: true``
+instead of stopping the evaluation.
+
+Results go to ``<run_dir>/eval/metrics.json``, ``eval/samples.jsonl`` and ``eval/report.md`` with plots
+(through ``latentlm.core.lifecycle.write_eval``).  This module does not import the task: ``run_evaluation``
+takes the run's ``DiffusionTask`` as an argument.
 """
 
 from __future__ import annotations
@@ -31,19 +37,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from latentlm.core.checkpoint import atomic_write_text
-from latentlm.core.engine import load_model_weights
+from latentlm.core.lifecycle import write_eval
 from latentlm.core.report import Report, line_plot
 from latentlm.core.run import RunDir
-from latentlm.diffusion.data import DirectFileDataset, collate_batch, denormalize_latent
+from latentlm.diffusion.data import DirectFileDataset, collate_batch
+from latentlm.diffusion.model import MODE_FROZEN_STREAM, LatentDiffusionLM, stream_of
 from latentlm.diffusion.objectives import apply_masking, gaussian_latent_loss, masked_nelbo, noise_latent
-from latentlm.diffusion.sampling import (
-    decode_samples,
-    sample_joint,
-    sample_latent_from_text,
-    sample_text_from_latent,
-)
+from latentlm.diffusion.sampling import sample_joint, sample_latent_from_text, sample_text_from_latent
 from latentlm.diffusion.schedules import sample_diffusion_times
-from latentlm.diffusion.training import MODE_FROZEN_STREAM, DiffusionTask, stream_of
 from latentlm.diffusion.variational import kl_divergence, reparameterize
 from latentlm.metrics.generation import distinct_n, generative_perplexity, unigram_entropy
 from latentlm.metrics.perplexity import perplexity
@@ -55,7 +56,16 @@ __all__ = [
     "latent_retrieval_metrics",
     "text_sample_metrics",
     "run_evaluation",
+    "safe_perplexity",
 ]
+
+
+def safe_perplexity(total_nll: float, total_tokens: int) -> float:
+    """``perplexity`` that returns ``inf`` instead of raising OverflowError (a vacuous bound is a result)."""
+    try:
+        return perplexity(total_nll, total_tokens)
+    except OverflowError:
+        return math.inf
 
 
 def _batches(dataset: DirectFileDataset, batch_size: int, latent_dim: int, device):
@@ -68,7 +78,6 @@ def _batches(dataset: DirectFileDataset, batch_size: int, latent_dim: int, devic
 def heldout_nelbo(
     model: nn.Module,
     dataset: DirectFileDataset,
-    task: DiffusionTask,
     num_draws: int = 1,
     seed: int = 0,
     batch_size: int = 32,
@@ -76,9 +85,8 @@ def heldout_nelbo(
     """Monte-Carlo NELBO bounds on held-out sentences.
 
     Args:
-        model: the ``LatentDiffusionLM`` (eval mode).
+        model: the ``LatentDiffusionLM`` (eval mode; its schedules, ids and stage are used).
         dataset: held-out ``DirectFileDataset``.
-        task: the run's task (schedules, ids, stage).
         num_draws: (t, mask) draws per sentence.
         seed: seed of the draws.
         batch_size: sentences per forward pass.
@@ -90,50 +98,53 @@ def heldout_nelbo(
     """
     g = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
-    meta, denoiser = task.token_meta, model.rwkv
-    latent_dim = denoiser.config.latent_dim
+    cfg, denoiser = model.config, model.rwkv
+    variational = model.latent_encoder is not None
+    text_schedule, latent_schedule = model.text_schedule, model.latent_schedule
+    latent_dim = cfg.latent_dim
     sums = {"uncond": 0.0, "cond": 0.0, "kl": 0.0, "mse": 0.0}
     tokens = sentences = mse_rows = 0
     for batch in _batches(dataset, batch_size, latent_dim, device):
         x0 = batch["input_ids"]
         B = x0.shape[0]
-        keep = x0 != meta.pad_token_id
+        keep = x0 != cfg.pad_token_id
         tokens += int(keep.sum())
         sentences += B
         ones, zeros = torch.ones(B, device=device), torch.zeros(B, device=device)
-        if task.variational:
+        if variational:
             mu, logvar, _ = model.encode_text(x0, keep)
             sums["kl"] += float(kl_divergence(mu, logvar, *model.latent_prior(B)).sum())
         elif not bool(batch["has_latent"].all()):
             raise ValueError("held-out Stage I evaluation needs the external latents (data.latent_dir)")
         for _ in range(num_draws):
-            z0 = reparameterize(mu, logvar, g) if task.variational else batch["latent"]
+            z0 = reparameterize(mu, logvar, g) if variational else batch["latent"]
             t = sample_diffusion_times(B, g, device=device)
-            x_t, masked = apply_masking(x0, t, task.text_schedule, meta.mask_token_id, g)
+            x_t, masked = apply_masking(x0, t, text_schedule, cfg.mask_token_id, g)
             z_null = torch.randn(B, latent_dim, generator=g).to(device)
             for key, z, t_latent in (("uncond", z_null, ones), ("cond", z0, zeros)):
                 hidden = denoiser(x_t, z, t, t_latent).text_hidden
                 logits = denoiser.text_logits(hidden[masked])
-                nelbo = masked_nelbo(logits, x0, masked, t, task.text_schedule, meta.mask_token_id)
+                nelbo = masked_nelbo(logits, x0, masked, t, text_schedule, cfg.mask_token_id)
                 sums[key] += float(nelbo.sum()) / num_draws
             t_latent = sample_diffusion_times(B, g, device=device)
-            z_t, eps = noise_latent(z0, t_latent, task.latent_schedule, g)
+            z_t, eps = noise_latent(z0, t_latent, latent_schedule, g)
             out = denoiser(x0, z_t, zeros, t_latent).latent_output
-            mse = gaussian_latent_loss(
-                out, z0, eps, t_latent, task.latent_schedule, task.cfg.model.latent_prediction
-            )
+            mse = gaussian_latent_loss(out, z0, eps, t_latent, latent_schedule, cfg.latent_prediction)
             sums["mse"] += float(mse.sum()) / num_draws
             mse_rows += B / num_draws
     result = {
         "nelbo_per_token": sums["uncond"] / tokens,
-        "ppl_bound": perplexity(sums["uncond"], tokens),
+        "ppl_bound": safe_perplexity(sums["uncond"], tokens),
         "nelbo_given_latent_per_token": sums["cond"] / tokens,
-        "ppl_bound_given_latent": perplexity(sums["cond"], tokens),
+        "ppl_bound_given_latent": safe_perplexity(sums["cond"], tokens),
         "latent_mse": sums["mse"] / max(mse_rows, 1),
     }
-    if task.variational:
+    if variational:
         result["kl_per_sentence"] = sums["kl"] / sentences
-        result["ppl_bound_vae"] = perplexity(sums["cond"] + sums["kl"], tokens)
+        result["vae_nelbo_per_token"] = (sums["cond"] + sums["kl"]) / tokens
+        result["ppl_bound_vae"] = safe_perplexity(sums["cond"] + sums["kl"], tokens)
+    for key in [k for k in result if k.startswith("ppl_bound")]:
+        result[f"{key}_overflow"] = float(math.isinf(result[key]))
     return result
 
 
@@ -141,7 +152,7 @@ def _check(name: str, passed: bool, detail: str) -> dict:
     return {"check": name, "passed": bool(passed), "detail": detail}
 
 
-def stage1_checklist(model: nn.Module, task: DiffusionTask, batch: dict) -> list[dict]:
+def stage1_checklist(model: nn.Module, batch: dict) -> list[dict]:
     """Forward shapes, finite losses in every mode and freezing per mode (restores requires_grad)."""
     checks = []
     cfg = model.config
@@ -167,10 +178,12 @@ def stage1_checklist(model: nn.Module, task: DiffusionTask, batch: dict) -> list
             p.requires_grad_(frozen_stream is None or stream_of(name) != frozen_stream)
             p.grad = None
         with torch.enable_grad():
-            losses = task.compute_losses(model, batch, mode)
-            losses["loss"].backward()
+            out = model(x0, z0, mode=mode, generator=torch.Generator().manual_seed(0))
+            out.loss.backward()
+        losses = {"loss": out.loss, "text_nelbo": out.text_nelbo, "latent_mse": out.latent_mse}
+        losses = {k: v.detach() for k, v in losses.items() if v is not None}
         finite = all(bool(torch.isfinite(v).all()) for v in losses.values())
-        detail = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
+        detail = ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
         checks.append(_check(f"finite losses ({mode})", finite, detail))
         if frozen_stream is not None:
             leaked = [
@@ -194,10 +207,10 @@ def stage1_checklist(model: nn.Module, task: DiffusionTask, batch: dict) -> list
     return checks
 
 
-def stage2_checklist(model: nn.Module, task: DiffusionTask, batch: dict) -> list[dict]:
+def stage2_checklist(model: nn.Module, batch: dict) -> list[dict]:
     """KL collapse watch, valid mu/logvar and stochastic reparameterisation."""
     x0 = batch["input_ids"]
-    keep = x0 != task.token_meta.pad_token_id
+    keep = x0 != model.config.pad_token_id
     with torch.no_grad():
         mu, logvar, _ = model.encode_text(x0, keep)
         kl = kl_divergence(mu, logvar, *model.latent_prior(x0.shape[0]))
@@ -306,59 +319,74 @@ def _cosine_figure(name: str, metrics: dict):
     return fig
 
 
-def run_evaluation(task: DiffusionTask, run: RunDir, checkpoint: Path | None = None) -> dict:
-    """Evaluate the latest (or given) checkpoint of a run; writes metrics, samples and report.md.
+def _batched(fn, rows: torch.Tensor, batch_size: int) -> torch.Tensor:
+    return torch.cat([fn(rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)])
+
+
+def judge_description(cfg) -> dict:
+    """What a generative perplexity was measured with: judge, sampling precision and steps."""
+    s = cfg.sampling
+    return {
+        "judge": cfg.eval.judge_model or "none",
+        "sampling_precision": "float64" if s.float64 else "float32",
+        "sampling_steps": s.num_steps,
+        "temperature": s.temperature,
+        "top_k": s.top_k,
+        "top_p": s.top_p,
+    }
+
+
+def run_evaluation(task, run_dir: str | Path, model: LatentDiffusionLM | None = None) -> dict:
+    """Evaluate a finished run's saved model; writes ``eval/metrics.json``, ``eval/samples.jsonl`` and
+    ``eval/report.md`` (through ``write_eval``).
 
     Args:
-        task: the run's ``DiffusionTask`` (its config is the run's config plus any overrides).
-        run: the run directory.
-        checkpoint: a checkpoint folder (default: the latest in the run).
+        task: the run's ``DiffusionTask`` (config = the run's config plus any overrides; its data).
+        run_dir: the run directory.
+        model: the model to evaluate (default: ``<run_dir>/model/`` via ``from_pretrained``).
 
     Returns:
-        the metrics dict (also in ``eval_metrics.json``).
+        the metrics dict.
     """
+    from latentlm.core.lifecycle import load_trained_model
     from latentlm.diffusion.data import load_sentence_encoder
     from latentlm.teachers import load_causal_lm, load_tokenizer
 
     cfg = task.cfg
+    run = RunDir(run_dir, tensorboard=False)
     start = time.perf_counter()
 
     def say(phase: str) -> None:
         print(f"[diffusion eval {time.perf_counter() - start:7.1f}s] {phase}", flush=True)
 
-    checkpoint = checkpoint or run.latest_checkpoint()
-    if checkpoint is None:
-        raise FileNotFoundError(f"{run.path}: no checkpoint to evaluate (train first)")
     torch.manual_seed(cfg.eval.seed)
-    model = load_model_weights(task.build_model(), checkpoint).eval()
-    meta, latent_dim = task.token_meta, model.config.latent_dim
-    have_latents = task.latent_meta is not None
-    val = DirectFileDataset(
-        cfg.data.token_dir, cfg.data.latent_dir, "val", have_latents, cfg.eval.max_examples
-    )
+    model = model if model is not None else load_trained_model(run_dir, LatentDiffusionLM)
+    model.eval()
+    mcfg = model.config
+    val = task.val_dataset
+    have_latents = val.latents is not None
     texts_ref = val.texts()
     s = cfg.sampling
     g = torch.Generator().manual_seed(cfg.eval.seed)
-
+    bs = cfg.eval.batch_size
     metrics: dict = {
-        "checkpoint": str(checkpoint),
-        "stage": cfg.training.stage_schedule,
+        "stage": cfg.train.stage_schedule,
         "num_heldout": len(val),
+        "sampling": judge_description(cfg),
+        **task.vocab_report(),
     }
     say("held-out NELBO bounds")
-    metrics["nelbo"] = heldout_nelbo(
-        model, val, task, cfg.eval.nelbo_samples, cfg.eval.seed, cfg.eval.batch_size
-    )
-    first = next(_batches(val, min(16, len(val)), latent_dim, "cpu"))
+    metrics["nelbo"] = heldout_nelbo(model, val, cfg.eval.nelbo_samples, cfg.eval.seed, bs)
+    first = next(_batches(val, min(16, len(val)), mcfg.latent_dim, "cpu"))
     checks = []
     if have_latents:
-        checks += stage1_checklist(model, task, first)
-    if task.variational:
-        checks += stage2_checklist(model, task, first)
+        checks += stage1_checklist(model, first)
+    if model.latent_encoder is not None:
+        checks += stage2_checklist(model, first)
 
     say("loading tokenizer, sentence encoder and judge")
-    tokenizer = load_tokenizer(meta.tokenizer)
-    encoder = load_sentence_encoder(task.latent_meta.encoder) if have_latents else None
+    tokenizer = load_tokenizer(mcfg.tokenizer)
+    encoder = load_sentence_encoder(mcfg.encoder) if have_latents else None
     judge = load_causal_lm(cfg.eval.judge_model) if cfg.eval.judge_model else None
     samples: list[dict] = []
 
@@ -367,27 +395,26 @@ def run_evaluation(task: DiffusionTask, run: RunDir, checkpoint: Path | None = N
 
     all_ids = torch.stack([val[i]["input_ids"] for i in range(len(val))])
     sampled_texts: dict[str, list[str]] = {}
+    t2l = l2t = None
     if have_latents:
         true_norm = torch.stack([val[i]["latent"] for i in range(len(val))])
-        true_raw = denormalize_latent(true_norm, task.latent_meta)
+        true_raw = model.denormalize_latent(true_norm)
         say("T2L sampling")
-        z_hat = torch.cat(
-            [
-                sample_latent_from_text(
-                    model,
-                    all_ids[i : i + cfg.eval.batch_size],
-                    num_steps=s.num_steps,
-                    guidance_scale=s.guidance_scale,
-                    prediction=cfg.model.latent_prediction,
-                    generator=g,
-                )
-                for i in range(0, len(val), cfg.eval.batch_size)
-            ]
+        z_hat = _batched(
+            lambda ids: sample_latent_from_text(
+                model,
+                ids,
+                num_steps=s.num_steps,
+                guidance_scale=s.guidance_scale,
+                prediction=mcfg.latent_prediction,
+                generator=g,
+            ),
+            all_ids,
+            bs,
         )
-        t2l = latent_retrieval_metrics(denormalize_latent(z_hat, task.latent_meta), true_raw, cfg.eval.seed)
-        norm_ratio = float(
-            (denormalize_latent(z_hat, task.latent_meta).norm(dim=-1) / true_raw.norm(dim=-1)).mean()
-        )
+        z_raw = model.denormalize_latent(z_hat)
+        t2l = latent_retrieval_metrics(z_raw, true_raw, cfg.eval.seed)
+        norm_ratio = float((z_raw.norm(dim=-1) / true_raw.norm(dim=-1)).mean())
         checks.append(
             _check("latent norm retention (T2L)", 0.5 < norm_ratio < 2.0, f"|z_hat| / |z| = {norm_ratio:.4g}")
         )
@@ -395,42 +422,26 @@ def run_evaluation(task: DiffusionTask, run: RunDir, checkpoint: Path | None = N
             "norm_ratio": norm_ratio
         }
         say("L2T sampling")
-        l2t_ids = torch.cat(
-            [
-                sample_text_from_latent(
-                    model,
-                    true_norm[i : i + cfg.eval.batch_size],
-                    num_steps=s.num_steps,
-                    temperature=s.temperature,
-                    top_k=s.top_k,
-                    top_p=s.top_p,
-                    guidance_scale=s.guidance_scale,
-                    generator=g,
-                )
-                for i in range(0, len(val), cfg.eval.batch_size)
-            ]
+        l2t_ids = _batched(
+            lambda z: sample_text_from_latent(
+                model, z, guidance_scale=s.guidance_scale, generator=g, **s.text_kwargs()
+            ),
+            true_norm,
+            bs,
         )
-        l2t_texts = decode_samples(tokenizer, l2t_ids, meta.sep_token_id, meta.pad_token_id)
+        l2t_texts = model.decode(l2t_ids, tokenizer)
         l2t = latent_retrieval_metrics(encode(l2t_texts), true_raw, cfg.eval.seed)
         metrics["l2t"] = {k: v for k, v in l2t.items() if not isinstance(v, list)}
         sampled_texts["l2t"] = l2t_texts
         samples += [
             {"kind": "l2t", "reference": r, "sample": t} for r, t in zip(texts_ref, l2t_texts, strict=True)
         ]
-    if task.variational:
-        keep = all_ids != meta.pad_token_id
+    if model.latent_encoder is not None:
+        keep = all_ids != mcfg.pad_token_id
         with torch.no_grad():
             mu, _, _ = model.encode_text(all_ids, keep)
-        recon_ids = sample_text_from_latent(
-            model,
-            mu,
-            num_steps=s.num_steps,
-            temperature=s.temperature,
-            top_k=s.top_k,
-            top_p=s.top_p,
-            generator=g,
-        )
-        recon_texts = decode_samples(tokenizer, recon_ids, meta.sep_token_id, meta.pad_token_id)
+        recon_ids = sample_text_from_latent(model, mu, generator=g, **s.text_kwargs())
+        recon_texts = model.decode(recon_ids, tokenizer)
         token_acc = float(((recon_ids == all_ids) & keep).sum() / keep.sum())
         detail = f"token accuracy {token_acc:.3g}"
         recon = {"token_accuracy": token_acc}
@@ -446,7 +457,7 @@ def run_evaluation(task: DiffusionTask, run: RunDir, checkpoint: Path | None = N
                 # Better than chance: re-encoded reconstructions closer to their sources than random pairs.
                 recon["cosine"] > recon["cosine_random_pairs"]
                 if "cosine" in recon
-                else token_acc > 1 / meta.vocab_size,
+                else token_acc > 1 / mcfg.vocab_size,
                 detail,
             )
         )
@@ -455,31 +466,17 @@ def run_evaluation(task: DiffusionTask, run: RunDir, checkpoint: Path | None = N
             {"kind": "reconstruction", "reference": r, "sample": t}
             for r, t in zip(texts_ref, recon_texts, strict=True)
         ]
+        say("prior sampling")
         prior_z = model.latent_prior.sample(cfg.eval.num_samples, g)
-        uncond_ids = sample_text_from_latent(
-            model,
-            prior_z,
-            num_steps=s.num_steps,
-            temperature=s.temperature,
-            top_k=s.top_k,
-            top_p=s.top_p,
-            generator=g,
-        )
+        uncond_ids = sample_text_from_latent(model, prior_z, generator=g, **s.text_kwargs())
         kind = "prior_l2t"
     else:
         say("joint sampling")
         uncond_ids, _ = sample_joint(
-            model,
-            cfg.eval.num_samples,
-            num_steps=s.num_steps,
-            temperature=s.temperature,
-            top_k=s.top_k,
-            top_p=s.top_p,
-            prediction=cfg.model.latent_prediction,
-            generator=g,
+            model, cfg.eval.num_samples, prediction=mcfg.latent_prediction, generator=g, **s.text_kwargs()
         )
         kind = "joint"
-    sampled_texts[kind] = decode_samples(tokenizer, uncond_ids, meta.sep_token_id, meta.pad_token_id)
+    sampled_texts[kind] = model.decode(uncond_ids, tokenizer)
     samples += [{"kind": kind, "sample": t} for t in sampled_texts[kind]]
     say("judging samples")
     metrics["samples"] = {
@@ -489,14 +486,17 @@ def run_evaluation(task: DiffusionTask, run: RunDir, checkpoint: Path | None = N
     metrics["checklist"] = checks
     metrics["checks_passed"] = sum(c["passed"] for c in checks)
     metrics["checks_total"] = len(checks)
+    metrics["nelbo_finite"] = all(math.isfinite(v) for v in metrics["nelbo"].values())
 
-    run.write_json("eval_metrics.json", metrics)
-    atomic_write_text(run.path / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in samples))
-    report = Report(f"Diffusion evaluation: {run.path.name} ({cfg.training.stage_schedule})")
+    report = Report(f"Diffusion evaluation: {run.path.name} ({cfg.train.stage_schedule})")
     report.text(
-        f"Checkpoint `{checkpoint}`; {len(val)} held-out sentences; sampling with {s.num_steps} steps, "
-        f"temperature {s.temperature}, top-k {s.top_k}, top-p {s.top_p}, CFG scale {s.guidance_scale}."
+        f"{len(val)} held-out sentences; sampling with {s.num_steps} steps in "
+        f"{metrics['sampling']['sampling_precision']}, temperature {s.temperature}, top-k {s.top_k}, "
+        f"top-p {s.top_p}, CFG scale {s.guidance_scale}; generative perplexity judged by "
+        f"{metrics['sampling']['judge']}."
     )
+    if not metrics["nelbo_finite"]:
+        report.text("**The held-out NELBO bound overflowed** (recorded as inf): the bound is vacuous.")
     report.heading("Checklist")
     report.table(checks)
     report.heading("Held-out NELBO bounds")
@@ -509,11 +509,9 @@ def run_evaluation(task: DiffusionTask, run: RunDir, checkpoint: Path | None = N
         if key in metrics:
             report.heading(title)
             report.table([metrics[key]])
-    if have_latents:
+    if t2l is not None:
         report.figure(
-            _cosine_figure("T2L: sampled vs true latent", t2l),
-            "t2l_cosine",
-            "T2L cosine, paired vs random pairs",
+            _cosine_figure("T2L: sampled vs true latent", t2l), "t2l_cosine", "T2L cosine, paired vs random"
         )
         report.figure(
             _cosine_figure("L2T: re-encoded text vs conditioning latent", l2t),
@@ -523,12 +521,8 @@ def run_evaluation(task: DiffusionTask, run: RunDir, checkpoint: Path | None = N
     report.heading("Sample statistics")
     report.table([{"samples": name, **vals} for name, vals in metrics["samples"].items()])
     report.heading("Examples")
-    report.table(
-        [{k: v for k, v in r.items()} for r in samples[:6]]
-        + [r for r in samples if r["kind"] in ("joint", "prior_l2t")][:6]
-    )
+    report.table(samples[:6] + [r for r in samples if r["kind"] in ("joint", "prior_l2t")][:6])
     _training_curves(report, run)
-    report.save(run.path)
-    if not all(math.isfinite(v) for v in metrics["nelbo"].values()):
-        raise FloatingPointError(f"non-finite held-out NELBO: {metrics['nelbo']}")
+    folder = write_eval(run_dir, metrics, report)
+    atomic_write_text(folder / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in samples))
     return metrics

@@ -1,5 +1,6 @@
-"""Two-stream (MMDiT-like) joint denoiser over text tokens and latent tokens (seed 002, "Model").
+"""The trainable model of the diffusion system: `LatentDiffusionLM` (seed 002, "Model").
 
+`TwoStreamDenoiser` is a two-stream (MMDiT-like) joint denoiser over text tokens and latent tokens.
 The text stream carries token embeddings of the (partially masked) sentence; the latent stream carries
 the (noisy) sentence latent projected to ``num_latent_tokens`` tokens.  Each stream has its own norms,
 projections and feed-forward layers; every block mixes the two jointly: one bidirectional RWKV scan over
@@ -12,74 +13,71 @@ joint generation (both noisy), text->latent (text clean, ``t_text = 0``) and lat
 ``text`` (pooled final text hidden states), ``prefix`` (pooled input embeddings of the first
 ``prefix_length`` tokens) or ``both`` (both concatenated).
 
-Module paths put the recurrent layers under ``rwkv.blocks.N.time_mix`` / ``rwkv.blocks.N.channel_mix``
-once the denoiser is attached as ``LatentDiffusionLM.rwkv``, which is what the seed's unfreeze regexes
-(``rwkv.*time_mix``, ``rwkv.*channel_mix``) select.
+`LatentDiffusionLM` wraps the denoiser (as ``rwkv``, so the seed's unfreeze regexes ``rwkv.*time_mix``
+select the recurrent layers), the Stage II modules q(z|x) / p(z), the latent standardisation and the
+compact-vocabulary map.  It is a `PretrainedMixin`: ``save_pretrained`` / ``from_pretrained`` round-trip
+everything needed to score and sample (the tokenizer and sentence-encoder names are in its config).
+``forward(input_ids, latent)`` returns the diffusion loss terms (transformers' convention).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from latentlm.diffusion.variational import LatentPrior, TextLatentEncoder, masked_mean
+from latentlm.core.pretrained import PretrainedMixin
+from latentlm.diffusion.config import STAGE1_MODES, ModelConfig
+from latentlm.diffusion.objectives import apply_masking, gaussian_latent_loss, masked_nelbo, noise_latent
+from latentlm.diffusion.sampling import decode_samples, sample_joint, sample_text_from_latent
+from latentlm.diffusion.schedules import (
+    CosineGaussianSchedule,
+    LogLinearMaskingSchedule,
+    sample_diffusion_times,
+)
+from latentlm.diffusion.variational import (
+    LatentPrior,
+    TextLatentEncoder,
+    kl_divergence,
+    masked_mean,
+    reparameterize,
+)
 from latentlm.diffusion.wkv import ChannelMix, JointTimeMix
 
 __all__ = [
-    "DenoiserConfig",
     "DenoiserOutput",
+    "DiffusionLMOutput",
     "TwoStreamDenoiser",
     "LatentDiffusionLM",
-    "SEQUENCE_MIXERS",
-    "LATENT_PRED_FROM",
+    "stream_of",
+    "MODE_FROZEN_STREAM",
 ]
 
-SEQUENCE_MIXERS = ("rwkv", "attention")
-LATENT_PRED_FROM = ("text", "prefix", "both")
 STREAMS = ("text", "latent")
+# The conditioning stream of each mode is frozen (it only encodes a clean condition).
+MODE_FROZEN_STREAM = {"stage1_coupling": None, "l2t": "latent", "t2l": "text"}
+_STREAM_PATTERNS = {
+    "text": re.compile(
+        r"^rwkv\.(token_embedding|text_position|time_embed_text|final_modulation\.text|final_norm\.text"
+        r"|blocks\.\d+\.[\w.]*\btext\b)"
+    ),
+    "latent": re.compile(
+        r"^rwkv\.(latent_in|latent_position|latent_head|time_embed_latent|final_modulation\.latent"
+        r"|final_norm\.latent|blocks\.\d+\.[\w.]*\blatent\b)"
+    ),
+}
 
 
-@dataclass
-class DenoiserConfig:
-    """Architecture of the two-stream denoiser (everything needed to rebuild it)."""
-
-    vocab_size: int
-    mask_token_id: int
-    latent_dim: int
-    seq_len: int
-    d_model: int = 128
-    num_layers: int = 4
-    num_heads: int = 4
-    num_latent_tokens: int = 4
-    ffn_mult: int = 4
-    decay_lora_rank: int = 16
-    sequence_mixer: str = "rwkv"
-    wkv_impl: str = "chunked"
-    wkv_chunk_size: int = 0
-    latent_pred_from: str = "text"
-    prefix_length: int = 8
-
-    def __post_init__(self) -> None:
-        if self.sequence_mixer not in SEQUENCE_MIXERS:
-            raise ValueError(
-                f"model.sequence_mixer: must be one of {SEQUENCE_MIXERS}, got {self.sequence_mixer!r}"
-            )
-        if self.latent_pred_from not in LATENT_PRED_FROM:
-            raise ValueError(
-                f"model.latent_pred_from: must be one of {LATENT_PRED_FROM}, got {self.latent_pred_from!r}"
-            )
-        if self.d_model % self.num_heads:
-            raise ValueError(
-                f"model.d_model={self.d_model} must be divisible by model.num_heads={self.num_heads}"
-            )
-        if not 0 <= self.mask_token_id < self.vocab_size:
-            raise ValueError(
-                f"mask_token_id {self.mask_token_id} outside the vocabulary of {self.vocab_size}"
-            )
+def stream_of(name: str) -> str | None:
+    """``"text"``, ``"latent"`` or None (shared / not part of the denoiser) for a parameter name."""
+    for stream, pattern in _STREAM_PATTERNS.items():
+        if pattern.search(name):
+            return stream
+    return None
 
 
 @dataclass
@@ -155,7 +153,7 @@ class JointRWKVBlock(_TwoStreamBlock):
 
     needs_positions = False
 
-    def __init__(self, cfg: DenoiserConfig) -> None:
+    def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg.d_model)
         self.time_mix = JointTimeMix(
             cfg.d_model, cfg.num_heads, cfg.decay_lora_rank, cfg.wkv_impl, cfg.wkv_chunk_size
@@ -192,7 +190,7 @@ class JointAttentionBlock(_TwoStreamBlock):
 
     needs_positions = True
 
-    def __init__(self, cfg: DenoiserConfig) -> None:
+    def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg.d_model)
         self.attention = JointAttention(cfg.d_model, cfg.num_heads)
         self.mlp = nn.ModuleDict(
@@ -219,7 +217,7 @@ _BLOCKS = {"rwkv": JointRWKVBlock, "attention": JointAttentionBlock}
 class TwoStreamDenoiser(nn.Module):
     """The joint denoiser: ``(x_t, z_t, t_text, t_latent) -> (text hidden states, latent v/eps output)``."""
 
-    def __init__(self, cfg: DenoiserConfig) -> None:
+    def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.config = cfg
         D, M = cfg.d_model, cfg.num_latent_tokens
@@ -282,31 +280,82 @@ class TwoStreamDenoiser(nn.Module):
             features.append(embedded[:, : cfg.prefix_length].mean(1))
         return DenoiserOutput(final["text"], self.latent_head(torch.cat(features, dim=-1)))
 
-    def text_logits(self, text_hidden: torch.Tensor) -> torch.Tensor:
-        """Vocabulary logits from (..., D) hidden states (output embedding tied to the input one)."""
-        return text_hidden @ self.token_embedding.weight.T
+    def text_logits(self, text_hidden: torch.Tensor, float64: bool = False) -> torch.Tensor:
+        """Vocabulary logits from (..., D) hidden states (output embedding tied to the input one).
+
+        ``float64``: compute the product in float64 (for sampling; float32 logits of a large
+        vocabulary lose the tail of the distribution)."""
+        weight = self.token_embedding.weight
+        if float64:
+            return text_hidden.double() @ weight.double().T
+        return text_hidden @ weight.T
 
 
-class LatentDiffusionLM(nn.Module):
-    """The trainable model: the denoiser (``rwkv``) plus, for Stage II, q(z|x) and p(z)."""
+@dataclass
+class DiffusionLMOutput:
+    """What ``LatentDiffusionLM.forward`` returns (unweighted terms; the task weights them).
 
-    def __init__(
-        self,
-        cfg: DenoiserConfig,
-        variational: bool = False,
-        encoder_hidden: int = 256,
-        prior_type: str = "fixed_gaussian",
-    ) -> None:
+    ``loss`` = text NELBO per token + latent MSE + KL / L (the terms present in the mode).
+    """
+
+    loss: torch.Tensor
+    text_nelbo: torch.Tensor | None = None
+    """Text NELBO per token of the rows with noisy text (scalar)."""
+    text_nelbo_per_example: torch.Tensor | None = None
+    """(B,) summed text NELBO of each sentence (nats)."""
+    latent_mse: torch.Tensor | None = None
+    """Latent v/eps mean-squared error of the rows with a noisy latent (scalar)."""
+    kl: torch.Tensor | None = None
+    """Stage II: (B, d) KL(q(z|x) || p(z)) per latent dimension."""
+    mu: torch.Tensor | None = None
+    logvar: torch.Tensor | None = None
+    text_features: torch.Tensor | None = None
+    """Stage II: pooled clean-text hidden states (B, D) that q(z|x) read."""
+    mask_rate: torch.Tensor | None = None
+
+
+class LatentDiffusionLM(PretrainedMixin, nn.Module):
+    """The trainable model: the denoiser (``rwkv``) plus, for Stage II, q(z|x) and p(z).
+
+    Buffers: ``latent_mean`` / ``latent_std`` (the training-set standardisation of the encoder's
+    latents) and ``original_ids`` (model vocabulary id -> tokenizer id; the identity unless the
+    vocabulary is compact).
+    """
+
+    config_class = ModelConfig
+
+    def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.rwkv = TwoStreamDenoiser(cfg)
+        if not config.complete:
+            raise ValueError(
+                "model: vocab_size, seq_len, latent_dim and mask_token_id must be filled in (from the data) "
+                f"to build a model; got {config.vocab_size}, {config.seq_len}, {config.latent_dim}, "
+                f"{config.mask_token_id}"
+            )
+        self.config = config
+        self.rwkv = TwoStreamDenoiser(config)
         self.latent_encoder = (
-            TextLatentEncoder(cfg.d_model, cfg.latent_dim, encoder_hidden) if variational else None
+            TextLatentEncoder(config.d_model, config.latent_dim, config.latent_encoder_hidden)
+            if config.variational
+            else None
         )
-        self.latent_prior = LatentPrior(cfg.latent_dim, prior_type) if variational else None
+        self.latent_prior = (
+            LatentPrior(config.latent_dim, config.latent_prior_type) if config.variational else None
+        )
+        self.register_buffer("latent_mean", torch.zeros(config.latent_dim))
+        self.register_buffer("latent_std", torch.ones(config.latent_dim))
+        self.register_buffer("original_ids", torch.arange(config.vocab_size))
+        self.text_schedule = LogLinearMaskingSchedule(config.mask_eps)
+        self.latent_schedule = CosineGaussianSchedule()
 
-    @property
-    def config(self) -> DenoiserConfig:
-        return self.rwkv.config
+    # ------------------------------------------------------------------ latents
+    def standardize_latent(self, raw: torch.Tensor) -> torch.Tensor:
+        """Encoder-space latents (..., d) -> the model's standardised space."""
+        return (raw - self.latent_mean) / self.latent_std
+
+    def denormalize_latent(self, latent: torch.Tensor) -> torch.Tensor:
+        """The model's standardised latents (..., d) -> the sentence encoder's space."""
+        return latent * self.latent_std + self.latent_mean
 
     def encode_text(
         self, x0: torch.Tensor, keep: torch.Tensor | None = None
@@ -321,9 +370,7 @@ class LatentDiffusionLM(nn.Module):
             (mu (B, d), logvar (B, d), pooled text features (B, D)).
         """
         if self.latent_encoder is None:
-            raise RuntimeError(
-                "encode_text needs a Stage II model (training.stage_schedule=stage2_variational)"
-            )
+            raise RuntimeError("encode_text needs a Stage II model (train.stage_schedule=stage2_variational)")
         hidden = self.clean_text_hidden(x0)
         mu, logvar = self.latent_encoder(hidden, keep)
         return mu, logvar, masked_mean(hidden, keep)
@@ -334,3 +381,111 @@ class LatentDiffusionLM(nn.Module):
         zeros = x0.new_zeros(B, dtype=torch.float32)
         z_null = torch.zeros(B, self.config.latent_dim, device=x0.device)
         return self.rwkv(x0, z_null, zeros, torch.ones_like(zeros)).text_hidden
+
+    # ------------------------------------------------------------------ loss
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        latent: torch.Tensor | None = None,
+        t_text: torch.Tensor | None = None,
+        t_latent: torch.Tensor | None = None,
+        mode: str = "stage1_coupling",
+        generator: torch.Generator | None = None,
+    ) -> DiffusionLMOutput:
+        """The diffusion loss terms of clean sentences (and their latents).
+
+        Args:
+            input_ids: clean token ids (model vocabulary), (B, T).
+            latent: standardised latents (B, d); None for a Stage II model: ``z ~ q(z | x)``.
+            t_text, t_latent: diffusion times (B,) (0 = clean); default: uniform draws.
+            mode: ``stage1_coupling`` (both losses) | ``l2t`` (text loss only) | ``t2l`` (latent only).
+            generator: torch generator for the times, masks and noise.
+
+        Returns:
+            ``DiffusionLMOutput``.
+        """
+        if mode not in STAGE1_MODES:
+            raise ValueError(f"mode: must be one of {STAGE1_MODES}, got {mode!r}")
+        x0 = input_ids
+        B, L = x0.shape
+        device = x0.device
+        out = DiffusionLMOutput(loss=x0.new_zeros((), dtype=torch.float32))
+        if latent is None:
+            if self.latent_encoder is None:
+                raise ValueError("a Stage I model needs the sentence latents (latent=None given)")
+            keep = x0 != self.config.pad_token_id
+            out.mu, out.logvar, out.text_features = self.encode_text(x0, keep)
+            latent = reparameterize(out.mu, out.logvar, generator)
+            out.kl = kl_divergence(out.mu, out.logvar, *self.latent_prior(B), reduce=False)
+            out.loss = out.loss + out.kl.sum(-1).mean() / L
+        if t_text is None:
+            t_text = sample_diffusion_times(B, generator, device=device)
+        if t_latent is None:
+            t_latent = sample_diffusion_times(B, generator, device=device)
+        x_t, masked = apply_masking(x0, t_text, self.text_schedule, self.config.mask_token_id, generator)
+        z_t, eps = noise_latent(latent, t_latent, self.latent_schedule, generator)
+        hidden = self.rwkv(x_t, z_t, t_text, t_latent)
+        text_rows = t_text > 0
+        latent_rows = (t_latent > 0) & (mode != "l2t")
+        if mode != "t2l" and masked.any():
+            logits = self.rwkv.text_logits(hidden.text_hidden[masked])
+            nelbo = masked_nelbo(logits, x0, masked, t_text, self.text_schedule, self.config.mask_token_id)
+            out.text_nelbo_per_example = nelbo
+            out.text_nelbo = nelbo.sum() / (L * text_rows.sum().clamp_min(1))
+            out.loss = out.loss + out.text_nelbo
+        if latent_rows.any():
+            mse = gaussian_latent_loss(
+                hidden.latent_output,
+                latent,
+                eps,
+                t_latent,
+                self.latent_schedule,
+                self.config.latent_prediction,
+            )
+            out.latent_mse = mse[latent_rows].mean()
+            out.loss = out.loss + out.latent_mse
+        out.mask_rate = masked.float().mean()
+        return out
+
+    # ------------------------------------------------------------------ text
+    def decode(self, ids: torch.Tensor, tokenizer=None) -> list[str]:
+        """Texts of (B, T) model-vocabulary id rows, cut at the first [SEP] / [PAD]."""
+        if tokenizer is None:
+            from latentlm.teachers import load_tokenizer
+
+            tokenizer = load_tokenizer(self.config.tokenizer)
+        original = self.original_ids[ids.clamp(0, self.config.vocab_size - 1)]
+        sep, pad = (int(self.original_ids[i]) for i in (self.config.sep_token_id, self.config.pad_token_id))
+        return decode_samples(tokenizer, original, sep, pad)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        num_samples: int = 4,
+        num_steps: int = 64,
+        latents: torch.Tensor | None = None,
+        seed: int = 0,
+        **sampling,
+    ) -> list[str]:
+        """Sample sentences: joint samples (Stage I), prior samples (Stage II), or text given ``latents``
+        (encoder-space, (B, d)). ``sampling``: temperature, top_k, top_p, float64 (default True)."""
+        g = torch.Generator().manual_seed(seed)
+        sampling.setdefault("float64", True)
+        device = self.latent_mean.device
+        if latents is not None:
+            z = self.standardize_latent(latents.to(device))
+            ids = sample_text_from_latent(self, z, num_steps=num_steps, generator=g, **sampling)
+        elif self.latent_prior is not None:
+            z = self.latent_prior.sample(num_samples, g).to(device)
+            ids = sample_text_from_latent(self, z, num_steps=num_steps, generator=g, **sampling)
+        else:
+            ids, _ = sample_joint(
+                self,
+                num_samples,
+                num_steps=num_steps,
+                prediction=self.config.latent_prediction,
+                generator=g,
+                device=device,
+                **sampling,
+            )
+        return self.decode(ids)

@@ -1,0 +1,562 @@
+"""Print every results table of the README's systems (docs/<system>.md) from benchmarks/results/*.json.
+
+No measuring here: each section reads the JSON files the benchmark scripts wrote and prints the
+markdown tables that docs/hmm.md, docs/wire.md, docs/diffusion.md and docs/lht.md show (the README's
+headline row for each system quotes these tables). A missing file prints "_(not run)_".
+
+python3 benchmarks/tables.py                      # every system
+python3 benchmarks/tables.py --system hmm --system lht
+python3 benchmarks/tables.py --results path/to/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from latentlm.core.bench import RESULTS
+
+NOT_RUN = "_(not run)_"
+
+
+class Results:
+    """The JSON files of one results folder, by name without `.json`."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def load(self, name: str) -> dict | None:
+        path = self.folder / f"{name}.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def glob(self, pattern: str) -> list[Path]:
+        return sorted(self.folder.glob(pattern))
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _num(value, digits: int = 1) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+# --- hmm (docs/hmm.md) ------------------------------------------------------------------------------
+
+
+def hmm_throughput(data: dict) -> str:
+    lines = [
+        f"Machine: {data['machine']['cpu']}, {data['machine']['cores']} cores, {data['machine']['date']}; "
+        f"best fp32 GEMM measured in the run: {data['gemm']['best_gflops']} GFLOP/s.",
+        "",
+    ]
+    rows = []
+    for row in data["rows"]:
+        note = (
+            row.get("skipped")
+            or row.get("error")
+            or (f"{row['sequences_timed']} sequences timed" if "sequences_timed" in row else "")
+        )
+        rows.append(
+            [
+                row["K"],
+                row["batch"],
+                row["method"],
+                _num(row.get("tokens_per_s"), 0),
+                _num(row.get("gflops"), 2),
+                _num(row.get("fraction_of_gemm"), 3),
+                _num(row.get("shape_gemm_gflops"), 1),
+                _num(row.get("fraction_of_shape_gemm"), 2),
+                _num(row.get("peak_mib"), 0),
+                note,
+            ]
+        )
+    header = ["K", "batch", "method", "tokens/s", "GFLOP/s", "/ best GEMM", "same-shape GEMM GFLOP/s"]
+    lines.append(markdown_table([*header, "/ same-shape", "peak MiB", "note"], rows))
+    speedups = [[r["K"], r["peer"], f"{r['ours_over_peer']:.1f}×"] for r in data.get("forward_speedup", [])]
+    lines += ["", markdown_table(["K", "peer", "ours / peer (forward tokens/s, batch 64)"], speedups)]
+    return "\n".join(lines)
+
+
+def hmm_matrix(data: dict) -> str:
+    rows = [
+        [
+            row["cell"],
+            _num(row["heldout_ppl"]),
+            _num(row["best_heldout_ppl"]),
+            row["tokens_seen"],
+            _num(row.get("switch_tokens")),
+            _num(row["train_seconds"]),
+            _num(row.get("lvd_prepare_seconds")),
+        ]
+        for row in data["rows"]
+    ]
+    header = ["cell", "held-out ppl (final)", "best", "tokens", "switch at", "train s", "LVD prep s"]
+    return "\n".join(
+        [
+            f"Machine: {data['machine']['cpu']}, {data['machine']['date']}. Corpus: {data['corpus']}.",
+            "",
+            markdown_table(header, rows),
+        ]
+    )
+
+
+def hmm_quality(data: dict) -> str:
+    rows = []
+    for row in data["results"]:
+        note = row.get("error", "")
+        if row["method"] == "hmmlearn_em" and "iterations" in row:
+            note = f"{row['iterations']} iterations" + (" (time cap)" if row.get("capped") else "")
+        if "count_estimate_ppl" in row:
+            note = f"count estimate of the LVD states alone: {row['count_estimate_ppl']:.1f}"
+        rows.append(
+            [
+                row["corpus"],
+                row["K"],
+                row["method"],
+                _num(row.get("heldout_ppl")),
+                _num(row.get("tokens_seen")),
+                _num(row.get("train_seconds")),
+                note,
+            ]
+        )
+    header = ["corpus", "K", "method", "held-out ppl", "tokens seen", "train s", "note"]
+    return "\n".join(
+        [
+            f"Machine: {data['machine']['cpu']}, {data['machine']['date']}; budget {data['setup']['budget']} "
+            "training tokens per run.",
+            "",
+            markdown_table(header, rows),
+        ]
+    )
+
+
+def hmm_section(results: Results) -> str:
+    parts = []
+    for name, render in (
+        ("hmm_throughput", hmm_throughput),
+        ("hmm_matrix", hmm_matrix),
+        ("hmm_throughput_adjacent", hmm_throughput),
+        ("hmm_quality_tinyshakespeare", hmm_quality),
+        ("hmm_quality_ptb", hmm_quality),
+    ):
+        data = results.load(name)
+        parts.append(f"### {name}\n\n{render(data) if data else NOT_RUN}\n")
+    return "\n".join(parts)
+
+
+# --- wire (docs/wire.md) ----------------------------------------------------------------------------
+
+
+def _score(entry: dict | None, key: str, scale: float = 1.0) -> str:
+    if not entry or entry.get(key) is None:
+        return "–"
+    return f"{entry[key] * scale:.1f}"
+
+
+def wire_squad(files: list[Path]) -> str:
+    """One row per (M, model); `wire_interlingua_modes_*` files add their modes to the rows of that M."""
+    text: dict[str, dict] = {}
+    extra: dict[tuple[str, str], dict] = {}
+    runs = []
+    for path in files:
+        data = json.loads(path.read_text())
+        for run_name, run in data["runs"].items():
+            for model, m in run["models"].items():
+                if "latent" not in m:  # a modes file
+                    extra.setdefault((run_name, model), {}).update(m)
+                    continue
+                if m.get("text"):
+                    text[model] = m["text"]
+                runs.append((path.name, data["machine"], run_name, model, m, run))
+    rows = []
+    for _, _, run_name, model, m, _ in runs:
+        t, budget, latent = text.get(model), m["token_budget"], m["latent"]
+        modes = extra.get((run_name, model), {})
+        rows.append(
+            [
+                run_name[1:],
+                model,
+                f"{_score(t, 'f1')} / {_score(t, 'em')}",
+                f"{_score(budget, 'f1')} / {_score(budget, 'em')}",
+                _score(modes.get("anchor_budget"), "f1"),
+                _score(m.get("pca"), "f1"),
+                _score(m.get("mean_pool"), "f1"),
+                f"{_score(latent, 'f1')} / {_score(latent, 'em')}",
+                _score(modes.get("latent_nearest"), "f1"),
+                f"{_score(latent, 'first_top1', 100)} / {_score(latent, 'first_top5', 100)}",
+                f"{latent['gold_nll']:.2f}",
+                f"{m['prompt_tokens_mean']:.0f} / {m['token_compression_ratio']:.1f}x",
+                f"{m['prefill']['speedup']:.2f}x",
+            ]
+        )
+    header = [
+        "M",
+        "model",
+        "text F1 / EM",
+        "token-budget F1 / EM",
+        "anchor-budget F1",
+        "PCA F1",
+        "mean-pool F1",
+        "latent F1 / EM",
+        "nearest-token latent F1",
+        "latent first-tok top-1 / top-5 (%)",
+        "latent gold NLL",
+        "text tokens / M",
+        "prefill speed-up",
+    ]
+    lines = [markdown_table(header, rows), ""]
+    seen = set()
+    for name, machine, run_name, _model, _m, run in runs:
+        if (name, run_name) in seen:
+            continue
+        seen.add((name, run_name))
+        compression = run["compression"]
+        lines.append(
+            f"- {name} ({run_name}): {run['num_dev_questions']} dev questions; "
+            f"train {run['train_seconds']:.0f} s, "
+            f"eval {run['eval_seconds']:.0f} s; latent {compression['latent_bytes']['fp16']} B at fp16 vs "
+            f"{compression['prompt_utf8_bytes_mean']:.0f} B of UTF-8 prompt; joint rescoring "
+            f"{run['joint_rescoring']}; {machine['cpu']}, {machine['cores']} cores, "
+            f"{machine['torch_threads']} torch thread(s), {machine['date']}"
+        )
+    return "\n".join(lines)
+
+
+def wire_section(results: Results) -> str:
+    files = results.glob("wire_interlingua_*.json")
+    return f"### wire_interlingua (SQuAD)\n\n{wire_squad(files) if files else NOT_RUN}\n"
+
+
+# --- diffusion (docs/diffusion.md) ------------------------------------------------------------------
+
+
+def _machine_line(data: dict) -> str:
+    m = data["machine"]
+    threads = f"{m['torch_threads']} torch thread(s)"
+    return f"{m['cpu']}, {m['cores']} cores, {threads}, torch {m['torch']}, {m['date']}"
+
+
+def _retrieval(m: dict | None) -> str:
+    if m is None:
+        return "-"
+    return f"{m['cosine']:.3f} / {m['cosine_random_pairs']:.3f} / {m['recall_at_1']:.3f}"
+
+
+def diffusion_wkv(data: dict) -> str:
+    rows = [
+        [
+            r["T"],
+            r["pass"],
+            r["chunk_size"],
+            f"{r['naive_s']:.3f}",
+            f"{r['chunked_s']:.3f}",
+            f"{r['speedup']:.2f}x",
+        ]
+        for r in data["rows"]
+    ]
+    return (
+        f"**Chunked vs naive bidirectional WKV** ({data['description']}; {_machine_line(data)})\n\n"
+        + markdown_table(["T", "pass", "chunk", "naive s", "chunked s", "speed-up"], rows)
+        + "\n"
+    )
+
+
+def diffusion_throughput(data: dict) -> str:
+    rows = [
+        [
+            r["seq_len"],
+            "real" if r["real_text"] else "synthetic",
+            f"{r['rwkv_params'] / 1e6:.2f}M / {r['attention_params'] / 1e6:.2f}M",
+            f"{r['rwkv_train_tokens_per_s']:.0f}",
+            f"{r['attention_train_tokens_per_s']:.0f}",
+            f"{r['train_ratio_rwkv_over_attention']:.2f}",
+            f"{r['rwkv_sample_tokens_per_s']:.1f}",
+            f"{r['attention_sample_tokens_per_s']:.1f}",
+            f"{r['sample_ratio_rwkv_over_attention']:.2f}",
+        ]
+        for r in data["rows"]
+    ]
+    header = ["T", "text", "params rwkv / attn", "train tok/s rwkv", "train tok/s attn", "ratio"]
+    header += ["sample tok/s rwkv", "sample tok/s attn", "ratio"]
+    return (
+        f"**Throughput, RWKV vs attention denoiser** ({data['description']}; {_machine_line(data)})\n\n"
+        + markdown_table(header, rows)
+        + "\n"
+    )
+
+
+def diffusion_stage_run(run: dict) -> str:
+    rows = []
+    for stage in ("stage1", "stage2"):
+        m = run[stage]
+        nelbo, samples = m["nelbo"], m["samples"]
+        uncond = samples.get("joint", samples.get("prior_l2t", {}))
+        rows.append(
+            [
+                stage,
+                f"{nelbo['ppl_bound']:.1f}",
+                f"{nelbo['ppl_bound_given_latent']:.1f}",
+                f"{nelbo['ppl_bound_vae']:.1f}" if "ppl_bound_vae" in nelbo else "-",
+                _retrieval(m.get("t2l")),
+                _retrieval(m.get("l2t")),
+                f"{uncond.get('generative_perplexity', float('nan')):.0f}",
+                f"{uncond['unigram_entropy_bits']:.2f}",
+                f"{uncond['distinct_1']:.3f} / {uncond['distinct_2']:.3f}",
+                f"{m['checks_passed']}/{m['checks_total']}",
+            ]
+        )
+    header = [
+        "stage",
+        "NELBO ppl bound (text)",
+        "ppl bound given latent",
+        "VAE ppl bound",
+        "T2L cos / random / R@1",
+        "L2T cos / random / R@1",
+        "gen. ppl (SmolLM2)",
+        "unigram H (bits)",
+        "distinct-1 / -2",
+        "checks",
+    ]
+    parts = [
+        f"**Stage I -> Stage II run** ({run['description']}; {_machine_line(run)})\n",
+        markdown_table(header, rows) + "\n",
+    ]
+    ref = run["stage1"]["samples"]["reference"]
+    parts.append(
+        f"Reference held-out sentences: generative perplexity {ref.get('generative_perplexity', 0):.1f}, "
+        f"unigram entropy {ref['unigram_entropy_bits']:.2f} bits, distinct-1/2 {ref['distinct_1']:.3f} / "
+        f"{ref['distinct_2']:.3f}.\n"
+    )
+    if "reconstruction" in run["stage2"]:
+        recon = run["stage2"]["reconstruction"]
+        parts.append(
+            "Stage II reconstruction (L2T from mu(x)): "
+            + ", ".join(f"{k} {v:.3f}" for k, v in recon.items())
+            + "\n"
+        )
+    parts.append("Seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in run["seconds"].items()) + "\n")
+    return "\n".join(parts)
+
+
+def diffusion_section(results: Results) -> str:
+    parts = []
+    for name, render in (
+        ("diffusion_wkv", diffusion_wkv),
+        ("diffusion_throughput", diffusion_throughput),
+        ("diffusion_stage_run", diffusion_stage_run),
+    ):
+        data = results.load(name)
+        parts.append(f"### {name}\n\n{render(data) if data else NOT_RUN + chr(10)}")
+    return "\n".join(parts)
+
+
+# --- lht (docs/lht.md) ------------------------------------------------------------------------------
+
+
+def lht_speed(data: dict) -> str:
+    if data["rows"] and "backend" in data["rows"][0]:
+        return lht_speed_backends(data)
+    rows = {(r["model"], r["mode"], r["length"]): r for r in data["rows"] if "error" not in r}
+    lines = [
+        "| length | mode | dense tok/s | LHT tok/s | LHT / dense | dense peak RSS GB | LHT peak RSS GB "
+        "| LHT slots | LHT 128-block density |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for length in data["config"]["lengths"]:
+        for mode in ("train", "forward"):
+            dense, lht = rows.get(("dense", mode, length)), rows.get(("lht", mode, length))
+            if not dense or not lht:
+                continue
+            lines.append(
+                f"| {length} | {mode} | {dense['tokens_per_s']:.0f} | {lht['tokens_per_s']:.0f} | "
+                f"{lht['tokens_per_s'] / dense['tokens_per_s']:.2f} | {dense['peak_rss_gb']:.2f} | "
+                f"{lht['peak_rss_gb']:.2f} | {lht['slots']} | {lht['block_density_128']:.3f} |"
+            )
+        flex = rows.get(("lht", "forward_flex", length))
+        dense_mask = rows.get(("lht", "forward", length))
+        if flex and dense_mask:
+            lines.append(
+                f"| {length} | forward, LHT flex (eager) | – | {flex['tokens_per_s']:.0f} | "
+                f"{flex['tokens_per_s'] / dense_mask['tokens_per_s']:.2f} of LHT dense-mask | – | "
+                f"{flex['peak_rss_gb']:.2f} | {flex['slots']} | {flex['block_density_128']:.3f} |"
+            )
+    for r in data["rows"]:
+        if "error" in r:
+            lines.append(
+                f"| {r['length']} | {r['mode']} ({r['model']}) | not measured: {r['error'][:60]} |||||||"
+            )
+    return "\n".join(lines)
+
+
+def lht_speed_backends(data: dict) -> str:
+    """Training tokens/s of the LHT per attention backend against the dense encoder, same run."""
+    details = {(d["kind"], d["backend"], d["length"]): d for d in data.get("details", [])}
+
+    def number(value: float | None) -> str:
+        return f"{value:,.0f}" if value else "–"
+
+    rows = []
+    for r in data["rows"]:
+        lht, dense = r["lht_tokens_per_s"], r["dense_tokens_per_s"]
+        detail = details.get(("lht", r["backend"], r["length"]), {})
+        density = detail.get("sparse_block_density")
+        rows.append(
+            [
+                r["length"],
+                r["backend"],
+                number(dense),
+                number(lht),
+                f"{lht / dense:.2f}" if lht and dense else "–",
+                f"{density:.3f}" if density is not None else "–",
+                detail.get("error", "")[:60],
+            ]
+        )
+    header = [
+        "length",
+        "LHT backend",
+        "dense tok/s",
+        "LHT tok/s",
+        "LHT / dense",
+        "key blocks gathered",
+        "error",
+    ]
+    return markdown_table(header, rows)
+
+
+def _mean_std(cell: dict, digits: int) -> str:
+    if not cell or cell.get("mean") is None:
+        return "–"
+    return f"{cell['mean']:.{digits}f} ± {cell['std']:.{digits}f}"
+
+
+def lht_ablation(data: dict) -> str:
+    """Mean ± std over seeds per variant, then the targets with their numbers."""
+    rows = []
+    for name, cell in data["summary"].items():
+        rows.append(
+            [
+                name,
+                cell["heldout_ppl"]["n"],
+                _mean_std(cell["heldout_ppl"], 1),
+                _mean_std(cell["f1_l1_sentences"], 3),
+                _mean_std(cell["f1_l1_random"], 3),
+                _mean_std(cell["l1_tokens_per_unit"], 1),
+                _mean_std(cell["probe_accuracy"], 3),
+            ]
+        )
+    header = [
+        "variant",
+        "seeds",
+        "held-out ppl",
+        "F1 L1 vs sentences",
+        "F1 random, same rate",
+        "tokens / L1 unit",
+        "probe accuracy",
+    ]
+    text = markdown_table(header, rows)
+    targets = data.get("targets") or {}
+    if targets:
+        lines = []
+        for name, target in targets.items():
+            numbers = ", ".join(f"{key} {value:.3f}" for key, value in target.items() if key != "met")
+            lines.append(f"- {name}: {'met' if target['met'] else 'missed'} ({numbers})")
+        text += "\n\n" + "\n".join(lines)
+    return text
+
+
+LHT_VARIANTS = [
+    "dense",
+    "lht_base",
+    "lht_3_levels",
+    "lht_4_levels",
+    "lht_routers_early",
+    "lht_routers_late",
+    "lht_window_2",
+    "lht_window_32",
+    "lht_no_doc",
+]
+
+
+def lht_quality(data: dict) -> str:
+    lines = [
+        "| variant | held-out ppl | ppl / dense | train tok/s | tokens/unit (levels) | "
+        "F1 L1 vs sentences (random same rate) | F1 L2 vs paragraphs (random same rate) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    order = {name: index for index, name in enumerate(LHT_VARIANTS)}
+    rows = sorted(data["rows"], key=lambda r: order.get(r["variant"], 99))
+
+    def f1(row: dict, key: str) -> str:
+        if key not in row:
+            return "–"
+        random = row[key].get("random_same_rate_f1")
+        return f"{row[key]['f1']:.3f}" + (f" ({random:.3f})" if random is not None else "")
+
+    for r in rows:
+        units = ", ".join(f"{v:.1f}" for v in r.get("tokens_per_unit", {}).values()) or "–"
+        ratio = r.get("perplexity_over_dense")
+        ratio_text = f"{ratio:.2f}" if ratio is not None else "–"
+        lines.append(
+            f"| {r['variant']} | {r['heldout_perplexity']:.1f} | {ratio_text} | "
+            f"{r['train_tokens_per_s']:.0f} | {units} | {f1(r, 'level1_vs_sentence')} | "
+            f"{f1(r, 'level2_vs_paragraph')} |"
+        )
+    return "\n".join(lines)
+
+
+def lht_section(results: Results) -> str:
+    parts = []
+    for title, name, render in (
+        ("speed", "lht_speed", lht_speed),
+        ("ablation", "lht_ablation", lht_ablation),
+        ("router candidates", "lht_routers", lht_ablation),
+        ("quality", "lht_quality", lht_quality),
+        ("quality, second seed", "lht_quality_seed1", lht_quality),
+    ):
+        data = results.load(name)
+        parts.append(f"### {title} ({name})\n\n{render(data) if data else NOT_RUN}\n")
+    return "\n".join(parts)
+
+
+SECTIONS: dict[str, Callable[[Results], str]] = {
+    "hmm": hmm_section,
+    "wire": wire_section,
+    "diffusion": diffusion_section,
+    "lht": lht_section,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python3 benchmarks/tables.py",
+        description="Print the markdown results tables of docs/<system>.md (quoted by the README) "
+        "from the benchmark JSON files; nothing is measured.",
+    )
+    parser.add_argument(
+        "--system",
+        action="append",
+        choices=list(SECTIONS),
+        help="only this system (repeatable; default: all)",
+    )
+    parser.add_argument("--results", type=Path, default=RESULTS, help=f"results folder (default: {RESULTS})")
+    args = parser.parse_args(argv)
+    if not args.results.is_dir():
+        parser.error(f"--results: {args.results} is not a folder")
+    for system in args.system or list(SECTIONS):
+        print(f"## {system} (docs/{system}.md)\n")
+        print(SECTIONS[system](Results(args.results)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
