@@ -51,6 +51,14 @@ def parse_args() -> argparse.Namespace:
         "--deadline-s", type=float, default=1140, help="stop evaluating new questions this long after start"
     )
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--finish-by",
+        default="",
+        help="UTC HH:MM: fewer training steps and an earlier evaluation deadline so "
+        "that the run ends by then (a shared machine's queue may start it late)",
+    )
+    parser.add_argument("--no-start-after", default="", help="UTC HH:MM: exit without running after this")
+    parser.add_argument("--seconds-per-step", type=float, default=20.0, help="for --finish-by")
     parser.add_argument("--set", nargs="*", default=[], help="further config overrides key=value")
     parser.add_argument("--out", default="wire_context")
     return parser.parse_args()
@@ -164,9 +172,37 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def _utc_today(hhmm: str) -> float:
+    """Seconds since the epoch of HH:MM UTC today."""
+    import datetime as dt
+
+    hour, minute = map(int, hhmm.split(":"))
+    now = dt.datetime.now(dt.UTC)
+    return now.replace(hour=hour, minute=minute, second=0, microsecond=0).timestamp()
+
+
+def fit_to_clock(args: argparse.Namespace, started: float) -> bool:
+    """Apply --no-start-after / --finish-by; False when the run must not start."""
+    if args.no_start_after and started > _utc_today(args.no_start_after):
+        print(f"not starting: it is past {args.no_start_after} UTC", flush=True)
+        return False
+    if args.finish_by:
+        left = _utc_today(args.finish_by) - started
+        args.deadline_s = min(args.deadline_s, left - 150)  # the last chunk and the JSON after it
+        if args.stage in ("train", "all"):
+            train_budget = left - 60 - 330  # model loading; at least ~4 evaluation chunks
+            args.steps = min(args.steps, max(4, int(train_budget / args.seconds_per_step)))
+        print(
+            f"fit to {args.finish_by} UTC: {args.steps} steps, deadline {args.deadline_s:.0f} s", flush=True
+        )
+    return True
+
+
 def main() -> None:
     started = time.time()
     args = parse_args()
+    if not fit_to_clock(args, started):
+        return
     torch.set_num_threads(args.threads)
     cfg = load_config(WireRunConfig, args.config, [f"run_dir={args.run_dir}", *args.set])
     lms = load_frozen_lms(cfg.models, cfg.prompt)
