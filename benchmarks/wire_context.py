@@ -44,6 +44,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--run-dir", default="runs/bench-context")
     parser.add_argument("--steps", type=int, default=50, help="training steps (batch of --batch questions)")
     parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument(
+        "--ae-only-fraction", type=float, default=1 / 3, help="share of the steps with autoencoding alone"
+    )
     parser.add_argument("--train", type=int, default=2000, help="train questions available")
     parser.add_argument("--dev", type=int, default=50, help="dev questions evaluated")
     parser.add_argument("--ratios", type=int, nargs="+", default=[4], help="the first is the latent's")
@@ -73,6 +76,7 @@ def train(args: argparse.Namespace, lms, sentence) -> dict:
         f"batch_size={args.batch}",
         f"data.train_limit={args.train}",
         f"latent.ratio={args.ratios[0]}",
+        f"loss.autoencode_only_steps={round(steps * args.ae_only_fraction)}",
         *args.set,
     ]
     cfg = load_config(WireRunConfig, args.config, overrides)
