@@ -4,8 +4,9 @@ For each sequence length, fresh subprocesses (one torch thread each) build the d
 encoder and the LHT with the `dense` (boolean mask) and `sparse` (gathered key blocks) backends, run one
 warm-up and `--repeats` timed MLM training steps (forward + backward, 1 in 7 tokens labelled) and report
 tokens/s (best step). The three are measured back to back, in the same run, at every length. The LHT's
-units are placed at the target rate (`boundaries: random`, ratios 4 and 4): the attention work of a
-trained router, whose rate the ratio loss pulls to the target; an untrained router at its identity
+units are placed at exactly the target rate (`boundaries: random`, ratios 4 and 4: the work of a router
+with `selection: top_k`, or of random / stride units), with head segments sized for that rate
+(`capacity_factor: 1.0`, which these modes never overflow). An untrained threshold router at its identity
 initialisation cuts far more often and overflows its head segment.
 
     python3 benchmarks/lht_speed.py [--lengths 512 2048 8192] [--repeats 3]
@@ -45,7 +46,7 @@ def model_config(kind: str, backend: str) -> LHTConfig:
         block_size=64,
         edges=EdgeConfig(local_window=16, neighbour_units=2),
         hierarchy=HierarchyConfig(
-            target_ratios=[4.0, 4.0], router_layers=[0, 1], capacity_factor=1.25, boundaries="random"
+            target_ratios=[4.0, 4.0], router_layers=[0, 1], capacity_factor=1.0, boundaries="random"
         ),
     )
 
@@ -148,12 +149,12 @@ def main() -> None:
         "lht_speed",
         {
             "description": (
-                "MLM training step (forward + backward), batch 1, CPU, one torch thread, one process per "
-                "measurement, best of the timed steps; width 128, 2 layers, 4 heads, vocab 30522. Dense: "
-                "full attention (unmasked SDPA). LHT: 2 levels at ratios 4 and 4 (units at the target rate, "
-                "boundaries: random), window 16, ±2 neighbour units, [DOC], capacity factor 1.25; backend "
-                "'dense' = boolean S x S mask through SDPA, 'sparse' = gathered 64-slot key blocks. The "
-                "machine is shared with other jobs: compare the ratio within one length."
+                "MLM training step (forward + backward), batch 1, CPU, one torch thread, one process "
+                "per measurement, best of the timed steps; width 128, 2 layers, 4 heads, vocab 30522. "
+                "Dense: full attention (unmasked SDPA). LHT: 2 levels at ratios 4 and 4 (units at exactly "
+                "the target rate, boundaries: random), window 16, ±2 neighbour units, [DOC], capacity "
+                "1.0; backend 'dense' = boolean S x S mask through SDPA, 'sparse' = gathered 64-slot key "
+                "blocks. The machine is shared with other jobs: compare the ratio within one length."
             ),
             "config": {
                 "repeats": args.repeats,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from latentlm.data import paths
 from latentlm.data.paths import resolve_data_path
 
 
@@ -28,6 +29,9 @@ def test_resolve_data_path(tmp_path, monkeypatch):
         resolve_data_path(tmp_path / "gone.txt", "data.path")
     assert str(err.value) == f"data.path: {tmp_path / 'gone.txt'} does not exist"
     monkeypatch.delenv("LATENTLM_DATA")
+    monkeypatch.setattr(paths, "CHECKOUT_DATA", root)  # unset: `../shared/data` beside the checkout
+    assert resolve_data_path("ptb/train.txt") == root / "ptb" / "train.txt"
+    monkeypatch.setattr(paths, "CHECKOUT_DATA", tmp_path / "no-checkout-data")
     with pytest.raises(FileNotFoundError) as err:
         resolve_data_path("ptb/train.txt", "corpus.path")
     assert str(err.value) == (

@@ -44,9 +44,14 @@ def test_summary_is_mean_and_sample_std():
 
 
 def test_targets_use_the_seed_spread():
-    result = targets(summarize(*rows_and_extras()))
+    rows, extras = rows_and_extras()
+    result = targets(summarize(rows, extras), rows)
     spread = 2.0**0.5 * 2.0
-    assert result["learned_beats_random_beyond_spread"] == {"met": True, "gap": 9.0, "spread": spread}
+    random = result["learned_beats_random_beyond_spread"]
+    assert {k: random[k] for k in ("met", "gap", "spread")} == {"met": True, "gap": 9.0, "spread": spread}
+    # Seed by seed: random - learned = 10 and 8.
+    assert random["paired_gap"] == 9.0 and random["paired_std"] == pytest.approx(2.0**0.5)
+    assert random["paired_wins"] == 2
     assert result["learned_beats_stride_beyond_spread"]["met"] is False  # gap 2 < spread 2.83
     assert result["learned_within_spread_of_gold"]["met"] is True
     assert result["learned_ppl_le_sliding_window"]["met"] is True

@@ -444,8 +444,9 @@ class Trainer:
             try:
                 with torch.no_grad():
                     metrics = self.task.evaluate(model, self.state)
-            except (ArithmeticError, ValueError, RuntimeError) as err:
-                # A numerical failure of the evaluation is recorded; the run (and its weights) is kept.
+            except (ArithmeticError, ValueError) as err:
+                # A numerical failure (overflow, a math domain error) is recorded; the run and its weights are
+                # kept. Anything else is a bug and raises.
                 metrics, failure = {}, f"{type(err).__name__}: {err}"
             finally:
                 wrapped.train()
@@ -595,6 +596,8 @@ class Trainer:
         acc = self.accelerator
         checkpoint, damaged = self._pick_checkpoint()
         if checkpoint is None:
+            if acc.is_main_process and self.run.metrics_path.is_file():
+                self.run.truncate_metrics(0)  # records of an attempt that never checkpointed: start over
             return
         meta = read_json(checkpoint / "state.json")
         version = meta.pop("format_version", None)

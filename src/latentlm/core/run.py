@@ -188,7 +188,8 @@ class RunDir:
             if self._lock_depth == 0:
                 fd, self._lock_fd = self._lock_fd, None
                 os.ftruncate(fd, 0)  # an empty lock file: released cleanly, nothing stale
-                fcntl.flock(fd, fcntl.LOCK_UN)
+                with contextlib.suppress(OSError):
+                    fcntl.flock(fd, fcntl.LOCK_UN)
                 os.close(fd)
 
     def close(self) -> None:
@@ -216,6 +217,8 @@ def _acquire_lock(run_path: Path) -> int:
         raise RunLockedError(
             f"run directory {run_path} is in use by {who}; wait for it to finish or use another run_dir"
         ) from None
+    except OSError as err:  # a filesystem without flock (some network mounts): train, but say so
+        print(f"warning: {path}: cannot lock the run directory ({err}); not protected", file=sys.stderr)
     holder = _lock_holder(fd)
     if holder:
         here = holder.get("host") == socket.gethostname()

@@ -1,14 +1,26 @@
-"""Where the real corpora live: `$LATENTLM_DATA` (users otherwise pass their own paths)."""
+"""Where the real corpora live: `$LATENTLM_DATA`, else `../shared/data` beside a repository checkout
+(users otherwise pass their own paths)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+CHECKOUT_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
+"""The default data folder: `../shared/data` beside the repository (for an editable install)."""
+
+
+def _data_folder() -> str | None:
+    """`$LATENTLM_DATA`, else the checkout's `../shared/data` when it exists, else None."""
+    value = os.environ.get("LATENTLM_DATA")
+    if value:
+        return value
+    return str(CHECKOUT_DATA) if CHECKOUT_DATA.is_dir() else None
+
 
 def data_root() -> Path:
-    """The folder named by `$LATENTLM_DATA`; raises with a clear message when unset or missing."""
-    value = os.environ.get("LATENTLM_DATA")
+    """The data folder (`$LATENTLM_DATA` or the default); raises with a clear message when missing."""
+    value = _data_folder()
     if not value:
         raise FileNotFoundError("LATENTLM_DATA is not set: point it at the data folder or pass file paths")
     path = Path(value)
@@ -21,7 +33,7 @@ def resolve_data_path(path: str | Path, field: str = "path") -> Path:
     """Where a data path given by the user points, the same way in every system.
 
     An absolute path, or a relative path that exists from the working directory, is used as given;
-    any other relative path is looked up under `$LATENTLM_DATA`.
+    any other relative path is looked up under the data folder (`$LATENTLM_DATA` or the default).
 
     Args:
         path: the path as the user wrote it (`ptb/ptb.train.txt`, `~/corpora/x.txt`).
@@ -36,7 +48,7 @@ def resolve_data_path(path: str | Path, field: str = "path") -> Path:
         if not candidate.exists():
             raise FileNotFoundError(f"{field}: {candidate} does not exist")
         return candidate
-    value = os.environ.get("LATENTLM_DATA")
+    value = _data_folder()
     if not value:
         raise FileNotFoundError(
             f"{field}: {path} does not exist here and LATENTLM_DATA is not set to look it up"

@@ -11,11 +11,9 @@ disk, keyed by a content hash of the source settings.
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,7 +27,7 @@ from latentlm.data.documents import (
     read_rst_documents,
     stream_hf_documents,
 )
-from latentlm.data.paths import data_root
+from latentlm.data.paths import resolve_data_path
 from latentlm.lht.config import DataConfig, MaskingConfig, SourceConfig
 from latentlm.lht.masking import mask_tokens
 
@@ -53,18 +51,6 @@ class Chunk:
     source: str
 
 
-def resolve_path(path: str) -> Path:
-    """An existing path as given, else the same path under `$LATENTLM_DATA`."""
-    candidate = Path(path).expanduser()
-    if candidate.exists() or candidate.is_absolute():
-        return candidate
-    if os.environ.get("LATENTLM_DATA"):
-        return data_root() / path
-    raise FileNotFoundError(
-        f"data.sources.path: {path!r} does not exist here and LATENTLM_DATA is not set to look it up"
-    )
-
-
 def read_source(source: SourceConfig) -> Iterable[Document]:
     """The documents of one source (a list, or a stream for 'hf').
 
@@ -73,9 +59,11 @@ def read_source(source: SourceConfig) -> Iterable[Document]:
     """
     limit = source.limit or None
     if source.kind == "rst":
-        docs = read_rst_documents(resolve_path(source.path))
+        docs = read_rst_documents(resolve_data_path(source.path, "data.sources.path"))
     elif source.kind == "plain":
-        docs = read_plain_documents(resolve_path(source.path), source.paragraphs_per_document)
+        docs = read_plain_documents(
+            resolve_data_path(source.path, "data.sources.path"), source.paragraphs_per_document
+        )
     else:
         return stream_hf_documents(
             source.name, source.hf_config or None, source.split, source.text_field, limit=limit
@@ -180,7 +168,7 @@ def build_corpus(config: DataConfig, tokenizer) -> CorpusSplits:
         config.heldout_fraction,
         config.max_documents,
         config.mix_seed,
-        [str(resolve_path(s.path)) for s in config.sources if s.kind != "hf"],
+        [str(resolve_data_path(s.path, "data.sources.path")) for s in config.sources if s.kind != "hf"],
     )
     splits = {}
 
