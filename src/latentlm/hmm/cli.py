@@ -1,7 +1,7 @@
 """``latentlm hmm <command>``: train, eval, compare, distill, quickstart.
 
 latentlm hmm quickstart                              # closed-form LVD -> EM vs random -> EM, < 2 min
-latentlm hmm train    configs/hmm/tiny.yaml          # every shipped config trains as written
+latentlm hmm train    configs/hmm/tiny.yaml          # smallest real run (PTB under $LATENTLM_DATA)
 latentlm hmm train    configs/hmm/gelato.yaml model.num_states=1024
 latentlm hmm compare  configs/hmm/gelato.yaml        # the config's recipe vs compare.baseline, same budget
 latentlm hmm distill  configs/hmm/quickstart.yaml    # corpus sampled from a causal-LM teacher, then compare
