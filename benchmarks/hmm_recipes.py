@@ -62,6 +62,7 @@ def corpus_settings(name: str, units: int) -> dict:
 
 
 def recipe_config(base: dict, recipe: str, k: int, epochs: int, args, corpus) -> HMMRunConfig:
+    alpha = args.pseudocount
     values = json.loads(json.dumps(base))
     values["model"] = {"num_states": k, "parameterization": "dense"}
     em = recipe.endswith("_em")
@@ -73,7 +74,7 @@ def recipe_config(base: dict, recipe: str, k: int, epochs: int, args, corpus) ->
             "eval_every": 1,
             "log_every": 1,
         }
-        values["em"] = {"batch_tokens": 0, "pseudocount": 0.1}
+        values["em"] = {"batch_tokens": 0, "pseudocount": alpha}
     else:
         steps_per_epoch = len(corpus.train) // args.adamw_batch
         values["batch_size"] = args.adamw_batch
@@ -86,7 +87,7 @@ def recipe_config(base: dict, recipe: str, k: int, epochs: int, args, corpus) ->
     lvd = recipe.startswith("lvd")
     values["lvd"] = {**values["lvd"], "enabled": lvd}
     if recipe == "lvd_closed_form_em":
-        values["lvd"].update({"phase": "closed_form", "pseudocount": 0.1})
+        values["lvd"].update({"phase": "closed_form", "pseudocount": alpha})
     if recipe == "lvd_adamw":
         values["lvd"].update({"phase": "adamw", "pretrain_tokens": epochs * corpus.train.num_tokens // 3})
     return config_from_dict(HMMRunConfig, values, source=f"{NAME}:{recipe}")
@@ -104,11 +105,11 @@ def curve(run_dir: str) -> list[dict]:
     ]
 
 
-def initial_ppl(corpus, k: int, states=None) -> float:
+def initial_ppl(corpus, k: int, states=None, pseudocount: float = 0.01) -> float:
     """Held-out perplexity at epoch 0: the random init, or the closed-form LVD estimate."""
     model = HMMLanguageModel(HMMConfig(num_states=k, vocab_size=len(corpus.vocab)))
     if states is not None:
-        model.load_log_probabilities(closed_form_estimate(corpus, states, k, 0.1))
+        model.load_log_probabilities(closed_form_estimate(corpus, states, k, pseudocount))
     return heldout_metrics(model, corpus.heldout, 128)["heldout_ppl"]
 
 
@@ -144,15 +145,15 @@ def hmmlearn_em(corpus, k: int, epochs: int, cap_seconds: float) -> dict:
     return {"curve": points, "capped": len(points) < epochs, "train_seconds": round(seconds, 2)}
 
 
-def load_rows() -> tuple[list[dict], list[dict]]:
+def load_rows() -> tuple[list[dict], list[dict], list[dict]]:
     path = RESULTS / f"{NAME}.json"
     if not path.is_file():
-        return [], []
+        return [], [], []
     previous = json.loads(path.read_text())
-    return previous.get("rows", []), previous.get("invocations", [])
+    return previous.get("rows", []), previous.get("invocations", []), previous.get("earlier_rows", [])
 
 
-def save(rows: list[dict], invocations: list[dict], summary: dict) -> None:
+def save(rows: list[dict], invocations: list[dict], summary: dict, earlier: list[dict]) -> None:
     save_results(
         NAME,
         {
@@ -160,6 +161,7 @@ def save(rows: list[dict], invocations: list[dict], summary: dict) -> None:
             "rows": sorted(rows, key=lambda r: (r["corpus"], r["K"], RECIPES.index(r["recipe"]))),
             "summary": summary,
             "invocations": invocations,
+            "earlier_rows": earlier,
         },
     )
 
@@ -240,6 +242,7 @@ def main() -> None:
     )
     parser.add_argument("--shakespeare-units", type=int, default=1200, help="training paragraphs")
     parser.add_argument("--adamw-lr", type=float, default=0.02)
+    parser.add_argument("--pseudocount", type=float, default=0.01, help="closed-form LVD and EM pseudocount")
     parser.add_argument("--adamw-batch", type=int, default=32)
     parser.add_argument("--hmmlearn-max-states", type=int, default=256)
     parser.add_argument("--hmmlearn-cap", type=float, default=240.0, help="seconds of hmmlearn per cell")
@@ -248,7 +251,7 @@ def main() -> None:
     args = parser.parse_args()
     global NAME
     NAME = args.name
-    rows, invocations = load_rows()
+    rows, invocations, earlier = load_rows()
     began = time.perf_counter()
     invocations.append({**machine(), "args": vars(args)})
     for corpus_name in args.corpus:
@@ -318,7 +321,8 @@ def main() -> None:
                         "train_seconds": summary["fit_seconds"],
                         "wall_seconds": summary["train_seconds"],
                         "lvd_prepare_seconds": lvd_prepare if cfg.lvd.enabled else 0.0,
-                        "settings": {
+                        "settings": {"pseudocount": args.pseudocount if recipe.endswith("_em") else None}
+                        | {
                             k_: v
                             for k_, v in vars(cfg.train).items()
                             if k_ in ("optimizer", "lr", "max_steps")
@@ -340,8 +344,10 @@ def main() -> None:
                 f"final {row['final_heldout_ppl']:.2f}, {row['train_seconds']} s",
                 flush=True,
             )
-            rows = [r for r in rows if (r["corpus"], r["K"], r["recipe"]) != (corpus_name, k, recipe)] + [row]
-            save(rows, invocations, summarise(rows))
+            key = (corpus_name, k, recipe)
+            earlier += [r for r in rows if (r["corpus"], r["K"], r["recipe"]) == key]  # kept, not hidden
+            rows = [r for r in rows if (r["corpus"], r["K"], r["recipe"]) != key] + [row]
+            save(rows, invocations, summarise(rows), earlier)
             plot(rows, corpus_name, k)
     print(json.dumps(summarise(rows), indent=1))
 

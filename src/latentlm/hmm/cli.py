@@ -41,7 +41,7 @@ QUICKSTART = {
     "lvd": {
         "enabled": True,
         "phase": "closed_form",
-        "pseudocount": 0.1,
+        "pseudocount": 0.01,
         "teacher": {"name": "smollm2", "batch_size": 32},
     },
     "train": {
@@ -52,7 +52,7 @@ QUICKSTART = {
         "eval_every": 1,
         "seed": 0,
     },
-    "em": {"batch_tokens": 0, "pseudocount": 0.1},
+    "em": {"batch_tokens": 0, "pseudocount": 0.01},
     "distill": {"num_sequences": 240, "max_new_tokens": 40, "batch_size": 60, "seed": 0, "compare": True},
     "compare": {
         "label": "lvd_closed_form_em",
