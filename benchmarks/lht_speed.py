@@ -1,16 +1,18 @@
-"""Throughput and peak memory: LHT vs a dense full-attention encoder of the same size.
+"""Training throughput on CPU: the LHT with each attention backend vs a dense encoder of the same size.
 
-For each sequence length (default 512, 2048, 8192) and model ('lht' with the dense-mask backend,
-'dense' full attention), a fresh subprocess builds the model, runs warm-up and timed MLM training
-steps (forward + backward on 15% labelled tokens) and reports tokens/s and its peak resident memory.
-The LHT forward with the FlexAttention backend (the backend that trains on GPU; on CPU it only runs
-forward) is timed too, against the dense-mask forward. The block density of the LHT mask (share of
-128x128 tiles with any edge) says how much of the attention a block-sparse kernel would compute.
+For each sequence length, fresh subprocesses (one torch thread each) build the dense full-attention
+encoder and the LHT with the `dense` (boolean mask) and `sparse` (gathered key blocks) backends, run one
+warm-up and `--repeats` timed MLM training steps (forward + backward, 1 in 7 tokens labelled) and report
+tokens/s (best step). The three are measured back to back, in the same run, at every length. The LHT's
+units are placed at exactly the target rate (`boundaries: random`, ratios 4 and 4: the work of a router
+with `selection: top_k`, or of random / stride units), with head segments sized for that rate
+(`capacity_factor: 1.0`, which these modes never overflow). An untrained threshold router at its identity
+initialisation cuts far more often and overflows its head segment.
 
-    python benchmarks/lht_speed.py [--lengths 512 2048 8192] [--repeats 2]
+    python3 benchmarks/lht_speed.py [--lengths 512 2048 8192] [--repeats 3]
 
-Results: benchmarks/results/lht_speed.json. CPU numbers on a shared machine are noisy; the ratio
-LHT/dense is measured in the same run.
+Results: benchmarks/results/lht_speed.json, rows {length, backend, lht_tokens_per_s, dense_tokens_per_s}
+(plus `details`: seconds per step, peak memory, the sparse backend's block density).
 """
 
 from __future__ import annotations
@@ -21,17 +23,17 @@ import resource
 import subprocess
 import sys
 import time
-import warnings
 
 import torch
 
-from latentlm.core.bench import save_results
-from latentlm.lht.attention import EdgeConfig, block_density
-from latentlm.lht.model import LHTConfig, LHTForMaskedLM
-from latentlm.lht.routers import HierarchyConfig
+from latentlm.core.bench import REPO, save_results
+from latentlm.lht.config import EdgeConfig, HierarchyConfig, LHTConfig
+
+BACKENDS = ("dense", "sparse")
 
 
-def model_config(kind: str, backend: str = "dense") -> LHTConfig:
+def model_config(kind: str, backend: str) -> LHTConfig:
+    """Width 128, 2 layers, 4 heads, vocab 30522; the LHT with 2 levels (ratios 4, 4), window 16."""
     return LHTConfig(
         vocab_size=30522,
         hidden_size=128,
@@ -41,124 +43,128 @@ def model_config(kind: str, backend: str = "dense") -> LHTConfig:
         dropout=0.0,
         attention="hierarchical" if kind == "lht" else "full",
         backend=backend,
+        block_size=64,
         edges=EdgeConfig(local_window=16, neighbour_units=2),
-        hierarchy=HierarchyConfig(target_ratios=[4.0, 4.0], router_layers=[0, 1], capacity_factor=1.25),
+        hierarchy=HierarchyConfig(
+            target_ratios=[4.0, 4.0], router_layers=[0, 1], capacity_factor=1.0, boundaries="random"
+        ),
     )
 
 
-def measure(kind: str, length: int, repeats: int, mode: str, threads: int) -> dict:
-    """Runs inside the subprocess: time `repeats` steps after one warm-up step."""
-    torch.set_num_threads(threads)
+def measure(kind: str, backend: str, length: int, repeats: int) -> dict:
+    """Runs inside the subprocess: the best of `repeats` training steps after one warm-up step."""
+    from latentlm.lht.model import LHTForMaskedLM
+
+    torch.set_num_threads(1)
     torch.manual_seed(0)
-    backend = "flex" if mode == "forward_flex" else "dense"
     model = LHTForMaskedLM(model_config(kind, backend))
     ids = torch.randint(1000, 30000, (1, length))
     labels = torch.full_like(ids, -100)
     labels[:, ::7] = ids[:, ::7]
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     times = []
     info: dict = {}
     for step in range(repeats + 1):
         start = time.perf_counter()
-        if mode == "train":
-            out = model(ids, labels=labels)
-            out.loss.backward()
-            model.zero_grad(set_to_none=True)
-        else:
-            model.eval()
-            with torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                out = model(ids)
+        out = model(ids, labels=labels)
+        out.loss.backward()
+        model.zero_grad(set_to_none=True)
         if step > 0:
             times.append(time.perf_counter() - start)
-        if out.hierarchy is not None and not info:
-            layout = out.hierarchy.layout
-            info["slots"] = layout.size
-            info["block_density_128"] = block_density(model.backend.pattern.materialize(layout), 128)
-            info["tokens_per_unit"] = [length / float(u.max() + 1) for u in out.hierarchy.token_units]
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    if out.hierarchy is not None:
+        layout = out.hierarchy.layout
+        info["slots"] = layout.size
+        if backend == "sparse":
+            info["sparse_block_density"] = model.backend.prepare(layout).density
     seconds = min(times)
     return {
-        "model": kind,
-        "mode": mode,
+        "kind": kind,
+        "backend": backend,
         "length": length,
         "seconds_per_step": seconds,
         "tokens_per_s": length / seconds,
-        "peak_rss_gb": peak,
-        "baseline_rss_gb": baseline,
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         **info,
     }
 
 
-def run_child(kind: str, length: int, repeats: int, mode: str, timeout: int, threads: int) -> dict:
-    command = [sys.executable, "-m", "benchmarks.lht_speed", "--threads", str(threads)]
-    command += ["--child", kind, str(length), str(repeats), mode]
+def run_child(kind: str, backend: str, length: int, repeats: int, timeout: int) -> dict:
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.lht_speed",
+        "--child",
+        kind,
+        backend,
+        str(length),
+        str(repeats),
+    ]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False, cwd=REPO)
     except subprocess.TimeoutExpired:
-        return {"model": kind, "mode": mode, "length": length, "error": f"timed out after {timeout} s"}
+        return {"kind": kind, "backend": backend, "length": length, "error": f"timed out after {timeout} s"}
     if done.returncode != 0:
-        return {"model": kind, "mode": mode, "length": length, "error": done.stderr.strip()[-400:]}
+        return {"kind": kind, "backend": backend, "length": length, "error": done.stderr.strip()[-400:]}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[512, 2048, 8192])
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--timeout", type=int, default=900)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--timeout", type=int, default=400, help="seconds per measurement")
     parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch threads (1: an oversubscribed shared CPU runs 2 far slower)",
+        "--dense-mask-up-to", type=int, default=2048, help="longest length timed with the dense-mask backend"
     )
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        kind, length, repeats, mode = args.child
-        print(json.dumps(measure(kind, int(length), int(repeats), mode, args.threads)))
+        kind, backend, length, repeats = args.child
+        print(json.dumps(measure(kind, backend, int(length), int(repeats))))
         return
-    rows = []
+    rows, details = [], []
     for length in args.lengths:
-        for mode, kinds in (
-            ("train", ("dense", "lht")),
-            ("forward", ("dense", "lht")),
-            ("forward_flex", ("lht",)),
-        ):
-            for kind in kinds:
-                row = run_child(kind, length, args.repeats, mode, args.timeout, args.threads)
-                print(row, flush=True)
-                rows.append(row)
-    ratios = []
-    for length in args.lengths:
-        by = {(r["model"], r["mode"]): r for r in rows if r["length"] == length and "error" not in r}
-        entry = {"length": length}
-        for mode in ("train", "forward"):
-            if ("lht", mode) in by and ("dense", mode) in by:
-                entry[f"{mode}_tokens_per_s_lht_over_dense"] = (
-                    by[("lht", mode)]["tokens_per_s"] / by[("dense", mode)]["tokens_per_s"]
-                )
-                entry[f"{mode}_peak_rss_lht_over_dense"] = (
-                    by[("lht", mode)]["peak_rss_gb"] / by[("dense", mode)]["peak_rss_gb"]
-                )
-        if ("lht", "forward_flex") in by and ("lht", "forward") in by:
-            entry["forward_flex_over_dense_mask"] = (
-                by[("lht", "forward_flex")]["tokens_per_s"] / by[("lht", "forward")]["tokens_per_s"]
+        dense = run_child("dense", "dense", length, args.repeats, args.timeout)
+        details.append(dense)
+        print(dense, flush=True)
+        for backend in BACKENDS:
+            if backend == "dense" and length > args.dense_mask_up_to:
+                continue  # an S x S boolean mask at this length takes minutes per step on this CPU
+            lht = run_child("lht", backend, length, args.repeats, args.timeout)
+            details.append(lht)
+            print(lht, flush=True)
+            rows.append(
+                {
+                    "length": length,
+                    "backend": backend,
+                    "lht_tokens_per_s": lht.get("tokens_per_s"),
+                    "dense_tokens_per_s": dense.get("tokens_per_s"),
+                }
             )
-        ratios.append(entry)
+    summary = {
+        f"{r['backend']}@{r['length']}": r["lht_tokens_per_s"] / r["dense_tokens_per_s"]
+        for r in rows
+        if r["lht_tokens_per_s"] and r["dense_tokens_per_s"]
+    }
     save_results(
         "lht_speed",
         {
             "description": (
-                "MLM step (train) / forward tokens/s and peak RSS, batch 1, CPU, one torch thread, "
-                "one process per measurement; model width 128, 2 layers, 4 heads, vocab 30522; "
-                "LHT: 2 levels (ratios 4, 4; routers before blocks 0 and 1), window 16, +-2 neighbour "
-                "units, [DOC], capacity factor 1.25. Machine shared with other jobs."
+                "MLM training step (forward + backward), batch 1, CPU, one torch thread, one process "
+                "per measurement, best of the timed steps; width 128, 2 layers, 4 heads, vocab 30522. "
+                "Dense: full attention (unmasked SDPA). LHT: 2 levels at ratios 4 and 4 (units at exactly "
+                "the target rate, boundaries: random), window 16, ±2 neighbour units, [DOC], capacity "
+                "1.0; backend 'dense' = boolean S x S mask through SDPA, 'sparse' = gathered 64-slot key "
+                "blocks. The machine is shared with other jobs: compare the ratio within one length."
             ),
-            "config": {"repeats": args.repeats, "lengths": args.lengths, "torch_threads": args.threads},
+            "config": {
+                "repeats": args.repeats,
+                "lengths": args.lengths,
+                "dense_mask_up_to": args.dense_mask_up_to,
+                "torch_threads": 1,
+            },
             "rows": rows,
-            "ratios": ratios,
+            "lht_over_dense": summary,
+            "details": details,
         },
     )
 

@@ -140,9 +140,55 @@ def hmm_quality(data: dict) -> str:
     )
 
 
+def hmm_recipes(data: dict) -> str:
+    rows = [
+        [
+            row["corpus"],
+            row["K"],
+            row["recipe"],
+            _num(row["heldout_ppl"]),
+            _num(row["best_epoch"], 0),
+            _num(row["final_heldout_ppl"]),
+            _num(row.get("initial_ppl")),
+            _num(row["epochs"], 0),
+            _num(row["train_seconds"]),
+            _num(row.get("lvd_prepare_seconds")),
+        ]
+        for row in data["rows"]
+    ]
+    header = ["corpus", "K", "recipe", "held-out ppl (best)", "at epoch", "final", "epoch 0", "epochs"]
+    summary = []
+    for cell, entry in data["summary"].items():
+        times = ", ".join(
+            f"{key.removeprefix('seconds_to_target_')}: {_num(value)}"
+            for key, value in entry.items()
+            if key.startswith("seconds_to_target_")
+        )
+        summary.append(
+            [
+                cell,
+                _num(entry.get("lvd_closed_form_em")),
+                _num(entry.get("best_random")),
+                f"{_num(entry.get('gain_percent'))} %",
+                times,
+            ]
+        )
+    summary_header = ["cell", "closed-form LVD → EM", "best random init", "gain"]
+    return "\n".join(
+        [
+            f"Machine: {data['machine']['cpu']}, {data['machine']['date']}; {data['setup']}.",
+            "",
+            markdown_table([*header, "train s", "LVD prep s"], rows),
+            "",
+            markdown_table([*summary_header, "seconds to random AdamW's best"], summary),
+        ]
+    )
+
+
 def hmm_section(results: Results) -> str:
     parts = []
     for name, render in (
+        ("hmm_recipes", hmm_recipes),
         ("hmm_throughput", hmm_throughput),
         ("hmm_matrix", hmm_matrix),
         ("hmm_throughput_adjacent", hmm_throughput),
@@ -240,16 +286,15 @@ def wire_section(results: Results) -> str:
 # --- diffusion (docs/diffusion.md) ------------------------------------------------------------------
 
 
-def _machine_line(data: dict) -> str:
-    m = data["machine"]
+def _machine_line(m: dict) -> str:
+    load = m.get("load_average_at_start")
+    load = f", load {load[0]:.1f}" if load else ""
     threads = f"{m['torch_threads']} torch thread(s)"
-    return f"{m['cpu']}, {m['cores']} cores, {threads}, torch {m['torch']}, {m['date']}"
+    return f"{m['cpu']}, {m['cores']} cores, {threads}, torch {m['torch']}, {m['date']}{load}"
 
 
-def _retrieval(m: dict | None) -> str:
-    if m is None:
-        return "-"
-    return f"{m['cosine']:.3f} / {m['cosine_random_pairs']:.3f} / {m['recall_at_1']:.3f}"
+def _sig(value, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}g}"
 
 
 def diffusion_wkv(data: dict) -> str:
@@ -258,105 +303,60 @@ def diffusion_wkv(data: dict) -> str:
             r["T"],
             r["pass"],
             r["chunk_size"],
-            f"{r['naive_s']:.3f}",
-            f"{r['chunked_s']:.3f}",
+            f"{r['naive_s']:.4f}",
+            f"{r['chunked_s']:.4f}",
             f"{r['speedup']:.2f}x",
         ]
         for r in data["rows"]
     ]
-    return (
-        f"**Chunked vs naive bidirectional WKV** ({data['description']}; {_machine_line(data)})\n\n"
-        + markdown_table(["T", "pass", "chunk", "naive s", "chunked s", "speed-up"], rows)
-        + "\n"
-    )
+    machine = _machine_line(data["machine"])
+    head = f"**Chunked vs naive bidirectional WKV** ({data['description']}; {machine})\n\n"
+    return head + markdown_table(["T", "pass", "chunk", "naive s", "chunked s", "speed-up"], rows)
 
 
-def diffusion_throughput(data: dict) -> str:
+def diffusion_quality(q: dict) -> str:
+    parts = [f"**Quality** ({q['description']})\n"]
     rows = [
-        [
-            r["seq_len"],
-            "real" if r["real_text"] else "synthetic",
-            f"{r['rwkv_params'] / 1e6:.2f}M / {r['attention_params'] / 1e6:.2f}M",
-            f"{r['rwkv_train_tokens_per_s']:.0f}",
-            f"{r['attention_train_tokens_per_s']:.0f}",
-            f"{r['train_ratio_rwkv_over_attention']:.2f}",
-            f"{r['rwkv_sample_tokens_per_s']:.1f}",
-            f"{r['attention_sample_tokens_per_s']:.1f}",
-            f"{r['sample_ratio_rwkv_over_attention']:.2f}",
-        ]
-        for r in data["rows"]
+        ["L2T recall@1 (64 candidates)", _sig(q.get("l2t_recall_at_1")), ">= 0.5"],
+        ["T2L recall@1 (64 candidates)", _sig(q.get("t2l_recall_at_1")), ">= 0.5"],
+        ["gen. ppl, joint samples", _sig(q.get("gen_ppl_joint"), 4), "<= 2x AR"],
+        ["gen. ppl, AR baseline (matched entropy)", _sig(q.get("gen_ppl_ar"), 4), ""],
+        ["gen. ppl, reference sentences", _sig(q.get("gen_ppl_reference"), 4), ""],
+        ["Stage II KL at the end (nats/sentence)", _sig(q.get("kl_final"), 4), "finite, bounded"],
+        ["Stage II VAE bound (nats/token)", _sig(q.get("vae_bound"), 4), "< text bound"],
+        ["Stage II text-only bound (nats/token)", _sig(q.get("text_bound"), 4), ""],
     ]
-    header = ["T", "text", "params rwkv / attn", "train tok/s rwkv", "train tok/s attn", "ratio"]
-    header += ["sample tok/s rwkv", "sample tok/s attn", "ratio"]
-    return (
-        f"**Throughput, RWKV vs attention denoiser** ({data['description']}; {_machine_line(data)})\n\n"
-        + markdown_table(header, rows)
-        + "\n"
-    )
-
-
-def diffusion_stage_run(run: dict) -> str:
-    rows = []
-    for stage in ("stage1", "stage2"):
-        m = run[stage]
-        nelbo, samples = m["nelbo"], m["samples"]
-        uncond = samples.get("joint", samples.get("prior_l2t", {}))
-        rows.append(
+    parts.append(markdown_table(["measure", "value", "target"], rows))
+    if "gen_ppl_settings" in q:
+        parts.append(f"\nGenerative perplexity settings: {json.dumps(q['gen_ppl_settings'])}\n")
+    if "speed_rows" in q:
+        rows = [
             [
-                stage,
-                f"{nelbo['ppl_bound']:.1f}",
-                f"{nelbo['ppl_bound_given_latent']:.1f}",
-                f"{nelbo['ppl_bound_vae']:.1f}" if "ppl_bound_vae" in nelbo else "-",
-                _retrieval(m.get("t2l")),
-                _retrieval(m.get("l2t")),
-                f"{uncond.get('generative_perplexity', float('nan')):.0f}",
-                f"{uncond['unigram_entropy_bits']:.2f}",
-                f"{uncond['distinct_1']:.3f} / {uncond['distinct_2']:.3f}",
-                f"{m['checks_passed']}/{m['checks_total']}",
+                r["T"],
+                r["mode"],
+                r["batch_size"],
+                f"{r['rwkv_tokens_per_s']:.0f}",
+                f"{r['attention_tokens_per_s']:.0f}",
+                f"{r['ratio_rwkv_over_attention']:.2f}",
             ]
-        )
-    header = [
-        "stage",
-        "NELBO ppl bound (text)",
-        "ppl bound given latent",
-        "VAE ppl bound",
-        "T2L cos / random / R@1",
-        "L2T cos / random / R@1",
-        "gen. ppl (SmolLM2)",
-        "unigram H (bits)",
-        "distinct-1 / -2",
-        "checks",
-    ]
-    parts = [
-        f"**Stage I -> Stage II run** ({run['description']}; {_machine_line(run)})\n",
-        markdown_table(header, rows) + "\n",
-    ]
-    ref = run["stage1"]["samples"]["reference"]
-    parts.append(
-        f"Reference held-out sentences: generative perplexity {ref.get('generative_perplexity', 0):.1f}, "
-        f"unigram entropy {ref['unigram_entropy_bits']:.2f} bits, distinct-1/2 {ref['distinct_1']:.3f} / "
-        f"{ref['distinct_2']:.3f}.\n"
-    )
-    if "reconstruction" in run["stage2"]:
-        recon = run["stage2"]["reconstruction"]
+            for r in q["speed_rows"]
+        ]
+        machine = q.get("phases", {}).get("speed", {}).get("machine")
         parts.append(
-            "Stage II reconstruction (L2T from mu(x)): "
-            + ", ".join(f"{k} {v:.3f}" for k, v in recon.items())
-            + "\n"
+            f"\n**RWKV vs attention denoiser** ({json.dumps(q['speed_settings'])}"
+            + (f"; {_machine_line(machine)}" if machine else "")
+            + ")\n"
         )
-    parts.append("Seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in run["seconds"].items()) + "\n")
+        header = ["T", "mode", "batch", "rwkv tok/s", "attention tok/s", "ratio"]
+        parts.append(markdown_table(header, rows))
     return "\n".join(parts)
 
 
 def diffusion_section(results: Results) -> str:
     parts = []
-    for name, render in (
-        ("diffusion_wkv", diffusion_wkv),
-        ("diffusion_throughput", diffusion_throughput),
-        ("diffusion_stage_run", diffusion_stage_run),
-    ):
+    for name, render in (("diffusion_wkv", diffusion_wkv), ("diffusion_quality", diffusion_quality)):
         data = results.load(name)
-        parts.append(f"### {name}\n\n{render(data) if data else NOT_RUN + chr(10)}")
+        parts.append(f"### {name}\n\n{render(data) if data else NOT_RUN}\n")
     return "\n".join(parts)
 
 
@@ -364,6 +364,8 @@ def diffusion_section(results: Results) -> str:
 
 
 def lht_speed(data: dict) -> str:
+    if data["rows"] and "backend" in data["rows"][0]:
+        return lht_speed_backends(data)
     rows = {(r["model"], r["mode"], r["length"]): r for r in data["rows"] if "error" not in r}
     lines = [
         "| length | mode | dense tok/s | LHT tok/s | LHT / dense | dense peak RSS GB | LHT peak RSS GB "
@@ -394,6 +396,82 @@ def lht_speed(data: dict) -> str:
                 f"| {r['length']} | {r['mode']} ({r['model']}) | not measured: {r['error'][:60]} |||||||"
             )
     return "\n".join(lines)
+
+
+def lht_speed_backends(data: dict) -> str:
+    """Training tokens/s of the LHT per attention backend against the dense encoder, same run."""
+    details = {(d["kind"], d["backend"], d["length"]): d for d in data.get("details", [])}
+
+    def number(value: float | None) -> str:
+        return f"{value:,.0f}" if value else "–"
+
+    rows = []
+    for r in data["rows"]:
+        lht, dense = r["lht_tokens_per_s"], r["dense_tokens_per_s"]
+        detail = details.get(("lht", r["backend"], r["length"]), {})
+        density = detail.get("sparse_block_density")
+        rows.append(
+            [
+                r["length"],
+                r["backend"],
+                number(dense),
+                number(lht),
+                f"{lht / dense:.2f}" if lht and dense else "–",
+                f"{density:.3f}" if density is not None else "–",
+                detail.get("error", "")[:60],
+            ]
+        )
+    header = [
+        "length",
+        "LHT backend",
+        "dense tok/s",
+        "LHT tok/s",
+        "LHT / dense",
+        "key blocks gathered",
+        "error",
+    ]
+    return markdown_table(header, rows)
+
+
+def _mean_std(cell: dict, digits: int) -> str:
+    if not cell or cell.get("mean") is None:
+        return "–"
+    return f"{cell['mean']:.{digits}f} ± {cell['std']:.{digits}f}"
+
+
+def lht_ablation(data: dict) -> str:
+    """Mean ± std over seeds per variant, then the targets with their numbers."""
+    rows = []
+    for name, cell in data["summary"].items():
+        rows.append(
+            [
+                name,
+                cell["heldout_ppl"]["n"],
+                _mean_std(cell["heldout_ppl"], 1),
+                _mean_std(cell["f1_l1_sentences"], 3),
+                _mean_std(cell["f1_l1_random"], 3),
+                _mean_std(cell["l1_tokens_per_unit"], 1),
+                _mean_std(cell["probe_accuracy"], 3),
+            ]
+        )
+    header = [
+        "variant",
+        "seeds",
+        "held-out ppl",
+        "F1 L1 vs sentences",
+        "F1 random, same rate",
+        "tokens / L1 unit",
+        "probe accuracy",
+    ]
+    text = markdown_table(header, rows)
+    targets = data.get("targets") or {}
+    if targets:
+        lines = []
+        for name, target in targets.items():
+            numbers = ", ".join(f"{key} {value:.3f}" for key, value in target.items() if key != "met")
+            lines.append(f"- {name}: {'met' if target['met'] else 'missed'} ({numbers})")
+        text += "\n\n" + "\n".join(lines)
+    return text
 
 
 LHT_VARIANTS = [
@@ -440,6 +518,8 @@ def lht_section(results: Results) -> str:
     parts = []
     for title, name, render in (
         ("speed", "lht_speed", lht_speed),
+        ("ablation", "lht_ablation", lht_ablation),
+        ("router candidates", "lht_routers", lht_ablation),
         ("quality", "lht_quality", lht_quality),
         ("quality, second seed", "lht_quality_seed1", lht_quality),
     ):

@@ -25,7 +25,9 @@ def test_hmm_matrix_table_and_missing_files(tmp_path, capsys):
     (tmp_path / "hmm_matrix.json").write_text(json.dumps(matrix))
     assert tables.main(["--system", "hmm", "--results", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("## hmm (docs/hmm.md)\n\n### hmm_throughput\n\n_(not run)_\n")
+    assert out.startswith(
+        "## hmm (docs/hmm.md)\n\n### hmm_recipes\n\n_(not run)_\n\n### hmm_throughput\n\n_(not run)_\n"
+    )
     assert (
         "### hmm_matrix\n\n"
         "Machine: CPU X, 2026-01-01. Corpus: tiny.\n\n"

@@ -36,5 +36,5 @@ def test_two_gloo_processes_agree_on_parameters(tmp_path):
 
     start = ToyRegression().build_model().state_dict()
     assert not torch.equal(start["0.weight"], rank0["0.weight"])
-    checkpoint = tmp_path / "run" / "checkpoints" / "step_6"
+    checkpoint = tmp_path / "run" / "checkpoints" / "step_8"
     assert (checkpoint / "rng_rank0.json").is_file() and (checkpoint / "rng_rank1.json").is_file()

@@ -31,4 +31,5 @@ class ToyRegression(Task):
         return StepOutput(loss, num_tokens=x.shape[0], metrics={"mse": loss.item()})
 
     def evaluate(self, model, state):
-        return {"mse": ((model(self.x) - self.y) ** 2).mean().item()}
+        device = next(model.parameters()).device
+        return {"mse": ((model(self.x.to(device)) - self.y.to(device)) ** 2).mean().item()}

@@ -101,7 +101,7 @@ def test_bad_data_is_a_one_line_error_naming_the_file(tiny_overrides, tiny_data,
     np.save(token_file, ids)
     assert main(["train", *tiny_overrides, f"run_dir={tiny_data['root'] / 'r3'}"]) == 2
     err = capsys.readouterr().err
-    assert "tokens/val.npy" in err and "outside the vocabulary" in err
+    assert "tokens/val.npy" in err and "out of range" in err and "first 999" in err
 
 
 @pytest.mark.real_model
@@ -165,3 +165,18 @@ def test_real_precompute_train_eval(tmp_path, data_dir):
     ).is_file()
     assert main(["sample", f"run_dir={run_dir}", "sampling.mode=joint", "sampling.num_samples=2"]) == 0
     assert len((run_dir / "samples_joint.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.real_model
+@pytest.mark.slow
+def test_tiny_yaml_trains_as_written(tmp_path, data_dir, monkeypatch):
+    """`latentlm diffusion train configs/diffusion/tiny.yaml` from the repo root (fewer steps/sentences)."""
+    monkeypatch.setenv("LATENTLM_DATA", str(data_dir))
+    monkeypatch.chdir(tmp_path)
+    config = CONFIG_DIR / "tiny.yaml"
+    args = ["train.max_steps=2", "data.prepare.max_sentences=60"]
+    assert main(["train", str(config), *args]) == 0
+    run_dir = tmp_path / "runs" / "diffusion_tiny"
+    assert (run_dir / "model" / "model.safetensors").is_file()
+    meta = yaml.safe_load((tmp_path / "runs/diffusion_data/pydocs_tiny/tokens/meta.json").read_text())
+    assert meta["corpus_format"] == "pydocs" and meta["num_train"] + meta["num_val"] == 60

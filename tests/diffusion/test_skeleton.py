@@ -6,6 +6,7 @@ import re
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 
 from latentlm.core.config import load_config
@@ -74,3 +75,22 @@ def test_use_a_trained_model_in_python_snippet(tiny_overrides, tiny_data, monkey
     exec(compile(code, str(DOC), "exec"), {})
     (samples,) = printed[-1]
     assert isinstance(samples, list) and len(samples) == 4 and all(isinstance(t, str) for t in samples)
+
+
+def test_overflowing_bound_is_recorded_not_raised(tiny_overrides, tiny_data):
+    import math
+
+    from latentlm.diffusion.evaluate import safe_perplexity
+
+    assert safe_perplexity(1e6, 10) == math.inf and safe_perplexity(math.log(7.0) * 3, 3) == pytest.approx(
+        7.0
+    )
+    run_dir = tiny_data["root"] / "run"
+    _train(tiny_overrides, run_dir, "train.max_steps=1")
+    model = LatentDiffusionLM.from_pretrained(run_dir / "model").eval()
+    with torch.no_grad():
+        model.rwkv.token_embedding.weight.mul_(1e4)  # absurd logits: a NELBO of millions of nats
+    val = DirectFileDataset(tiny_data["token_dir"], tiny_data["latent_dir"], "val", True, 8)
+    bounds = heldout_nelbo(model, val, num_draws=1)
+    assert bounds["ppl_bound"] == math.inf and bounds["ppl_bound_overflow"] == 1.0
+    assert math.isfinite(bounds["nelbo_per_token"])

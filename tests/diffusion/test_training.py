@@ -1,18 +1,19 @@
 """Loss modes, freezing, the Stage II unfreeze policy and Stage I -> Stage II checkpoint start."""
 
+import math
 import re
 
 import pytest
 import torch
 
-from latentlm.core.checkpoint import load_tensors
+from latentlm.core.checkpoint import DamagedFileError, load_tensors
 from latentlm.core.config import load_config
 from latentlm.core.engine import Trainer
 from latentlm.core.run import RunDir
 from latentlm.diffusion.config import DiffusionConfig
 from latentlm.diffusion.data import DirectFileDataset, collate_batch
 from latentlm.diffusion.model import stream_of
-from latentlm.diffusion.task import DiffusionTask
+from latentlm.diffusion.task import DiffusionTask, load_stage1_checkpoint, resolve_checkpoint_file
 
 
 def _task(overrides, run=None):
@@ -151,6 +152,24 @@ def test_collate_handles_missing_latents(tiny_data):
     torch.testing.assert_close(stacked.mean(0), torch.zeros(6), atol=1e-5, rtol=0)
 
 
+def test_stage2_start_skips_and_names_a_damaged_checkpoint(tiny_overrides, tiny_data):
+    stage1_dir = tiny_data["root"] / "stage1"
+    _train([*tiny_overrides, "train.max_steps=2", "train.checkpoint_every=1"], stage1_dir)
+    older, newest = RunDir(stage1_dir, tensorboard=False).checkpoints()[-2:]
+    weights = newest / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # one flipped bit in a tensor: still readable, but the manifest's SHA-256 differs
+    weights.write_bytes(bytes(data))
+    assert resolve_checkpoint_file(stage1_dir) == older / "model.safetensors"
+    model = _task(tiny_overrides).build_model()
+    with pytest.raises(DamagedFileError, match=re.escape(str(weights))):
+        load_stage1_checkpoint(model, newest)
+    load_stage1_checkpoint(model, stage1_dir)
+    expected = load_tensors(older / "model.safetensors")
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, expected[name], rtol=0, atol=0)
+
+
 def test_bad_checkpoint_path_is_named(tiny_overrides, tmp_path):
     task = _task([*tiny_overrides, f"model.checkpoint_path={tmp_path / 'nope'}"])
     with pytest.raises(FileNotFoundError, match="model.checkpoint_path"):
@@ -175,3 +194,81 @@ def test_compact_vocab_round_trips_training_tokens_and_counts_unk(tiny_data):
     val = np.load(f"{tiny_data['token_dir']}/val.npy")
     expected = sum(int(t) in unseen for t in val.ravel())
     assert vocab.unknown_count(val, meta) == expected
+
+
+def test_kl_warmup_and_free_bits_match_hand_computation():
+    from latentlm.diffusion.variational import free_bits_kl, kl_divergence, kl_weight_at
+
+    assert kl_weight_at(0, 0.5, 10) == 0.0
+    assert kl_weight_at(4, 0.5, 10) == 0.5 * 4 / 10
+    assert kl_weight_at(10, 0.5, 10) == kl_weight_at(99, 0.5, 10) == 0.5
+    assert kl_weight_at(0, 0.5, 0) == 0.5
+    # Two examples, two dimensions; q = N(mu, e^logvar), p = N(0, 1): KL = (e^lv + mu^2 - 1 - lv) / 2.
+    mu = torch.tensor([[0.0, 2.0], [0.0, 1.0]])
+    logvar = torch.tensor([[0.0, 0.0], [-1.0, 0.0]])
+    kl = kl_divergence(mu, logvar, torch.zeros(2), torch.zeros(2), reduce=False)
+    by_hand = torch.tensor([[0.0, 2.0], [(math.exp(-1.0) - 1.0 + 1.0) / 2, 0.5]])
+    torch.testing.assert_close(kl, by_hand)
+    # Batch means per dimension: [0.18394, 1.25]; free bits 0.5 lifts the first to 0.5.
+    torch.testing.assert_close(free_bits_kl(kl, 0.0), torch.tensor(math.exp(-1.0) / 4 + 1.25))
+    torch.testing.assert_close(free_bits_kl(kl, 0.5), torch.tensor(0.5 + 1.25))
+    # Below the free bits a dimension gets no gradient; above it does.
+    mu = mu.clone().requires_grad_()
+    free_bits_kl(kl_divergence(mu, logvar, torch.zeros(2), torch.zeros(2), reduce=False), 0.5).backward()
+    assert mu.grad[:, 0].abs().sum() == 0 and mu.grad[:, 1].abs().sum() > 0
+
+
+def test_stage2_loss_uses_warmup_and_free_bits(tiny_overrides):
+    overrides = [
+        *tiny_overrides,
+        "train.stage_schedule=stage2_variational",
+        "data.use_external_latents=false",
+        "loss.kl_weight=0.2",
+        "loss.kl_warmup_steps=4",
+        "loss.free_bits=0.01",
+    ]
+    task = _task(overrides)
+    model = task.build_model()
+    batch = _batch(task)
+    for step, weight in ((0, 0.0), (2, 0.1), (8, 0.2)):
+        torch.manual_seed(0)
+        out = task.compute_losses(model, batch, "stage1_coupling", step)
+        assert float(out["kl_weight"]) == pytest.approx(weight)
+        expected = out["text_nelbo_per_token"] + out["latent_mse"] + weight * out["kl_penalised"] / 8
+        torch.testing.assert_close(out["loss"].detach(), expected)
+
+
+def test_autoregressive_baseline_loss_is_hand_computed_cross_entropy():
+    from latentlm.diffusion.autoregressive import AutoregressiveLM, real_token_mask
+    from latentlm.diffusion.config import ModelConfig
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        d_model=8,
+        num_layers=1,
+        num_heads=2,
+        vocab_size=7,
+        seq_len=5,
+        latent_dim=1,
+        mask_token_id=6,
+        pad_token_id=0,
+        sep_token_id=1,
+        unk_token_id=2,
+    )
+    model = AutoregressiveLM(cfg).eval()
+    rows = torch.tensor([[3, 4, 1, 0, 0], [5, 3, 4, 5, 1]])
+    assert real_token_mask(rows, 1).tolist() == [[True, True, True, False, False], [True] * 5]
+    out = model(rows)
+    total, count = 0.0, 0
+    for b in range(2):
+        prefix = [1]  # the [SEP] start token
+        for t in range(5):
+            logits = model.logits(torch.tensor([prefix]))[0, -1]
+            if t < 3 or b == 1:
+                total += -(logits[rows[b, t]] - torch.logsumexp(logits, 0)).item()
+                count += 1
+            prefix.append(int(rows[b, t]))
+    assert count == 8 and int(out.num_tokens) == 8
+    assert float(out.loss.detach()) == pytest.approx(total / count, rel=1e-5)
+    samples = model.sample_ids(3, generator=torch.Generator().manual_seed(0))
+    assert samples.shape == (3, 5) and not (samples == 6).any()

@@ -129,3 +129,51 @@ def test_straight_through_gradient_reaches_router():
     hidden[:, state.layout.head_slice(0)].pow(2).sum().backward()
     grad = manager.routers[0].query.weight.grad
     assert grad is not None and grad.abs().sum() > 0
+
+
+def test_non_maximum_suppression_keeps_local_maxima():
+    from latentlm.lht.routers import suppress_non_maxima
+
+    probs = torch.tensor([[1.0, 0.6, 0.7, 0.2, 0.9, 0.8, 0.1]])
+    flags = probs >= 0.5
+    kept = suppress_non_maxima(probs, flags, radius=1)
+    assert kept.tolist() == [[True, False, True, False, True, False, False]]
+    assert torch.equal(suppress_non_maxima(probs, flags, radius=0), flags)
+
+
+def test_top_k_selection_takes_exactly_the_target_count_of_highest_probabilities():
+    from latentlm.lht.routers import top_k_boundaries, unit_count
+
+    torch.manual_seed(0)
+    probs = torch.rand(3, 40)
+    probs[:, 0] = 1.0
+    valid = torch.arange(40)[None] < torch.tensor([[40], [13], [1]])
+    probs = probs * valid
+    flags = top_k_boundaries(probs, valid, valid, ratio=4.0)
+    for row, n in enumerate((40, 13, 1)):
+        k = unit_count(n, 4.0)
+        assert int(flags[row].sum()) == k and bool(flags[row, 0])
+        chosen = probs[row, 1:n][flags[row, 1:n]]
+        others = probs[row, 1:n][~flags[row, 1:n]]
+        if len(chosen) and len(others):
+            assert chosen.min() >= others.max()  # the highest probabilities win
+    # A learned model with top-k selection has exactly round(n / ratio) units per level-1 row.
+    from latentlm.lht.config import EdgeConfig, HierarchyConfig, LHTConfig
+    from latentlm.lht.model import LHTForMaskedLM
+
+    hierarchy = HierarchyConfig(target_ratios=[5.0, 2.0], router_layers=[0, 1], selection="top_k")
+    model = LHTForMaskedLM(
+        LHTConfig(
+            vocab_size=60,
+            hidden_size=16,
+            num_layers=2,
+            num_heads=2,
+            intermediate_size=16,
+            edges=EdgeConfig(),
+            hierarchy=hierarchy,
+        )
+    )
+    ids = torch.randint(5, 60, (2, 33))
+    out = model(ids)
+    level1 = out.hierarchy.decisions[0].boundaries
+    assert level1.sum(dim=1).tolist() == [unit_count(33, 5.0)] * 2

@@ -107,7 +107,7 @@ def test_non_utf8_source_is_refused_naming_file_and_offset(tmp_path, capsys):
     ]
     assert cli.main(["train", str(TINY), *args]) == 2
     err = capsys.readouterr().err
-    assert "bad.rst" in err and "offset 16" in err and "UTF-8" in err
+    assert "bad.rst" in err and "byte offset 16" in err and "UTF-8" in err
 
 
 @pytest.mark.real_model

@@ -174,3 +174,21 @@ def test_fixed_boundaries_have_exactly_the_requested_rate(mode, ratio):
         assert torch.equal(flags, again)  # the same document always gets the same boundaries
         other = fixed_boundaries(valid, ratio, mode, seeds + 1)
         assert not torch.equal(flags, other) or ratio == 25.0
+
+
+def test_sparse_backend_keeps_checkpointing_and_bf16_working():
+    torch.manual_seed(1)
+    config = tiny_config(backend="sparse", block_size=8, gradient_checkpointing=True)
+    model = LHTForMaskedLM(config).train()
+    plain = LHTForMaskedLM(tiny_config(backend="sparse", block_size=8))
+    plain.load_state_dict(model.state_dict())
+    ids = torch.randint(5, 50, (2, 30))
+    labels = torch.where(torch.rand(ids.shape) < 0.3, ids, -100)
+    model(ids, labels=labels).loss.backward()
+    plain.train()(ids, labels=labels).loss.backward()
+    for a, b in zip(model.parameters(), plain.parameters(), strict=True):
+        if a.grad is not None:
+            torch.testing.assert_close(a.grad, b.grad)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = plain(ids, labels=labels).loss
+    assert torch.isfinite(loss)

@@ -61,3 +61,20 @@ def test_synthetic_is_deterministic_and_extractive():
     assert a == b and a != synthetic_squad(20, seed=5)
     for ex in a:
         assert ex.context[ex.answer_starts[0] :].startswith(ex.answers[0])
+
+
+def test_answer_start_must_fit_inside_the_context():
+    def squad(start):
+        answer = {"text": "cat", "answer_start": start}
+        return {
+            "data": [{"paragraphs": [{"context": "a cat", "qas": [{"question": "q", "answers": [answer]}]}]}]
+        }
+
+    assert parse_squad(squad(2), "ok.json")[0].answer_starts == (2,)
+    for start in (3, -1):
+        with pytest.raises(SquadFormatError) as err:
+            parse_squad(squad(start), "x.json")
+        assert str(err.value) == (
+            f"x.json: data[0].paragraphs[0].qas[0].answers[0].answer_start: {start} does not fit the answer "
+            "(3 characters) inside the context (5 characters)"
+        )

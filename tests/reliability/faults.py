@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -14,7 +15,7 @@ from tests.core.toy_task import ToyRegression
 
 def train(path, max_steps: int = 10, task=None, **overrides):
     """Train `task` (the toy regression by default) into run directory `path`; returns (trainer, state)."""
-    cfg = TrainConfig(max_steps=max_steps, lr=1e-2, log_every=1, **overrides)
+    cfg = TrainConfig(**{"max_steps": max_steps, "lr": 1e-2, "log_every": 1, **overrides})
     trainer = Trainer(task or ToyRegression(), cfg, RunDir(path, tensorboard=False))
     state = trainer.fit()
     return trainer, state
@@ -89,9 +90,12 @@ class ToyNetConfig:
 
 @dataclass
 class ToyRunConfig:
+    resumable_fields: ClassVar[tuple[str, ...]] = ("nan_step",)
     run_dir: str = ""
     train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=6, lr=1e-2, log_every=1))
     model: ToyNetConfig = field(default_factory=ToyNetConfig)
+    nan_step: int = 0
+    """Fault injection: a NaN gradient in this step (0: none)."""
 
 
 class ToyNet(PretrainedMixin, nn.Module):
@@ -116,6 +120,12 @@ class ToyNetTask(ToyRegression):
 
     def build_model(self):
         return ToyNet(self.cfg.model)
+
+    def loss(self, model, batch, state):
+        out = super().loss(model, batch, state)
+        if state.step + 1 == self.cfg.nan_step:
+            out.loss = out.loss + torch.sqrt((model.hidden.weight * 0).sum())
+        return out
 
 
 def toy_config(run_dir, *overrides: str) -> ToyRunConfig:

@@ -123,3 +123,17 @@ def test_truncated_model_without_manifest_still_names_the_file(tmp_path):
     truncate(folder / "model.safetensors")
     with pytest.raises(DamagedFileError, match="model.safetensors: not a readable safetensors file"):
         TinyModel.from_pretrained(folder)
+
+
+def test_process_count_mismatch_is_named_as_such(tmp_path):
+    import shutil
+
+    from latentlm.core.checkpoint import write_manifest
+
+    train(tmp_path, 2, checkpoint_every=2)
+    folder = tmp_path / "checkpoints" / "step_2"
+    for suffix in ("json", "safetensors"):  # as if two processes had written it
+        shutil.copy(folder / f"rng_rank0.{suffix}", folder / f"rng_rank1.{suffix}")
+    write_manifest(folder)
+    with pytest.raises(ValueError, match="step_2: written by 2 processes, resumed with 1; resume with 2"):
+        train(tmp_path, 4)

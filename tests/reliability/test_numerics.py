@@ -52,6 +52,9 @@ def test_nan_loss_message_names_the_checkpoint(tmp_path):
     with pytest.raises(FloatingPointError, match=r"step 3: loss is nan .*no checkpoint was written yet"):
         train(tmp_path, 10, task=NaNLoss(), checkpoint_every=5)
     assert RunDir(tmp_path).checkpoints() == []
+    # The rerun starts from step 0 and its log holds each step once (the failed attempt's records go).
+    train(tmp_path, 4)
+    assert [r["step"] for r in RunDir(tmp_path).read_metrics() if "train/loss" in r] == [1, 2, 3, 4]
 
 
 def test_overflowing_update_is_rolled_back_under_skip(tmp_path):

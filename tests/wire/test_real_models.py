@@ -100,3 +100,40 @@ def test_interlingua_alignment_on_real_tokenizers(name):
     assert question[0].sum() == len(sentence.tokenizer.tokenize("Which river flows through Paris?"))
     assert candidate[0, 0] == 0 and candidate[0, pieces.index("Context")] == 0  # [CLS], the label
     assert relevance[0, first_paris] > relevance[0, pieces.index("Bread")]  # the question's sentence
+
+
+SYSTEM_PROMPTS = {
+    "smollm2": "You are a helpful AI assistant named SmolLM, trained by Hugging Face",
+    "qwen2.5-coder-0.5b": "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
+}
+
+
+@pytest.mark.parametrize("name", ["smollm2", "qwen2.5-coder-0.5b"])
+def test_context_scope_layout_on_real_tokenizers(name):
+    """[chat scaffold][M soft tokens][question][anchor] for the two models' own tokenizers, against
+    the ChatML text written out by hand."""
+    if not _available(name):
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(f"{name} is not installed")
+    from latentlm.teachers import load_tokenizer
+    from latentlm.wire.features import context_prompts
+
+    class Embeddings(torch.nn.Module):
+        def __init__(self, vocab: int) -> None:
+            super().__init__()
+            self.table = torch.nn.Embedding(vocab, 8)
+
+        def get_input_embeddings(self):
+            return self.table
+
+    tok = load_tokenizer(name)
+    lm = FrozenLM(Embeddings(len(tok)), tok, name, "chat")
+    question = "Which river flows through Paris?"
+    soft = torch.randn(6, 8)
+    embeds, mask = context_prompts(lm, [soft], [question])
+    before = f"<|im_start|>system\n{SYSTEM_PROMPTS[name]}<|im_end|>\n<|im_start|>user\n"
+    after = f"\nQuestion: {question}<|im_end|>\n<|im_start|>assistant\nAnswer:"
+    before_ids = tok(before, add_special_tokens=False)["input_ids"]
+    after_ids = tok(after, add_special_tokens=False)["input_ids"]
+    expected = torch.cat([lm.embed(before_ids), soft, lm.embed(after_ids)])
+    assert mask.shape[1] == len(before_ids) + 6 + len(after_ids)
+    assert torch.equal(embeds[0], expected)

@@ -4,11 +4,18 @@ A system describes *what* to train with a small `Task` (model, data, loss, evalu
 does the rest on Hugging Face Accelerate, so the same code runs on one CPU, one GPU, or several
 processes under `accelerate launch` / `torchrun`: AdamW, learning-rate schedule, gradient
 accumulation and clipping, mixed precision, JSONL + TensorBoard logging, a progress bar, evaluation
-cadence, best-checkpoint tracking, NaN detection, atomic checkpoints and exact resume.
+cadence, best-checkpoint tracking, atomic checkpoints and exact resume.
+
+Reliability (docs/reliability.md): a step whose loss, gradient norm or updated parameters are not finite
+is never applied nor checkpointed (`train.nonfinite: stop | skip`); an evaluation that fails numerically is
+recorded in metrics.jsonl instead of ending the run; every checkpoint ends with a manifest of its files'
+sizes and SHA-256, and resume falls back to the newest intact checkpoint; the main process holds the run
+directory's lock while training.
 
 Exact resume: a checkpoint holds the model, optimizer, scheduler, every RNG (per rank) and a
-`TrainState` with the data position. The data order is a pure function of (seed, epoch), so a run
-stopped at step k and resumed reaches step N with the same parameters as an uninterrupted run.
+`TrainState` with the data position and the open log window, as safetensors + JSON (no pickles). The
+data order is a pure function of (seed, epoch), so a run stopped at step k and resumed reaches step N
+with the same parameters as an uninterrupted run.
 Multi-stage recipes (LVD's two phases, LatentWire's stages, diffusion's loss modes) are decided inside
 `Task.loss` from the `TrainState`, never by flags in this loop.
 """
@@ -36,6 +43,7 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import broadcast
 from torch import nn
 from torch.utils.data import Dataset, default_collate
+from tqdm.auto import tqdm
 
 from latentlm.core.checkpoint import (
     load_state,
@@ -47,6 +55,7 @@ from latentlm.core.checkpoint import (
     write_json,
     write_manifest,
 )
+from latentlm.core.config import check_choice, check_range
 from latentlm.core.run import RunDir, progress
 from latentlm.core.seed import seed_everything
 
@@ -114,22 +123,35 @@ class TrainConfig:
     """With nonfinite=skip: stop after this many consecutive skipped steps."""
 
     def __post_init__(self):
-        if self.max_steps < 1:
-            raise ValueError(f"train.max_steps: must be >= 1, got {self.max_steps}")
-        if self.schedule not in ("constant", "linear", "cosine"):
-            raise ValueError(f"train.schedule: must be constant, linear or cosine, got {self.schedule!r}")
-        if self.mixed_precision not in ("no", "bf16", "fp16"):
-            raise ValueError(f"train.mixed_precision: must be no, bf16 or fp16, got {self.mixed_precision!r}")
-        if self.best_mode not in ("min", "max"):
-            raise ValueError(f"train.best_mode: must be min or max, got {self.best_mode!r}")
-        if self.grad_accum < 1:
-            raise ValueError(f"train.grad_accum: must be >= 1, got {self.grad_accum}")
+        for name, low in (
+            ("max_steps", 1),
+            ("grad_accum", 1),
+            ("log_every", 1),
+            ("keep_checkpoints", 1),
+            ("max_nonfinite_skips", 1),
+            ("warmup_steps", 0),
+            ("eval_every", 0),
+            ("checkpoint_every", 0),
+            ("early_stop_patience", 0),
+        ):
+            check_range(f"train.{name}", getattr(self, name), low)
+        check_range("train.seed", self.seed, 0, 2**32 - 1024, high_open=True)
+        check_range("train.lr", self.lr, 0, low_open=True)
+        check_range("train.weight_decay", self.weight_decay, 0)
+        check_range("train.grad_clip", self.grad_clip, 0)
+        check_range("train.min_lr_ratio", self.min_lr_ratio, 0, 1)
+        if len(self.betas) != 2:
+            raise ValueError(f"train.betas: need two values, got {list(self.betas)}")
+        for index, beta in enumerate(self.betas):
+            check_range(f"train.betas[{index}]", beta, 0, 1, high_open=True)
+        if not self.optimizer:
+            raise ValueError("train.optimizer: must name an optimizer (adamw), got ''")
+        check_choice("train.schedule", self.schedule, ("constant", "linear", "cosine"))
+        check_choice("train.mixed_precision", self.mixed_precision, ("no", "bf16", "fp16"))
+        check_choice("train.best_mode", self.best_mode, ("min", "max"))
+        check_choice("train.nonfinite", self.nonfinite, ("stop", "skip"))
         if self.early_stop_patience and not self.best_metric:
             raise ValueError("train.early_stop_patience: needs train.best_metric to watch")
-        if self.nonfinite not in ("stop", "skip"):
-            raise ValueError(f"train.nonfinite: must be stop or skip, got {self.nonfinite!r}")
-        if len(self.betas) != 2:
-            raise ValueError(f"train.betas: need two values, got {self.betas}")
 
 
 @dataclass
@@ -140,6 +162,8 @@ class TrainState:
     epoch: int = 0
     batch_in_epoch: int = 0
     tokens_seen: int = 0
+    log_window: dict[str, list[float]] = field(default_factory=dict)
+    """Sum and count of each training metric since the last log record (kept across a resume)."""
     skipped_steps: int = 0
     """Steps dropped by `train.nonfinite=skip` so far (not counted in `step`)."""
     best_value: float | None = None
@@ -212,6 +236,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ public
     def fit(self) -> TrainState:
+        """Train to `max_steps`; the main process holds the run directory's lock meanwhile."""
+        with self.run.lock() if self.accelerator.is_main_process else contextlib.nullcontext():
+            return self._fit()
+
+    def _fit(self) -> TrainState:
         acc, cfg, task = self.accelerator, self.cfg, self.task
         seed_everything(cfg.seed + acc.process_index)
         model = task.build_model()
@@ -227,86 +256,106 @@ class Trainer:
         bar = progress(
             total=cfg.max_steps, initial=self.state.step, desc="train", disable=not acc.is_main_process
         )
-        window: dict[str, list[float]] = defaultdict(list)
+        # The log window (sums and counts since the last record) lives in the TrainState, so the first record
+        # after a resume averages the same steps as an uninterrupted run; throughput counts this process only.
         window_tokens, window_start = 0, time.perf_counter()
         batches = self._batches(dataset, steps_per_epoch)
 
         wrapped.train()
-        while self.state.step < cfg.max_steps:
-            task.on_step_start(model, self.state)
-            values: dict[str, list[float]] = defaultdict(list)
-            step_tokens, problems = 0, []
-            for micro in range(cfg.grad_accum):
-                batch = next(batches)
-                out = self._micro_step(wrapped, batch, last=micro == cfg.grad_accum - 1)
-                step_tokens += int(acc.reduce(torch.tensor(out.num_tokens, device=acc.device), "sum").item())
-                loss = out.loss.item()
-                if not math.isfinite(loss):
-                    problems.append(f"loss is {loss} (metrics {out.metrics})")
-                values["loss"].append(loss)
-                for key, value in out.metrics.items():
-                    values[key].append(float(value))
-            grad_norm = self._grad_norm(model)
-            if grad_norm is not None:
-                values["grad_norm"].append(grad_norm)
-                if not math.isfinite(grad_norm):
-                    problems.append(f"gradient norm is {grad_norm}")
-            if not self._all_finite(problems):
-                self._reject_step(optimizer, problems or ["a non-finite value on another process"])
-                continue
-            before = self._snapshot(model, optimizer) if cfg.nonfinite == "skip" else None
-            optimizer.step()
-            bad_params = self._nonfinite_parameters(model)
-            if not self._all_finite(bad_params):
-                if before is not None:
-                    self._restore(model, optimizer, before)
-                self._reject_step(
-                    optimizer, [f"the update made parameters non-finite: {', '.join(bad_params[:5])}"]
-                )
-                continue
-            self._consecutive_skips = 0
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            self.state.step += 1
-            self.state.tokens_seen += step_tokens
-            window_tokens += step_tokens
-            for key, items in values.items():
-                window[key].extend(items)
-            bar.update(1)
+        try:
+            while self.state.step < cfg.max_steps:
+                task.on_step_start(model, self.state)
+                applied = self._optimizer_step(wrapped, model, optimizer, batches)
+                if applied is None:  # a non-finite step, skipped (train.nonfinite=skip)
+                    continue
+                values, step_tokens = applied
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                self.state.step += 1
+                self.state.tokens_seen += step_tokens
+                window_tokens += step_tokens
+                for key, items in values.items():
+                    total = self.state.log_window.setdefault(key, [0.0, 0])
+                    for item in items:
+                        total[0] += item
+                        total[1] += 1
+                bar.update(1)
 
-            if self.state.step % cfg.log_every == 0 or self.state.step == cfg.max_steps:
-                elapsed = max(time.perf_counter() - window_start, 1e-9)
-                record = {f"train/{k}": sum(v) / len(v) for k, v in window.items()}
-                record["train/lr"] = scheduler.get_last_lr()[0]
-                record["train/tokens_seen"] = self.state.tokens_seen
-                if window_tokens:
-                    record["train/tokens_per_s"] = window_tokens / elapsed
-                if acc.is_main_process:
-                    self.run.log(self.state.step, record)
-                    bar.set_postfix(loss=f"{record['train/loss']:.4g}")
-                window.clear()
-                window_tokens, window_start = 0, time.perf_counter()
-
-            is_last = self.state.step == cfg.max_steps
-            if (cfg.eval_every and self.state.step % cfg.eval_every == 0) or is_last:
-                self._evaluate(model, wrapped)
-                if not is_last and self._plateaued():
-                    is_last = True
+                if self.state.step % cfg.log_every == 0 or self.state.step == cfg.max_steps:
+                    elapsed = max(time.perf_counter() - window_start, 1e-9)
+                    record = {
+                        f"train/{k}": total / count for k, (total, count) in self.state.log_window.items()
+                    }
+                    record["train/lr"] = scheduler.get_last_lr()[0]
+                    record["train/tokens_seen"] = self.state.tokens_seen
+                    if window_tokens:
+                        record["train/tokens_per_s"] = window_tokens / elapsed
                     if acc.is_main_process:
-                        self.run.log(self.state.step, {"train/early_stop": 1})
-                        print(
-                            f"early stop at step {self.state.step}: eval/{cfg.best_metric} has not improved "
-                            f"for {cfg.early_stop_patience} evaluations"
-                        )
-            if (cfg.checkpoint_every and self.state.step % cfg.checkpoint_every == 0) or is_last:
-                self._save_checkpoint(model, optimizer, scheduler)
-            if is_last:
-                break
-        bar.close()
+                        self.run.log(self.state.step, record)
+                        bar.set_postfix(loss=f"{record['train/loss']:.4g}")
+                    self.state.log_window = {}
+                    window_tokens, window_start = 0, time.perf_counter()
+
+                is_last = self.state.step == cfg.max_steps
+                if (cfg.eval_every and self.state.step % cfg.eval_every == 0) or is_last:
+                    self._evaluate(model, wrapped)
+                    if not is_last and self._plateaued():
+                        is_last = True
+                        if acc.is_main_process:
+                            self.run.log(self.state.step, {"train/early_stop": 1})
+                            print(
+                                f"early stop at step {self.state.step}: eval/{cfg.best_metric} has not "
+                                f"improved for {cfg.early_stop_patience} evaluations"
+                            )
+                if (cfg.checkpoint_every and self.state.step % cfg.checkpoint_every == 0) or is_last:
+                    self._save_checkpoint(model, optimizer, scheduler)
+                if is_last:
+                    break
+        finally:
+            bar.close()  # also on an error, so its message starts on a line of its own
         acc.wait_for_everyone()
         return self.state
 
     # ------------------------------------------------------------------ steps
+    def _optimizer_step(
+        self, wrapped: nn.Module, model: nn.Module, optimizer, batches: Iterator[Any]
+    ) -> tuple[dict[str, list[float]], int] | None:
+        """Accumulate `grad_accum` micro-batches and apply the update unless a loss, the gradient norm or
+        an updated parameter is not finite. Returns the step's metric values and token count, or None for
+        a skipped step (`_reject_step` raises instead under train.nonfinite=stop)."""
+        acc, cfg = self.accelerator, self.cfg
+        values: dict[str, list[float]] = defaultdict(list)
+        step_tokens, problems = 0, []
+        for micro in range(cfg.grad_accum):
+            out = self._micro_step(wrapped, next(batches), last=micro == cfg.grad_accum - 1)
+            step_tokens += int(acc.reduce(torch.tensor(out.num_tokens, device=acc.device), "sum").item())
+            loss = out.loss.item()
+            if not math.isfinite(loss):
+                problems.append(f"loss is {loss} (metrics {out.metrics})")
+            values["loss"].append(loss)
+            for key, value in out.metrics.items():
+                values[key].append(float(value))
+        grad_norm = self._grad_norm(model)
+        if grad_norm is not None:
+            values["grad_norm"].append(grad_norm)
+            if not math.isfinite(grad_norm):
+                problems.append(f"gradient norm is {grad_norm}")
+        if not self._all_finite(problems):
+            self._reject_step(optimizer, problems or ["a non-finite value on another process"])
+            return None
+        before = self._snapshot(model, optimizer) if cfg.nonfinite == "skip" else None
+        optimizer.step()
+        bad_params = self._nonfinite_parameters(model)
+        if not self._all_finite(bad_params):
+            if before is not None:
+                self._restore(model, optimizer, before)
+            self._reject_step(
+                optimizer, [f"the update made parameters non-finite: {', '.join(bad_params[:5])}"]
+            )
+            return None
+        self._consecutive_skips = 0
+        return values, step_tokens
+
     def _micro_step(self, wrapped: nn.Module, batch: Any, last: bool) -> StepOutput:
         acc = self.accelerator
         batch = to_device(batch, acc.device)
@@ -371,7 +420,7 @@ class Trainer:
         if skip:
             self.state.skipped_steps += 1
             if self.accelerator.is_main_process:
-                print(f"warning: step {step} skipped: {what}", file=sys.stderr)
+                tqdm.write(f"warning: step {step} skipped: {what}", file=sys.stderr)
             return
         good = self.run.latest_intact_checkpoint()
         where = (
@@ -395,8 +444,9 @@ class Trainer:
             try:
                 with torch.no_grad():
                     metrics = self.task.evaluate(model, self.state)
-            except (ArithmeticError, ValueError, RuntimeError) as err:
-                # A numerical failure of the evaluation is recorded; the run (and its weights) is kept.
+            except (ArithmeticError, ValueError) as err:
+                # A numerical failure (overflow, a math domain error) is recorded; the run and its weights are
+                # kept. Anything else is a bug and raises.
                 metrics, failure = {}, f"{type(err).__name__}: {err}"
             finally:
                 wrapped.train()
@@ -405,7 +455,9 @@ class Trainer:
                 failure = f"non-finite values for {', '.join(nonfinite)}"
             finite = {f"eval/{k}": v for k, v in metrics.items() if k not in nonfinite}
             if failure is not None:
-                print(f"warning: evaluation at step {self.state.step} failed: {failure}", file=sys.stderr)
+                tqdm.write(
+                    f"warning: evaluation at step {self.state.step} failed: {failure}", file=sys.stderr
+                )
                 self.run.log(self.state.step, {**finite, "eval/failed": 1, "eval/error": failure})
                 if self.cfg.best_metric:
                     self.state.evals_since_best += 1
@@ -544,6 +596,8 @@ class Trainer:
         acc = self.accelerator
         checkpoint, damaged = self._pick_checkpoint()
         if checkpoint is None:
+            if acc.is_main_process and self.run.metrics_path.is_file():
+                self.run.truncate_metrics(0)  # records of an attempt that never checkpointed: start over
             return
         meta = read_json(checkpoint / "state.json")
         version = meta.pop("format_version", None)

@@ -1,13 +1,14 @@
 """The run lifecycle every system shares: train → load a finished run → evaluate.
 
-    runs/<name>/config.yaml          the resolved config (written before step 0)
-    runs/<name>/model/               `save_pretrained` of the trained model (what `from_pretrained` loads)
-    runs/<name>/eval/metrics.json    what `latentlm <system> eval run_dir=...` measured
-    runs/<name>/eval/report.md       ... with its plots in eval/plots/
+runs/<name>/config.yaml          the resolved config (written before step 0)
+runs/<name>/model/               `save_pretrained` of the trained model (what `from_pretrained` loads)
+runs/<name>/eval/metrics.json    what `latentlm <system> eval run_dir=...` measured
+runs/<name>/eval/report.md       ... with its plots in eval/plots/
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,13 +27,18 @@ EVAL_DIR = "eval"
 
 def train_task(task: Task, cfg: Any, run: RunDir) -> tuple[nn.Module, TrainState]:
     """Save `cfg`, train `task` with `cfg.train` (resuming from the run's latest checkpoint), and save
-    the trained model to `<run>/model/`. Returns the trained (unwrapped) model and the final state."""
+    the trained model to `<run>/model/`. Returns the trained (unwrapped) model and the final state.
+
+    The main process holds the run's lock throughout; on resume, `save_config` refuses a config that
+    changed more than the resumable fields (before anything is written)."""
     trainer = Trainer(task, cfg.train, run)
-    if trainer.accelerator.is_main_process:
-        run.save_config(cfg)
-    state = trainer.fit()
-    if trainer.accelerator.is_main_process:
-        trainer.model.save_pretrained(run.path / MODEL_DIR)
+    main = trainer.accelerator.is_main_process
+    with run.lock() if main else contextlib.nullcontext():
+        if main:
+            run.save_config(cfg)
+        state = trainer.fit()
+        if main:
+            trainer.model.save_pretrained(run.path / MODEL_DIR)
     return trainer.model, state
 
 

@@ -8,14 +8,19 @@ Layout:
     tb/                TensorBoard events of the same scalars
     checkpoints/       step_N/ folders written by the engine (atomic)
     plots/  report.md  written by `latentlm.core.report.Report`
+    .lock              the advisory lock of the process training into the run (pid and host inside)
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import math
+import os
 import re
+import socket
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -25,10 +30,14 @@ import yaml
 from tqdm.auto import tqdm
 
 from latentlm.core.checkpoint import DamagedFileError, atomic_write_text, verify_manifest, write_json
-from latentlm.core.config import ConfigError, config_to_dict, save_config
+from latentlm.core.config import ConfigError, config_to_yaml, save_config
 
 ALWAYS_RESUMABLE = ("run_dir", "num_threads")
 """Field names that may differ on resume wherever they sit in a config (they do not change the results)."""
+
+
+class RunLockedError(OSError):
+    """Another process is training into the same run directory."""
 
 
 class RunDir:
@@ -40,6 +49,8 @@ class RunDir:
         self.tensorboard = tensorboard
         self._tb_writer = None
         self._verified: dict[tuple[Path, int], str | None] = {}
+        self._lock_fd: int | None = None
+        self._lock_depth = 0
 
     @property
     def metrics_path(self) -> Path:
@@ -160,6 +171,27 @@ class RunDir:
         checkpoint.rename(target)
         return target
 
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold the run's advisory lock (`fcntl.flock` on `<run>/.lock`) for the `with` block.
+
+        Re-entrant on this object. A lock held by another process raises `RunLockedError` at once; a lock
+        file left by a process that died (the kernel released its flock) is taken over with a warning.
+        """
+        if self._lock_fd is None:
+            self._lock_fd = _acquire_lock(self.path)
+        self._lock_depth += 1
+        try:
+            yield self
+        finally:
+            self._lock_depth -= 1
+            if self._lock_depth == 0:
+                fd, self._lock_fd = self._lock_fd, None
+                os.ftruncate(fd, 0)  # an empty lock file: released cleanly, nothing stale
+                with contextlib.suppress(OSError):
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+
     def close(self) -> None:
         if self._tb_writer is not None:
             self._tb_writer.close()
@@ -171,6 +203,49 @@ class RunDir:
 
             self._tb_writer = SummaryWriter(log_dir=str(self.path / "tb"))
         return self._tb_writer
+
+
+def _acquire_lock(run_path: Path) -> int:
+    path = run_path / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _lock_holder(fd)
+        os.close(fd)
+        who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}" if holder else "another process"
+        raise RunLockedError(
+            f"run directory {run_path} is in use by {who}; wait for it to finish or use another run_dir"
+        ) from None
+    except OSError as err:  # a filesystem without flock (some network mounts): train, but say so
+        print(f"warning: {path}: cannot lock the run directory ({err}); not protected", file=sys.stderr)
+    holder = _lock_holder(fd)
+    if holder:
+        here = holder.get("host") == socket.gethostname()
+        state = "is no longer running" if here and not _alive(holder.get("pid")) else "does not hold it"
+        who = f"pid {holder.get('pid')} on {holder.get('host')}"
+        print(f"warning: {path}: taking over a stale lock ({who} {state})", file=sys.stderr)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode() + b"\n", 0)
+    return fd
+
+
+def _lock_holder(fd: int) -> dict:
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0).decode("utf-8", errors="replace") or "{}")
+    except json.JSONDecodeError:
+        return {"pid": "?", "host": "?"}
+    return holder if isinstance(holder, dict) else {"pid": "?", "host": "?"}
+
+
+def _alive(pid: Any) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, TypeError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def check_resume_config(run: RunDir, cfg: Any) -> dict[str, list]:
@@ -196,7 +271,8 @@ def check_resume_config(run: RunDir, cfg: Any) -> dict[str, list]:
         raise ConfigError(
             f"{saved_path}: not a mapping of config fields, cannot compare it with the new config"
         )
-    old, new = _flatten(saved), _flatten(config_to_dict(cfg))
+    # Compared in saved form (an `${oc.env:...}` field stays its interpolation on both sides).
+    old, new = _flatten(saved), _flatten(yaml.safe_load(config_to_yaml(cfg)))
     missing = object()
     differences = {
         key: [old.get(key, missing), new.get(key, missing)]

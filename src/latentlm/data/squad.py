@@ -10,6 +10,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from latentlm.data.corpora import read_utf8
+
 
 @dataclass(frozen=True)
 class SquadExample:
@@ -62,6 +64,12 @@ def parse_squad(obj: dict, source: str = "<squad>") -> list[SquadExample]:
                     raise SquadFormatError(f"{where_q}: no answers (SQuAD v1.1 questions all have one)")
                 texts = tuple(_require(ans, "text", f"{where_q}.answers", str) for ans in answers)
                 starts = tuple(int(ans.get("answer_start", -1)) for ans in answers)
+                for k, (start, answer) in enumerate(zip(starts, texts, strict=True)):
+                    if "answer_start" in answers[k] and not 0 <= start <= len(context) - len(answer):
+                        raise SquadFormatError(
+                            f"{where_q}.answers[{k}].answer_start: {start} does not fit the answer "
+                            f"({len(answer)} characters) inside the context ({len(context)} characters)"
+                        )
                 qid = str(qa.get("id", f"{a}-{p}-{q}"))
                 examples.append(SquadExample(qid, context, question, texts, starts, title))
     return examples
@@ -85,7 +93,7 @@ def load_squad(path_or_name: str | Path, split: str = "validation") -> list[Squa
     if not path.is_file():
         raise FileNotFoundError(f"SQuAD file not found: {path} (pass a v1.1 JSON path or 'squad')")
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
+        obj = json.loads(read_utf8(path))
     except json.JSONDecodeError as err:
         raise SquadFormatError(f"{path}: invalid JSON at line {err.lineno}: {err.msg}") from err
     examples = parse_squad(obj, str(path))

@@ -1,4 +1,4 @@
-"""Joint text-latent diffusion with a two-stream RWKV denoiser (seed 002).
+r"""Joint text-latent diffusion with a two-stream RWKV denoiser (seed 002).
 
     latentlm diffusion precompute-latents configs/diffusion/rwkv_mmdit.yaml
     latentlm diffusion train configs/diffusion/tiny.yaml

@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from latentlm.core.config import check_choice, check_range
 from latentlm.core.engine import TrainConfig
 
 __all__ = [
@@ -49,25 +50,6 @@ LATENT_PRED_FROM = ("text", "prefix", "both")
 LATENT_PREDICTIONS = ("v", "eps")
 LATENT_PRIOR_TYPES = ("fixed_gaussian", "learned_gaussian")
 WKV_IMPLS = ("chunked", "naive", "fla")
-
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name}: must be one of {list(choices)}, got {value!r}")
-
-
-def _check_at_least(section: str, obj: object, minimum: float, *names: str) -> None:
-    for name in names:
-        value = getattr(obj, name)
-        if value < minimum:
-            raise ValueError(f"{section}.{name}: must be >= {minimum}, got {value}")
-
-
-def _check_unit_interval(section: str, obj: object, *names: str) -> None:
-    for name in names:
-        value = getattr(obj, name)
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"{section}.{name}: must be in [0, 1], got {value}")
 
 
 @dataclass
@@ -132,29 +114,30 @@ class ModelConfig:
     """Sentence encoder whose space the latents live in ("": from the data)."""
 
     def __post_init__(self):
-        _check_choice("model.sequence_mixer", self.sequence_mixer, SEQUENCE_MIXERS)
-        _check_choice("model.wkv_impl", self.wkv_impl, WKV_IMPLS)
-        _check_choice("model.latent_pred_from", self.latent_pred_from, LATENT_PRED_FROM)
-        _check_choice("model.latent_prediction", self.latent_prediction, LATENT_PREDICTIONS)
-        _check_choice("model.latent_encoder_type", self.latent_encoder_type, ("mlp",))
-        _check_choice("model.latent_prior_type", self.latent_prior_type, LATENT_PRIOR_TYPES)
-        _check_at_least(
-            "model",
-            self,
-            1,
-            "d_model",
-            "num_layers",
-            "num_heads",
-            "num_latent_tokens",
-            "ffn_mult",
-            "decay_lora_rank",
-            "prefix_length",
-            "latent_encoder_hidden",
-        )
-        _check_at_least("model", self, 0, "wkv_chunk_size", "vocab_size", "seq_len", "latent_dim")
-        _check_at_least("model", self, -1, "mask_token_id", "pad_token_id", "sep_token_id", "unk_token_id")
-        if not 0.0 < self.mask_eps < 1.0:
-            raise ValueError(f"model.mask_eps: must be in (0, 1), got {self.mask_eps}")
+        check_choice("model.sequence_mixer", self.sequence_mixer, SEQUENCE_MIXERS)
+        check_choice("model.wkv_impl", self.wkv_impl, WKV_IMPLS)
+        check_choice("model.latent_pred_from", self.latent_pred_from, LATENT_PRED_FROM)
+        check_choice("model.latent_prediction", self.latent_prediction, LATENT_PREDICTIONS)
+        check_choice("model.latent_encoder_type", self.latent_encoder_type, ("mlp",))
+        check_choice("model.latent_prior_type", self.latent_prior_type, LATENT_PRIOR_TYPES)
+        at_least = {
+            1: (
+                "d_model",
+                "num_layers",
+                "num_heads",
+                "num_latent_tokens",
+                "ffn_mult",
+                "decay_lora_rank",
+                "prefix_length",
+                "latent_encoder_hidden",
+            ),
+            0: ("wkv_chunk_size", "vocab_size", "seq_len", "latent_dim"),
+            -1: ("mask_token_id", "pad_token_id", "sep_token_id", "unk_token_id"),
+        }
+        for minimum, names in at_least.items():
+            for name in names:
+                check_range(f"model.{name}", getattr(self, name), minimum)
+        check_range("model.mask_eps", self.mask_eps, 0, 1, low_open=True, high_open=True)
         if self.d_model % self.num_heads:
             raise ValueError(
                 f"model.d_model={self.d_model} must be divisible by model.num_heads={self.num_heads}"
@@ -175,7 +158,7 @@ class PrepareConfig:
     """How `precompute-latents` (and `train`, when the folders do not exist yet) prepares the data."""
 
     corpus: str = ""
-    """Text source (file or folder; a relative path not found here is looked up under $LATENTLM_DATA)."""
+    """Text source (file or folder; a relative path not found here is looked up in the data folder)."""
     corpus_format: str = "lines"
     """lines (one sentence a line) | pydocs (a folder of .rst sources) | shakespeare (plays)."""
     encoder: str = "minilm"
@@ -198,12 +181,12 @@ class PrepareConfig:
     """Shuffling seed."""
 
     def __post_init__(self):
-        _check_choice("data.prepare.corpus_format", self.corpus_format, CORPUS_FORMATS)
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"data.prepare.val_fraction: must be in (0, 1), got {self.val_fraction}")
-        _check_at_least("data.prepare", self, 4, "seq_len")
-        _check_at_least("data.prepare", self, 1, "min_words", "batch_size")
-        _check_at_least("data.prepare", self, 0, "max_sentences")
+        check_choice("data.prepare.corpus_format", self.corpus_format, CORPUS_FORMATS)
+        check_range("data.prepare.val_fraction", self.val_fraction, 0, 1, low_open=True, high_open=True)
+        check_range("data.prepare.seq_len", self.seq_len, 4)
+        for name in ("min_words", "batch_size"):
+            check_range(f"data.prepare.{name}", getattr(self, name), 1)
+        check_range("data.prepare.max_sentences", self.max_sentences, 0)
         if self.max_words < self.min_words:
             raise ValueError(
                 f"data.prepare.max_words: must be >= min_words ({self.min_words}), got {self.max_words}"
@@ -228,7 +211,7 @@ class DataConfig:
     """Used when token_dir has no meta.json yet and prepare.corpus is set."""
 
     def __post_init__(self):
-        _check_at_least("data", self, 0, "max_train_examples")
+        check_range("data.max_train_examples", self.max_train_examples, 0)
 
 
 @dataclass
@@ -241,9 +224,8 @@ class ScheduleEntry:
     """Optimizer steps in the phase."""
 
     def __post_init__(self):
-        _check_choice("train.sequential_schedule[].type", self.type, STAGE1_MODES)
-        if self.steps < 1:
-            raise ValueError(f"train.sequential_schedule[].steps: must be >= 1, got {self.steps}")
+        check_choice("train.sequential_schedule[].type", self.type, STAGE1_MODES)
+        check_range("train.sequential_schedule[].steps", self.steps, 1)
 
 
 @dataclass
@@ -271,8 +253,8 @@ class TrainingConfig(TrainConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        _check_choice("train.stage_schedule", self.stage_schedule, STAGES)
-        _check_choice("train.loss_type", self.loss_type, LOSS_TYPES)
+        check_choice("train.stage_schedule", self.stage_schedule, STAGES)
+        check_choice("train.loss_type", self.loss_type, LOSS_TYPES)
         if self.loss_type == "sequential" and not self.sequential_schedule:
             raise ValueError("train.sequential_schedule: loss_type=sequential needs at least one phase")
         for pattern in self.unfreeze_patterns:
@@ -280,9 +262,11 @@ class TrainingConfig(TrainConfig):
                 re.compile(pattern)
             except re.error as err:
                 raise ValueError(f"train.unfreeze_patterns: bad regex {pattern!r}: {err}") from err
-        _check_unit_interval("train", self, "cond_dropout", "clean_cond_prob")
-        _check_at_least("train", self, 0, "num_epochs", "unfreeze_after_steps")
-        _check_at_least("train", self, 1, "param_log_every")
+        for name in ("cond_dropout", "clean_cond_prob"):
+            check_range(f"train.{name}", getattr(self, name), 0, 1)
+        for name in ("num_epochs", "unfreeze_after_steps"):
+            check_range(f"train.{name}", getattr(self, name), 0)
+        check_range("train.param_log_every", self.param_log_every, 1)
 
 
 @dataclass
@@ -306,17 +290,15 @@ class LossConfig:
     """Stratified diffusion times within a batch (lower-variance loss)."""
 
     def __post_init__(self):
-        _check_at_least(
-            "loss",
-            self,
-            0,
+        for name in (
             "text_weight",
             "latent_weight",
             "kl_weight",
             "kl_warmup_steps",
             "free_bits",
             "geom_weight",
-        )
+        ):
+            check_range(f"loss.{name}", getattr(self, name), 0)
 
 
 @dataclass
@@ -343,13 +325,12 @@ class SamplingConfig:
     """Sampling seed."""
 
     def __post_init__(self):
-        _check_choice("sampling.mode", self.mode, ("l2t", "t2l", "joint"))
-        _check_at_least("sampling", self, 1, "num_steps", "num_samples")
-        _check_at_least("sampling", self, 0, "top_k")
-        if self.temperature <= 0:
-            raise ValueError(f"sampling.temperature: must be > 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"sampling.top_p: must be in (0, 1], got {self.top_p}")
+        check_choice("sampling.mode", self.mode, ("l2t", "t2l", "joint"))
+        for name in ("num_steps", "num_samples"):
+            check_range(f"sampling.{name}", getattr(self, name), 1)
+        check_range("sampling.top_k", self.top_k, 0)
+        check_range("sampling.temperature", self.temperature, 0, low_open=True)
+        check_range("sampling.top_p", self.top_p, 0, 1, low_open=True)
 
     def text_kwargs(self) -> dict:
         """Keyword arguments of the text samplers (`sample_text_from_latent`, `sample_joint`)."""
@@ -380,7 +361,8 @@ class EvalConfig:
     """Evaluation seed."""
 
     def __post_init__(self):
-        _check_at_least("eval", self, 1, "max_examples", "nelbo_samples", "num_samples", "batch_size")
+        for name in ("max_examples", "nelbo_samples", "num_samples", "batch_size"):
+            check_range(f"eval.{name}", getattr(self, name), 1)
 
 
 @dataclass
@@ -399,5 +381,4 @@ class DiffusionConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self):
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size: must be >= 1, got {self.batch_size}")
+        check_range("batch_size", self.batch_size, 1)

@@ -4,8 +4,8 @@
 Shakespeare's plays), tokenises them to fixed-length id rows closed by [SEP] and padded with [PAD],
 and encodes them with a frozen sentence-transformers model.  It writes::
 
-    <out_dir>/tokens/{train,val}.npy   int32 (N, seq_len)      + {train,val}.txt + meta.json
-    <out_dir>/latents/{train,val}.npy  float32 (N, latent_dim) + meta.json (encoder, mean, std)
+    <data.token_dir>/{train,val}.npy   int32 (N, seq_len)      + {train,val}.txt + meta.json
+    <data.latent_dir>/{train,val}.npy  float32 (N, latent_dim) + meta.json (encoder, mean, std)
 
 ``DirectFileDataset`` reads those files (memory-mapped); with ``use_external_latents`` it returns the
 latent standardised with the training-set mean/std, otherwise ``None``; ``collate_batch`` stacks a
@@ -15,7 +15,6 @@ batch and puts zeros (with ``has_latent=False``) where a latent is missing.
 from __future__ import annotations
 
 import io
-import os
 import random
 import re
 from dataclasses import dataclass
@@ -26,8 +25,10 @@ import torch
 from torch.utils.data import Dataset
 
 from latentlm.core.checkpoint import atomic_write_bytes, atomic_write_text, read_json, write_json
+from latentlm.data.cache import check_ids
 from latentlm.data.corpora import read_lines, read_text
-from latentlm.data.paths import data_root
+from latentlm.data.paths import resolve_data_path
+from latentlm.data.text import read_rst_paragraphs, split_sentences
 
 __all__ = [
     "FORMAT_VERSION",
@@ -44,15 +45,10 @@ __all__ = [
     "read_latent_meta",
     "denormalize_latent",
     "CompactVocab",
-    "resolve_corpus",
 ]
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val")
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(\"'])")
-_RST_ROLE = re.compile(r":[\w:.-]+:`~?([^`<]*?)(?:\s*<[^>]*>)?`")
-_RST_LINK = re.compile(r"`([^`<]+?)\s*<[^>]*>`_+")
-_RST_MARKUP = re.compile(r"\*\*|``|`_?|\*")
 
 
 @dataclass
@@ -78,25 +74,6 @@ class LatentMeta:
     latent_dim: int
     mean: list[float]
     std: list[float]
-
-
-def _clean_rst(text: str) -> str:
-    text = _RST_ROLE.sub(r"\1", text)
-    text = _RST_LINK.sub(r"\1", text)
-    return re.sub(r"\s+", " ", _RST_MARKUP.sub("", text)).strip()
-
-
-def _pydocs_paragraphs(text: str) -> list[str]:
-    """Prose paragraphs of an .rst file: no directives, indented blocks, headings or tables."""
-    paragraphs = []
-    for block in re.split(r"\n\s*\n", text):
-        lines = block.splitlines()
-        if not lines or lines[0][:1] in (" ", "\t", ".", "=", "-", "+", "|", "*", "#", ":", ">"):
-            continue
-        if len(lines) > 1 and re.fullmatch(r"[=\-~^\"'`#*+]{3,}", lines[1].strip()):
-            continue  # a section title
-        paragraphs.append(_clean_rst(" ".join(lines)))
-    return paragraphs
 
 
 def _shakespeare_paragraphs(text: str) -> list[str]:
@@ -136,12 +113,11 @@ def read_sentences(
         candidates = [
             sentence
             for file in files
-            for paragraph in _pydocs_paragraphs(read_text(file))
-            if not paragraph.endswith("::")
-            for sentence in _SENTENCE_END.split(paragraph)
+            for paragraph in read_rst_paragraphs(file)
+            for sentence in split_sentences(paragraph)
         ]
     elif corpus_format == "shakespeare":
-        candidates = [s for p in _shakespeare_paragraphs(read_text(path)) for s in _SENTENCE_END.split(p)]
+        candidates = [s for p in _shakespeare_paragraphs(read_text(path)) for s in split_sentences(p)]
     else:
         raise ValueError(f"corpus_format: must be lines, pydocs or shakespeare, got {corpus_format!r}")
     seen: set[str] = set()
@@ -210,14 +186,6 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def resolve_corpus(path: str) -> Path:
-    """An existing path as given, else the same relative path under ``$LATENTLM_DATA``."""
-    candidate = Path(path)
-    if candidate.exists() or candidate.is_absolute() or not os.environ.get("LATENTLM_DATA"):
-        return candidate
-    return data_root() / candidate
-
-
 def precompute_latents(
     cfg, token_dir: str | Path, latent_dir: str | Path, tokenizer=None, encoder=None
 ) -> dict[str, Path]:
@@ -234,7 +202,8 @@ def precompute_latents(
     """
     if not cfg.corpus:
         raise ValueError("data.prepare.corpus: give the text source, e.g. data.prepare.corpus=sentences.txt")
-    sentences = read_sentences(resolve_corpus(cfg.corpus), cfg.corpus_format, cfg.min_words, cfg.max_words)
+    corpus = resolve_data_path(cfg.corpus, "data.prepare.corpus")
+    sentences = read_sentences(corpus, cfg.corpus_format, cfg.min_words, cfg.max_words)
     random.Random(cfg.seed).shuffle(sentences)
     if cfg.max_sentences:
         sentences = sentences[: cfg.max_sentences]
@@ -339,11 +308,7 @@ class DirectFileDataset(Dataset):
         self.tokens = np.load(token_file, mmap_mode="r")
         if self.tokens.ndim != 2 or self.tokens.shape[1] != self.meta.seq_len:
             raise ValueError(f"{token_file}: expected (N, {self.meta.seq_len}) ids, got {self.tokens.shape}")
-        if self.tokens.size and (self.tokens.min() < 0 or self.tokens.max() >= self.meta.vocab_size):
-            raise ValueError(
-                f"{token_file}: token ids in [{self.tokens.min()}, {self.tokens.max()}] fall outside the "
-                f"vocabulary of {self.meta.vocab_size} (meta.json)"
-            )
+        check_ids(self.tokens, self.meta.vocab_size, token_file)
         self.id_map = None if id_map is None else torch.from_numpy(np.asarray(id_map, dtype=np.int64))
         self.use_external_latents = use_external_latents
         self.latents = None

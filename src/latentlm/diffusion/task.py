@@ -35,9 +35,10 @@ import torch
 from accelerate import PartialState
 from torch import nn
 
-from latentlm.core.checkpoint import load_tensors
+from latentlm.core.checkpoint import load_tensors, verify_manifest
 from latentlm.core.engine import StepOutput, Task, TrainState
 from latentlm.core.run import RunDir
+from latentlm.diffusion.autoregressive import AutoregressiveLM
 from latentlm.diffusion.config import DiffusionConfig, ModelConfig
 from latentlm.diffusion.data import (
     CompactVocab,
@@ -47,13 +48,14 @@ from latentlm.diffusion.data import (
     read_latent_meta,
     read_token_meta,
 )
-from latentlm.diffusion.evaluate import heldout_nelbo
+from latentlm.diffusion.evaluate import heldout_nelbo, safe_perplexity
 from latentlm.diffusion.model import MODE_FROZEN_STREAM, LatentDiffusionLM, stream_of
 from latentlm.diffusion.schedules import sample_diffusion_times
 from latentlm.diffusion.variational import free_bits_kl, kl_weight_at, latent_geometry_loss
 
 __all__ = [
     "DiffusionTask",
+    "AutoregressiveTask",
     "prepare_data",
     "load_stage1_checkpoint",
     "resolve_checkpoint_file",
@@ -72,7 +74,8 @@ def prepare_data(cfg: DiffusionConfig) -> bool:
 
 
 def resolve_checkpoint_file(path: str | Path) -> Path:
-    """A weights file from a .safetensors path, a model/checkpoint folder or a run folder."""
+    """A weights file from a .safetensors path, a model/checkpoint folder or a run folder (its model/, else
+    its newest checkpoint whose files match their manifest)."""
     path = Path(path)
     if path.is_file():
         return path
@@ -80,12 +83,12 @@ def resolve_checkpoint_file(path: str | Path) -> Path:
         if candidate.is_file():
             return candidate
     if (path / "checkpoints").is_dir():
-        latest = RunDir(path, tensorboard=False).latest_checkpoint()
+        latest = RunDir(path, tensorboard=False).latest_intact_checkpoint()
         if latest is not None:
             return latest / "model.safetensors"
     raise FileNotFoundError(
         f"model.checkpoint_path={str(path)!r}: not a .safetensors file, a model/checkpoint folder or a run "
-        "folder with a saved model"
+        "folder with a saved model or an intact checkpoint"
     )
 
 
@@ -99,6 +102,10 @@ def load_stage1_checkpoint(model: LatentDiffusionLM, path: str | Path) -> list[s
         names of model tensors left at their initial values (the Stage II modules of a Stage I file).
     """
     file = resolve_checkpoint_file(path)
+    # Check the folder against its manifest (model/ and checkpoints carry one) before reading; the
+    # engine's load_model_weights does the same but loads strictly, and a Stage I file lacks the
+    # Stage II modules.
+    verify_manifest(file.parent, required=False)
     tensors = load_tensors(file)
     own = model.state_dict()
     missing_denoiser = [k for k in own if k.startswith("rwkv.") and k not in tensors]
@@ -196,7 +203,7 @@ class DiffusionTask(Task):
             "compact_vocab_size": len(self.vocab),
             "tokenizer_vocab_size": self.token_meta.vocab_size,
             "heldout_tokens_mapped_to_unk": self.vocab.unknown_count(val, self.token_meta),
-            "heldout_tokens": int(val.size),
+            "heldout_tokens": int((val != self.token_meta.pad_token_id).sum()),
         }
 
     # ------------------------------------------------------------------ engine hooks
@@ -356,7 +363,7 @@ class DiffusionTask(Task):
         return {"loss": loss, **{k: v.detach() for k, v in terms.items()}}
 
     def max_steps(self, dataset_size: int) -> int:
-        """``training.max_steps``, or ``num_epochs`` passes over the data when ``num_epochs > 0``."""
+        """``train.max_steps``, or ``num_epochs`` passes over the data when ``num_epochs > 0``."""
         t = self.cfg.train
         if not t.num_epochs:
             return t.max_steps
@@ -369,3 +376,43 @@ class DiffusionTask(Task):
             if self.run is not None:
                 with (self.run.path / "events.log").open("a") as fh:
                     fh.write(message + "\n")
+
+
+class AutoregressiveTask(Task):
+    """The same-size autoregressive baseline on the same sentences (same run config, latents unused)."""
+
+    def __init__(self, cfg: DiffusionConfig, run: RunDir | None = None) -> None:
+        self.cfg = cfg
+        self.run = run
+        self.batch_size = cfg.batch_size
+        self.data = DiffusionTask(cfg, run)
+        self.model_config = self.data.model_config
+
+    def build_model(self) -> AutoregressiveLM:
+        model = AutoregressiveLM(self.model_config)
+        if self.data.vocab is not None:
+            model.original_ids.copy_(torch.from_numpy(self.data.vocab.original_ids))
+        return model
+
+    def train_dataset(self) -> DirectFileDataset:
+        return self.data.train_dataset()
+
+    def collate(self, items: list[dict]) -> dict[str, torch.Tensor]:
+        return {"input_ids": torch.stack([item["input_ids"] for item in items])}
+
+    def loss(self, model: nn.Module, batch: dict, state: TrainState) -> StepOutput:
+        out = model(batch["input_ids"])
+        return StepOutput(out.loss, num_tokens=int(batch["input_ids"].numel()))
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, state: TrainState) -> dict[str, float]:
+        """Held-out cross-entropy per real token and its perplexity (exact, not a bound)."""
+        val = self.data.val_dataset
+        device = next(model.parameters()).device
+        nll, tokens = 0.0, 0
+        for start in range(0, len(val), self.cfg.eval.batch_size):
+            end = min(len(val), start + self.cfg.eval.batch_size)
+            rows = torch.stack([val[i]["input_ids"] for i in range(start, end)])
+            out = model(rows.to(device))
+            nll, tokens = nll + float(out.nll_sum), tokens + int(out.num_tokens)
+        return {"nll_per_token": nll / tokens, "ppl": safe_perplexity(nll, tokens)}

@@ -40,6 +40,7 @@ __all__ = [
     "bidirectional_wkv",
     "wkv_naive",
     "wkv_chunked",
+    "bidirectional_wkv_chunked",
     "wkv_fla",
     "fla_available",
     "TimeMixStream",
@@ -95,32 +96,25 @@ def wkv_naive(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_w: torch.Te
     return _scan_from_zero(r, k, v, log_w, dim=2)[0]
 
 
-def _max_chunk_span(log_w: torch.Tensor, chunk_size: int) -> float:
-    """Largest total log-decay magnitude inside one chunk (over batch, heads, chunks and channels)."""
-    B, H, T, K = log_w.shape
-    pad = (-T) % chunk_size
-    padded = F.pad(log_w, (0, 0, 0, pad)) if pad else log_w
-    return float(-padded.reshape(B, H, -1, chunk_size, K).sum(3).min())
-
-
 def wkv_chunked(
     r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_w: torch.Tensor, chunk_size: int = 32
 ) -> torch.Tensor:
     """Past-only WKV scan in the gated-linear-attention chunk form (same result as ``wkv_naive``).
 
     The sequence is cut into ``N = T / C`` chunks. With ``A_t`` the within-chunk cumulative log decay
-    (inclusive) and a reference ``A_ref`` in the middle of each chunk:
+    (inclusive, ``A_0 = 0`` before the chunk):
 
     * intra-chunk, one masked matmul pair per chunk:
-      ``y_t += sum_{s<t} (r_t e^{A_{t-1} - A_ref}) . (k_s e^{A_ref - A_s}) v_s``
+      ``y_t += sum_{s<t} (r_t e^{A_{t-1}}) . (k_s e^{-A_s}) v_s``
       (the product of the two factors is ``e^{A_{t-1} - A_s} <= 1``: the decay between s and t);
-    * what a chunk adds to the state: ``(k e^{A_C - A})^T v`` (a (K, C) @ (C, V) matmul);
+    * what a chunk adds to the state: ``(k e^{-A} e^{A_C})^T v`` (a (K, C) @ (C, V) matmul);
     * inter-chunk: a recurrence over the N chunk states, then ``y_t += (r_t e^{A_{t-1}}) S_n``.
 
-    The split factors ``e^{+-(A - A_ref)}`` are bounded by the total decay inside a chunk; when that
-    comes within 10 of the dtype's exponent range (float32: 78, float64: 699) the chunk size is halved
-    (down to 1, where the form is the plain recurrence), so the result stays exact for any decay.
-    Products for ``s >= t`` may overflow; they are masked out before use (their gradient is zero).
+    Only two exponentials of full size are taken.  The factors ``e^{A}`` and ``e^{-A}`` stay normal
+    numbers while the total decay inside a chunk is below the dtype's exponent range minus 10 (float32:
+    78, float64: 699); beyond that the chunk size is halved (at 1, the plain recurrence runs), so the
+    result stays exact for any decay.  Products for ``s >= t`` may be large; they
+    are masked out before use (their gradient is zero).
 
     Args:
         r, k, v, log_w: as in ``wkv_naive``.
@@ -134,30 +128,35 @@ def wkv_chunked(
         raise ValueError(f"wkv_chunked: chunk_size must be >= 1, got {chunk_size}")
     B, H, T, K = r.shape
     V = v.shape[-1]
-    C = min(chunk_size, T)
     limit = math.log(torch.finfo(r.dtype).max) - 10.0
-    while C > 1 and _max_chunk_span(log_w.detach(), C) > limit:
+    C = min(chunk_size, T)
+    while True:
+        pad = (-T) % C
+        # Zero log-decay after the end changes nothing before it (and r/k/v are zero there).
+        chunks = (F.pad(log_w, (0, 0, 0, pad)) if pad else log_w).reshape(B, H, -1, C, K)  # (B, H, N, C, K)
+        cum = chunks.cumsum(dim=3)  # A_t
+        if float(-cum[:, :, :, -1].detach().min()) <= limit:
+            break
+        if C == 1:  # a single token's decay exceeds the range: the plain recurrence
+            return wkv_naive(r, k, v, log_w)
         C //= 2
-    pad = (-T) % C
     if pad:
-        # Zero r/k/v and zero log-decay after the end change nothing before it.
-        r, k, log_w = (F.pad(x, (0, 0, 0, pad)) for x in (r, k, log_w))
+        r, k = (F.pad(x, (0, 0, 0, pad)) for x in (r, k))
         v = F.pad(v, (0, 0, 0, pad))
     N = (T + pad) // C
-    r, k, log_w = (x.reshape(B, H, N, C, K) for x in (r, k, log_w))  # (B, H, N, C, K)
+    r, k = (x.reshape(B, H, N, C, K) for x in (r, k))  # (B, H, N, C, K)
     v = v.reshape(B, H, N, C, V)  # (B, H, N, C, V)
 
-    cum = log_w.cumsum(dim=3)  # A_t, (B, H, N, C, K)
-    cum_excl = cum - log_w  # A_{t-1}
-    ref = cum_excl[:, :, :, C // 2 : C // 2 + 1]  # (B, H, N, 1, K)
+    r_decayed = r * (cum - chunks).exp()  # r_t e^{A_{t-1}}
+    k_grown = k * (-cum).exp()  # k_s e^{-A_s}
     # Intra-chunk: decayed scores as one matmul, strictly causal inside the chunk.
-    scores = (r * (cum_excl - ref).exp()) @ (k * (ref - cum).exp()).transpose(-1, -2)  # (B, H, N, C, C)
+    scores = r_decayed @ k_grown.transpose(-1, -2)  # (B, H, N, C, C)
     causal = torch.ones(C, C, dtype=torch.bool, device=r.device).tril(-1)
     y = scores.masked_fill(~causal, 0.0) @ v  # (B, H, N, C, V)
 
     # Inter-chunk: what each chunk adds to the state, a recurrence over chunks, then its read-out.
     total = cum[:, :, :, -1:]  # (B, H, N, 1, K)
-    chunk_kv = (k * (total - cum).exp()).transpose(-1, -2) @ v  # (B, H, N, K, V)
+    chunk_kv = (k_grown * total.exp()).transpose(-1, -2) @ v  # (B, H, N, K, V)
     chunk_decay = total.squeeze(3).exp()  # (B, H, N, K)
     states = []
     state = r.new_zeros(B, H, K, V)
@@ -165,7 +164,93 @@ def wkv_chunked(
         states.append(state)
         state = chunk_decay[:, :, n].unsqueeze(-1) * state + chunk_kv[:, :, n]
     entering = torch.stack(states, dim=2)  # (B, H, N, K, V)
-    y = y + (r * cum_excl.exp()) @ entering
+    y = y + r_decayed @ entering
+    return y.reshape(B, H, N * C, V)[:, :, :T]
+
+
+def _chunk_cumsum(log_w: torch.Tensor, chunk_size: int) -> tuple[int, int, torch.Tensor, torch.Tensor] | None:
+    """Largest chunk size <= ``chunk_size`` whose total decay fits the dtype's exponent range (see
+    ``wkv_chunked``): (C, padding, per-chunk log decays (B, H, N, C, K), their inclusive cumsum); None
+    when even single tokens do not fit (the plain recurrence must run)."""
+    B, H, T, K = log_w.shape
+    limit = math.log(torch.finfo(log_w.dtype).max) - 10.0
+    C = min(chunk_size, T)
+    while True:
+        pad = (-T) % C
+        # Zero log-decay after the end changes nothing before it (and r/k/v are zero there).
+        chunks = (F.pad(log_w, (0, 0, 0, pad)) if pad else log_w).reshape(B, H, -1, C, K)  # (B, H, N, C, K)
+        cum = chunks.cumsum(dim=3)  # A_t
+        if float(-cum[:, :, :, -1].detach().min()) <= limit:
+            return C, pad, chunks, cum
+        if C == 1:
+            return None
+        C //= 2
+
+
+def bidirectional_wkv_chunked(
+    r: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    log_w: torch.Tensor,
+    u: torch.Tensor,
+    chunk_size: int = 32,
+) -> torch.Tensor:
+    """Bidirectional WKV in one chunked pass (no reversed copy of the sequence).
+
+    With ``E1 = e^{A_{t-1}}`` and ``E2 = e^{-A_t}`` inside each chunk, the decay between s and t is
+    ``E1_t E2_s`` for s < t (forward) and ``E2_t E1_s`` for s > t (backward), so one (C, C) score matrix
+    ``tril(rE1 (kE2)^T) + triu(rE2 (kE1)^T) + diag(r . u k)`` carries both directions and the bonus
+    through a single ``@ v``.  Between chunks, a left-to-right recurrence over chunk states
+    ``(kE2 e^{A_C})^T v`` and a right-to-left one over ``(kE1)^T v`` add what enters each chunk from
+    either side.  Same result as ``forward + backward + bonus`` of two ``wkv_naive`` scans.
+
+    Args:
+        r, k, v, log_w, u: as in ``bidirectional_wkv``.
+        chunk_size: tokens per chunk (capped at T; halved while a chunk's decay exceeds the range).
+
+    Returns:
+        y: (B, H, T, V).
+    """
+    _check_wkv_inputs(r, k, v, log_w)
+    if chunk_size < 1:
+        raise ValueError(f"wkv chunk_size must be >= 1, got {chunk_size}")
+    found = _chunk_cumsum(log_w, chunk_size)
+    if found is None:  # a single token's decay exceeds the range: the plain recurrence, both ways
+        return bidirectional_wkv(r, k, v, log_w, u, impl="naive")
+    C, pad, chunks, cum = found
+    B, H, T, K = r.shape
+    V = v.shape[-1]
+    u = u.expand(B, H, T, K)
+    if pad:
+        r, k, u = (F.pad(x, (0, 0, 0, pad)) for x in (r, k, u))
+        v = F.pad(v, (0, 0, 0, pad))
+    N = (T + pad) // C
+    r, k, u = (x.reshape(B, H, N, C, K) for x in (r, k, u))  # (B, H, N, C, K)
+    v = v.reshape(B, H, N, C, V)  # (B, H, N, C, V)
+
+    e1, e2 = (cum - chunks).exp(), (-cum).exp()  # e^{A_{t-1}}, e^{-A_t}
+    r1, r2, k1, k2 = r * e1, r * e2, k * e1, k * e2
+    lower = torch.ones(C, C, dtype=torch.bool, device=r.device).tril(-1)
+    forward_scores = (r1 @ k2.transpose(-1, -2)).masked_fill(~lower, 0.0)  # (B, H, N, C, C), s < t
+    backward_scores = (r2 @ k1.transpose(-1, -2)).masked_fill(~lower.T, 0.0)  # s > t
+    bonus = torch.diag_embed((r * u * k).sum(-1))  # (B, H, N, C, C), the current token
+    scores = forward_scores + backward_scores + bonus
+    y = scores @ v  # (B, H, N, C, V)
+
+    total = cum[:, :, :, -1:]  # (B, H, N, 1, K)
+    chunk_decay = total.squeeze(3).exp()  # (B, H, N, K)
+    forward_kv = (k2 * total.exp()).transpose(-1, -2) @ v  # (B, H, N, K, V)
+    backward_kv = k1.transpose(-1, -2) @ v  # (B, H, N, K, V)
+    from_left, from_right = [], []
+    state = r.new_zeros(B, H, K, V)
+    for n in range(N):
+        from_left.append(state)
+        state = chunk_decay[:, :, n].unsqueeze(-1) * state + forward_kv[:, :, n]
+    state = r.new_zeros(B, H, K, V)
+    for n in reversed(range(N)):
+        from_right.append(state)
+        state = chunk_decay[:, :, n].unsqueeze(-1) * state + backward_kv[:, :, n]
+    y = y + r1 @ torch.stack(from_left, dim=2) + (r2 * total.exp()) @ torch.stack(from_right[::-1], dim=2)
     return y.reshape(B, H, N * C, V)[:, :, :T]
 
 
@@ -225,15 +310,12 @@ def bidirectional_wkv(
     """
     if impl not in ("chunked", "naive", "fla"):
         raise ValueError(f"bidirectional_wkv: impl must be 'chunked', 'naive' or 'fla', got {impl!r}")
+    if impl == "chunked" or (impl == "fla" and not fla_available(r.device)):
+        return bidirectional_wkv_chunked(r, k, v, log_w, u, chunk_size)
     B = r.shape[0]
     # Both directions in one scan: the reversed sequence is stacked on the batch dimension.
     both = [torch.cat([x, x.flip(2)], dim=0) for x in (r, k, v, log_w)]
-    if impl == "fla" and fla_available(r.device):
-        scanned = wkv_fla(*both)
-    elif impl == "naive":
-        scanned = wkv_naive(*both)
-    else:
-        scanned = wkv_chunked(*both, chunk_size)
+    scanned = wkv_fla(*both) if impl == "fla" else wkv_naive(*both)
     forward, backward = scanned[:B], scanned[B:].flip(2)
     bonus = (r * u * k).sum(-1, keepdim=True) * v  # (B, H, T, V)
     return forward + backward + bonus

@@ -237,18 +237,20 @@ def ranges_to_block_mask(ranges: Tensor, block_size: int) -> Tensor:
     """
     batch, size, count, _ = ranges.shape
     blocks = -(-size // block_size)
-    pad = blocks * block_size - size
     first, last = ranges[..., 0], ranges[..., 1]
     empty = first > last
     first_block = torch.where(empty, blocks, first.div(block_size, rounding_mode="floor"))
     last_block = torch.where(empty, -1, last.div(block_size, rounding_mode="floor"))
-    first_block = F.pad(first_block, (0, 0, 0, pad), value=blocks).view(batch, blocks, block_size, count)
-    last_block = F.pad(last_block, (0, 0, 0, pad), value=-1).view(batch, blocks, block_size, count)
-    low = first_block.amin(dim=2)  # (B, nb, R): hull over the queries of a block
-    high = last_block.amax(dim=2)
-    key_block = torch.arange(blocks, device=ranges.device)
-    hit = (key_block >= low[..., None]) & (key_block <= high[..., None])  # (B, nb, R, nb)
-    return hit.any(dim=2) | torch.eye(blocks, dtype=torch.bool, device=ranges.device)
+    query_block = (torch.arange(size, device=ranges.device) // block_size)[None, :, None]  # (1, S, 1)
+    row = (torch.arange(batch, device=ranges.device)[:, None, None] * blocks + query_block).expand_as(first)
+    # Union of the intervals per query block: +1 at each interval's first key block, -1 after its last.
+    marks = torch.zeros(batch * blocks, blocks + 2, dtype=torch.long, device=ranges.device)
+    live = ~empty
+    marks.index_put_((row[live], first_block[live]), torch.ones_like(first_block[live]), accumulate=True)
+    marks.index_put_((row[live], last_block[live] + 1), -torch.ones_like(first_block[live]), accumulate=True)
+    hit = marks.cumsum(dim=1)[:, :blocks] > 0  # (B*nb, nb)
+    hit = hit.view(batch, blocks, blocks)
+    return hit | torch.eye(blocks, dtype=torch.bool, device=ranges.device)
 
 
 def _stack_range(condition: Tensor, first: Tensor, last: Tensor, size: int) -> Tensor:
@@ -482,7 +484,9 @@ class AttentionBackend:
 class DenseMaskBackend(AttentionBackend):
     """Boolean (B, 1, S, S) mask through `scaled_dot_product_attention` (trains anywhere)."""
 
-    def prepare(self, layout: HierarchyLayout) -> Tensor:
+    def prepare(self, layout: HierarchyLayout) -> Tensor | None:
+        if isinstance(self.pattern, FullAttention) and bool(layout.valid.all()):
+            return None  # no padding: unmasked SDPA (the fastest dense kernel)
         return self.pattern.materialize(layout)[:, None]
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, prepared: object, dropout: float = 0.0) -> Tensor:
@@ -538,22 +542,51 @@ def block_density(mask: Tensor, block_size: int) -> float:
     return tiles.float().mean().item()
 
 
+def bucket_width(count: int) -> int:
+    """Smallest width >= count among 1, 2, 3, 4, 6, 8, 12, 16, ... (padding at most a third)."""
+    width = 1
+    while True:
+        for candidate in (width, 3 * width // 2):
+            if candidate >= count:
+                return max(candidate, 1)
+        width *= 2
+
+
+@dataclass
+class SparseBucket:
+    """Query blocks that gather the same number of key blocks.
+
+    Attributes:
+        pairs: (P,) long flat index b * nb + query block of each member.
+        key_index: (P, K) long flat index b * nb + key block of the gathered key blocks.
+        mask: (P, 1, bs, K * bs) bool, the pattern's edges between the query block and its gathered keys
+            (False on padding key blocks and on key slots beyond S).
+    """
+
+    pairs: Tensor
+    key_index: Tensor
+    mask: Tensor
+
+
 @dataclass
 class SparseLayout:
     """What `SparseBlockBackend.prepare` computes once per layout.
 
     Attributes:
-        key_blocks: (B, nb, K) long, the key blocks gathered for each query block (padded with block 0).
-        mask: (B * nb, 1, bs, K * bs) bool, the pattern's edges between each query block and its gathered
-            keys (False on padding blocks and on key slots beyond S).
+        buckets: query blocks grouped by how many key blocks they gather.
+        order: (B * nb,) long position of every flat query block in the concatenated bucket outputs.
         size: S.
+        blocks: nb.
         block_size: bs.
+        density: gathered key blocks / (B * nb * nb), the share of the dense work done.
     """
 
-    key_blocks: Tensor
-    mask: Tensor
+    buckets: list[SparseBucket]
+    order: Tensor
     size: int
+    blocks: int
     block_size: int
+    density: float
 
 
 class SparseBlockBackend(AttentionBackend):
@@ -562,8 +595,9 @@ class SparseBlockBackend(AttentionBackend):
     The slots are cut into blocks of `block_size`; for each query block, only the key blocks that the
     pattern may connect it to (`AttentionPattern.key_block_mask`, computed from per-slot intervals in
     O(B S), never from the S x S mask) are gathered, the exact edge rule is evaluated on those pairs only,
-    and `scaled_dot_product_attention` runs on (query block, gathered keys). Work and memory grow with
-    S * K * bs instead of S^2, where K is the largest number of key blocks a query block needs.
+    and `scaled_dot_product_attention` runs on (query block, gathered keys). Query blocks are grouped in
+    buckets by how many key blocks they need (a `[DOC]` block needs all of them, a token block a few), so
+    work grows with the sum of gathered blocks, not with S^2.
     """
 
     def __init__(self, pattern: AttentionPattern, block_size: int = 64) -> None:
@@ -576,48 +610,64 @@ class SparseBlockBackend(AttentionBackend):
         bs = self.block_size
         needed = self.pattern.key_block_mask(layout, bs)  # (B, nb, nb)
         blocks = needed.shape[1]
-        counts = needed.sum(dim=-1)  # (B, nb)
-        width = int(counts.max())
-        # Needed blocks first, in block order (a stable sort of "not needed").
-        key_blocks = torch.sort((~needed).to(torch.uint8), dim=-1, stable=True).indices[..., :width]
-        present = torch.arange(width, device=device) < counts[..., None]  # (B, nb, K)
-        key_blocks = torch.where(present, key_blocks, 0)
-        key_slot = key_blocks[..., None] * bs + torch.arange(bs, device=device)  # (B, nb, K, bs)
-        key_ok = (present[..., None] & (key_slot < size)).flatten(2)  # (B, nb, K*bs)
-        key_slot = key_slot.flatten(2).clamp(max=size - 1)  # (B, nb, K*bs)
-        query_slot = torch.arange(blocks * bs, device=device).view(blocks, bs)  # (nb, bs)
-        b = torch.arange(batch, device=device)[:, None, None, None]
-        qi = query_slot.clamp(max=size - 1)[None, :, :, None]  # (1, nb, bs, 1)
-        kj = key_slot[:, :, None, :]  # (B, nb, 1, K*bs)
-        mask = self.pattern.rule(self.pattern.slot_keys(layout), b, qi, kj) & key_ok[:, :, None, :]
-        # Query rows beyond S are dropped after attention; one key keeps their softmax finite.
-        padding_row = (query_slot >= size)[None, :, :, None]
-        first_key = torch.arange(width * bs, device=device) == 0
-        mask = mask | (padding_row & first_key)  # (B, nb, bs, K*bs)
-        return SparseLayout(key_blocks, mask.flatten(0, 1)[:, None], size, bs)
+        needed = needed.flatten(0, 1)  # (B*nb, nb)
+        counts = needed.sum(dim=-1)  # (B*nb,)
+        # Needed key blocks first, in block order (a stable sort of "not needed").
+        ranked = torch.sort((~needed).to(torch.uint8), dim=-1, stable=True).indices  # (B*nb, nb)
+        widths = torch.tensor([bucket_width(int(c)) for c in counts.tolist()], device=device)
+        keys = self.pattern.slot_keys(layout)
+        buckets, members = [], []
+        for width in sorted(set(widths.tolist())):
+            pairs = (widths == width).nonzero().flatten()  # (P,)
+            width = min(width, blocks)
+            present = torch.arange(width, device=device) < counts[pairs, None]  # (P, K)
+            key_blocks = torch.where(present, ranked[pairs, :width], 0)  # (P, K)
+            row = pairs.div(blocks, rounding_mode="floor")  # (P,) batch index
+            query_block = pairs % blocks
+            key_slot = key_blocks[..., None] * bs + torch.arange(bs, device=device)  # (P, K, bs)
+            key_ok = (present[..., None] & (key_slot < size)).flatten(1)  # (P, K*bs)
+            key_slot = key_slot.flatten(1).clamp(max=size - 1)  # (P, K*bs)
+            query_slot = query_block[:, None] * bs + torch.arange(bs, device=device)  # (P, bs)
+            b = row[:, None, None]
+            mask = self.pattern.rule(keys, b, query_slot.clamp(max=size - 1)[..., None], key_slot[:, None, :])
+            mask = mask & key_ok[:, None, :]  # (P, bs, K*bs)
+            # Query rows beyond S are dropped after attention; one key keeps their softmax finite.
+            first_key = torch.arange(width * bs, device=device) == 0
+            mask = mask | ((query_slot >= size)[..., None] & first_key)
+            buckets.append(SparseBucket(pairs, row[:, None] * blocks + key_blocks, mask[:, None]))
+            members.append(pairs)
+        order = torch.argsort(torch.cat(members))
+        density = float(sum(b.key_index.numel() for b in buckets)) / (batch * blocks * blocks)
+        return SparseLayout(buckets, order, size, blocks, bs, density)
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, prepared: object, dropout: float = 0.0) -> Tensor:
         assert isinstance(prepared, SparseLayout)
         batch, heads, size, dim = q.shape
-        bs = prepared.block_size
-        blocks, width = prepared.key_blocks.shape[1:]
+        bs, blocks = prepared.block_size, prepared.blocks
         pad = blocks * bs - size
 
         def blocked(x: Tensor) -> Tensor:
             x = F.pad(x, (0, 0, 0, pad))  # (B, H, nb*bs, Dh)
-            return x.view(batch, heads, blocks, bs, dim).transpose(1, 2)  # (B, nb, H, bs, Dh)
+            x = x.view(batch, heads, blocks, bs, dim).transpose(1, 2)  # (B, nb, H, bs, Dh)
+            return x.reshape(batch * blocks, heads, bs, dim)  # (B*nb, H, bs, Dh)
 
-        rows = torch.arange(batch, device=q.device)[:, None, None]
+        queries, keys, values = blocked(q), blocked(k), blocked(v)
+        outputs = []
+        for bucket in prepared.buckets:
+            count, width = bucket.key_index.shape
 
-        def gathered(x: Tensor) -> Tensor:
-            picked = blocked(x)[rows, prepared.key_blocks]  # (B, nb, K, H, bs, Dh)
-            picked = picked.permute(0, 1, 3, 2, 4, 5)  # (B, nb, H, K, bs, Dh)
-            return picked.reshape(batch * blocks, heads, width * bs, dim)
-
-        queries = blocked(q).reshape(batch * blocks, heads, bs, dim)  # (B*nb, H, bs, Dh)
-        out = F.scaled_dot_product_attention(
-            queries, gathered(k), gathered(v), attn_mask=prepared.mask, dropout_p=dropout
-        )  # (B*nb, H, bs, Dh)
+            picked_keys = keys[bucket.key_index].transpose(1, 2)  # (P, H, K, bs, Dh)
+            picked_values = values[bucket.key_index].transpose(1, 2)
+            outputs.append(
+                F.scaled_dot_product_attention(
+                    queries[bucket.pairs],
+                    picked_keys.reshape(count, heads, width * bs, dim),  # (P, H, K*bs, Dh)
+                    picked_values.reshape(count, heads, width * bs, dim),
+                    attn_mask=bucket.mask,
+                    dropout_p=dropout,
+                )
+            )  # (P, H, bs, Dh)
+        out = torch.cat(outputs)[prepared.order]  # (B*nb, H, bs, Dh)
         out = out.view(batch, blocks, heads, bs, dim).transpose(1, 2)  # (B, H, nb, bs, Dh)
         return out.reshape(batch, heads, blocks * bs, dim)[:, :, :size]
 

@@ -10,22 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from latentlm.core.config import check_range
 from latentlm.core.engine import TrainConfig
 
 ATTENTION_KINDS = ("hierarchical", "full", "window")
 BACKENDS = ("dense", "sparse", "flex")
 BOUNDARY_MODES = ("learned", "random", "stride", "gold")
+SELECTIONS = ("threshold", "top_k")
 SOURCE_KINDS = ("rst", "plain", "hf")
-
-
-def _at_least(name: str, value: float, low: float) -> None:
-    if value < low:
-        raise ValueError(f"{name}: must be >= {low}, got {value}")
-
-
-def _fraction(name: str, value: float) -> None:
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"{name}: must be in [0, 1), got {value}")
 
 
 @dataclass
@@ -46,8 +38,8 @@ class EdgeConfig:
     """A [DOC] slot attends to and is attended by every valid slot."""
 
     def __post_init__(self) -> None:
-        _at_least("model.edges.local_window", self.local_window, 0)
-        _at_least("model.edges.neighbour_units", self.neighbour_units, 0)
+        check_range("model.edges.local_window", self.local_window, 0)
+        check_range("model.edges.neighbour_units", self.neighbour_units, 0)
         if self.local_window == 0 and not self.same_unit:
             raise ValueError(
                 "model.edges.local_window: 0 with same_unit off leaves a token no other token to attend "
@@ -73,6 +65,9 @@ class HierarchyConfig:
     smoothing: int = 0
     """Learned routers: a boundary must also be the largest probability within ±smoothing members
     (non-maximum suppression; spaces units out). 0 = off."""
+    selection: str = "threshold"
+    """Learned routers: 'threshold' (a boundary where p >= 0.5, H-Net) or 'top_k' (the round(n / ratio)
+    members with the highest p: the learned positions at exactly the rate of 'random' and 'stride')."""
 
     def __post_init__(self) -> None:
         if len(self.target_ratios) != len(self.router_layers):
@@ -92,9 +87,13 @@ class HierarchyConfig:
                 "model.hierarchy.router_layers: must be non-decreasing (level l pools level l-1's heads), "
                 f"got {self.router_layers}"
             )
-        _at_least("model.hierarchy.capacity_factor", self.capacity_factor, 1.0)
-        _at_least("model.hierarchy.ratio_loss_weight", self.ratio_loss_weight, 0.0)
-        _at_least("model.hierarchy.smoothing", self.smoothing, 0)
+        check_range("model.hierarchy.capacity_factor", self.capacity_factor, 1.0)
+        check_range("model.hierarchy.ratio_loss_weight", self.ratio_loss_weight, 0.0)
+        check_range("model.hierarchy.smoothing", self.smoothing, 0)
+        if self.selection not in SELECTIONS:
+            raise ValueError(
+                f"model.hierarchy.selection: expected one of {SELECTIONS}, got {self.selection!r}"
+            )
         if self.boundaries not in BOUNDARY_MODES:
             raise ValueError(
                 f"model.hierarchy.boundaries: expected one of {BOUNDARY_MODES}, got {self.boundaries!r}"
@@ -137,7 +136,7 @@ class LHTConfig:
     """'dense' (SDPA + boolean mask), 'sparse' (gathers only the key blocks the pattern allows; trains on
     CPU) or 'flex' (FlexAttention block masks; trains on GPU)."""
     block_size: int = 64
-    """Query/key block of the 'sparse' backend (and of 'flex' when a multiple of 128 is not needed)."""
+    """Slots per query/key block of the 'sparse' backend."""
     gradient_checkpointing: bool = False
     """Recompute blocks in the backward pass to save memory."""
     edges: EdgeConfig = field(default_factory=EdgeConfig)
@@ -146,10 +145,10 @@ class LHTConfig:
     """Levels and router schedule."""
 
     def __post_init__(self) -> None:
-        _at_least("model.vocab_size", self.vocab_size, 0)
+        check_range("model.vocab_size", self.vocab_size, 0)
         for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "block_size"):
-            _at_least(f"model.{name}", getattr(self, name), 1)
-        _at_least("model.pad_token_id", self.pad_token_id, 0)
+            check_range(f"model.{name}", getattr(self, name), 1)
+        check_range("model.pad_token_id", self.pad_token_id, 0)
         if not self.rope_theta > 0:
             raise ValueError(f"model.rope_theta: must be > 0, got {self.rope_theta}")
         if not self.layer_norm_eps > 0:
@@ -172,7 +171,7 @@ class LHTConfig:
         if self.attention == "window" and self.edges.local_window < 1:
             raise ValueError("model.edges.local_window: attention 'window' needs a window >= 1")
         for name in ("dropout", "attention_dropout"):
-            _fraction(f"model.{name}", getattr(self, name))
+            check_range(f"model.{name}", getattr(self, name), 0.0, 1.0, high_open=True)
         if self.backend == "flex" and self.attention_dropout > 0:
             raise ValueError("model.attention_dropout: FlexAttention has no attention dropout; set it to 0")
 
@@ -228,9 +227,9 @@ class SourceConfig:
             raise ValueError(f"data.sources.kind: expected one of {SOURCE_KINDS}, got {self.kind!r}")
         if self.kind == "hf" and not self.name:
             raise ValueError("data.sources.name: an 'hf' source needs a dataset name")
-        _at_least("data.sources.probability", self.probability, 0.0)
-        _at_least("data.sources.paragraphs_per_document", self.paragraphs_per_document, 1)
-        _at_least("data.sources.limit", self.limit, 0)
+        check_range("data.sources.probability", self.probability, 0.0)
+        check_range("data.sources.paragraphs_per_document", self.paragraphs_per_document, 1)
+        check_range("data.sources.limit", self.limit, 0)
 
 
 def _default_sources() -> list[SourceConfig]:
@@ -271,8 +270,8 @@ class DataConfig:
                 f"data.max_length/min_length: need 1 <= min_length <= max_length, got "
                 f"{self.min_length}, {self.max_length}"
             )
-        _fraction("data.heldout_fraction", self.heldout_fraction)
-        _at_least("data.max_documents", self.max_documents, 0)
+        check_range("data.heldout_fraction", self.heldout_fraction, 0.0, 1.0, high_open=True)
+        check_range("data.max_documents", self.max_documents, 0)
 
 
 @dataclass
@@ -298,10 +297,10 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         for name in ("max_chunks", "tolerance", "probe_min_documents", "probe_max_documents"):
-            _at_least(f"eval.{name}", getattr(self, name), 0)
-        _at_least("eval.batch_size", self.batch_size, 1)
-        _at_least("eval.probe_folds", self.probe_folds, 2)
-        _at_least("eval.sample_tokens", self.sample_tokens, 1)
+            check_range(f"eval.{name}", getattr(self, name), 0)
+        check_range("eval.batch_size", self.batch_size, 1)
+        check_range("eval.probe_folds", self.probe_folds, 2)
+        check_range("eval.sample_tokens", self.sample_tokens, 1)
 
 
 @dataclass
@@ -324,5 +323,5 @@ class LHTRunConfig:
     """Held-out evaluation."""
 
     def __post_init__(self) -> None:
-        _at_least("batch_size", self.batch_size, 1)
-        _at_least("num_threads", self.num_threads, 0)
+        check_range("batch_size", self.batch_size, 1)
+        check_range("num_threads", self.num_threads, 0)

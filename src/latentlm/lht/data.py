@@ -11,17 +11,14 @@ disk, keyed by a content hash of the source settings.
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from latentlm.core.cli import UserError
 from latentlm.data.cache import cached_arrays, content_hash
 from latentlm.data.documents import (
     Document,
@@ -30,7 +27,7 @@ from latentlm.data.documents import (
     read_rst_documents,
     stream_hf_documents,
 )
-from latentlm.data.paths import data_root
+from latentlm.data.paths import resolve_data_path
 from latentlm.lht.config import DataConfig, MaskingConfig, SourceConfig
 from latentlm.lht.masking import mask_tokens
 
@@ -54,50 +51,19 @@ class Chunk:
     source: str
 
 
-def resolve_path(path: str) -> Path:
-    """An existing path as given, else the same path under `$LATENTLM_DATA`."""
-    candidate = Path(path).expanduser()
-    if candidate.exists() or candidate.is_absolute():
-        return candidate
-    if os.environ.get("LATENTLM_DATA"):
-        return data_root() / path
-    raise FileNotFoundError(
-        f"data.sources.path: {path!r} does not exist here and LATENTLM_DATA is not set to look it up"
-    )
-
-
-def check_text_file(path: Path) -> None:
-    """Refuse a file that is not UTF-8 text, naming the file and the byte offset of the first bad byte."""
-    data = path.read_bytes()
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise UserError(f"{path}: not UTF-8 text (invalid byte at offset {err.start})") from err
-    nul = data.find(b"\x00")
-    if nul >= 0:
-        raise UserError(f"{path}: not text (NUL byte at offset {nul})")
-
-
-def rst_files(root: Path) -> list[Path]:
-    """The reST files `read_rst_documents` reads below `root`."""
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.name.endswith((".rst.txt", ".rst")))
-
-
 def read_source(source: SourceConfig) -> Iterable[Document]:
-    """The documents of one source (a list, or a stream for 'hf'); local files must be UTF-8 text."""
+    """The documents of one source (a list, or a stream for 'hf').
+
+    Local files must be UTF-8 text: the readers of `latentlm.data` refuse anything else naming the file
+    and the byte offset.
+    """
     limit = source.limit or None
     if source.kind == "rst":
-        root = resolve_path(source.path)
-        for path in rst_files(root):
-            check_text_file(path)
-        docs = read_rst_documents(root)
+        docs = read_rst_documents(resolve_data_path(source.path, "data.sources.path"))
     elif source.kind == "plain":
-        path = resolve_path(source.path)
-        if path.is_file():
-            check_text_file(path)
-        docs = read_plain_documents(path, source.paragraphs_per_document)
+        docs = read_plain_documents(
+            resolve_data_path(source.path, "data.sources.path"), source.paragraphs_per_document
+        )
     else:
         return stream_hf_documents(
             source.name, source.hf_config or None, source.split, source.text_field, limit=limit
@@ -194,7 +160,7 @@ class CorpusSplits:
 def build_corpus(config: DataConfig, tokenizer) -> CorpusSplits:
     """Read, mix, split and tokenize the configured sources (cached by content hash)."""
     key = content_hash(
-        "lht-corpus-v2",
+        "lht-corpus-v3",  # v3: gold spans from latentlm.data.text (the shared splitter and reST reader)
         [vars(s) for s in config.sources],
         config.tokenizer,
         config.max_length,
@@ -202,7 +168,7 @@ def build_corpus(config: DataConfig, tokenizer) -> CorpusSplits:
         config.heldout_fraction,
         config.max_documents,
         config.mix_seed,
-        [str(resolve_path(s.path)) for s in config.sources if s.kind != "hf"],
+        [str(resolve_data_path(s.path, "data.sources.path")) for s in config.sources if s.kind != "hf"],
     )
     splits = {}
 

@@ -206,6 +206,8 @@ def probe_documents(chunks: list[Chunk], min_documents: int, max_documents: int)
     if max_documents and len(kept) > max_documents:
         rng = np.random.default_rng(0)
         kept = [kept[i] for i in sorted(rng.choice(len(kept), max_documents, replace=False))]
+        counts = Counter(c.category for c in kept)  # the sample can thin a category out: drop it
+        kept = [c for c in kept if counts[c.category] >= min_documents]
     return kept
 
 

@@ -74,8 +74,36 @@ def suppress_non_maxima(probs: Tensor, boundaries: Tensor, radius: int) -> Tenso
     """Keep a boundary only where its probability is the largest within ±radius members (smoothing)."""
     if radius <= 0:
         return boundaries
+    probs = probs.detach()
     pooled = nn.functional.max_pool1d(probs[:, None], 2 * radius + 1, stride=1, padding=radius)[:, 0]
     return boundaries & (probs >= pooled)
+
+
+def unit_count(members: int, ratio: float) -> int:
+    """Units over `members` members at `ratio` members per unit: max(1, round(members / ratio)), 0 if none."""
+    return max(1, math.floor(members / ratio + 0.5)) if members else 0
+
+
+def top_k_boundaries(probs: Tensor, candidates: Tensor, valid: Tensor, ratio: float) -> Tensor:
+    """The unit_count(n, ratio) candidates with the highest probability in each row (member 0 first).
+
+    Args:
+        probs: (B, M) boundary probabilities (p_0 = 1).
+        candidates: (B, M) bool members that may start a unit.
+        valid: (B, M) bool real members (n per row).
+        ratio: members per unit.
+
+    Returns:
+        (B, M) bool; fewer than k starts only where fewer candidates exist.
+    """
+    counts = torch.tensor([unit_count(n, ratio) for n in valid.sum(dim=1).tolist()], device=probs.device)
+    scores = torch.where(candidates & valid, probs.detach().float(), -1.0)
+    scores[:, 0] = torch.where(valid[:, 0], 2.0, -1.0)  # the first member always starts a unit
+    order = scores.argsort(dim=1, descending=True)  # (B, M)
+    rank = torch.empty_like(order).scatter_(
+        1, order, torch.arange(order.shape[1], device=order.device).expand_as(order)
+    )
+    return (rank < counts[:, None]) & (scores >= 0)
 
 
 def fixed_boundaries(valid: Tensor, ratio: float, mode: str, seeds: Tensor) -> Tensor:
@@ -95,7 +123,7 @@ def fixed_boundaries(valid: Tensor, ratio: float, mode: str, seeds: Tensor) -> T
     for row, n in enumerate(valid.sum(dim=1).tolist()):
         if n == 0:
             continue
-        k = max(1, math.floor(n / ratio + 0.5))
+        k = unit_count(n, ratio)
         if mode == "stride":
             positions = torch.arange(k) * n // k
         elif mode == "random":
@@ -225,7 +253,12 @@ class HierarchyManager(nn.Module):
         mode = self.config.boundaries
         if mode == "learned":
             decision = self.routers[level](members, member_valid)
-            boundaries = suppress_non_maxima(decision.probs, decision.boundaries, self.config.smoothing)
+            if self.config.selection == "top_k":
+                candidates = suppress_non_maxima(decision.probs, member_valid, self.config.smoothing)
+                ratio = self.config.target_ratios[level]
+                boundaries = top_k_boundaries(decision.probs, candidates, member_valid, ratio)
+            else:
+                boundaries = suppress_non_maxima(decision.probs, decision.boundaries, self.config.smoothing)
             return RouterDecision(decision.probs, boundaries)
         if mode == "gold":
             if gold is None:

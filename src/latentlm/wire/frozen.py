@@ -18,7 +18,6 @@ honours `min_new_tokens`, and is greedy (deterministic first step).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from latentlm.data.text import sentence_spans
 from latentlm.wire.config import PromptConfig
 
 IGNORE_INDEX = -100
@@ -33,7 +33,6 @@ _SENTINEL = "\u2063LATENTWIRE_CONTENT\u2063"
 
 
 CONTEXT_LABEL, QUESTION_LABEL = "Context: ", "\nQuestion: "
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
 def format_content(context: str, question: str) -> str:
@@ -50,18 +49,16 @@ class ContentSpans:
 
 
 def content_spans(content: str) -> ContentSpans:
-    """Sentence and question spans of `format_content(context, question)`.
+    """Sentence and question spans of `format_content(context, question)` (sentences by
+    `latentlm.data.text.sentence_spans`, the project's one splitter).
 
     Text not in that layout is treated as one context sentence with an empty question.
     """
     cut = content.rfind(QUESTION_LABEL)
     if not content.startswith(CONTEXT_LABEL) or cut < 0:
         return ContentSpans([(0, len(content))], (len(content), len(content)))
-    start, sentences = len(CONTEXT_LABEL), []
-    for match in _SENTENCE_END.finditer(content, start, cut):
-        sentences.append((start, match.start()))
-        start = match.end()
-    sentences.append((start, cut))
+    start = len(CONTEXT_LABEL)
+    sentences = sentence_spans(content[start:cut], offset=start) or [(start, cut)]
     return ContentSpans(sentences, (cut + len(QUESTION_LABEL), len(content)))
 
 

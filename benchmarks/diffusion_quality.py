@@ -1,0 +1,322 @@
+"""Issue 13's quality benchmark: the CPU-hour recipe, Stage I then Stage II, against an AR baseline.
+
+Three phases, each a separate (flock-serialised) job so that none runs longer than ~20 minutes:
+
+    python3 benchmarks/diffusion_quality.py --phase train --stage1-minutes 7   # data, Stage I, AR
+    python3 benchmarks/diffusion_quality.py --phase eval --stage2-minutes 4    # evals, Stage II
+    python3 benchmarks/diffusion_quality.py --phase speed                      # RWKV vs attention tokens/s
+
+`train` prepares the pydocs sentences (configs/diffusion/cpu_hour.yaml), trains Stage I for a wall-clock
+budget (steps = budget x the step rate measured on 8 calibration steps) and then the same-size
+autoregressive baseline for the same wall-clock on the same sentences. `eval` evaluates Stage I
+(held-out NELBO, T2L / L2T recall@1 among 64 held-out candidates, joint samples judged by SmolLM2),
+trains and evaluates Stage II from it (KL warm-up + free bits), and samples the AR baseline at the
+temperature whose unigram entropy matches the joint samples'. `speed` measures the RWKV and attention
+denoisers side by side at T in {128, 512, 2048}. Every phase merges its results into
+benchmarks/results/diffusion_quality.json (plots next to it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from latentlm.core.bench import RESULTS, save_results
+from latentlm.core.config import load_config
+from latentlm.core.lifecycle import load_trained_model, train_task
+from latentlm.core.report import line_plot
+from latentlm.core.run import RunDir
+from latentlm.diffusion.autoregressive import AutoregressiveLM
+from latentlm.diffusion.config import DiffusionConfig
+from latentlm.diffusion.evaluate import run_evaluation, text_sample_metrics
+from latentlm.diffusion.model import LatentDiffusionLM
+from latentlm.diffusion.sampling import sample_text_from_latent
+from latentlm.diffusion.task import AutoregressiveTask, DiffusionTask
+
+CONFIG = "configs/diffusion/cpu_hour.yaml"
+EXTRA: list[str] = []
+"""Overrides of every run (``--set``), e.g. a smoke test on the tiny data."""
+NAME = "diffusion_quality"
+
+
+def _load(out: Path, name: str, extra: list[str]) -> DiffusionConfig:
+    return load_config(DiffusionConfig, CONFIG, [f"run_dir={out / name}", *EXTRA, *extra])
+
+
+def _step_rate(task, steps: int = 8) -> float:
+    """Optimizer steps per second of `task` on a throw-away model (after one warm-up step)."""
+    torch.manual_seed(0)
+    model = task.build_model()
+    if hasattr(task, "_apply_unfreeze_policy"):  # time the regime after Stage II's unfreeze step
+        task._apply_unfreeze_policy(model, 10**9)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    dataset = task.train_dataset()
+    from latentlm.core.engine import TrainState
+
+    def step(i: int) -> None:
+        items = [dataset[(i * task.batch_size + j) % len(dataset)] for j in range(task.batch_size)]
+        task.loss(model, task.collate(items), TrainState(step=1000)).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step(0)
+    start = time.perf_counter()
+    for i in range(1, steps + 1):
+        step(i)
+    return steps / (time.perf_counter() - start)
+
+
+def _train_for(task, cfg: DiffusionConfig, seconds: float, evals: int = 6) -> dict:
+    rate = _step_rate(task)
+    steps = max(10, int(seconds * rate))
+    cfg.train = dataclasses.replace(
+        cfg.train,
+        max_steps=steps,
+        warmup_steps=min(cfg.train.warmup_steps, steps // 10),
+        eval_every=max(steps // evals, 1),
+        checkpoint_every=steps,
+    )
+    print(
+        f"[quality] {cfg.run_dir}: {rate:.2f} steps/s calibrated -> {steps} steps for {seconds:.0f} s",
+        flush=True,
+    )
+    run = RunDir(cfg.run_dir)
+    start = time.perf_counter()
+    _, state = train_task(task, cfg, run)
+    return {"steps": state.step, "seconds": time.perf_counter() - start, "calibrated_steps_per_s": rate}
+
+
+def phase_train(args, out: Path) -> dict:
+    cfg1 = _load(out, "stage1", [])
+    task1 = DiffusionTask(cfg1, RunDir(cfg1.run_dir))
+    stage1 = _train_for(task1, cfg1, 60 * args.stage1_minutes)
+    cfg_ar = _load(out, "ar", [])
+    ar = _train_for(AutoregressiveTask(cfg_ar, RunDir(cfg_ar.run_dir)), cfg_ar, stage1["seconds"])
+    return {
+        "stage1_train": stage1,
+        "ar_train": ar,
+        "data": task1.vocab_report()
+        | {"train_sentences": len(task1.train_dataset()), "heldout_sentences": len(task1.val_dataset)},
+    }
+
+
+def _curve(run_dir: Path, key: str) -> list[tuple[int, float]]:
+    records = [
+        json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()
+    ]
+    return [(r["step"], r[key]) for r in records if key in r]
+
+
+def _ar_at_matched_entropy(ar_dir: Path, target_entropy: float, num: int, judge, seed: int) -> dict:
+    from latentlm.teachers import load_tokenizer
+
+    model = load_trained_model(ar_dir, AutoregressiveLM)
+    tokenizer = load_tokenizer(model.config.tokenizer)
+    rows = []
+    for temperature in (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7):
+        ids = model.sample_ids(num, temperature=temperature, generator=torch.Generator().manual_seed(seed))
+        texts = model.decode(ids, tokenizer)
+        rows.append({"temperature": temperature, "texts": texts, **text_sample_metrics(texts, tokenizer)})
+    best = min(rows, key=lambda r: abs(r["unigram_entropy_bits"] - target_entropy))
+    judged = text_sample_metrics(best["texts"], tokenizer, judge)
+    at_one = text_sample_metrics(rows[0]["texts"], tokenizer, judge)
+    return {
+        "temperature": best["temperature"],
+        "unigram_entropy_bits": best["unigram_entropy_bits"],
+        "gen_ppl": judged["generative_perplexity"],
+        "gen_ppl_temperature_1": at_one["generative_perplexity"],
+        "entropy_by_temperature": {r["temperature"]: r["unigram_entropy_bits"] for r in rows},
+        "examples": best["texts"][:5],
+    }
+
+
+def phase_eval(args, out: Path) -> dict:
+    from latentlm.core.lifecycle import load_finished_run
+    from latentlm.teachers import load_causal_lm
+
+    stage1_dir, stage2_dir = out / "stage1", out / "stage2"
+    start = time.perf_counter()
+    cfg1 = load_finished_run(stage1_dir, DiffusionConfig)
+    m1 = run_evaluation(DiffusionTask(cfg1), stage1_dir)
+    seconds = {"stage1_eval": time.perf_counter() - start}
+    cfg2 = _load(
+        out,
+        "stage2",
+        [
+            "train.stage_schedule=stage2_variational",
+            "data.use_external_latents=false",
+            f"model.checkpoint_path={stage1_dir}",
+            f"train.unfreeze_after_steps={args.unfreeze_after}",
+            f"loss.kl_warmup_steps={args.kl_warmup}",
+            "train.lr=0.001",
+        ],
+    )
+    stage2 = _train_for(DiffusionTask(cfg2, RunDir(cfg2.run_dir)), cfg2, 60 * args.stage2_minutes)
+    start = time.perf_counter()
+    m2 = run_evaluation(DiffusionTask(load_finished_run(stage2_dir, DiffusionConfig)), stage2_dir)
+    seconds["stage2_eval"] = time.perf_counter() - start
+    judge = load_causal_lm(cfg1.eval.judge_model)
+    joint = m1["samples"]["joint"]
+    ar = _ar_at_matched_entropy(
+        out / "ar",
+        joint["unigram_entropy_bits"],
+        cfg1.eval.num_samples,
+        judge,
+        cfg1.eval.seed,
+    )
+    ar_eval = _curve(out / "ar", "eval/nll_per_token")
+    kl_curve = _curve(stage2_dir, "eval/kl_per_sentence")
+    curves = {
+        "stage1_heldout_nelbo_per_token": _curve(stage1_dir, "eval/nelbo_per_token"),
+        "stage2_heldout_vae_nelbo_per_token": _curve(stage2_dir, "eval/vae_nelbo_per_token"),
+        "stage2_heldout_text_nelbo_per_token": _curve(stage2_dir, "eval/nelbo_per_token"),
+        "stage2_kl_per_sentence": kl_curve,
+        "ar_heldout_nll_per_token": ar_eval,
+    }
+    fig = line_plot(
+        {k: tuple(zip(*v, strict=True)) for k, v in curves.items() if v and "kl" not in k},
+        "step",
+        "nats per token",
+        "held-out bounds over training (AR: exact NLL)",
+    )
+    fig.savefig(RESULTS / f"{args.name}_nelbo.png", dpi=120)
+    nelbo2 = m2["nelbo"]
+    return {
+        "l2t_recall_at_1": m1["l2t"]["recall_at_1"],
+        "t2l_recall_at_1": m1["t2l"]["recall_at_1"],
+        "num_candidates": m1["num_heldout"],
+        "gen_ppl_joint": joint.get("generative_perplexity"),
+        "gen_ppl_ar": ar["gen_ppl"],
+        "gen_ppl_reference": m1["samples"]["reference"].get("generative_perplexity"),
+        "gen_ppl_prior_stage2": m2["samples"]["prior_l2t"].get("generative_perplexity"),
+        "gen_ppl_settings": m1["sampling"] | {"ar_temperature_at_matched_entropy": ar["temperature"]},
+        "kl_final": nelbo2["kl_per_sentence"],
+        "kl_max_during_training": max((v for _, v in kl_curve), default=None),
+        "vae_bound": nelbo2["vae_nelbo_per_token"],
+        "text_bound": nelbo2["nelbo_per_token"],
+        "bounds_unit": "nats per real token (held-out); ppl = exp(bound)",
+        "stage1": {k: m1[k] for k in ("nelbo", "t2l", "l2t", "samples", "checks_passed", "checks_total")},
+        "stage2": {k: m2[k] for k in ("nelbo", "reconstruction", "samples", "checks_passed", "checks_total")},
+        "ar": ar | {"heldout_nll_per_token": ar_eval[-1][1] if ar_eval else None},
+        "stage2_train": stage2,
+        "curves": curves,
+        "eval_seconds": seconds,
+    }
+
+
+def _speed_rows(lengths: list[int], tokens_per_batch: int, sample_steps: int) -> list[dict]:
+    cfg = load_config(DiffusionConfig, CONFIG, EXTRA)
+    base = DiffusionTask(cfg).model_config
+    rows = []
+    for T in lengths:
+        B = max(1, tokens_per_batch // T)
+        g = torch.Generator().manual_seed(0)
+        ids = torch.randint(0, base.vocab_size, (B, T), generator=g)
+        ids[ids == base.mask_token_id] = base.sep_token_id
+        latent = torch.randn(B, base.latent_dim, generator=g)
+        rates: dict[str, dict[str, float]] = {"train": {}, "sample": {}}
+        params: dict[str, int] = {}
+        # attention_matched: the attention peer with a wider MLP so that its parameter count matches RWKV's
+        variants = {
+            "rwkv": dataclasses.replace(base, sequence_mixer="rwkv", seq_len=T),
+            "attention": dataclasses.replace(base, sequence_mixer="attention", seq_len=T),
+            "attention_matched": dataclasses.replace(
+                base, sequence_mixer="attention", seq_len=T, ffn_mult=base.ffn_mult + 1
+            ),
+        }
+        for name, config in variants.items():
+            torch.manual_seed(0)
+            model = LatentDiffusionLM(config)
+            params[name] = sum(p.numel() for p in model.parameters())
+            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+            def step() -> None:
+                model(ids, latent).loss.backward()  # noqa: B023
+                optimizer.step()  # noqa: B023
+                optimizer.zero_grad(set_to_none=True)  # noqa: B023
+
+            step()
+            start = time.perf_counter()
+            for _ in range(3):
+                step()
+            rates["train"][name] = 3 * ids.numel() / (time.perf_counter() - start)
+            model.eval()
+            sample_text_from_latent(model, latent, num_steps=1)
+            start = time.perf_counter()
+            sample_text_from_latent(
+                model, latent, num_steps=sample_steps, generator=torch.Generator().manual_seed(0)
+            )
+            rates["sample"][name] = ids.numel() / (time.perf_counter() - start)
+        for mode in ("train", "sample"):
+            row = {
+                "T": T,
+                "mode": mode,
+                "batch_size": B,
+                "rwkv_tokens_per_s": rates[mode]["rwkv"],
+                "attention_tokens_per_s": rates[mode]["attention"],
+                "ratio_rwkv_over_attention": rates[mode]["rwkv"] / rates[mode]["attention"],
+                "attention_param_matched_tokens_per_s": rates[mode]["attention_matched"],
+                "params": params,
+            }
+            rows.append(row)
+            print(row, flush=True)
+    return rows
+
+
+def phase_speed(args, out: Path) -> dict:
+    lengths = [int(x) for x in args.lengths.split(",")]
+    return {
+        "speed_rows": _speed_rows(lengths, args.tokens_per_batch, args.sample_steps),
+        "speed_settings": {
+            "model": "cpu_hour.yaml model (d_model 128, 3 layers, 4 heads), both mixers, float32, 1 thread; "
+            "attention_param_matched: ffn_mult + 1 so its parameter count is close to RWKV's",
+            "train": "AdamW steps of the diffusion loss, 3 timed after a warm-up; B = tokens_per_batch // T",
+            "sample": f"L2T with {args.sample_steps} steps (float64 categorical draws)",
+            "tokens_per_batch": args.tokens_per_batch,
+        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--phase", choices=["train", "eval", "speed"], required=True)
+    parser.add_argument("--out", default="runs/diffusion_quality", help="run folders of the phases")
+    parser.add_argument("--stage1-minutes", type=float, default=7.0, help="Stage I (and AR) training budget")
+    parser.add_argument("--stage2-minutes", type=float, default=4.0, help="Stage II training budget")
+    parser.add_argument("--unfreeze-after", type=int, default=50, help="Stage II: denoiser unfreezes here")
+    parser.add_argument("--kl-warmup", type=int, default=100, help="Stage II: KL warm-up steps")
+    parser.add_argument("--lengths", default="128,512,2048", help="speed phase: sequence lengths")
+    parser.add_argument("--tokens-per-batch", type=int, default=4096, help="speed phase: B = this // T")
+    parser.add_argument("--sample-steps", type=int, default=8, help="speed phase: L2T denoising steps")
+    parser.add_argument("--set", nargs="*", default=[], help="config overrides for every run (smoke tests)")
+    parser.add_argument("--name", default=NAME, help="results file name (smoke tests: another name)")
+    args = parser.parse_args()
+    EXTRA.extend(args.set)
+    out = Path(args.out)
+    started = time.perf_counter()
+    result = {"train": phase_train, "eval": phase_eval, "speed": phase_speed}[args.phase](args, out)
+    previous = RESULTS / f"{args.name}.json"
+    merged = json.loads(previous.read_text()) if previous.is_file() else {}
+    merged = {k: v for k, v in merged.items() if k not in ("machine", "command", "commit", "load_average")}
+    merged.update(result)
+    merged.setdefault("phases", {})[args.phase] = {
+        "command": "python3 benchmarks/diffusion_quality.py "
+        + " ".join(f"{a}" for a in __import__("sys").argv[1:]),
+        "seconds": time.perf_counter() - started,
+    }
+    merged["description"] = (
+        "CPU-hour recipe (configs/diffusion/cpu_hour.yaml) on pydocs sentences with MiniLM latents, "
+        "REDUCED BUDGET: Stage I and the AR baseline trained for --stage1-minutes each, Stage II for "
+        "--stage2-minutes (see stage1_train / ar_train / stage2_train for steps and seconds), because "
+        "6 helpers share 2 cores (at most 2 heavy jobs of <= 20 min); generative perplexity by SmolLM2-135M"
+    )
+    save_results(args.name, merged)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,320 @@
+"""Does the learned hierarchy matter? Equal-compute ablation of the LHT on the Python docs (issue 14).
+
+Variants, all the size and budget of `configs/lht/ablation.yaml` (same blocks, same batches, same steps):
+`dense` (full attention), `sliding_window` (tokens see ±8 tokens only: the LHT's locality without its
+hierarchy), `learned` (the routers), `random` and `stride` (as many units as the target ratio asks, at
+random / evenly spaced positions), `gold` (sentence / paragraph / section starts: the HDT oracle).
+Each is trained with several seeds and scored on held-out chunks: MLM perplexity (fixed masks), level-1
+boundary F1 against gold sentences (±2 tokens) next to random boundaries at the same rate, and the
+document-classification probe (docs folder from the frozen document vector).
+
+`--pick-routers` first trains the router candidates (`ROUTERS`: learned routers only, never trained on
+gold; seeds `--router-seeds`, disjoint from the ablation's), keeps the one with the lowest mean held-out
+perplexity, and applies its settings to every hierarchical variant (so random / stride / gold boundaries
+enter at the same layers); `--routers` runs only the candidates.
+
+    python3 benchmarks/lht_ablation.py [--seeds 0 1 2] [--steps 150] [--workers 2] [--pick-routers]
+    python3 benchmarks/lht_ablation.py --routers --seeds 10
+
+Results: benchmarks/results/lht_ablation.json (rows: variant, seed, heldout_ppl, f1_l1_sentences,
+f1_l1_random), or lht_routers.json; written after every finished run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from latentlm.core.bench import REPO, data_dir, save_results
+
+CONFIG = REPO / "configs" / "lht" / "ablation.yaml"
+
+VARIANTS = {
+    "dense": ["model.attention=full"],
+    "sliding_window": ["model.attention=window"],
+    "learned": [],
+    "random": ["model.hierarchy.boundaries=random"],
+    "stride": ["model.hierarchy.boundaries=stride"],
+    "gold": ["model.hierarchy.boundaries=gold"],
+}
+
+ROUTERS = {
+    "ratio_26": [],
+    "ratio_26_weight_1": ["model.hierarchy.ratio_loss_weight=1.0"],
+    "ratio_26_top_k": ["model.hierarchy.selection=top_k"],
+    "ratio_26_top_k_deep": ["model.hierarchy.selection=top_k", "model.hierarchy.router_layers=[2,3]"],
+    "ratio_26_top_k_smooth": ["model.hierarchy.selection=top_k", "model.hierarchy.smoothing=4"],
+}
+
+
+def run_variant(job: tuple[str, list[str], int, int, str]) -> dict:
+    """Train and score one (variant, seed) in this worker process."""
+    name, overrides, seed, steps, cache_dir = job
+    import os
+
+    import torch
+
+    torch.set_num_threads(1)
+    os.environ.setdefault("LATENTLM_DATA", str(data_dir()))
+    from latentlm.core.config import load_config
+    from latentlm.core.engine import Trainer
+    from latentlm.core.run import RunDir
+    from latentlm.lht.config import LHTRunConfig
+    from latentlm.lht.evaluate import (
+        classification_probe,
+        document_vectors,
+        evaluate_boundaries,
+        heldout_chunks,
+        heldout_metrics,
+        probe_documents,
+        random_boundary_scores,
+    )
+    from latentlm.lht.task import LHTPretrainTask
+    from latentlm.teachers import load_tokenizer
+
+    run_path = Path(tempfile.mkdtemp(prefix=f"lht-ablation-{name}-"))
+    items = [f"run_dir={run_path}", f"data.cache_dir={cache_dir}", f"train.seed={seed}", *overrides]
+    if steps:
+        items.append(f"train.max_steps={steps}")
+    cfg = load_config(LHTRunConfig, CONFIG, items)
+    task = LHTPretrainTask(cfg, load_tokenizer(cfg.data.tokenizer))
+    task.evaluate = lambda model, state: {}  # scored below, outside the timed training
+    start = time.perf_counter()
+    trainer = Trainer(task, cfg.train, RunDir(run_path, tensorboard=False))
+    state = trainer.fit()
+    seconds = time.perf_counter() - start
+    model = trainer.model.eval()
+    chunks = heldout_chunks(task)
+    with torch.no_grad():
+        heldout = heldout_metrics(task, model)
+        boundaries = evaluate_boundaries(model, chunks, cfg.eval.tolerance)
+        documents = probe_documents(
+            task.corpus.train + task.corpus.heldout,
+            cfg.eval.probe_min_documents,
+            cfg.eval.probe_max_documents,
+        )
+        vectors = document_vectors(model, documents)
+    probe = classification_probe(vectors, [d.category for d in documents], cfg.eval.probe_folds)
+    row = {
+        "variant": name,
+        "seed": seed,
+        "heldout_ppl": heldout["perplexity"],
+        "f1_l1_sentences": None,
+        "f1_l1_random": None,
+    }
+    extra = {
+        "variant": name,
+        "seed": seed,
+        "steps": state.step,
+        "tokens_seen": state.tokens_seen,
+        "train_seconds": seconds,
+        "probe_accuracy": probe["accuracy"],
+        "probe_majority": probe["majority_accuracy"],
+    }
+    if boundaries is not None:
+        rate = 1.0 / boundaries.tokens_per_unit[0]
+        row["f1_l1_sentences"] = boundaries.scores[0]["sentence"].f1
+        row["f1_l1_random"] = random_boundary_scores(chunks, cfg.eval.tolerance, rate, seed=seed)[
+            "sentence"
+        ].f1
+        extra["tokens_per_unit"] = [
+            boundaries.tokens_per_unit[level] for level in sorted(boundaries.tokens_per_unit)
+        ]
+        if 1 in boundaries.scores:
+            extra["f1_l2_paragraphs"] = boundaries.scores[1]["paragraph"].f1
+    shutil.rmtree(run_path, ignore_errors=True)
+    return {"row": row, "extra": extra}
+
+
+def mean_std(values: list[float]) -> dict:
+    values = [v for v in values if v is not None]
+    if not values:
+        return {"mean": None, "std": None, "n": 0}
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": statistics.fmean(values), "std": std, "n": len(values)}
+
+
+def summarize(rows: list[dict], extras: list[dict]) -> dict:
+    """Mean ± std (sample std over seeds) of every score per variant."""
+    summary = {}
+    for name in dict.fromkeys(r["variant"] for r in rows):
+        mine = [r for r in rows if r["variant"] == name]
+        more = [e for e in extras if e["variant"] == name]
+        summary[name] = {
+            key: mean_std([r[key] for r in mine])
+            for key in ("heldout_ppl", "f1_l1_sentences", "f1_l1_random")
+        }
+        summary[name]["probe_accuracy"] = mean_std([e["probe_accuracy"] for e in more])
+        units = [e["tokens_per_unit"][0] for e in more if "tokens_per_unit" in e]
+        summary[name]["l1_tokens_per_unit"] = mean_std(units)
+    return summary
+
+
+def paired(rows: list[dict], name: str, other: str) -> dict | None:
+    """Per-seed held-out perplexity differences other - name (same seed: same data order, init, masks)."""
+    mine = {r["seed"]: r["heldout_ppl"] for r in rows if r["variant"] == name}
+    theirs = {r["seed"]: r["heldout_ppl"] for r in rows if r["variant"] == other}
+    seeds = sorted(set(mine) & set(theirs))
+    if len(seeds) < 2:
+        return None
+    gaps = [theirs[s] - mine[s] for s in seeds]
+    return {"mean": statistics.fmean(gaps), "std": statistics.stdev(gaps), "wins": sum(g > 0 for g in gaps)}
+
+
+def targets(summary: dict, rows: list[dict] | None = None) -> dict:
+    """The issue's targets, each with the numbers it was decided on.
+
+    `gap` is the other variant's mean perplexity minus the learned one's (positive: learned is lower),
+    `spread` the larger of the two sample stds over seeds (unpaired). With `rows`, `paired_gap` /
+    `paired_std` / `paired_wins` compare seed by seed, where shared seed effects (data order) cancel.
+    """
+    out = {}
+
+    def ppl(name: str) -> dict | None:
+        return summary.get(name, {}).get("heldout_ppl")
+
+    learned = ppl("learned")
+    if learned and learned["mean"] is not None:
+        for other in ("random", "stride", "sliding_window", "gold"):
+            theirs = ppl(other)
+            if not theirs or theirs["mean"] is None:
+                continue
+            spread = max(learned["std"], theirs["std"])
+            gap = theirs["mean"] - learned["mean"]
+            if other == "gold":
+                entry = {"met": abs(gap) <= spread, "gap": gap, "spread": spread}
+                key = "learned_within_spread_of_gold"
+            elif other == "sliding_window":
+                entry = {"met": gap >= 0, "gap": gap}
+                key = "learned_ppl_le_sliding_window"
+            else:
+                entry = {"met": gap > spread, "gap": gap, "spread": spread}
+                key = f"learned_beats_{other}_beyond_spread"
+            seedwise = paired(rows or [], "learned", other)
+            if seedwise is not None:
+                entry.update(
+                    paired_gap=seedwise["mean"], paired_std=seedwise["std"], paired_wins=seedwise["wins"]
+                )
+            out[key] = entry
+        f1 = summary["learned"]["f1_l1_sentences"]["mean"]
+        random_f1 = summary["learned"]["f1_l1_random"]["mean"]
+        if f1 is not None and random_f1:
+            out["f1_l1_at_least_2x_random"] = {"met": f1 >= 2 * random_f1, "ratio": f1 / random_f1}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=0, help="optimizer steps (0 = the YAML's)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--only", nargs="*", default=None, help="variant names to run")
+    parser.add_argument("--routers", action="store_true", help="run the router candidates instead")
+    parser.add_argument("--pick-routers", action="store_true", help="choose the learned routers first")
+    parser.add_argument("--router-seeds", type=int, nargs="+", default=[10])
+    parser.add_argument("--cache-dir", default=".cache/latentlm/lht")
+    parser.add_argument(
+        "--rescore", action="store_true", help="recompute summary and targets of the saved JSON"
+    )
+    args = parser.parse_args()
+    if args.rescore:
+        from latentlm.core.bench import RESULTS
+        from latentlm.core.checkpoint import read_json
+
+        saved = read_json(RESULTS / "lht_ablation.json")
+        saved["summary"] = summarize(saved["rows"], saved["details"])
+        saved["targets"] = targets(saved["summary"], saved["rows"])
+        machine = saved.pop("machine")
+        save_results("lht_ablation", {**saved, "measured_on": machine})
+        return
+    table = ROUTERS if args.routers else VARIANTS
+    names = args.only or list(table)
+    unknown = sorted(set(names) - set(table))
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown}; choose from {list(table)}")
+    result_name = "lht_routers" if args.routers else "lht_ablation"
+    # Tokenize once (cached) before the workers start, so they do not race on the cache entry.
+    import os
+
+    os.environ.setdefault("LATENTLM_DATA", str(data_dir()))
+    from latentlm.core.config import load_config
+    from latentlm.lht.config import LHTRunConfig
+    from latentlm.lht.data import build_corpus
+    from latentlm.teachers import load_tokenizer
+
+    cfg = load_config(LHTRunConfig, CONFIG, [f"data.cache_dir={args.cache_dir}"])
+    build_corpus(cfg.data, load_tokenizer(cfg.data.tokenizer))
+    steps = args.steps or cfg.train.max_steps
+    jobs = [(name, table[name], seed, steps, args.cache_dir) for seed in args.seeds for name in names]
+    description = (
+        f"Equal compute, reduced budget for a shared 2-core CPU: every variant trains width "
+        f"{cfg.model.hidden_size}, {cfg.model.num_layers} layers, {cfg.model.num_heads} heads (vocab 30522) "
+        "for "
+        f"{steps} steps of {cfg.batch_size} chunks of <= {cfg.data.max_length} Python-docs tokens "
+        f"({steps * cfg.batch_size * cfg.data.max_length:,} token slots), one torch thread, "
+        f"{args.workers} runs at a time; seeds SEEDS. Held-out perplexity: {cfg.eval.max_chunks} "
+        "chunks, fixed BERT masks. F1: level-1 boundaries vs gold sentence starts, tolerance "
+        f"±{cfg.eval.tolerance} tokens, position 0 excluded; f1_l1_random: random boundaries at the "
+        "variant's own level-1 rate on the same chunks. Probe: logistic regression, 5-fold, on the "
+        "frozen document vector. Std is the sample std over seeds. Config: configs/lht/ablation.yaml."
+    )
+    chosen: dict = {}
+    with mp.get_context("spawn").Pool(args.workers) as pool:
+        if args.pick_routers and not args.routers:
+            router_jobs = [
+                (name, ROUTERS[name], seed, steps, args.cache_dir)
+                for seed in args.router_seeds
+                for name in ROUTERS
+            ]
+            router_summary = run_jobs(pool, router_jobs, list(ROUTERS), "lht_routers", description, False)
+            best = min(router_summary, key=lambda name: router_summary[name]["heldout_ppl"]["mean"])
+            chosen = {
+                "router": best,
+                "overrides": ROUTERS[best],
+                "by": f"lowest mean held-out perplexity over router seeds {args.router_seeds}",
+            }
+            print(f"chosen router settings: {chosen}", flush=True)
+            jobs = [
+                (name, [*table[name], *ROUTERS[best]], seed, steps, args.cache_dir)
+                for name, _, seed, _, _ in jobs
+            ]
+        run_jobs(pool, jobs, names, result_name, description, not args.routers, chosen)
+
+
+def run_jobs(
+    pool, jobs: list, names: list[str], result_name: str, description: str, with_targets: bool, chosen=None
+) -> dict:
+    """Run the jobs in the pool, saving the JSON after every finished run; returns the summary."""
+    rows: list[dict] = []
+    extras: list[dict] = []
+    summary: dict = {}
+    overrides = {name: next(job[1] for job in jobs if job[0] == name) for name in names}
+    for result in pool.imap_unordered(run_variant, jobs):
+        print(result, flush=True)
+        rows.append(result["row"])
+        extras.append(result["extra"])
+        rows.sort(key=lambda r: (names.index(r["variant"]), r["seed"]))
+        summary = summarize(rows, extras)
+        seeds = sorted({job[2] for job in jobs})
+        payload = {
+            "description": description.replace("SEEDS", str(seeds)),
+            "steps": jobs[0][3],
+            "overrides": overrides,
+            "rows": rows,
+            "summary": summary,
+            "targets": targets(summary, rows) if with_targets else {},
+            "details": extras,
+        }
+        if chosen:
+            payload["router_choice"] = chosen
+        save_results(result_name, payload)
+    return summary
+
+
+if __name__ == "__main__":
+    main()

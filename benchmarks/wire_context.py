@@ -1,0 +1,242 @@
+"""Issue 12: context compression on SQuAD with one latent for two frozen LLMs, against text
+baselines at equal positions, on CPU.
+
+`--stage train` trains `configs/wire/context.yaml` (span encoder, autoencoding + answer loss through
+SmolLM2-135M and Qwen2.5-Coder-0.5B); `--stage eval` evaluates the latent at its ratio and every
+text baseline (no_context, token_budget, anchor_budget, external = Selective Context under SmolLM2,
+text) at every ratio of `--ratios`, all with the same question text, on the same dev questions, and
+writes `benchmarks/results/wire_context.json` (one row per compression, model and method) and
+`wire_context.png` (F1 against positions). `--stage all` does both.
+
+    python3 benchmarks/wire_context.py --stage train --steps 50
+    python3 benchmarks/wire_context.py --stage eval --dev 50 --ratios 4 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from latentlm.core.bench import REPO, RESULTS, save_results
+from latentlm.core.config import load_config, load_run_config
+from latentlm.wire.config import WireRunConfig
+from latentlm.wire.data import resolve_examples
+from latentlm.wire.evaluate import evaluate_context, load_wire
+from latentlm.wire.features import build_features
+from latentlm.wire.frozen import load_frozen_lms
+from latentlm.wire.task import train_wire
+
+BASELINES = ["no_context", "token_budget", "anchor_budget", "external", "text"]
+RATIO_FREE = ("no_context", "text")  # the same prompt at every ratio: measured once
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--stage", choices=["train", "eval", "all"], default="all")
+    parser.add_argument("--config", default=str(REPO / "configs" / "wire" / "context.yaml"))
+    parser.add_argument("--run-dir", default="runs/bench-context")
+    parser.add_argument("--steps", type=int, default=50, help="training steps (batch of --batch questions)")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument(
+        "--ae-only-fraction", type=float, default=1 / 3, help="share of the steps with autoencoding alone"
+    )
+    parser.add_argument("--train", type=int, default=2000, help="train questions available")
+    parser.add_argument("--dev", type=int, default=50, help="dev questions evaluated")
+    parser.add_argument("--ratios", type=int, nargs="+", default=[4], help="the first is the latent's")
+    parser.add_argument(
+        "--deadline-s", type=float, default=1140, help="stop evaluating new questions this long after start"
+    )
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--finish-by",
+        default="",
+        help="UTC HH:MM: fewer training steps and an earlier evaluation deadline so "
+        "that the run ends by then (a shared machine's queue may start it late)",
+    )
+    parser.add_argument("--no-start-after", default="", help="UTC HH:MM: exit without running after this")
+    parser.add_argument("--seconds-per-step", type=float, default=20.0, help="for --finish-by")
+    parser.add_argument("--set", nargs="*", default=[], help="further config overrides key=value")
+    parser.add_argument("--out", default="wire_context")
+    return parser.parse_args()
+
+
+def train(args: argparse.Namespace, lms, sentence) -> dict:
+    steps = args.steps
+    overrides = [
+        f"run_dir={args.run_dir}",
+        f"train.max_steps={steps}",
+        f"phases=[{{name: context, steps: {steps}}}]",
+        f"batch_size={args.batch}",
+        f"data.train_limit={args.train}",
+        f"latent.ratio={args.ratios[0]}",
+        f"loss.autoencode_only_steps={round(steps * args.ae_only_fraction)}",
+        *args.set,
+    ]
+    cfg = load_config(WireRunConfig, args.config, overrides)
+    start = time.time()
+    train_wire(cfg, lms, sentence)
+    seconds = time.time() - start
+    info = {"train_seconds": seconds, "steps": steps, "batch_size": args.batch, "overrides": overrides}
+    (Path(args.run_dir) / "bench_train.json").write_text(json.dumps(info, indent=1))
+    return info
+
+
+def evaluate(args: argparse.Namespace, lms, sentence, deadline: float) -> dict:
+    """Every method at every ratio, 8 questions at a time (all methods on the same questions) until
+    `deadline` (time.time()); later ratios only when the earlier ones finished every question."""
+    run_dir = Path(args.run_dir)
+    cfg = load_run_config(WireRunConfig, run_dir, [f"data.dev_limit={args.dev}"])
+    wire = load_wire(run_dir, "best").attach(lms, sentence)
+    features, _ = build_features(cfg.encoder, lms, sentence, True)
+    dev = resolve_examples(cfg.data.dev, "validation", args.dev, cfg.data.max_context_chars)
+    scorer = next(lm for lm in lms if lm.name == cfg.eval.external_scorer)
+    rows, per_ratio = [], {}
+    for k, ratio in enumerate(args.ratios):
+        methods = (["latent"] if ratio == cfg.latent.ratio else []) + [
+            m for m in BASELINES if k == 0 or m not in RATIO_FREE
+        ]
+        t0, records, extras = time.time(), [], {}
+        for begin in range(0, len(dev), 8):
+            if time.time() > deadline and (k > 0 or records):
+                break
+            metrics, chunk = evaluate_context(
+                cfg,
+                wire if "latent" in methods else None,
+                lms,
+                features,
+                dev[begin : begin + 8],
+                methods,
+                ratio,
+                scorer,
+            )
+            records += chunk
+            if not extras:
+                extras = {key: metrics[key] for key in ("latent_bytes", "prefill") if key in metrics}
+        if not records:
+            print(f"skipping {ratio}x: no time left before the deadline", flush=True)
+            continue
+        questions = len({r["id"] for r in records})
+        per_ratio[f"{ratio}x"] = {"questions": questions, "seconds": time.time() - t0, **extras}
+        for model in [lm.name for lm in lms]:
+            for method in methods:
+                mine = [r for r in records if r["model"] == model and r["method"] == method]
+                rows.append(
+                    {
+                        "compression": ratio,
+                        "model": model,
+                        "method": method,
+                        "f1": float(np.mean([r["f1"] for r in mine])),
+                        "em": float(np.mean([r["em"] for r in mine])),
+                        "positions": float(np.mean([r["positions"] for r in mine])),
+                        "questions": len(mine),
+                    }
+                )
+        if questions < len(dev):
+            break  # later ratios would be measured on other questions
+    # Ratio-free methods were measured once; repeat their rows at every ratio measured.
+    first = args.ratios[0]
+    for ratio in args.ratios[1:]:
+        if f"{ratio}x" in per_ratio:
+            rows += [
+                dict(r, compression=ratio)
+                for r in rows
+                if r["compression"] == first and r["method"] in RATIO_FREE
+            ]
+    return {"rows": rows, "per_ratio": per_ratio}
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = sorted({r["model"] for r in rows})
+    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4), squeeze=False)
+    for ax, model in zip(axes[0], models, strict=True):
+        for method in ["latent", *BASELINES]:
+            pts = sorted(
+                {(r["positions"], r["f1"]) for r in rows if r["model"] == model and r["method"] == method}
+            )
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
+        ax.set_title(model)
+        ax.set_xlabel("context positions (mean per question)")
+        ax.set_ylabel("SQuAD F1")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
+def _utc_today(hhmm: str) -> float:
+    """Seconds since the epoch of HH:MM UTC today."""
+    import datetime as dt
+
+    hour, minute = map(int, hhmm.split(":"))
+    now = dt.datetime.now(dt.UTC)
+    return now.replace(hour=hour, minute=minute, second=0, microsecond=0).timestamp()
+
+
+def fit_to_clock(args: argparse.Namespace, started: float) -> bool:
+    """Apply --no-start-after / --finish-by; False when the run must not start."""
+    if args.no_start_after and started > _utc_today(args.no_start_after):
+        print(f"not starting: it is past {args.no_start_after} UTC", flush=True)
+        return False
+    if args.finish_by:
+        left = _utc_today(args.finish_by) - started
+        args.deadline_s = min(args.deadline_s, left - 150)  # the last chunk and the JSON after it
+        if args.stage in ("train", "all"):
+            train_budget = left - 60 - 330  # model loading; at least ~4 evaluation chunks
+            args.steps = min(args.steps, max(4, int(train_budget / args.seconds_per_step)))
+        print(
+            f"fit to {args.finish_by} UTC: {args.steps} steps, deadline {args.deadline_s:.0f} s", flush=True
+        )
+    return True
+
+
+def main() -> None:
+    started = time.time()
+    args = parse_args()
+    if not fit_to_clock(args, started):
+        return
+    torch.set_num_threads(args.threads)
+    cfg = load_config(WireRunConfig, args.config, [f"run_dir={args.run_dir}", *args.set])
+    lms = load_frozen_lms(cfg.models, cfg.prompt)
+    features, _ = build_features(cfg.encoder, lms, None, True)
+    sentence = features.sentence
+    if args.stage in ("train", "all"):
+        print(json.dumps(train(args, lms, sentence)), flush=True)
+    if args.stage == "train":
+        return
+    result = evaluate(args, lms, sentence, started + args.deadline_s)
+    trained = json.loads((Path(args.run_dir) / "bench_train.json").read_text())
+    rows = result["rows"]
+    plot(rows, RESULTS / f"{args.out}.png")
+    summary = {
+        "description": "issue 12: SQuAD context compression, one latent for SmolLM2-135M + "
+        "Qwen2.5-Coder-0.5B, text baselines at equal positions (same question text)",
+        "reduced_budget": (
+            f"CPU, 2 shared cores: {trained['steps']} training steps of {trained['batch_size']} questions "
+            f"({trained['train_seconds']:.0f} s), up to {args.dev} dev questions as time allowed "
+            "(per_ratio.questions; issue: 200), "
+            f"ratios {args.ratios} (issue: 2x and 4x); the latent is trained at {args.ratios[0]}x only"
+        ),
+        "train": trained,
+        "rows": rows,
+        "per_ratio": result["per_ratio"],
+        "plot": f"benchmarks/results/{args.out}.png",
+    }
+    print(json.dumps(rows, indent=1))
+    save_results(args.out, summary)
+
+
+if __name__ == "__main__":
+    main()

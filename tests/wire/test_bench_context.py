@@ -1,0 +1,55 @@
+"""benchmarks/wire_context.py's train and evaluate steps on tiny models (the real run needs hours of CPU)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from latentlm.core.checkpoint import read_json
+from latentlm.core.config import save_config
+from tests.wire.test_context import context_cfg, sentence  # noqa: F401  (the tiny sentence encoder fixture)
+
+
+def test_benchmark_rows_have_the_issue_fields(tmp_path, tiny_llama, tiny_qwen, sentence):  # noqa: F811
+    from benchmarks import wire_context
+
+    cfg = context_cfg(tmp_path / "run", ("data.dev_limit=3", "train.eval_every=0", "latent.length=40"))
+    config_path = tmp_path / "context_tiny.yaml"
+    save_config(cfg, config_path)
+    args = argparse.Namespace(
+        config=str(config_path),
+        run_dir=str(tmp_path / "run"),
+        steps=2,
+        batch=2,
+        train=4,
+        dev=10,
+        ratios=[4, 2],
+        ae_only_fraction=0.5,
+        set=[],
+    )
+    lms = [tiny_llama, tiny_qwen]
+    info = wire_context.train(args, lms, sentence)
+    assert info["steps"] == 2 and read_json(tmp_path / "run" / "bench_train.json")["steps"] == 2
+    result = wire_context.evaluate(args, lms, sentence, deadline=time.time() + 600)
+    rows = result["rows"]
+    assert {"compression", "model", "method", "f1", "em", "positions"} <= set(rows[0])
+    at4 = {(r["model"], r["method"]) for r in rows if r["compression"] == 4}
+    assert at4 == {(m, x) for m in ("tiny_llama", "tiny_qwen") for x in ["latent", *wire_context.BASELINES]}
+    at2 = {r["method"] for r in rows if r["compression"] == 2}
+    assert at2 == set(wire_context.BASELINES)  # no latent trained at 2x; ratio-free rows repeated
+    latent = next(r for r in rows if r["method"] == "latent" and r["model"] == "tiny_qwen")
+    budget = next(
+        r
+        for r in rows
+        if r["method"] == "token_budget" and r["model"] == "tiny_qwen" and r["compression"] == 4
+    )
+    assert latent["positions"] == budget["positions"] > 0
+    half = next(
+        r
+        for r in rows
+        if r["method"] == "token_budget" and r["model"] == "tiny_qwen" and r["compression"] == 2
+    )
+    assert half["positions"] > budget["positions"]
+    assert result["per_ratio"]["4x"]["questions"] == 10
+    wire_context.plot(rows, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").stat().st_size > 0
