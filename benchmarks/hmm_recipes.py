@@ -62,6 +62,7 @@ def corpus_settings(name: str, units: int) -> dict:
 
 
 def recipe_config(base: dict, recipe: str, k: int, epochs: int, args, corpus) -> HMMRunConfig:
+    alpha = args.pseudocount
     values = json.loads(json.dumps(base))
     values["model"] = {"num_states": k, "parameterization": "dense"}
     em = recipe.endswith("_em")
@@ -73,7 +74,7 @@ def recipe_config(base: dict, recipe: str, k: int, epochs: int, args, corpus) ->
             "eval_every": 1,
             "log_every": 1,
         }
-        values["em"] = {"batch_tokens": 0, "pseudocount": 0.1}
+        values["em"] = {"batch_tokens": 0, "pseudocount": alpha}
     else:
         steps_per_epoch = len(corpus.train) // args.adamw_batch
         values["batch_size"] = args.adamw_batch
@@ -86,7 +87,7 @@ def recipe_config(base: dict, recipe: str, k: int, epochs: int, args, corpus) ->
     lvd = recipe.startswith("lvd")
     values["lvd"] = {**values["lvd"], "enabled": lvd}
     if recipe == "lvd_closed_form_em":
-        values["lvd"].update({"phase": "closed_form", "pseudocount": 0.1})
+        values["lvd"].update({"phase": "closed_form", "pseudocount": alpha})
     if recipe == "lvd_adamw":
         values["lvd"].update({"phase": "adamw", "pretrain_tokens": epochs * corpus.train.num_tokens // 3})
     return config_from_dict(HMMRunConfig, values, source=f"{NAME}:{recipe}")
@@ -104,11 +105,11 @@ def curve(run_dir: str) -> list[dict]:
     ]
 
 
-def initial_ppl(corpus, k: int, states=None) -> float:
+def initial_ppl(corpus, k: int, states=None, pseudocount: float = 0.01) -> float:
     """Held-out perplexity at epoch 0: the random init, or the closed-form LVD estimate."""
     model = HMMLanguageModel(HMMConfig(num_states=k, vocab_size=len(corpus.vocab)))
     if states is not None:
-        model.load_log_probabilities(closed_form_estimate(corpus, states, k, 0.1))
+        model.load_log_probabilities(closed_form_estimate(corpus, states, k, pseudocount))
     return heldout_metrics(model, corpus.heldout, 128)["heldout_ppl"]
 
 
@@ -144,15 +145,15 @@ def hmmlearn_em(corpus, k: int, epochs: int, cap_seconds: float) -> dict:
     return {"curve": points, "capped": len(points) < epochs, "train_seconds": round(seconds, 2)}
 
 
-def load_rows() -> tuple[list[dict], list[dict]]:
+def load_rows() -> tuple[list[dict], list[dict], list[dict]]:
     path = RESULTS / f"{NAME}.json"
     if not path.is_file():
-        return [], []
+        return [], [], []
     previous = json.loads(path.read_text())
-    return previous.get("rows", []), previous.get("invocations", [])
+    return previous.get("rows", []), previous.get("invocations", []), previous.get("earlier_rows", [])
 
 
-def save(rows: list[dict], invocations: list[dict], summary: dict) -> None:
+def save(rows: list[dict], invocations: list[dict], summary: dict, earlier: list[dict]) -> None:
     save_results(
         NAME,
         {
@@ -160,6 +161,7 @@ def save(rows: list[dict], invocations: list[dict], summary: dict) -> None:
             "rows": sorted(rows, key=lambda r: (r["corpus"], r["K"], RECIPES.index(r["recipe"]))),
             "summary": summary,
             "invocations": invocations,
+            "earlier_rows": earlier,
         },
     )
 
@@ -240,6 +242,7 @@ def main() -> None:
     )
     parser.add_argument("--shakespeare-units", type=int, default=1200, help="training paragraphs")
     parser.add_argument("--adamw-lr", type=float, default=0.02)
+    parser.add_argument("--pseudocount", type=float, default=0.01, help="closed-form LVD and EM pseudocount")
     parser.add_argument("--adamw-batch", type=int, default=32)
     parser.add_argument("--hmmlearn-max-states", type=int, default=256)
     parser.add_argument("--hmmlearn-cap", type=float, default=240.0, help="seconds of hmmlearn per cell")
@@ -248,7 +251,7 @@ def main() -> None:
     args = parser.parse_args()
     global NAME
     NAME = args.name
-    rows, invocations = load_rows()
+    rows, invocations, earlier = load_rows()
     began = time.perf_counter()
     invocations.append({**machine(), "args": vars(args)})
     for corpus_name in args.corpus:
@@ -265,71 +268,87 @@ def main() -> None:
         probe = config_from_dict(HMMRunConfig, base, source=NAME)
         corpus = prepare_corpus(probe)
         print(corpus_name, corpus.describe(), flush=True)
+        states_by_k, prepare_by_k = {}, {}
         for k in args.states:
             started = time.perf_counter()
             probe.model.num_states = k
-            states = prepare_states(probe, corpus)
-            lvd_prepare = round(time.perf_counter() - started, 2)
-            print(f"K={k}: LVD states in {lvd_prepare} s", flush=True)
-            for recipe in args.recipes_large if k >= 1024 else args.recipes:
-                if args.max_minutes and time.perf_counter() - began > args.max_minutes * 60:
-                    print(f"skipped {corpus_name} K={k} {recipe}: --max-minutes reached", flush=True)
-                    invocations[-1].setdefault("skipped", []).append(f"{corpus_name} K={k} {recipe}")
+            states_by_k[k] = prepare_states(probe, corpus)
+            prepare_by_k[k] = round(time.perf_counter() - started, 2)
+            print(f"K={k}: LVD states in {prepare_by_k[k]} s", flush=True)
+        # Cheapest and most telling first (EM recipes at every K), then AdamW, then hmmlearn, so that a
+        # time-capped job still fills the cells that decide the comparison.
+        plan = [
+            (k, recipe)
+            for group in (
+                ("lvd_closed_form_em", "random_em"),
+                ("random_adamw", "lvd_adamw"),
+                ("hmmlearn_em",),
+            )
+            for k in args.states
+            for recipe in group
+            if recipe in (args.recipes_large if k >= 1024 else args.recipes)
+        ]
+        for k, recipe in plan:
+            states, lvd_prepare = states_by_k[k], prepare_by_k[k]
+            if args.max_minutes and time.perf_counter() - began > args.max_minutes * 60:
+                print(f"skipped {corpus_name} K={k} {recipe}: --max-minutes reached", flush=True)
+                invocations[-1].setdefault("skipped", []).append(f"{corpus_name} K={k} {recipe}")
+                continue
+            row = {
+                "corpus": corpus_name,
+                "K": k,
+                "recipe": recipe,
+                **{f"corpus_{a}": b for a, b in corpus.describe().items()},
+            }
+            if recipe == "hmmlearn_em":
+                if k > args.hmmlearn_max_states:
                     continue
-                row = {
-                    "corpus": corpus_name,
-                    "K": k,
-                    "recipe": recipe,
-                    **{f"corpus_{a}": b for a, b in corpus.describe().items()},
-                }
-                if recipe == "hmmlearn_em":
-                    if k > args.hmmlearn_max_states:
-                        continue
-                    out = hmmlearn_em(corpus, k, args.epochs, args.hmmlearn_cap)
-                    row.update(
-                        {
-                            "curve": out["curve"],
-                            "capped": out["capped"],
-                            "train_seconds": out["train_seconds"],
-                        }
-                    )
-                else:
-                    cfg = recipe_config(base, recipe, k, args.epochs, args, corpus)
-                    cfg.run_dir = f"{args.out}/{corpus_name}_K{k}_{recipe}"
-                    summary = train_run(cfg, corpus, states if cfg.lvd.enabled else None)
-                    row.update(
-                        {
-                            "curve": curve(cfg.run_dir),
-                            "train_seconds": summary["fit_seconds"],
-                            "wall_seconds": summary["train_seconds"],
-                            "lvd_prepare_seconds": lvd_prepare if cfg.lvd.enabled else 0.0,
-                            "settings": {
-                                k_: v
-                                for k_, v in vars(cfg.train).items()
-                                if k_ in ("optimizer", "lr", "max_steps")
-                            }
-                            | {"batch_size": cfg.batch_size if cfg.train.optimizer == "adamw" else "full"},
-                        }
-                    )
-                    if recipe in ("random_em", "random_adamw", "lvd_closed_form_em"):
-                        row["initial_ppl"] = initial_ppl(
-                            corpus, k, states if recipe == "lvd_closed_form_em" else None
-                        )
-                points = row["curve"]
-                row["heldout_ppl"] = min(p["heldout_ppl"] for p in points) if points else None
-                row["final_heldout_ppl"] = points[-1]["heldout_ppl"] if points else None
-                row["best_epoch"] = min(points, key=lambda p: p["heldout_ppl"])["epoch"] if points else None
-                row["epochs"] = points[-1]["epoch"] if points else 0
-                print(
-                    f"{corpus_name} K={k} {recipe}: best {row['heldout_ppl']:.2f} (ep. {row['best_epoch']}), "
-                    f"final {row['final_heldout_ppl']:.2f}, {row['train_seconds']} s",
-                    flush=True,
+                out = hmmlearn_em(corpus, k, args.epochs, args.hmmlearn_cap)
+                row.update(
+                    {
+                        "curve": out["curve"],
+                        "capped": out["capped"],
+                        "train_seconds": out["train_seconds"],
+                    }
                 )
-                rows = [r for r in rows if (r["corpus"], r["K"], r["recipe"]) != (corpus_name, k, recipe)] + [
-                    row
-                ]
-                save(rows, invocations, summarise(rows))
-                plot(rows, corpus_name, k)
+            else:
+                cfg = recipe_config(base, recipe, k, args.epochs, args, corpus)
+                cfg.run_dir = f"{args.out}/{corpus_name}_K{k}_{recipe}"
+                summary = train_run(cfg, corpus, states if cfg.lvd.enabled else None)
+                row.update(
+                    {
+                        "curve": curve(cfg.run_dir),
+                        "train_seconds": summary["fit_seconds"],
+                        "wall_seconds": summary["train_seconds"],
+                        "lvd_prepare_seconds": lvd_prepare if cfg.lvd.enabled else 0.0,
+                        "settings": {"pseudocount": args.pseudocount if recipe.endswith("_em") else None}
+                        | {
+                            k_: v
+                            for k_, v in vars(cfg.train).items()
+                            if k_ in ("optimizer", "lr", "max_steps")
+                        }
+                        | {"batch_size": cfg.batch_size if cfg.train.optimizer == "adamw" else "full"},
+                    }
+                )
+                if recipe in ("random_em", "random_adamw", "lvd_closed_form_em"):
+                    row["initial_ppl"] = initial_ppl(
+                        corpus, k, states if recipe == "lvd_closed_form_em" else None
+                    )
+            points = row["curve"]
+            row["heldout_ppl"] = min(p["heldout_ppl"] for p in points) if points else None
+            row["final_heldout_ppl"] = points[-1]["heldout_ppl"] if points else None
+            row["best_epoch"] = min(points, key=lambda p: p["heldout_ppl"])["epoch"] if points else None
+            row["epochs"] = points[-1]["epoch"] if points else 0
+            print(
+                f"{corpus_name} K={k} {recipe}: best {row['heldout_ppl']:.2f} (ep. {row['best_epoch']}), "
+                f"final {row['final_heldout_ppl']:.2f}, {row['train_seconds']} s",
+                flush=True,
+            )
+            key = (corpus_name, k, recipe)
+            earlier += [r for r in rows if (r["corpus"], r["K"], r["recipe"]) == key]  # kept, not hidden
+            rows = [r for r in rows if (r["corpus"], r["K"], r["recipe"]) != key] + [row]
+            save(rows, invocations, summarise(rows), earlier)
+            plot(rows, corpus_name, k)
     print(json.dumps(summarise(rows), indent=1))
 
 

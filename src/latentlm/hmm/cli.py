@@ -1,7 +1,7 @@
 """``latentlm hmm <command>``: train, eval, compare, distill, quickstart.
 
 latentlm hmm quickstart                              # closed-form LVD -> EM vs random -> EM, < 2 min
-latentlm hmm train    configs/hmm/tiny.yaml          # every shipped config trains as written
+latentlm hmm train    configs/hmm/tiny.yaml          # smallest real run (PTB under $LATENTLM_DATA)
 latentlm hmm train    configs/hmm/gelato.yaml model.num_states=1024
 latentlm hmm compare  configs/hmm/gelato.yaml        # the config's recipe vs compare.baseline, same budget
 latentlm hmm distill  configs/hmm/quickstart.yaml    # corpus sampled from a causal-LM teacher, then compare
@@ -41,7 +41,7 @@ QUICKSTART = {
     "lvd": {
         "enabled": True,
         "phase": "closed_form",
-        "pseudocount": 0.1,
+        "pseudocount": 0.01,
         "teacher": {"name": "smollm2", "batch_size": 32},
     },
     "train": {
@@ -52,7 +52,7 @@ QUICKSTART = {
         "eval_every": 1,
         "seed": 0,
     },
-    "em": {"batch_tokens": 0, "pseudocount": 0.1},
+    "em": {"batch_tokens": 0, "pseudocount": 0.01},
     "distill": {"num_sequences": 240, "max_new_tokens": 40, "batch_size": 60, "seed": 0, "compare": True},
     "compare": {
         "label": "lvd_closed_form_em",

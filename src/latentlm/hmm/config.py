@@ -181,8 +181,9 @@ class LVDConfig:
     dense only). Either way training then switches cleanly to -log P(O)."""
     pretrain_tokens: int = 5_000_000
     """adamw phase: tokens trained on -log P(O, S) with the stored states before the switch."""
-    pseudocount: float = 0.1
-    """closed_form phase: added to every count before normalising (GeLaTo: 0.1); must be > 0."""
+    pseudocount: float = 0.01
+    """closed_form phase: added to every count before normalising; must be > 0. GeLaTo uses 0.1 on
+    millions of tokens; on corpora of 10k-100k tokens 0.01 measured better (docs/hmm.md)."""
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     """The teacher model."""
     kmeans: KMeansConfig = field(default_factory=KMeansConfig)
@@ -209,8 +210,9 @@ class EMConfig:
     step_decay: float = 0.7
     """Stepwise EM: the step size of update k is (k + 2) ** -step_decay; in [0.5, 1] for convergence
     (0: step size 1, each update replaces the statistics by the mini-batch's)."""
-    pseudocount: float = 0.1
-    """Added to the expected counts before normalising (a Dirichlet prior); must be > 0."""
+    pseudocount: float = 0.01
+    """Added to the expected counts before normalising (a Dirichlet prior); must be > 0. It competes with
+    the counts of each state's row, so a small corpus with a large vocabulary wants a small value."""
     chunk_tokens: int = 32768
     """Full-batch EM: tokens per micro-batch (bounds memory; the counts of all chunks are summed)."""
 
