@@ -9,6 +9,7 @@ that `latentlm hmm ...` never loads the diffusion code and `latentlm --help` ans
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -39,7 +40,15 @@ def usage_error(prog: str, message: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Entry point of `latentlm`; returns the exit status."""
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    except BrokenPipeError:  # `latentlm ... --help | head`: the reader left early, which is not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: list[str]) -> int:
     flags = [a for a in argv[:1] if a == "--debug"]  # `latentlm --debug <system> ...` passes it on
     argv = argv[len(flags) :]
     if not argv or argv[0] in ("-h", "--help"):
