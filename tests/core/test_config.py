@@ -123,6 +123,30 @@ def test_range_errors_name_the_source_that_set_the_field(tmp_path):
     assert str(err.value) == "command line: model.d_model: must be >= 1, got -2"
 
 
+@dataclass
+class EvalBatch:
+    batch_size: int = 1
+
+
+@dataclass
+class TwoBatchSizes:
+    batch_size: int = 1
+    eval: EvalBatch = field(default_factory=EvalBatch)
+
+    def __post_init__(self):
+        check_range("batch_size", self.batch_size, 1)
+
+
+def test_the_source_of_a_field_is_matched_exactly_before_by_suffix(tmp_path):
+    # `batch_size` set in the file, overridden on the command line; the file also sets
+    # `eval.batch_size` after it: the error must name the command line, not the file.
+    path = tmp_path / "run.yaml"
+    path.write_text("batch_size: 2\neval:\n  batch_size: 3\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(TwoBatchSizes, path, ["batch_size=0"])
+    assert str(err.value) == "command line: batch_size: must be >= 1, got 0"
+
+
 def test_empty_override_is_an_empty_string():
     assert load_config(CheckedRun, None, ["model.name="]).model.name == ""
     assert load_config(CheckedRun, None, ["model.name=a=b"]).model.name == "a=b"

@@ -216,8 +216,10 @@ def _origin(
 ) -> str:
     """The source that set `key` (the file or "command line"), else every source given."""
     if key:
+        if key in set_by:  # an exact match first: `batch_size` is not `eval.batch_size`
+            return set_by[key]
         for set_key, source in reversed(list(set_by.items())):
-            if set_key == key or set_key.endswith("." + key) or set_key.startswith(key + "."):
+            if set_key.endswith("." + key) or set_key.startswith(key + "."):
                 return source
     return _sources(path, overrides)
 
