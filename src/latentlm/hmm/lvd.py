@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from latentlm.data.cache import cached_arrays, content_hash
+from latentlm.data.cache import cached_arrays, check_ids, content_hash
 from latentlm.hmm.config import KMeansConfig, LVDConfig
 from latentlm.hmm.data import Corpus
 from latentlm.hmm.teacher import embed_sequences, load_teacher
@@ -124,6 +124,7 @@ def prepare_latent_states(corpus: Corpus, num_states: int, cfg: LVDConfig) -> La
     states = cached_arrays(cache, states_key, compute_states)["states"]
     if states.shape != (corpus.train.num_tokens,):
         raise ValueError(f"{cache / states_key}: cached states do not match the corpus; delete the entry")
+    check_ids(states, num_states, cache / states_key / "states.npy")
     return LatentStates(states, corpus.train.offsets, embeddings_key, states_key)
 
 

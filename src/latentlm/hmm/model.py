@@ -175,11 +175,10 @@ class HMMLanguageModel(nn.Module, PretrainedMixin):
         self.parameterization = _PARAMETERIZATION_CLASSES[config.parameterization](config, generator)
         self.vocabulary: Vocabulary | None = None
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        directory = super().save_pretrained(directory)
+    def save_assets(self, directory: Path) -> None:
+        """The vocabulary goes inside the folder (written before the manifest, so it is verified too)."""
         if self.vocabulary is not None:
             self.vocabulary.save(directory)
-        return directory
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> HMMLanguageModel:

@@ -14,12 +14,13 @@ import hashlib
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from latentlm.data.cache import cached_arrays, content_hash
+from latentlm.data.cache import cached_arrays, check_ids, content_hash
 from latentlm.data.documents import (
     Document,
     interleave_documents,
@@ -186,6 +187,8 @@ def build_corpus(config: DataConfig, tokenizer) -> CorpusSplits:
 
     arrays = cached_arrays(config.cache_dir, f"lht-{key}", compute_all)
     for name in ("train", "heldout"):
+        entry = Path(config.cache_dir) / f"lht-{key}" / f"{name}.ids.npy"
+        check_ids(arrays[f"{name}.ids"], len(tokenizer), entry)
         prefix = f"{name}."
         splits[name] = _unpack({k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)})
     return CorpusSplits(splits["train"], splits["heldout"])
