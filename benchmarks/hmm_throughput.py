@@ -246,6 +246,7 @@ def main() -> None:
     parser.add_argument(
         "--batches", type=int, nargs="+", default=None, help="override the batch sizes (default 64 256)"
     )
+    parser.add_argument("--note", default="", help="free text stored in the results' setup")
     parser.add_argument(
         "--em-chunks", type=int, default=2, help="chunks of one batch per timed EM epoch (first batch only)"
     )
@@ -327,6 +328,7 @@ def main() -> None:
                 "batches": batches,
                 "peer_seconds_cap": args.peer_seconds,
                 "em_epoch_chunks": args.em_chunks,
+                "run_note": args.note,
                 "note": "shared 2-core machine (other jobs running)",
             },
             "gemm": rate,
