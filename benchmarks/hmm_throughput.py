@@ -13,7 +13,15 @@ just before the measured call. Peers are timed on as many sequences as fit in ``
 (extrapolated from a first sequence) and skipped when even one sequence would take longer; pomegranate
 is skipped where its dense ``(B, T, K, K)``-sized intermediates would not fit in ``--peer-memory-gib``.
 Achieved GFLOP/s use 2·K² FLOPs per token for the forward and 6·K² for forward+backward, and are
-reported as a fraction of this machine's best measured fp32 GEMM rate (measured in the same run).
+reported as a fraction of this machine's best measured fp32 GEMM rate (measured in the same run) and of
+the GEMM rate of the step's own shape ``(B, K) @ (K, K)``, timed in the same process right after the
+measurement, by wall clock and by process CPU time (the CPU-time ratio is less disturbed when other jobs
+share the cores).
+
+``ours_em_epoch`` is one full-batch EM epoch as the trainer runs it (``train.optimizer: em``):
+``--em-chunks`` chunks of B sequences, each normalising the tables with a constant normaliser
+(``count_gradients``) and running forward–backward (the E-step counts land in ``.grad``), then one
+:class:`latentlm.hmm.em.EM` M-step; its GFLOP/s count 6·K² per token like forward+backward.
 
     python benchmarks/hmm_throughput.py [--quick]
 """
@@ -69,32 +77,54 @@ def make_problem(k: int, batch: int, seed: int = 0):
     return log_start, log_trans, log_emit, obs, states
 
 
-def _child(method: str, k: int, batch: int, peer_seconds: float, threads: int, queue) -> None:
+def _child(method: str, k: int, batch: int, peer_seconds: float, threads: int, em_chunks: int, queue) -> None:
     torch.set_num_threads(threads)
     log_start, log_trans, log_emit, obs, states = make_problem(k, batch)
     result = {"method": method, "K": k, "batch": batch}
     try:
-        result.update(_measure(method, log_start, log_trans, log_emit, obs, states, peer_seconds))
+        result.update(_measure(method, log_start, log_trans, log_emit, obs, states, peer_seconds, em_chunks))
     except Exception as err:  # a peer failing (e.g. out of memory) is a result, not a crash
         result["error"] = f"{type(err).__name__}: {err}"[:300]
     queue.put(result)
 
 
-def _timed(fn) -> float:
-    """Best of up to three timed calls after a warm-up (the machine is shared, so the minimum is the
-    least disturbed measurement); one call only when a call takes more than 5 s."""
+def _timed(fn) -> tuple[float, float]:
+    """``(wall, cpu)`` seconds: best of up to three timed calls after a warm-up (the machine is shared,
+    so the minimum is the least disturbed measurement); one call only when a call takes more than 5 s.
+    ``cpu`` is this process's CPU time for the same calls (one thread: time actually computing)."""
     start = time.perf_counter()
     fn()  # warm-up
     first = time.perf_counter() - start
-    times = []
+    walls, cpus = [], []
     for _ in range(3 if first < 5 else 1):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        walls.append(time.perf_counter() - start)
+        cpus.append(time.process_time() - cpu_start)
+    return min(walls), min(cpus)
 
 
-def _measure(method, log_start, log_trans, log_emit, obs, states, peer_seconds) -> dict:
+def _em_epoch(log_start, log_trans, log_emit, obs, chunks: int):
+    """One full-batch EM epoch over ``chunks`` copies of the batch (rolled so the chunks differ)."""
+    from latentlm.hmm.em import EM
+    from latentlm.hmm.forward import forward_log_likelihood
+
+    tables = [p.clone().requires_grad_(True) for p in (log_start, log_trans, log_emit)]
+    optimizer = EM(tables, pseudocount=0.1)
+    batches = [obs.roll(i, dims=1) for i in range(chunks)]
+
+    def run():
+        for batch in batches:
+            normalised = [t - t.logsumexp(-1, keepdim=True).detach() for t in tables]
+            (-forward_log_likelihood(*normalised, batch).sum()).backward()
+        optimizer.step()
+        for t in tables:
+            t.grad = None
+
+    return run, chunks * obs.numel()
+
+
+def _measure(method, log_start, log_trans, log_emit, obs, states, peer_seconds, em_chunks) -> dict:
     from latentlm.hmm.forward import forward_log_likelihood, joint_log_likelihood
 
     batch = obs.shape[0]
@@ -115,19 +145,24 @@ def _measure(method, log_start, log_trans, log_emit, obs, states, peer_seconds) 
             for p in params:
                 p.grad = None
 
+        if method == "ours_em_epoch":
+            run, tokens = _em_epoch(log_start, log_trans, log_emit, obs, em_chunks)
         base = rss_mib()
-        seconds = _timed(run)
+        seconds, cpu_seconds = _timed(run)
         # The machine is shared: the GEMM rate of this step's shape, measured right after, is the
         # reference that saw the same load.
         k = log_start.shape[0]
         a, b = torch.randn(batch, k), torch.randn(k, k)
-        shape_gemm = 2 * batch * k * k / _timed(lambda: torch.mm(a, b)) / 1e9
+        gemm_wall, gemm_cpu = _timed(lambda: torch.mm(a, b))
         return {
             "seconds": seconds,
+            "cpu_seconds": cpu_seconds,
             "tokens": tokens,
             "tokens_per_s": tokens / seconds,
             "peak_mib": max(0.0, peak_mib() - base),
-            "shape_gemm_gflops": shape_gemm,
+            "shape_gemm_gflops": 2 * batch * k * k / gemm_wall / 1e9,
+            "shape_gemm_gflops_cpu": 2 * batch * k * k / gemm_cpu / 1e9,
+            "tokens_per_cpu_s": tokens / cpu_seconds,
         }
     if method.startswith("hmmlearn"):
         from hmmlearn.hmm import CategoricalHMM
@@ -181,10 +216,12 @@ def _measure(method, log_start, log_trans, log_emit, obs, states, peer_seconds) 
     }
 
 
-def measure(method: str, k: int, batch: int, peer_seconds: float, timeout: float) -> dict:
+def measure(method: str, k: int, batch: int, peer_seconds: float, timeout: float, em_chunks: int) -> dict:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(method, k, batch, peer_seconds, torch.get_num_threads(), queue))
+    proc = ctx.Process(
+        target=_child, args=(method, k, batch, peer_seconds, torch.get_num_threads(), em_chunks, queue)
+    )
     proc.start()
     proc.join(timeout)
     if proc.is_alive():
@@ -206,17 +243,26 @@ def main() -> None:
     parser.add_argument("--states", type=int, nargs="+", default=None, help="override the K values")
     parser.add_argument("--ours-only", action="store_true", help="skip hmmlearn and pomegranate")
     parser.add_argument("--tag", default="", help="results file suffix")
+    parser.add_argument(
+        "--batches", type=int, nargs="+", default=None, help="override the batch sizes (default 64 256)"
+    )
+    parser.add_argument("--note", default="", help="free text stored in the results' setup")
+    parser.add_argument(
+        "--em-chunks", type=int, default=2, help="chunks of one batch per timed EM epoch (first batch only)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     states = args.states or ([64, 256] if args.quick else [64, 256, 1024, 4096])
-    batches = [64] if args.quick else [64, 256]
+    batches = args.batches or ([64] if args.quick else [64, 256])
     rate = gemm_rate()
     print(f"fp32 GEMM: {rate}")
     rows = []
     for k in states:
         for batch in batches:
             methods = ["ours_forward", "ours_forward_backward", "ours_joint"]
+            if batch == batches[0]:
+                methods.append("ours_em_epoch")
             if not args.ours_only:
                 methods += [
                     "hmmlearn_scaling_forward",
@@ -241,14 +287,17 @@ def main() -> None:
             for method in methods:
                 if method.startswith("hmmlearn") and batch != batches[0]:
                     continue  # hmmlearn scores one sequence at a time: batch size does not matter
-                row = measure(method, k, batch, args.peer_seconds, args.timeout)
+                row = measure(method, k, batch, args.peer_seconds, args.timeout, args.em_chunks)
                 if "tokens_per_s" in row:
-                    flops = (6 if "backward" in method else 2) * k * k
+                    flops = (2 if method.endswith("forward") else 6) * k * k
                     if method != "ours_joint":
                         row["gflops"] = row["tokens_per_s"] * flops / 1e9
                         row["fraction_of_gemm"] = row["gflops"] / rate["best_gflops"]
                         if "shape_gemm_gflops" in row:
                             row["fraction_of_shape_gemm"] = row["gflops"] / row["shape_gemm_gflops"]
+                            row["fraction_of_shape_gemm_cpu"] = (
+                                row["tokens_per_cpu_s"] * flops / 1e9 / row["shape_gemm_gflops_cpu"]
+                            )
                 print(
                     {key: (round(v, 4) if isinstance(v, float) else v) for key, v in row.items()}, flush=True
                 )
@@ -278,6 +327,8 @@ def main() -> None:
                 "states": states,
                 "batches": batches,
                 "peer_seconds_cap": args.peer_seconds,
+                "em_epoch_chunks": args.em_chunks,
+                "run_note": args.note,
                 "note": "shared 2-core machine (other jobs running)",
             },
             "gemm": rate,

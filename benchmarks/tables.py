@@ -192,6 +192,8 @@ def hmm_section(results: Results) -> str:
         ("hmm_throughput", hmm_throughput),
         ("hmm_matrix", hmm_matrix),
         ("hmm_throughput_adjacent", hmm_throughput),
+        ("hmm_throughput_before_speedup", hmm_throughput),
+        ("hmm_throughput_speed", hmm_throughput),
         ("hmm_quality_tinyshakespeare", hmm_quality),
         ("hmm_quality_ptb", hmm_quality),
     ):

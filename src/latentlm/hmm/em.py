@@ -57,7 +57,8 @@ class EM(torch.optim.Optimizer):
             for table in group["params"]:
                 if table.grad is None:
                     continue
-                counts = (-table.grad * group["count_scale"]).to(torch.float64).clamp_(min=0.0)
+                # In-place float64 passes over the (K, V) table: the M-step is a few memory sweeps.
+                counts = torch.mul(table.grad, -group["count_scale"]).to(torch.float64).clamp_(min=0.0)
                 state = self.state[table]
                 if not state:
                     state["step"] = 0
@@ -65,8 +66,17 @@ class EM(torch.optim.Optimizer):
                     # loaded, so storing it that way from the start keeps resume bit-exact.
                     state["statistics"] = torch.zeros_like(table)
                 eta = self.step_size(state["step"], group["step_decay"])
-                statistics = state["statistics"].to(torch.float64) * (1.0 - eta) + eta * counts
+                if eta == 1.0:
+                    statistics = counts  # (1 − η) μ + η · counts with η = 1, exactly
+                else:
+                    statistics = (
+                        state["statistics"]
+                        .to(torch.float64, copy=True)
+                        .mul_(1.0 - eta)
+                        .add_(counts.mul_(eta))
+                    )
                 state["statistics"].copy_(statistics)
-                smoothed = statistics + group["pseudocount"]
-                table.copy_(smoothed.log() - smoothed.sum(dim=-1, keepdim=True).log())
+                smoothed = statistics.add_(group["pseudocount"])
+                total = smoothed.sum(dim=-1, keepdim=True).log_()
+                table.copy_(smoothed.log_().sub_(total))
                 state["step"] += 1

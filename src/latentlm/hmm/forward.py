@@ -81,13 +81,18 @@ def check_observations(obs: Tensor, mask: Tensor | None, vocab_size: int | None 
     return mask
 
 
-def _shifted_emission_table(log_emission: Tensor) -> tuple[Tensor, Tensor]:
-    """Return ``(E, shift)``: ``E[v, k] = exp(log B[k, v] - shift[v])`` with ``shift[v] = max_k``.
+def _shifted_emission_table(log_emission: Tensor, words: Tensor) -> tuple[Tensor, Tensor]:
+    """Return ``(E, shift)`` for the words ``words``: ``E[u, k] = exp(log B[k, w_u] - shift[u])`` with
+    ``shift[u] = max_k log B[k, w_u]``.
 
-    ``E`` is ``(V, K)`` so that gathering the rows of a batch of words gives a contiguous ``(B, K)``.
+    ``E`` is ``(U, K)`` so that gathering the rows of a batch of words gives a contiguous ``(B, K)``.
+    The columns are gathered with ``index_select`` (a row-wise copy), transposed once, and shifted and
+    exponentiated in place: no ``(K, U)`` temporaries beyond the gathered copy.
     """
-    shift = log_emission.max(dim=0).values  # (V,)
-    table = torch.exp(log_emission - shift).t().contiguous()  # (V, K)
+    columns = log_emission.index_select(1, words)  # (K, U)
+    table = columns.t().contiguous()  # (U, K)
+    shift = table.amax(dim=1)  # (U,)
+    table.sub_(shift.unsqueeze(1)).exp_()
     return table, shift
 
 
@@ -103,33 +108,46 @@ class _ForwardPass:
 def _scaled_forward(
     start: Tensor, transition: Tensor, table: Tensor, shift: Tensor, obs: Tensor, mask: Tensor, keep: bool
 ) -> _ForwardPass:
+    # Per step: one gather of the B emission rows into a reused buffer, one GEMM written in place
+    # (into α_t when kept, else into the other half of a ping-pong pair), and three in-place
+    # element-wise calls (⊙ e_t, row sum into c_t, ÷ c_t). No per-step allocation of (B, K) tensors,
+    # no (T, B, K) emission tensor, and no log/exp inside the loop (one log of all c_t at the end).
     batch, length = obs.shape
     num_states = start.shape[0]
     full_steps = mask.all(dim=0).tolist()
-    emissions = table[obs.t()]  # (T, B, K): one gather of the observed words' emission columns
-    alphas = torch.empty(length, batch, num_states, dtype=start.dtype, device=start.device) if keep else None
-    scales = torch.ones(length, batch, dtype=start.dtype, device=start.device)
-    alpha = start.unsqueeze(0) * emissions[0]  # (B, K)
-    scale = alpha.sum(dim=1, keepdim=True)
-    alpha = alpha / scale
-    scales[0] = scale.squeeze(1)
-    if keep:
-        alphas[0] = alpha
+    steps_obs = obs.t().contiguous()  # (T, B)
+    factory = {"dtype": start.dtype, "device": start.device}
+    alphas = torch.empty(length, batch, num_states, **factory) if keep else None
+    buffers = None if keep else torch.empty(2, batch, num_states, **factory)  # ping-pong α's
+    emission = torch.empty(batch, num_states, **factory)  # (B, K) e_t, reused every step
+    scales = torch.ones(length, batch, **factory)
+    alpha = alphas[0] if keep else buffers[0]
+    torch.index_select(table, 0, steps_obs[0], out=emission)
+    torch.mul(start.unsqueeze(0), emission, out=alpha)  # (B, K)
+    torch.sum(alpha, dim=1, out=scales[0])
+    alpha.div_(scales[0].unsqueeze(1))
     for t in range(1, length):
-        target = alphas[t] if keep and full_steps[t] else None
-        new = torch.mm(alpha, transition, out=target) if target is not None else torch.mm(alpha, transition)
-        new.mul_(emissions[t])
-        scale = new.sum(dim=1, keepdim=True)
-        new.div_(scale)
+        torch.index_select(table, 0, steps_obs[t], out=emission)
         if full_steps[t]:
+            new = alphas[t] if keep else buffers[t % 2]
+            torch.mm(alpha, transition, out=new)
+            new.mul_(emission)
+            torch.sum(new, dim=1, out=scales[t])
+            new.div_(scales[t].unsqueeze(1))
             alpha = new
-            scales[t] = scale.squeeze(1)
         else:
+            new = torch.mm(alpha, transition)
+            new.mul_(emission)
+            scale = new.sum(dim=1, keepdim=True)
+            new.div_(scale)
             step_mask = mask[:, t : t + 1]
-            alpha = torch.where(step_mask, new, alpha)
             scales[t] = torch.where(step_mask, scale, torch.ones_like(scale)).squeeze(1)
             if keep:
-                alphas[t] = alpha
+                torch.where(step_mask, new, alpha, out=alphas[t])
+                alpha = alphas[t]
+            else:
+                # Written into the buffer α_{t-1} does not occupy, so α stays a buffer row.
+                alpha = torch.where(step_mask, new, alpha, out=buffers[t % 2])
     emission_shift = torch.where(
         mask, shift[obs], torch.zeros((), dtype=shift.dtype, device=shift.device)
     ).sum(dim=1)
@@ -173,29 +191,34 @@ def _scaled_backward(
     # are folded in at the end and every count comes out already weighted.
     beta = weights.to(dtype).unsqueeze(1).expand(batch, num_states).contiguous()  # (B, K)
     emission_t = torch.zeros(vocab_size, num_states, dtype=dtype, device=transition.device)  # (V, K)
-    messages = torch.zeros(
+    messages = torch.empty(
         length, batch, num_states, dtype=dtype, device=transition.device
-    )  # (T, B, K), u_t (0 at t=0)
+    )  # (T, B, K), u_t (row 0 is never written nor read)
     posteriors = (
         torch.empty(length, batch, num_states, dtype=dtype, device=transition.device)
         if keep_posteriors
         else None
     )
-    emissions = table[obs.t()]  # (T, B, K)
+    steps_obs = obs.t().contiguous()  # (T, B)
+    emission = torch.empty(batch, num_states, dtype=dtype, device=transition.device)  # (B, K) e_t
+    gamma = torch.empty(batch, num_states, dtype=dtype, device=transition.device)  # (B, K)
+    betas = torch.empty(2, batch, num_states, dtype=dtype, device=transition.device)  # ping-pong β̂'s
     inverse_scales = fwd.scales.reciprocal().unsqueeze(2)  # (T, B, 1)
+    transition_t = transition.t()
     for t in range(length - 1, 0, -1):
-        gamma = fwd.alphas[t] * beta  # (B, K) = w_b P(s_t | O)
+        torch.mul(fwd.alphas[t], beta, out=gamma)  # (B, K) = w_b P(s_t | O)
         step_mask = None if full_steps[t] else mask[:, t : t + 1]
         if step_mask is not None:
             gamma.mul_(step_mask)
         if keep_posteriors:
             posteriors[t] = gamma
         emission_t.index_add_(0, obs[:, t], gamma)
-        message = torch.mul(emissions[t], beta, out=messages[t])  # (B, K) u_t = e_t β̂_t / c_t
+        torch.index_select(table, 0, steps_obs[t], out=emission)
+        message = torch.mul(emission, beta, out=messages[t])  # (B, K) u_t = e_t β̂_t / c_t
         message.mul_(inverse_scales[t])
         if step_mask is not None:
             message.mul_(step_mask)
-        new_beta = torch.mm(message, transition.t())  # (B, K) β̂_{t-1} = A u_t
+        new_beta = torch.mm(message, transition_t, out=betas[t % 2])  # (B, K) β̂_{t-1} = A u_t
         beta = new_beta if step_mask is None else torch.where(step_mask, new_beta, beta)
     gamma = fwd.alphas[0] * beta
     if keep_posteriors:
@@ -219,13 +242,13 @@ def _scaled_backward(
 def _forward_pass(log_start, log_transition, log_emission, obs, mask, keep):
     # Global max shifts keep exp() in range for unnormalised inputs; they are added back exactly:
     # once for π, once per real transition for A, and per word for B (see _shifted_emission_table).
-    start_shift = log_start.max()
-    transition_shift = log_transition.max()
+    start_shift = log_start.amax()
+    transition_shift = log_transition.amax()
     start = torch.exp(log_start - start_shift)
     transition = torch.exp(log_transition - transition_shift)
     # Only the emission columns of the words in this batch are exponentiated: O(K·U), U ≤ min(V, B·T).
     words, local_obs = torch.unique(obs, return_inverse=True)  # (U,), (B, T) ids into `words`
-    table, shift = _shifted_emission_table(log_emission[:, words])  # (U, K), (U,)
+    table, shift = _shifted_emission_table(log_emission, words)  # (U, K), (U,)
     fwd = _scaled_forward(start, transition, table, shift, local_obs, mask, keep)
     num_transitions = (mask.sum(dim=1) - 1).to(log_start.dtype)
     fwd.log_likelihood = fwd.log_likelihood + start_shift + num_transitions * transition_shift
