@@ -3,11 +3,11 @@
 For each corpus and K, on the same tokenised corpus, held-out split and model size:
 
 * ``random_adamw``: random init, AdamW on −log P(O) (batch 32 sequences, constant lr, --adamw-lr);
-* ``random_em``: random init, full-batch EM (pseudocount 0.1), one EM iteration per epoch;
+* ``random_em``: random init, full-batch EM (--pseudocount), one EM iteration per epoch;
 * ``lvd_adamw``: the seed's LVD: AdamW on −log P(O, S) with the stored teacher states for the first
   third of the token budget, then AdamW on −log P(O) (same lr and batch);
-* ``lvd_closed_form_em``: the closed-form count estimate of log P(O, S) (pseudocount 0.1), then
-  full-batch EM (configs/hmm/gelato.yaml);
+* ``lvd_closed_form_em``: the closed-form count estimate of log P(O, S) (--pseudocount), then
+  full-batch EM with the same pseudocount in every M-step (configs/hmm/gelato.yaml);
 * ``hmmlearn_em``: hmmlearn ``CategoricalHMM`` (scaling), one ``fit`` iteration per epoch, up to
   --hmmlearn-max-states and a time cap; scored by our forward algorithm under the same protocol.
 
@@ -19,7 +19,17 @@ over the epochs (what early stopping on held-out perplexity keeps), ``final_held
 benchmarks/results/hmm_recipes.json by (corpus, K, recipe), so corpora can be run in separate jobs;
 plots: hmm_recipes_<corpus>_K<k>.png.
 
+Settings chosen on a development split, never on the held-out split: with --select-pseudocount an EM
+recipe (``lvd_closed_form_em``, ``random_em``) first trains on the training split minus its last
+--dev-fraction of sequences (the dev split; dev words the rest never saw become ``<unk>``, as held-out
+words do) for --select-epochs epochs with each of --pseudocount-candidates (the same value for the count
+estimate and the M-step), and keeps the one with the lowest dev perplexity over those epochs (ties: the
+first listed); --select-adamw-lr does the same for ``random_adamw``'s learning rate over
+--adamw-lr-candidates. The dev scores are recorded in the row's ``selection``. The chosen setting then
+trains on the whole training split as usual.
+
     python3 benchmarks/hmm_recipes.py --corpus ptb --states 256 1024 --epochs 8
+    python3 benchmarks/hmm_recipes.py --corpus ptb --states 1024 --epochs 6 --select-pseudocount
 """
 
 from __future__ import annotations
@@ -35,8 +45,9 @@ from latentlm.core.bench import RESULTS, data_dir, machine, save_results
 from latentlm.core.config import config_from_dict
 from latentlm.core.run import RunDir
 from latentlm.hmm.config import HMMConfig, HMMRunConfig
+from latentlm.hmm.data import UNK_ID, Corpus, SequenceSet
 from latentlm.hmm.evaluate import heldout_metrics
-from latentlm.hmm.lvd import closed_form_estimate
+from latentlm.hmm.lvd import LatentStates, closed_form_estimate
 from latentlm.hmm.model import HMMLanguageModel, HMMParameters
 from latentlm.hmm.task import prepare_corpus, prepare_states, train_run
 
@@ -61,8 +72,11 @@ def corpus_settings(name: str, units: int) -> dict:
     raise ValueError(f"--corpus: unknown corpus {name!r}")
 
 
-def recipe_config(base: dict, recipe: str, k: int, epochs: int, args, corpus) -> HMMRunConfig:
-    alpha = args.pseudocount
+def recipe_config(
+    base: dict, recipe: str, k: int, epochs: int, args, corpus, pseudocount: float = 0.0, lr: float = 0.0
+) -> HMMRunConfig:
+    """One recipe's run config; ``pseudocount`` / ``lr`` override --pseudocount / --adamw-lr when > 0."""
+    alpha = pseudocount or args.pseudocount
     values = json.loads(json.dumps(base))
     values["model"] = {"num_states": k, "parameterization": "dense"}
     em = recipe.endswith("_em")
@@ -79,7 +93,7 @@ def recipe_config(base: dict, recipe: str, k: int, epochs: int, args, corpus) ->
         steps_per_epoch = len(corpus.train) // args.adamw_batch
         values["batch_size"] = args.adamw_batch
         values["train"] = {
-            "lr": args.adamw_lr,
+            "lr": lr or args.adamw_lr,
             "max_steps": epochs * steps_per_epoch,
             "eval_every": steps_per_epoch,
             "log_every": max(1, steps_per_epoch // 4),
@@ -91,6 +105,81 @@ def recipe_config(base: dict, recipe: str, k: int, epochs: int, args, corpus) ->
     if recipe == "lvd_adamw":
         values["lvd"].update({"phase": "adamw", "pretrain_tokens": epochs * corpus.train.num_tokens // 3})
     return config_from_dict(HMMRunConfig, values, source=f"{NAME}:{recipe}")
+
+
+def _subset(sequences: SequenceSet, start: int, stop: int) -> SequenceSet:
+    """Sequences ``start:stop`` of a flat set, with offsets rebased to 0."""
+    first, last = sequences.offsets[start], sequences.offsets[stop]
+    return SequenceSet(
+        ids=sequences.ids[first:last].copy(),
+        offsets=sequences.offsets[start : stop + 1] - first,
+        pieces=sequences.pieces[start:stop],
+    )
+
+
+def dev_split(
+    corpus: Corpus, states: LatentStates | None, fraction: float
+) -> tuple[Corpus, LatentStates | None]:
+    """Carve a development split from the training portion: the last ``fraction`` of the training
+    sequences (at least one) become the dev split and the rest the training split; dev tokens whose word
+    never occurs in that rest become ``<unk>`` (the held-out protocol). The held-out split is not used.
+    The stored LVD states are cut to the remaining training sequences.
+    """
+    n = len(corpus.train)
+    dev_count = max(1, round(n * fraction))
+    if not 0.0 < fraction < 1.0 or dev_count >= n:
+        raise ValueError(f"--dev-fraction: must leave training and dev sequences, got {fraction} of {n}")
+    train = _subset(corpus.train, 0, n - dev_count)
+    dev = _subset(corpus.train, n - dev_count, n)
+    seen = np.bincount(train.ids, minlength=len(corpus.vocab)) > 0
+    dev.ids[~seen[dev.ids]] = UNK_ID
+    dev_corpus = Corpus(corpus.vocabulary, train, dev, f"{corpus.source} (dev split)")
+    if states is None:
+        return dev_corpus, None
+    cut = LatentStates(
+        states.states[: train.num_tokens], train.offsets, states.embeddings_key, states.states_key
+    )
+    return dev_corpus, cut
+
+
+def select_setting(scores: dict[float, float]) -> float:
+    """The candidate with the lowest dev perplexity; ties go to the first listed, NaN never wins."""
+    finite = {c: s for c, s in scores.items() if np.isfinite(s)}
+    if not finite:
+        raise ValueError(f"no candidate has a finite dev perplexity: {scores}")
+    return min(finite, key=lambda c: finite[c])
+
+
+def select_on_dev(base, recipe, k, args, corpus, states, corpus_name: str) -> dict:
+    """Train ``recipe`` on the dev split's training part with each candidate; pick by dev perplexity."""
+    name, candidates = (
+        ("lr", args.adamw_lr_candidates)
+        if recipe == "random_adamw"
+        else ("pseudocount", args.pseudocount_candidates)
+    )
+    dev_corpus, dev_states = dev_split(corpus, states, args.dev_fraction)
+    started = time.perf_counter()
+    scores, curves = {}, {}
+    for value in candidates:
+        cfg = recipe_config(base, recipe, k, args.select_epochs, args, dev_corpus, **{name: value})
+        cfg.run_dir = f"{args.out}/select/{corpus_name}_K{k}_{recipe}_{name}{value}"
+        train_run(cfg, dev_corpus, dev_states if cfg.lvd.enabled else None)
+        curves[str(value)] = curve(cfg.run_dir)
+        scores[value] = min(p["heldout_ppl"] for p in curves[str(value)])
+        print(f"  select {recipe} K={k} {name}={value}: dev ppl {scores[value]:.2f}", flush=True)
+    chosen = select_setting(scores)
+    return {
+        "setting": name,
+        "chosen": chosen,
+        "dev_ppl": {str(c): round(s, 3) for c, s in scores.items()},
+        "dev_curves": curves,
+        "dev_epochs": args.select_epochs,
+        "dev_fraction": args.dev_fraction,
+        "dev_train_tokens": dev_corpus.train.num_tokens,
+        "dev_tokens": dev_corpus.heldout.num_tokens,
+        "dev_unk_rate": round(dev_corpus.heldout.unk_rate(), 5),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
 
 
 def curve(run_dir: str) -> list[dict]:
@@ -243,6 +332,20 @@ def main() -> None:
     parser.add_argument("--shakespeare-units", type=int, default=1200, help="training paragraphs")
     parser.add_argument("--adamw-lr", type=float, default=0.02)
     parser.add_argument("--pseudocount", type=float, default=0.01, help="closed-form LVD and EM pseudocount")
+    parser.add_argument(
+        "--select-pseudocount",
+        action="store_true",
+        help="choose each EM recipe's pseudocount per (corpus, K) on a dev split carved from training",
+    )
+    parser.add_argument("--pseudocount-candidates", nargs="+", type=float, default=[0.001, 0.003, 0.01])
+    parser.add_argument(
+        "--select-adamw-lr", action="store_true", help="choose random_adamw's lr the same way"
+    )
+    parser.add_argument("--adamw-lr-candidates", nargs="+", type=float, default=[0.01, 0.02, 0.05])
+    parser.add_argument("--select-epochs", type=int, default=2, help="epochs per candidate on the dev split")
+    parser.add_argument(
+        "--dev-fraction", type=float, default=0.1, help="last fraction of training sequences used as dev"
+    )
     parser.add_argument("--adamw-batch", type=int, default=32)
     parser.add_argument("--hmmlearn-max-states", type=int, default=256)
     parser.add_argument("--hmmlearn-cap", type=float, default=240.0, help="seconds of hmmlearn per cell")
@@ -312,7 +415,14 @@ def main() -> None:
                     }
                 )
             else:
-                cfg = recipe_config(base, recipe, k, args.epochs, args, corpus)
+                chosen = {}
+                select = (args.select_pseudocount and recipe.endswith("_em")) or (
+                    args.select_adamw_lr and recipe == "random_adamw"
+                )
+                if select:
+                    row["selection"] = select_on_dev(base, recipe, k, args, corpus, states, corpus_name)
+                    chosen = {row["selection"]["setting"]: row["selection"]["chosen"]}
+                cfg = recipe_config(base, recipe, k, args.epochs, args, corpus, **chosen)
                 cfg.run_dir = f"{args.out}/{corpus_name}_K{k}_{recipe}"
                 summary = train_run(cfg, corpus, states if cfg.lvd.enabled else None)
                 row.update(
@@ -321,7 +431,7 @@ def main() -> None:
                         "train_seconds": summary["fit_seconds"],
                         "wall_seconds": summary["train_seconds"],
                         "lvd_prepare_seconds": lvd_prepare if cfg.lvd.enabled else 0.0,
-                        "settings": {"pseudocount": args.pseudocount if recipe.endswith("_em") else None}
+                        "settings": {"pseudocount": cfg.em.pseudocount if recipe.endswith("_em") else None}
                         | {
                             k_: v
                             for k_, v in vars(cfg.train).items()
@@ -332,7 +442,7 @@ def main() -> None:
                 )
                 if recipe in ("random_em", "random_adamw", "lvd_closed_form_em"):
                     row["initial_ppl"] = initial_ppl(
-                        corpus, k, states if recipe == "lvd_closed_form_em" else None
+                        corpus, k, states if recipe == "lvd_closed_form_em" else None, cfg.em.pseudocount
                     )
             points = row["curve"]
             row["heldout_ppl"] = min(p["heldout_ppl"] for p in points) if points else None
