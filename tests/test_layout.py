@@ -37,24 +37,24 @@ def _is_type_checking(node: ast.stmt) -> bool:
     )
 
 
-def _module_level_imports(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
-    """Imports that run when the module is imported: the module body and its if/try blocks, not
-    functions, classes or `if TYPE_CHECKING:`."""
+def _module_level_imports(tree: ast.Module, lazy: bool = False) -> list[ast.Import | ast.ImportFrom]:
+    """Imports that run when the module is imported: the module body and its if/try/with blocks, not
+    functions, classes or `if TYPE_CHECKING:`. With `lazy`, also the imports inside functions and
+    classes (they run later, but still make the modules depend on each other)."""
     found, stack = [], list(tree.body)
     while stack:
         node = stack.pop()
         if isinstance(node, ast.Import | ast.ImportFrom):
             found.append(node)
-        elif isinstance(node, ast.If | ast.Try | ast.With) and not _is_type_checking(node):
-            for name in ("body", "orelse", "finalbody", "handlers"):
-                stack.extend(getattr(node, name, []))
-        elif isinstance(node, ast.ExceptHandler):
-            stack.extend(node.body)
+        elif _is_type_checking(node):
+            continue
+        elif lazy or isinstance(node, ast.If | ast.Try | ast.With | ast.ExceptHandler):
+            stack.extend(c for c in ast.iter_child_nodes(node) if isinstance(c, ast.stmt | ast.ExceptHandler))
     return found
 
 
-def import_graph(root: Path = PACKAGE) -> dict[str, set[str]]:
-    """Module -> the modules of the package it imports at module level.
+def import_graph(root: Path = PACKAGE, lazy: bool = False) -> dict[str, set[str]]:
+    """Module -> the modules of the package it imports at module level (with `lazy`, anywhere).
 
     `import a.b.c` and `from a.b import c` (c a module) point at `a.b.c`; `from a.b import name` at `a.b`.
     The implicit import of parent packages is not an edge (every submodule would otherwise form a
@@ -65,7 +65,7 @@ def import_graph(root: Path = PACKAGE) -> dict[str, set[str]]:
     for name, path in paths.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         edges = set()
-        for node in _module_level_imports(ast.parse(path.read_text(), str(path))):
+        for node in _module_level_imports(ast.parse(path.read_text(), str(path)), lazy):
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
             else:
@@ -130,11 +130,13 @@ def test_import_graph_resolves_relative_and_from_imports(tmp_path):
         "pkg.top": {"pkg.sub.mod"},
     }
     assert find_cycles(import_graph(root)) == [["pkg.sub.mod", "pkg.sub.other", "pkg.top"]]
+    assert import_graph(root, lazy=True)["pkg.sub.mod"] == {"pkg.sub.other", "pkg.top"}
 
 
-def test_no_import_cycles_under_src():
-    cycles = find_cycles(import_graph())
-    assert not cycles, "import cycles (module-level imports):\n" + "\n".join(
+@pytest.mark.parametrize("lazy", [False, True], ids=["module_level", "with_lazy_imports"])
+def test_no_import_cycles_under_src(lazy):
+    cycles = find_cycles(import_graph(lazy=lazy))
+    assert not cycles, f"import cycles (lazy imports counted: {lazy}):\n" + "\n".join(
         " -> ".join([*c, c[0]]) for c in cycles
     )
 

