@@ -18,18 +18,6 @@ from latentlm.hmm.lvd import LatentStates, closed_form_estimate
 from latentlm.hmm.model import HMMLanguageModel
 from latentlm.hmm.task import HMMTask
 
-TEXT = """the cat sat on the mat .
-the dog sat on the log .
-a cat and a dog ran far away .
-the mat was red .
-a dog ate the cat food .
-the log was old and the mat was new .
-one more line about a cat .
-the end of the tiny corpus .
-a red dog sat on a red mat .
-the cat ran .
-"""
-
 
 def toy_batch(seed=1, k=3, v=4, b=5, t=4):
     gen = torch.Generator().manual_seed(seed)
@@ -163,18 +151,11 @@ def test_em_optimizer_rejects_bad_settings():
 # ---------------------------------------------------------------------------------------------- on the engine
 
 
-@pytest.fixture
-def corpus_file(tmp_path):
-    path = tmp_path / "corpus.txt"
-    path.write_text(TEXT)
-    return path
-
-
-def run_cfg(tmp_path, corpus_file, name="run", **sections):
+def run_cfg(tmp_path, tiny_corpus_file, name="run", **sections):
     values = {
         "run_dir": str(tmp_path / name),
         "model": {"num_states": 3},
-        "data": {"path": str(corpus_file), "format": "lines", "heldout_fraction": 0.2, "max_length": 16},
+        "data": {"path": str(tiny_corpus_file), "format": "lines", "heldout_fraction": 0.2, "max_length": 16},
         "lvd": {"enabled": False},
         "train": {"optimizer": "em", "grad_clip": 0.0, "max_steps": 4, "log_every": 1, "eval_every": 2},
         "em": {"batch_tokens": 0, "chunk_tokens": 12, "pseudocount": 0.05},
@@ -196,8 +177,8 @@ def fit(cfg, corpus, states=None):
     return trainer.model, state, task
 
 
-def test_full_batch_em_on_the_engine_equals_reference_em_iterations(tmp_path, corpus_file):
-    cfg = run_cfg(tmp_path, corpus_file)
+def test_full_batch_em_on_the_engine_equals_reference_em_iterations(tmp_path, tiny_corpus_file):
+    cfg = run_cfg(tmp_path, tiny_corpus_file)
     corpus = build_corpus(cfg.data)
     model, state, task = fit(cfg, corpus)
     assert len(task.groups) > 2 and cfg.train.grad_accum == len(task.groups)  # several chunks per step
@@ -216,21 +197,21 @@ def test_full_batch_em_on_the_engine_equals_reference_em_iterations(tmp_path, co
 
 
 @pytest.mark.parametrize("batch_tokens", [0, 20])
-def test_resume_mid_em_equals_an_uninterrupted_run(tmp_path, corpus_file, batch_tokens):
-    corpus = build_corpus(run_cfg(tmp_path, corpus_file).data)
-    full_cfg = run_cfg(tmp_path, corpus_file, "full", train__max_steps=6, em__batch_tokens=batch_tokens)
+def test_resume_mid_em_equals_an_uninterrupted_run(tmp_path, tiny_corpus_file, batch_tokens):
+    corpus = build_corpus(run_cfg(tmp_path, tiny_corpus_file).data)
+    full_cfg = run_cfg(tmp_path, tiny_corpus_file, "full", train__max_steps=6, em__batch_tokens=batch_tokens)
     full, full_state, _ = fit(full_cfg, corpus)
-    part_cfg = run_cfg(tmp_path, corpus_file, "part", train__max_steps=3, em__batch_tokens=batch_tokens)
+    part_cfg = run_cfg(tmp_path, tiny_corpus_file, "part", train__max_steps=3, em__batch_tokens=batch_tokens)
     fit(part_cfg, corpus)
-    part_cfg = run_cfg(tmp_path, corpus_file, "part", train__max_steps=6, em__batch_tokens=batch_tokens)
+    part_cfg = run_cfg(tmp_path, tiny_corpus_file, "part", train__max_steps=6, em__batch_tokens=batch_tokens)
     resumed, resumed_state, _ = fit(part_cfg, corpus)
     for a, b in zip(full.state_dict().values(), resumed.state_dict().values(), strict=True):
         assert_close(a, b, rtol=0, atol=0)
     assert resumed_state.tokens_seen == full_state.tokens_seen
 
 
-def test_stepwise_em_takes_one_step_per_mini_batch(tmp_path, corpus_file):
-    cfg = run_cfg(tmp_path, corpus_file, em__batch_tokens=20, train__max_steps=3)
+def test_stepwise_em_takes_one_step_per_mini_batch(tmp_path, tiny_corpus_file):
+    cfg = run_cfg(tmp_path, tiny_corpus_file, em__batch_tokens=20, train__max_steps=3)
     corpus = build_corpus(cfg.data)
     _, state, task = fit(cfg, corpus)
     assert cfg.train.grad_accum == 1
@@ -254,8 +235,10 @@ def test_token_chunks_cover_every_sequence_once_and_split_for_processes():
         token_chunks(np.array([3, 3]), 100, multiple_of=3)
 
 
-def test_closed_form_lvd_is_the_maximiser_of_the_penalised_joint(tmp_path, corpus_file):
-    cfg = run_cfg(tmp_path, corpus_file, lvd__enabled=True, lvd__phase="closed_form", lvd__pseudocount=0.5)
+def test_closed_form_lvd_is_the_maximiser_of_the_penalised_joint(tmp_path, tiny_corpus_file):
+    cfg = run_cfg(
+        tmp_path, tiny_corpus_file, lvd__enabled=True, lvd__phase="closed_form", lvd__pseudocount=0.5
+    )
     corpus = build_corpus(cfg.data)
     k, v, alpha = 3, len(corpus.vocab), 0.5
     rng = np.random.default_rng(0)
@@ -306,16 +289,16 @@ def test_closed_form_lvd_is_the_maximiser_of_the_penalised_joint(tmp_path, corpu
         ({"train__optimizer": "sgd"}, "train.optimizer"),
     ],
 )
-def test_bad_em_settings_fail_at_start_up_naming_the_field(tmp_path, corpus_file, overrides, field):
+def test_bad_em_settings_fail_at_start_up_naming_the_field(tmp_path, tiny_corpus_file, overrides, field):
     with pytest.raises(ValueError, match=field.replace(".", r"\.")):
-        run_cfg(tmp_path, corpus_file, **overrides)
+        run_cfg(tmp_path, tiny_corpus_file, **overrides)
 
 
-def test_closed_form_with_the_neural_parameterisation_is_refused(tmp_path, corpus_file):
+def test_closed_form_with_the_neural_parameterisation_is_refused(tmp_path, tiny_corpus_file):
     with pytest.raises(ValueError, match=r"lvd\.phase"):
         run_cfg(
             tmp_path,
-            corpus_file,
+            tiny_corpus_file,
             train__optimizer="adamw",
             train__grad_clip=1.0,
             model__parameterization="neural",
@@ -326,7 +309,7 @@ def test_closed_form_with_the_neural_parameterisation_is_refused(tmp_path, corpu
 
 @pytest.mark.distributed
 @pytest.mark.slow
-def test_two_gloo_processes_give_the_counts_and_parameters_of_one(tmp_path, corpus_file):
+def test_two_gloo_processes_give_the_counts_and_parameters_of_one(tmp_path, tiny_corpus_file):
     import os
     import subprocess
     import sys
@@ -339,14 +322,14 @@ def test_two_gloo_processes_give_the_counts_and_parameters_of_one(tmp_path, corp
     worker = str(REPO / "tests" / "hmm" / "dist_worker.py")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
     done = subprocess.run(
-        [*cmd, worker, str(corpus_file), str(tmp_path / "two")],
+        [*cmd, worker, str(tiny_corpus_file), str(tmp_path / "two")],
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    run(corpus_file, tmp_path / "one")
+    run(tiny_corpus_file, tmp_path / "one")
     one_lvd, one_em = (
         load_tensors(tmp_path / "one" / "lvd0.safetensors"),
         load_tensors(tmp_path / "one" / "em0.safetensors"),
@@ -360,10 +343,10 @@ def test_two_gloo_processes_give_the_counts_and_parameters_of_one(tmp_path, corp
             assert_close(em[name], one_em[name], rtol=1e-5, atol=1e-5)
 
 
-def test_compare_trains_two_recipes_at_the_same_budget(tmp_path, corpus_file):
+def test_compare_trains_two_recipes_at_the_same_budget(tmp_path, tiny_corpus_file):
     from latentlm.hmm.cli import compare
 
-    cfg = run_cfg(tmp_path, corpus_file, "cmp", train__max_steps=3)
+    cfg = run_cfg(tmp_path, tiny_corpus_file, "cmp", train__max_steps=3)
     cfg.compare.label, cfg.compare.baseline_label = "em", "adamw"
     cfg.compare.baseline = ["train.optimizer=adamw", "train.grad_clip=1.0", "train.lr=0.05", "batch_size=2"]
     result = compare(cfg)

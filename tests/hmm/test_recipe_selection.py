@@ -16,24 +16,10 @@ from latentlm.hmm.evaluate import heldout_metrics
 from latentlm.hmm.lvd import LatentStates
 from latentlm.hmm.model import HMMLanguageModel
 
-TEXT = """the cat sat on the mat .
-the dog sat on the log .
-a cat and a dog ran far away .
-the mat was red .
-a dog ate the cat food .
-the log was old and the mat was new .
-one more line about a cat .
-the end of the tiny corpus .
-a red dog sat on a red mat .
-the cat ran .
-"""
-
 
 @pytest.fixture
-def base(tmp_path):
-    path = tmp_path / "corpus.txt"
-    path.write_text(TEXT)
-    data = {"path": str(path), "format": "lines", "heldout_fraction": 0.2, "max_length": 16}
+def base(tiny_corpus_file):
+    data = {"path": str(tiny_corpus_file), "format": "lines", "heldout_fraction": 0.2, "max_length": 16}
     return {"run_dir": "", "data": data, "lvd": {"enabled": False}, "eval": {"batch_size": 128}}
 
 
