@@ -5,9 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers import (
+    BertConfig,
+    BertModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
 from latentlm.data.synthetic_qa import synthetic_squad
+from latentlm.wire.features import SentenceStates
 from latentlm.wire.frozen import FrozenLM, format_content
 
 CHAT_TEMPLATE = (
@@ -93,3 +102,19 @@ def tiny_qwen(tiny_tokenizer_nobos):
         "tiny_qwen",
         prompt_style="chat",
     )
+
+
+@pytest.fixture(scope="module")
+def sentence(tiny_tokenizer):
+    """A tiny random BERT as the sentence encoder (MiniLM's role), 16-d."""
+    torch.manual_seed(0)
+    bert = BertModel(
+        BertConfig(
+            vocab_size=len(tiny_tokenizer),
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+        )
+    )
+    return SentenceStates(bert.eval(), tiny_tokenizer, 64)

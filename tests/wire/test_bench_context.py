@@ -7,10 +7,10 @@ import time
 
 from latentlm.core.checkpoint import read_json
 from latentlm.core.config import save_config
-from tests.wire.test_context import context_cfg, sentence  # noqa: F401  (the tiny sentence encoder fixture)
+from tests.wire.test_context import context_cfg
 
 
-def test_benchmark_rows_have_the_issue_fields(tmp_path, tiny_llama, tiny_qwen, sentence):  # noqa: F811
+def test_benchmark_rows_have_the_issue_fields(tmp_path, tiny_llama, tiny_qwen, sentence):
     from benchmarks import wire_context
 
     cfg = context_cfg(tmp_path / "run", ("data.dev_limit=3", "train.eval_every=0", "latent.length=40"))

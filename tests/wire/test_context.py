@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import BertConfig, BertModel
 
 from latentlm.core.config import load_config
 from latentlm.core.engine import TrainState
@@ -25,7 +24,6 @@ from latentlm.wire.evaluate import evaluate_context, evaluate_run
 from latentlm.wire.features import (
     AUTOENCODE_INSTRUCTION,
     FeatureBuilder,
-    SentenceStates,
     autoencode_prompts,
     context_prompts,
 )
@@ -58,21 +56,6 @@ def context_cfg(run_dir: Path, extra: tuple[str, ...] = ()) -> WireRunConfig:
             *extra,
         ],
     )
-
-
-@pytest.fixture(scope="module")
-def sentence(tiny_tokenizer):
-    torch.manual_seed(0)
-    bert = BertModel(
-        BertConfig(
-            vocab_size=len(tiny_tokenizer),
-            hidden_size=16,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=32,
-        )
-    )
-    return SentenceStates(bert.eval(), tiny_tokenizer, 64)
 
 
 # ------------------------------------------------------------------------------------------ layout

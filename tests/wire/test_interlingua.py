@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import BertConfig, BertModel
 
 from latentlm.core.config import load_config
 from latentlm.wire.config import EncoderConfig, WireRunConfig
 from latentlm.wire.encoders import EncoderInputs, InterlinguaEncoder
-from latentlm.wire.features import SentenceStates, aligned_embeddings, anchor_relevance, span_overlap
+from latentlm.wire.features import aligned_embeddings, anchor_relevance, span_overlap
 from latentlm.wire.frozen import content_spans, format_content
 from latentlm.wire.losses import token_reconstruction
 from latentlm.wire.task import train_wire
@@ -55,21 +54,6 @@ def test_aligned_embeddings_average_the_overlapping_tokens(tiny_llama):
         idx = [k for k, (s, e) in enumerate(enc["offset_mapping"]) if s < end and e > start and end > start]
         expected = embeds[idx].mean(0) if idx else torch.zeros(embeds.shape[-1])
         torch.testing.assert_close(got[row], expected)
-
-
-@pytest.fixture(scope="module")
-def sentence(tiny_tokenizer):
-    torch.manual_seed(0)
-    bert = BertModel(
-        BertConfig(
-            vocab_size=len(tiny_tokenizer),
-            hidden_size=16,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=32,
-        )
-    )
-    return SentenceStates(bert.eval(), tiny_tokenizer, 64)
 
 
 def test_anchor_relevance_marks_question_and_sentence_cosines(sentence):

@@ -7,15 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
-from transformers import BertConfig, BertModel
 
 from latentlm.core.config import load_config, load_run_config
 from latentlm.core.engine import load_model_weights
 from latentlm.data.synthetic_qa import synthetic_squad
 from latentlm.wire.config import PhaseConfig, WireRunConfig
 from latentlm.wire.evaluate import evaluate_run, evaluate_wire
-from latentlm.wire.features import SentenceStates, build_features
+from latentlm.wire.features import build_features
 from latentlm.wire.frozen import FrozenLM, format_content
 from latentlm.wire.model import WireModel
 from latentlm.wire.task import is_text_batch, phase_at, train_wire
@@ -36,21 +34,6 @@ def tiny_cfg(run_dir: Path, kind: str = "anchor", extra: tuple[str, ...] = ()) -
             *extra,
         ],
     )
-
-
-@pytest.fixture(scope="module")
-def sentence(tiny_tokenizer):
-    torch.manual_seed(0)
-    bert = BertModel(
-        BertConfig(
-            vocab_size=len(tiny_tokenizer),
-            hidden_size=16,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=32,
-        )
-    )
-    return SentenceStates(bert.eval(), tiny_tokenizer, 64)
 
 
 @pytest.fixture(scope="module")
