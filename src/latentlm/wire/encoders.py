@@ -191,6 +191,27 @@ class TokenCodes:
     mask: torch.Tensor
 
 
+class AlignedTokenStates(nn.Module):
+    """A state per sentence-encoder token from its anchor state and every frozen LLM's own embedding of
+    the same characters (`aligned_embeds`): layer-normed, concatenated, projected, then mixed by an
+    optional transformer. The token stage of the interlingua and span encoders."""
+
+    def __init__(self, cfg: EncoderConfig, st_dim: int, model_dims: tuple[int, ...]) -> None:
+        super().__init__()
+        self.norms = nn.ModuleList(nn.LayerNorm(d) for d in (st_dim, *model_dims))
+        self.proj = nn.Linear(st_dim + sum(model_dims), cfg.width)
+        self.body = _transformer(cfg.width, cfg.heads, cfg.layers, cfg.dropout)
+
+    def forward(self, inputs: EncoderInputs) -> torch.Tensor:
+        """(B, L, width) token states."""
+        parts = [inputs.st_states, *inputs.aligned_embeds]
+        normed = [norm(x.float()) for norm, x in zip(self.norms, parts, strict=True)]
+        hidden = self.proj(torch.cat(normed, dim=-1))  # (B, L, width)
+        if self.body is not None:
+            hidden = self.body(hidden, src_key_padding_mask=inputs.token_mask == 0)
+        return hidden
+
+
 class InterlinguaEncoder(nn.Module):
     """Seed 004's interlingua "in LLM-native space first, compression later", as selection.
 
@@ -219,9 +240,7 @@ class InterlinguaEncoder(nn.Module):
         if not model_dims:
             raise ValueError("InterlinguaEncoder: model_dims must list each frozen model's width")
         self.slots, self.cfg = slots, cfg
-        self.norms = nn.ModuleList(nn.LayerNorm(d) for d in (st_dim, *model_dims))
-        self.proj = nn.Linear(st_dim + sum(model_dims), cfg.width)
-        self.body = _transformer(cfg.width, cfg.heads, cfg.layers, cfg.dropout)
+        self.token_states = AlignedTokenStates(cfg, st_dim, model_dims)
         self.out = nn.Linear(cfg.width, d_z)
         self.score = nn.Linear(d_z, 1)
         nn.init.zeros_(self.score.weight)
@@ -230,13 +249,7 @@ class InterlinguaEncoder(nn.Module):
 
     def token_codes(self, inputs: EncoderInputs) -> TokenCodes:
         """Codes of every sentence-encoder token: (B, L, d_z)."""
-        parts = [inputs.st_states, *inputs.aligned_embeds]
-        normed = [norm(x.float()) for norm, x in zip(self.norms, parts, strict=True)]
-        hidden = self.proj(torch.cat(normed, dim=-1))  # (B, L, width)
-        mask = inputs.token_mask
-        if self.body is not None:
-            hidden = self.body(hidden, src_key_padding_mask=mask == 0)
-        return TokenCodes(self.out(hidden), mask)
+        return TokenCodes(self.out(self.token_states(inputs)), inputs.token_mask)
 
     def select(self, codes: TokenCodes, inputs: EncoderInputs) -> torch.Tensor:
         """The M kept codes (B, M, d_z), question first, then in text order."""
@@ -326,9 +339,7 @@ class SpanEncoder(nn.Module):
         if not model_dims:
             raise ValueError("SpanEncoder: model_dims must list each frozen model's width")
         self.slots, self.ratio = slots, ratio
-        self.norms = nn.ModuleList(nn.LayerNorm(d) for d in (st_dim, *model_dims))
-        self.proj = nn.Linear(st_dim + sum(model_dims), cfg.width)
-        self.tokens = _transformer(cfg.width, cfg.heads, cfg.layers, cfg.dropout)
+        self.token_states = AlignedTokenStates(cfg, st_dim, model_dims)
         self.span_proj = nn.Linear(ratio * cfg.width, cfg.width)
         self.spans = _transformer(cfg.width, cfg.heads, cfg.layers, cfg.dropout)
         self.out = nn.Linear(cfg.width, d_z)
@@ -339,13 +350,8 @@ class SpanEncoder(nn.Module):
         return valid[..., 0]
 
     def forward(self, inputs: EncoderInputs) -> torch.Tensor:
-        parts = [inputs.st_states, *inputs.aligned_embeds]
-        normed = [norm(x.float()) for norm, x in zip(self.norms, parts, strict=True)]
-        hidden = self.proj(torch.cat(normed, dim=-1))  # (B, L, width)
-        mask = inputs.token_mask
-        if self.tokens is not None:
-            hidden = self.tokens(hidden, src_key_padding_mask=mask == 0)
-        index, valid, _ = span_assignment(mask, self.ratio, self.slots)  # (B, S, r) each
+        hidden = self.token_states(inputs)  # (B, L, width)
+        index, valid, _ = span_assignment(inputs.token_mask, self.ratio, self.slots)  # (B, S, r) each
         batch, spans, ratio = index.shape
         width = hidden.shape[-1]
         gathered = hidden.gather(1, index.view(batch, spans * ratio, 1).expand(-1, -1, width))  # (B, S*r, w)
