@@ -19,6 +19,7 @@ from latentlm.lht.attention import (
 from latentlm.lht.config import EdgeConfig, HierarchyConfig, LHTConfig
 from latentlm.lht.model import LHTForMaskedLM
 from latentlm.lht.routers import fixed_boundaries
+from tests.lht.test_model import tiny_config as tiny_model_config
 
 
 def edges(**fields) -> EdgeConfig:
@@ -94,18 +95,9 @@ def test_sparse_backend_equals_dense_mask_backend(name, active, block_size):
 
 
 def tiny_config(**fields) -> LHTConfig:
-    base = dict(
-        vocab_size=50,
-        hidden_size=16,
-        num_layers=3,
-        num_heads=2,
-        intermediate_size=32,
-        dropout=0.0,
-        edges=EdgeConfig(local_window=2, neighbour_units=1),
-        hierarchy=HierarchyConfig(target_ratios=[3.0, 2.0], router_layers=[0, 1], capacity_factor=1.0),
-    )
-    base.update(fields)
-    return LHTConfig(**base)
+    """test_model's tiny LHT with routers on layers 0 and 1 and head slots at exactly the target rate."""
+    hierarchy = HierarchyConfig(target_ratios=[3.0, 2.0], router_layers=[0, 1], capacity_factor=1.0)
+    return tiny_model_config(**{"hierarchy": hierarchy, **fields})
 
 
 def test_sparse_model_equals_dense_model_with_padding_and_overflow():

@@ -128,18 +128,10 @@ def wkv_chunked(
         raise ValueError(f"wkv_chunked: chunk_size must be >= 1, got {chunk_size}")
     B, H, T, K = r.shape
     V = v.shape[-1]
-    limit = math.log(torch.finfo(r.dtype).max) - 10.0
-    C = min(chunk_size, T)
-    while True:
-        pad = (-T) % C
-        # Zero log-decay after the end changes nothing before it (and r/k/v are zero there).
-        chunks = (F.pad(log_w, (0, 0, 0, pad)) if pad else log_w).reshape(B, H, -1, C, K)  # (B, H, N, C, K)
-        cum = chunks.cumsum(dim=3)  # A_t
-        if float(-cum[:, :, :, -1].detach().min()) <= limit:
-            break
-        if C == 1:  # a single token's decay exceeds the range: the plain recurrence
-            return wkv_naive(r, k, v, log_w)
-        C //= 2
+    found = _chunk_cumsum(log_w, chunk_size)
+    if found is None:  # a single token's decay exceeds the range: the plain recurrence
+        return wkv_naive(r, k, v, log_w)
+    C, pad, chunks, cum = found  # chunks, cum: (B, H, N, C, K)
     if pad:
         r, k = (F.pad(x, (0, 0, 0, pad)) for x in (r, k))
         v = F.pad(v, (0, 0, 0, pad))
