@@ -27,7 +27,6 @@ import multiprocessing as mp
 import shutil
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 from latentlm.core.bench import REPO, data_dir, save_results
@@ -62,8 +61,6 @@ def run_variant(job: tuple[str, list[str], int, int, str]) -> dict:
     torch.set_num_threads(1)
     os.environ.setdefault("LATENTLM_DATA", str(data_dir()))
     from latentlm.core.config import load_config
-    from latentlm.core.engine import Trainer
-    from latentlm.core.run import RunDir
     from latentlm.lht.config import LHTRunConfig
     from latentlm.lht.evaluate import (
         classification_probe,
@@ -74,21 +71,14 @@ def run_variant(job: tuple[str, list[str], int, int, str]) -> dict:
         probe_documents,
         random_boundary_scores,
     )
-    from latentlm.lht.task import LHTPretrainTask
-    from latentlm.teachers import load_tokenizer
+    from latentlm.lht.task import train_without_evaluation
 
     run_path = Path(tempfile.mkdtemp(prefix=f"lht-ablation-{name}-"))
     items = [f"run_dir={run_path}", f"data.cache_dir={cache_dir}", f"train.seed={seed}", *overrides]
     if steps:
         items.append(f"train.max_steps={steps}")
     cfg = load_config(LHTRunConfig, CONFIG, items)
-    task = LHTPretrainTask(cfg, load_tokenizer(cfg.data.tokenizer))
-    task.evaluate = lambda model, state: {}  # scored below, outside the timed training
-    start = time.perf_counter()
-    trainer = Trainer(task, cfg.train, RunDir(run_path, tensorboard=False))
-    state = trainer.fit()
-    seconds = time.perf_counter() - start
-    model = trainer.model.eval()
+    task, model, state, seconds = train_without_evaluation(cfg)  # scored below, untimed
     chunks = heldout_chunks(task)
     with torch.no_grad():
         heldout = heldout_metrics(task, model)

@@ -18,7 +18,6 @@ import argparse
 import multiprocessing as mp
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 from latentlm.core.bench import REPO, RESULTS, data_dir, save_results
@@ -51,12 +50,10 @@ def run_variant(job: tuple[str, list[str], int, str]) -> dict:
     torch.set_num_threads(1)
     os.environ.setdefault("LATENTLM_DATA", str(data_dir()))
     from latentlm.core.config import load_config
-    from latentlm.core.engine import Trainer
     from latentlm.core.run import RunDir
     from latentlm.lht.config import LHTRunConfig
     from latentlm.lht.evaluate import evaluate_boundaries, heldout_chunks, heldout_metrics
-    from latentlm.lht.task import LHTPretrainTask
-    from latentlm.teachers import load_tokenizer
+    from latentlm.lht.task import train_without_evaluation
 
     run_path = Path(tempfile.mkdtemp(prefix=f"lht-{name}-"))
     items = [
@@ -66,13 +63,7 @@ def run_variant(job: tuple[str, list[str], int, str]) -> dict:
         *overrides,
     ]
     cfg = load_config(LHTRunConfig, BENCH_CONFIG, items)
-    task = LHTPretrainTask(cfg, load_tokenizer(cfg.data.tokenizer))
-    task.evaluate = lambda model, state: {}  # evaluated below, outside the timed training
-    start = time.perf_counter()
-    trainer = Trainer(task, cfg.train, RunDir(run_path, tensorboard=False))
-    state = trainer.fit()
-    seconds = time.perf_counter() - start
-    model = trainer.model.eval()
+    task, model, state, seconds = train_without_evaluation(cfg)  # scored below, untimed
     with torch.no_grad():
         metrics = heldout_metrics(task, model)
         boundaries = evaluate_boundaries(model, heldout_chunks(task)[:32], cfg.eval.tolerance)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import resource
 import sys
+import time
 
 import torch
 from torch import nn
@@ -113,3 +114,19 @@ class LHTPretrainTask(Task):
 
     def evaluate(self, model: nn.Module, state: TrainState) -> dict[str, float]:
         return heldout_metrics(self, model)
+
+
+def train_without_evaluation(cfg: LHTRunConfig) -> tuple[LHTPretrainTask, nn.Module, TrainState, float]:
+    """Train `cfg` with no periodic evaluation (equal-compute benchmarks score the model afterwards,
+    outside the timing). Returns the task, the trained model in eval mode, the final state and the
+    training seconds."""
+    from latentlm.core.engine import Trainer
+    from latentlm.core.run import RunDir
+    from latentlm.teachers import load_tokenizer
+
+    task = LHTPretrainTask(cfg, load_tokenizer(cfg.data.tokenizer))
+    task.evaluate = lambda model, state: {}
+    start = time.perf_counter()
+    trainer = Trainer(task, cfg.train, RunDir(cfg.run_dir, tensorboard=False))
+    state = trainer.fit()
+    return task, trainer.model.eval(), state, time.perf_counter() - start
