@@ -162,22 +162,13 @@ def bench_wkv(lengths: list[int], repeats: int) -> Iterator[dict]:
 
 
 def lht_config(backend: str, attention: str):
-    from latentlm.lht.config import EdgeConfig, HierarchyConfig, LHTConfig
+    """`configs/lht/speed.yaml`'s model (the one `benchmarks/lht_speed.py` times on CPU)."""
+    from latentlm.core.bench import REPO
+    from latentlm.core.config import load_config
+    from latentlm.lht.config import LHTRunConfig
 
-    return LHTConfig(
-        vocab_size=30522,
-        hidden_size=128,
-        num_layers=2,
-        num_heads=4,
-        intermediate_size=512,
-        dropout=0.0,
-        attention=attention,
-        backend=backend,
-        edges=EdgeConfig(local_window=16, neighbour_units=2),
-        hierarchy=HierarchyConfig(
-            target_ratios=[4.0, 4.0], router_layers=[0, 1], capacity_factor=1.0, boundaries="random"
-        ),
-    )
+    overrides = [f"model.attention={attention}", f"model.backend={backend}"]
+    return load_config(LHTRunConfig, REPO / "configs" / "lht" / "speed.yaml", overrides).model
 
 
 def lht_step_seconds(backend: str, attention: str, length: int, repeats: int) -> dict:

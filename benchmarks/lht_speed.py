@@ -27,28 +27,19 @@ import time
 import torch
 
 from latentlm.core.bench import REPO, save_results
-from latentlm.lht.config import EdgeConfig, HierarchyConfig, LHTConfig
+from latentlm.core.config import load_config
+from latentlm.lht.config import LHTConfig, LHTRunConfig
+
+SPEED_CONFIG = REPO / "configs" / "lht" / "speed.yaml"
 
 BACKENDS = ("dense", "sparse")
 
 
 def model_config(kind: str, backend: str) -> LHTConfig:
-    """Width 128, 2 layers, 4 heads, vocab 30522; the LHT with 2 levels (ratios 4, 4), window 16."""
-    return LHTConfig(
-        vocab_size=30522,
-        hidden_size=128,
-        num_layers=2,
-        num_heads=4,
-        intermediate_size=512,
-        dropout=0.0,
-        attention="hierarchical" if kind == "lht" else "full",
-        backend=backend,
-        block_size=64,
-        edges=EdgeConfig(local_window=16, neighbour_units=2),
-        hierarchy=HierarchyConfig(
-            target_ratios=[4.0, 4.0], router_layers=[0, 1], capacity_factor=1.0, boundaries="random"
-        ),
-    )
+    """`configs/lht/speed.yaml`'s model: the LHT (`kind="lht"`) or the dense encoder, on `backend`."""
+    attention = "hierarchical" if kind == "lht" else "full"
+    overrides = [f"model.attention={attention}", f"model.backend={backend}"]
+    return load_config(LHTRunConfig, SPEED_CONFIG, overrides).model
 
 
 def measure(kind: str, backend: str, length: int, repeats: int) -> dict:

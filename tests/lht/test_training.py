@@ -143,7 +143,7 @@ def test_cli_train_and_eval(tmp_path, tokenizer, monkeypatch):
     assert (tmp_path / "run" / "eval" / "plots" / "boundaries.png").is_file()
 
 
-@pytest.mark.parametrize("name", ["tiny.yaml", "pretrain.yaml", "bench.yaml"])
+@pytest.mark.parametrize("name", ["tiny.yaml", "pretrain.yaml", "bench.yaml", "speed.yaml"])
 def test_shipped_configs_load(name):
     from pathlib import Path
 
