@@ -1,9 +1,12 @@
 """Chunked vs naive vs brute-force bidirectional WKV (float64), and the joint time-mix layer."""
 
+import math
+
 import pytest
 import torch
 
 from latentlm.diffusion.wkv import (
+    ChannelMix,
     JointTimeMix,
     bidirectional_token_shift,
     bidirectional_wkv,
@@ -145,3 +148,68 @@ def test_flash_linear_attention_kernel_equals_chunked_on_cuda():
     torch.testing.assert_close(
         both, bidirectional_wkv(r, k, v, log_w, u, chunk_size=32), rtol=2e-3, atol=2e-3
     )
+
+
+def _reference_joint_time_mix(mix: JointTimeMix, x_text, x_lat):
+    """The time mix written out plainly: one lerp and one Linear per projection, the decay and gate
+    LoRAs, two naive scans plus the bonus, nn.GroupNorm, the gate and the output projection."""
+    outputs, joint = {}, {}
+    streams = {"latent": (mix.latent, x_lat), "text": (mix.text, x_text)}
+    for name, (s, x) in streams.items():
+        B, T, D = x.shape
+        shift = bidirectional_token_shift(x) - x
+        heads = lambda z: z.view(B, T, s.num_heads, s.head_dim).transpose(1, 2)  # noqa: E731
+        decay = s.time_decay + torch.tanh((x + shift * s.time_maa_w) @ s.time_decay_w1) @ s.time_decay_w2
+        joint[name] = {
+            "r": heads(s.receptance(x + shift * s.time_maa_r)),
+            "k": heads(s.key(x + shift * s.time_maa_k)),
+            "v": heads(s.value(x + shift * s.time_maa_v)),
+            "log_w": heads(-decay.clamp(max=math.log(5.0)).exp()),
+            "u": s.time_faaaa[None, :, None, :].expand(B, -1, T, -1),
+        }
+        outputs[name] = torch.sigmoid((x + shift * s.time_maa_g) @ s.gate_w1) @ s.gate_w2
+    cat = {key: torch.cat([joint["latent"][key], joint["text"][key]], dim=2) for key in joint["text"]}
+    y = bidirectional_wkv(**cat, impl="naive")  # (B, H, M+T, K)
+    M = x_lat.shape[1]
+    result = []
+    for name, part in (("text", y[:, :, M:]), ("latent", y[:, :, :M])):
+        s = streams[name][0]
+        B, H, T, K = part.shape
+        normed = s.ln_x(part.transpose(1, 2).reshape(B * T, H * K)).view(B, T, H * K)
+        result.append(s.output(normed * outputs[name]))
+    return tuple(result)
+
+
+@pytest.mark.parametrize("chunk", [3, 0])
+def test_joint_time_mix_equals_the_plain_formulas(chunk):
+    """The batched lerps/projections, the joint per-head normalisation and the chunk form == the time mix
+    written out one projection at a time (float64, values and gradients)."""
+    torch.manual_seed(0)
+    mix = JointTimeMix(
+        d_model=16, num_heads=2, decay_lora_rank=4, gate_lora_rank=3, chunk_size=chunk
+    ).double()
+    with torch.no_grad():
+        for p in mix.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x_text = torch.randn(2, 9, 16, dtype=torch.float64, requires_grad=True)
+    x_lat = torch.randn(2, 3, 16, dtype=torch.float64, requires_grad=True)
+    got, expected = mix(x_text, x_lat), _reference_joint_time_mix(mix, x_text, x_lat)
+    leaves = [x_text, x_lat, *mix.parameters()]
+    cotangents = [torch.randn_like(t) for t in got]
+    grads = [
+        torch.autograd.grad(sum((t * c).sum() for t, c in zip(out, cotangents, strict=True)), leaves)
+        for out in (got, expected)
+    ]
+    for a, b in zip((*got, *grads[0]), (*expected, *grads[1]), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_channel_mix_equals_the_plain_formula():
+    torch.manual_seed(0)
+    cm = ChannelMix(8, hidden_mult=3).double()
+    with torch.no_grad():
+        cm.time_maa_k.uniform_(0, 1)
+    x = torch.randn(2, 5, 8, dtype=torch.float64)
+    shift = bidirectional_token_shift(x) - x
+    expected = cm.value(torch.relu(cm.key(x + shift * cm.time_maa_k)) ** 2)
+    torch.testing.assert_close(cm(x), expected, rtol=1e-12, atol=1e-12)

@@ -156,7 +156,12 @@ class JointRWKVBlock(_TwoStreamBlock):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg.d_model)
         self.time_mix = JointTimeMix(
-            cfg.d_model, cfg.num_heads, cfg.decay_lora_rank, cfg.wkv_impl, cfg.wkv_chunk_size
+            cfg.d_model,
+            cfg.num_heads,
+            cfg.decay_lora_rank,
+            cfg.gate_lora_rank,
+            cfg.wkv_impl,
+            cfg.wkv_chunk_size,
         )
         self.channel_mix = nn.ModuleDict({s: ChannelMix(cfg.d_model, cfg.ffn_mult) for s in STREAMS})
 
@@ -429,7 +434,15 @@ class LatentDiffusionLM(PretrainedMixin, nn.Module):
         latent_rows = (t_latent > 0) & (mode != "l2t")
         if mode != "t2l" and masked.any():
             logits = self.rwkv.text_logits(hidden.text_hidden[masked])
-            nelbo = masked_nelbo(logits, x0, masked, t_text, self.text_schedule, self.config.mask_token_id)
+            nelbo = masked_nelbo(
+                logits,
+                x0,
+                masked,
+                t_text,
+                self.text_schedule,
+                self.config.mask_token_id,
+                overwrite_logits=True,
+            )
             out.text_nelbo_per_example = nelbo
             out.text_nelbo = nelbo.sum() / (L * text_rows.sum().clamp_min(1))
             out.loss = out.loss + out.text_nelbo
