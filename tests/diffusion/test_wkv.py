@@ -158,7 +158,10 @@ def _reference_joint_time_mix(mix: JointTimeMix, x_text, x_lat):
     for name, (s, x) in streams.items():
         B, T, D = x.shape
         shift = bidirectional_token_shift(x) - x
-        heads = lambda z: z.view(B, T, s.num_heads, s.head_dim).transpose(1, 2)  # noqa: E731
+
+        def heads(z, B=B, T=T, s=s):
+            return z.view(B, T, s.num_heads, s.head_dim).transpose(1, 2)
+
         decay = s.time_decay + torch.tanh((x + shift * s.time_maa_w) @ s.time_decay_w1) @ s.time_decay_w2
         joint[name] = {
             "r": heads(s.receptance(x + shift * s.time_maa_r)),
