@@ -77,6 +77,9 @@ class ModelConfig:
     kernels on CUDA when installed, else chunked)."""
     wkv_chunk_size: int = 0
     """Chunk length of the chunked WKV (0: 32, 64 from 1,024 joint tokens on; capped at the sequence)."""
+    latent_modulation: bool = False
+    """Also add a linear map of the (noisy) latent to every block's adaLN conditioning vector (global,
+    DiT-style conditioning), besides the latent tokens the scan mixes in."""
     latent_pred_from: str = "text"
     """Extra features of the latent head: text (final text states) | prefix (prefix embeddings) | both."""
     prefix_length: int = 8

@@ -66,7 +66,7 @@ _STREAM_PATTERNS = {
         r"|blocks\.\d+\.[\w.]*\btext\b)"
     ),
     "latent": re.compile(
-        r"^rwkv\.(latent_in|latent_position|latent_head|time_embed_latent|final_modulation\.latent"
+        r"^rwkv\.(latent_in|latent_position|latent_head|latent_modulation|time_embed_latent|final_modulation\.latent"
         r"|final_norm\.latent|blocks\.\d+\.[\w.]*\blatent\b)"
     ),
 }
@@ -234,6 +234,10 @@ class TwoStreamDenoiser(nn.Module):
         self.latent_position = nn.Parameter(0.02 * torch.randn(M, D))
         self.time_embed_text = TimestepEmbedding(D)
         self.time_embed_latent = TimestepEmbedding(D)
+        self.latent_modulation = nn.Linear(cfg.latent_dim, D) if cfg.latent_modulation else None
+        if self.latent_modulation is not None:  # starts without effect, like the adaLN-Zero layers
+            nn.init.zeros_(self.latent_modulation.weight)
+            nn.init.zeros_(self.latent_modulation.bias)
         self.blocks = nn.ModuleList(block_cls(cfg) for _ in range(cfg.num_layers))
         self.final_norm = nn.ModuleDict({s: nn.LayerNorm(D, elementwise_affine=False) for s in STREAMS})
         self.final_modulation = nn.ModuleDict({s: nn.Linear(D, 2 * D) for s in STREAMS})
@@ -272,6 +276,8 @@ class TwoStreamDenoiser(nn.Module):
         h_text = embedded if self.text_position is None else embedded + self.text_position[:T]
         h_latent = self.latent_in(z_t).view(B, cfg.num_latent_tokens, cfg.d_model) + self.latent_position
         cond = self.time_embed_text(t_text) + self.time_embed_latent(t_latent)  # (B, D)
+        if self.latent_modulation is not None:
+            cond = cond + self.latent_modulation(z_t)
         for block in self.blocks:
             h_text, h_latent = block(h_text, h_latent, cond)
         final = {}
