@@ -8,6 +8,10 @@ one-step T2L estimate (the model's posterior mean at t = 1) next to the 32-step 
     python3 benchmarks/diffusion_coupling_probe.py --seconds 150 \\
         --probe base= --probe strong=model.latent_modulation=true,loss.latent_weight=4
 
+``--stage2 name=overrides`` (repeatable) then trains Stage II from the first probe's model for
+``--stage2-seconds`` each and scores the VAE bound, the text-only bound and the KL on the same dev rows
+(to choose the KL warm-up / free-bits settings).
+
 Results: benchmarks/results/diffusion_coupling_probe.json (through save_results).
 """
 
@@ -18,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.data import Subset
 
 from benchmarks.diffusion_quality import _train_for
 from latentlm.core.bench import save_results
@@ -26,7 +31,7 @@ from latentlm.core.lifecycle import load_trained_model
 from latentlm.core.run import RunDir
 from latentlm.diffusion.config import DiffusionConfig
 from latentlm.diffusion.data import load_sentence_encoder
-from latentlm.diffusion.evaluate import latent_retrieval_metrics
+from latentlm.diffusion.evaluate import heldout_nelbo, latent_retrieval_metrics
 from latentlm.diffusion.model import LatentDiffusionLM
 from latentlm.diffusion.sampling import sample_latent_from_text, sample_text_from_latent
 from latentlm.diffusion.task import DiffusionTask
@@ -63,12 +68,42 @@ def dev_recall(task: DiffusionTask, model, encoder, guidance: list[float]) -> di
     return out
 
 
+def stage2_probe(stage1_dir: Path, name: str, extra: list[str], seconds: float, out: Path) -> dict:
+    """Stage II from ``stage1_dir`` with the benchmark's settings plus ``extra``; dev-row bounds."""
+    cfg = load_config(
+        DiffusionConfig,
+        CONFIG,
+        [
+            f"run_dir={out / name}",
+            "eval.max_examples=128",
+            "train.stage_schedule=stage2_variational",
+            "data.use_external_latents=false",
+            f"model.checkpoint_path={stage1_dir}",
+            "train.unfreeze_after_steps=50",
+            "loss.kl_warmup_steps=100",
+            "train.lr=0.001",
+            *extra,
+        ],
+    )
+    task = DiffusionTask(cfg, RunDir(cfg.run_dir))
+    train = _train_for(task, cfg, seconds, evals=1)
+    model = load_trained_model(cfg.run_dir, LatentDiffusionLM).eval()
+    bounds = heldout_nelbo(model, Subset(task.val_dataset, list(DEV)), num_draws=4, seed=1)
+    print(f"[probe] stage II {name}: {bounds}", flush=True)
+    return {"overrides": extra, "train": train, "dev_bounds": bounds}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=150.0, help="training budget per probe")
     parser.add_argument("--probe", action="append", required=True, help="name=override,override,...")
     parser.add_argument("--guidance", default="1,2,4", help="CFG scales scored")
     parser.add_argument("--out", default="runs/diffusion_probe")
+    parser.add_argument("--stage2", action="append", default=[], help="name=override,...: Stage II probes")
+    parser.add_argument(
+        "--stage2-seconds", type=float, default=90.0, help="training budget per Stage II probe"
+    )
+    parser.add_argument("--skip-stage1-train", action="store_true", help="reuse the probes' saved models")
     args = parser.parse_args()
     guidance = [float(x) for x in args.guidance.split(",")]
     results = {}
@@ -81,11 +116,19 @@ def main() -> None:
         )
         task = DiffusionTask(cfg, RunDir(cfg.run_dir))
         start = time.perf_counter()
-        train = _train_for(task, cfg, args.seconds, evals=1)
+        train = None if args.skip_stage1_train else _train_for(task, cfg, args.seconds, evals=1)
         model = load_trained_model(cfg.run_dir, LatentDiffusionLM)
         encoder = encoder or load_sentence_encoder(model.config.encoder)
         results[name] = {"overrides": extra, "train": train} | dev_recall(task, model, encoder, guidance)
         results[name]["seconds"] = time.perf_counter() - start
+    first_name, _, first_overrides = args.probe[0].partition("=")
+    first = Path(args.out) / first_name
+    for spec in args.stage2:
+        name, _, overrides = spec.partition("=")
+        extra = [o for o in f"{first_overrides},{overrides}".split(",") if o]
+        results[f"stage2_{name}"] = stage2_probe(
+            first, f"stage2_{name}", extra, args.stage2_seconds, Path(args.out)
+        )
     save_results(
         "diffusion_coupling_probe",
         {
