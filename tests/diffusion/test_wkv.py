@@ -10,6 +10,7 @@ from latentlm.diffusion.wkv import (
     JointTimeMix,
     bidirectional_token_shift,
     bidirectional_wkv,
+    lerp_to_neighbours,
     wkv_chunked,
     wkv_naive,
 )
@@ -216,3 +217,19 @@ def test_channel_mix_equals_the_plain_formula():
     shift = bidirectional_token_shift(x) - x
     expected = cm.value(torch.relu(cm.key(x + shift * cm.time_maa_k)) ** 2)
     torch.testing.assert_close(cm(x), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_stacked_lerp_backward_equals_autograd_of_the_plain_lerp():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    mixes = torch.rand(3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    cotangent = torch.randn(3, 2, 5, 4, generator=g, dtype=torch.float64)
+    plain = torch.stack([x + (bidirectional_token_shift(x) - x) * m for m in mixes])
+    got = lerp_to_neighbours(x, mixes)
+    torch.testing.assert_close(got, plain, rtol=1e-12, atol=1e-12)
+    for a, b in zip(
+        torch.autograd.grad((got * cotangent).sum(), (x, mixes)),
+        torch.autograd.grad((plain * cotangent).sum(), (x, mixes)),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

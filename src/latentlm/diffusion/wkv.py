@@ -330,6 +330,32 @@ def bidirectional_token_shift(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * (left + right)
 
 
+class _LerpStack(torch.autograd.Function):
+    """``out[p] = x + (n - x) * m[p]`` for a (P, D) stack of weights, with a hand-written backward.
+
+    Autograd's backward of the broadcast ``torch.lerp`` multiplies the (P, B, T, D) gradient by weights
+    broadcast over two middle dimensions and reduces it three times, about 2.5x slower on our CPU than
+    accumulating the P slices one at a time, as done here.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, n: torch.Tensor, mixes: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, n, mixes)
+        return torch.lerp(x, n, mixes[:, None, None, :])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x, n, mixes = ctx.saved_tensors
+        shift = n - x
+        grad_sum, grad_n = torch.zeros_like(x), torch.zeros_like(x)
+        grad_mixes = []
+        for grad_p, mix in zip(grad, mixes, strict=True):
+            grad_sum += grad_p
+            grad_n.addcmul_(grad_p, mix)
+            grad_mixes.append((grad_p * shift).sum((0, 1)))
+        return grad_sum - grad_n, grad_n, torch.stack(grad_mixes)
+
+
 def lerp_to_neighbours(x: torch.Tensor, mixes: torch.Tensor) -> torch.Tensor:
     """RWKV's token-shift interpolations, all in one op: ``x + (n - x) * m_p`` for every row m_p of
     ``mixes``, with n the mean of both neighbours (``bidirectional_token_shift``).
@@ -341,7 +367,7 @@ def lerp_to_neighbours(x: torch.Tensor, mixes: torch.Tensor) -> torch.Tensor:
     Returns:
         (P, B, T, D).
     """
-    return torch.lerp(x, bidirectional_token_shift(x), mixes[:, None, None, :])
+    return _LerpStack.apply(x, bidirectional_token_shift(x), mixes)
 
 
 class TimeMixStream(nn.Module):
