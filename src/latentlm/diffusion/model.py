@@ -108,7 +108,7 @@ class TimestepEmbedding(nn.Module):
 
 
 def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return x * (1.0 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+    return torch.addcmul(shift.unsqueeze(1), x, 1.0 + scale.unsqueeze(1))
 
 
 class _TwoStreamBlock(nn.Module):
@@ -141,10 +141,10 @@ class _TwoStreamBlock(nn.Module):
             *(_modulate(self.norm1[s](hidden[s]), mods[s][0], mods[s][1]) for s in STREAMS)
         )
         for s, out in zip(STREAMS, mixed, strict=True):
-            hidden[s] = hidden[s] + mods[s][2].unsqueeze(1) * out
+            hidden[s] = torch.addcmul(hidden[s], mods[s][2].unsqueeze(1), out)
         for s in STREAMS:
             ff = self.feed_forward(s, _modulate(self.norm2[s](hidden[s]), mods[s][3], mods[s][4]))
-            hidden[s] = hidden[s] + mods[s][5].unsqueeze(1) * ff
+            hidden[s] = torch.addcmul(hidden[s], mods[s][5].unsqueeze(1), ff)
         return hidden["text"], hidden["latent"]
 
 
