@@ -209,14 +209,24 @@ def test_joint_time_mix_equals_the_plain_formulas(chunk):
 
 
 def test_channel_mix_equals_the_plain_formula():
+    """Values and gradients (the squared ReLU's hand-written backward included) in float64."""
     torch.manual_seed(0)
     cm = ChannelMix(8, hidden_mult=3).double()
     with torch.no_grad():
         cm.time_maa_k.uniform_(0, 1)
-    x = torch.randn(2, 5, 8, dtype=torch.float64)
+    x = torch.randn(2, 5, 8, dtype=torch.float64, requires_grad=True)
     shift = bidirectional_token_shift(x) - x
     expected = cm.value(torch.relu(cm.key(x + shift * cm.time_maa_k)) ** 2)
-    torch.testing.assert_close(cm(x), expected, rtol=1e-12, atol=1e-12)
+    got = cm(x)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    cotangent = torch.randn_like(got)
+    leaves = [x, *cm.parameters()]
+    for a, b in zip(
+        torch.autograd.grad((got * cotangent).sum(), leaves),
+        torch.autograd.grad((expected * cotangent).sum(), leaves),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
 def test_stacked_lerp_backward_equals_autograd_of_the_plain_lerp():
