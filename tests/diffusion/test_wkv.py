@@ -184,7 +184,7 @@ def _reference_joint_time_mix(mix: JointTimeMix, x_text, x_lat):
     return tuple(result)
 
 
-@pytest.mark.parametrize("chunk", [3, 0])
+@pytest.mark.parametrize("chunk", [3, 5, 0])  # 5: the joint length 12 is padded to 15
 def test_joint_time_mix_equals_the_plain_formulas(chunk):
     """The batched lerps/projections, the joint per-head normalisation and the chunk form == the time mix
     written out one projection at a time (float64, values and gradients)."""

@@ -491,18 +491,22 @@ class JointTimeMix(nn.Module):
             self.latent.project(x_latent),
             self.text.project(x_text),
         )
-        rkv = torch.cat([rkv_l, rkv_t], dim=2).view(3, B, L, H, K)  # the joint sequence
-        r, k, v = rkv.transpose(2, 3)  # each (B, H, L, K)
-        log_w = torch.cat([log_w_l, log_w_t], dim=1).view(B, L, H, K).transpose(1, 2)  # (B, H, L, K)
+        chunk = self.chunk_size or (LONG_CHUNK_SIZE if L >= LONG_SEQUENCE else DEFAULT_CHUNK_SIZE)
+        # The joint sequence, already padded to whole chunks for the chunk form (zero r, k, v and log
+        # decay after the end change nothing before it), so the scan does not pad r, k, v again.
+        pad = (-L) % min(chunk, L) if self.impl != "naive" else 0
+        rkv = torch.cat([rkv_l, rkv_t, rkv_t.new_zeros(3, B, pad, D)], dim=2).view(3, B, L + pad, H, K)
+        r, k, v = rkv.transpose(2, 3)  # each (B, H, L + pad, K)
+        log_w = torch.cat([log_w_l, log_w_t, log_w_t.new_zeros(B, pad, D)], dim=1)
+        log_w = log_w.view(B, L + pad, H, K).transpose(1, 2)  # (B, H, L + pad, K)
         u = torch.cat(
             [
                 self.latent.time_faaaa.unsqueeze(1).expand(H, M, K),
-                self.text.time_faaaa.unsqueeze(1).expand(H, L - M, K),
+                self.text.time_faaaa.unsqueeze(1).expand(H, L - M + pad, K),
             ],
             dim=1,
-        )  # (H, L, K): each stream's bonus
-        chunk = self.chunk_size or (LONG_CHUNK_SIZE if L >= LONG_SEQUENCE else DEFAULT_CHUNK_SIZE)
-        y = bidirectional_wkv(r, k, v, log_w, u, impl=self.impl, chunk_size=chunk)  # (B, H, L, K)
+        )  # (H, L + pad, K): each stream's bonus
+        y = bidirectional_wkv(r, k, v, log_w, u, impl=self.impl, chunk_size=chunk)[:, :, :L]  # (B, H, L, K)
         normed = normalize_heads(y.transpose(1, 2), self.text.ln_x.eps)  # (B, L, D)
         return self.text.finish(normed[:, M:], g_t), self.latent.finish(normed[:, :M], g_l)
 
