@@ -53,14 +53,16 @@ def dev_recall(task: DiffusionTask, model, encoder, guidance: list[float]) -> di
         g = torch.Generator().manual_seed(0)
         for steps, name in ((s.num_steps, "t2l"), (1, "t2l_one_step")):
             z = sample_latent_from_text(model, ids, num_steps=steps, guidance_scale=scale, generator=g)
-            out[f"{name}@cfg{scale}"] = latent_retrieval_metrics(model.denormalize_latent(z), true_raw)[
-                "recall_at_1"
-            ]
+            scored = latent_retrieval_metrics(model.denormalize_latent(z), true_raw)
+            out[f"{name}@cfg{scale}"] = scored["recall_at_1"]
+            out[f"{name}_cosine_gap@cfg{scale}"] = scored["cosine"] - scored["cosine_random_pairs"]
         texts = model.decode(
             sample_text_from_latent(model, true_norm, guidance_scale=scale, generator=g, **s.text_kwargs())
         )
         emb = torch.from_numpy(encoder.encode(texts, convert_to_numpy=True, show_progress_bar=False))
-        out[f"l2t@cfg{scale}"] = latent_retrieval_metrics(emb, true_raw)["recall_at_1"]
+        scored = latent_retrieval_metrics(emb, true_raw)
+        out[f"l2t@cfg{scale}"] = scored["recall_at_1"]
+        out[f"l2t_cosine_gap@cfg{scale}"] = scored["cosine"] - scored["cosine_random_pairs"]
         out[f"l2t_example@cfg{scale}"] = texts[:3]
         print(
             f"[probe] cfg {scale}: " + str({k: v for k, v in out.items() if "example" not in k}), flush=True
