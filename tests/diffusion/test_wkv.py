@@ -235,7 +235,8 @@ def test_stacked_lerp_backward_equals_autograd_of_the_plain_lerp():
     mixes = torch.rand(3, 4, generator=g, dtype=torch.float64, requires_grad=True)
     cotangent = torch.randn(3, 2, 5, 4, generator=g, dtype=torch.float64)
     plain = torch.stack([x + (bidirectional_token_shift(x) - x) * m for m in mixes])
-    got = lerp_to_neighbours(x, mixes)
+    first, rest = lerp_to_neighbours(x, mixes, (1, 2))  # (B, T, D) and (2, B, T, D)
+    got = torch.cat([first.unsqueeze(0), rest])
     torch.testing.assert_close(got, plain, rtol=1e-12, atol=1e-12)
     for a, b in zip(
         torch.autograd.grad((got * cotangent).sum(), (x, mixes)),
@@ -243,3 +244,9 @@ def test_stacked_lerp_backward_equals_autograd_of_the_plain_lerp():
         strict=True,
     ):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    # A group whose output is unused gets no gradient; the others are unaffected.
+    _, rest = lerp_to_neighbours(x, mixes, (1, 2))
+    (only_rest,) = torch.autograd.grad((rest * cotangent[1:]).sum(), (x,))
+    plain_rest = torch.stack([x + (bidirectional_token_shift(x) - x) * m for m in mixes[1:]])
+    (plain_rest,) = torch.autograd.grad((plain_rest * cotangent[1:]).sum(), (x,))
+    torch.testing.assert_close(only_rest, plain_rest, rtol=1e-12, atol=1e-12)

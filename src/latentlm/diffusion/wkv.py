@@ -331,43 +331,61 @@ def bidirectional_token_shift(x: torch.Tensor) -> torch.Tensor:
 
 
 class _LerpStack(torch.autograd.Function):
-    """``out[p] = x + (n - x) * m[p]`` for a (P, D) stack of weights, with a hand-written backward.
+    """``x + (n - x) * m_p`` for a (P, D) stack of weights, in groups of consecutive rows (a group of
+    one gives a (B, T, D) tensor, a larger one a (P_g, B, T, D) stack), with a hand-written backward.
 
-    Autograd's backward of the broadcast ``torch.lerp`` multiplies the (P, B, T, D) gradient by weights
+    Autograd's backward of one broadcast ``torch.lerp`` multiplies the (P, B, T, D) gradient by weights
     broadcast over two middle dimensions and reduces it three times, about 2.5x slower on our CPU than
-    accumulating the P slices one at a time, as done here.
+    accumulating the P slices one at a time, as done here; separate outputs per group also spare the
+    concatenation of their gradients that splitting one output would cost.
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, n: torch.Tensor, mixes: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, n: torch.Tensor, mixes: torch.Tensor, groups: tuple[int, ...]):
         ctx.save_for_backward(x, n, mixes)
-        return torch.lerp(x, n, mixes[:, None, None, :])
+        ctx.set_materialize_grads(False)  # an unused group's gradient stays None
+        ctx.groups = groups
+        outputs, start = [], 0
+        for size in groups:
+            weight = mixes[start] if size == 1 else mixes[start : start + size, None, None, :]
+            outputs.append(torch.lerp(x, n, weight))
+            start += size
+        return tuple(outputs)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def backward(ctx, *grads: torch.Tensor):
         x, n, mixes = ctx.saved_tensors
         shift = n - x
         grad_sum, grad_n = torch.zeros_like(x), torch.zeros_like(x)
-        grad_mixes = []
-        for grad_p, mix in zip(grad, mixes, strict=True):
-            grad_sum += grad_p
-            grad_n.addcmul_(grad_p, mix)
-            grad_mixes.append((grad_p * shift).sum((0, 1)))
-        return grad_sum - grad_n, grad_n, torch.stack(grad_mixes)
+        grad_mixes = torch.zeros_like(mixes)
+        start = 0
+        for size, grad in zip(ctx.groups, grads, strict=True):
+            if grad is not None:  # an unused group has no gradient
+                for p, grad_p in enumerate(grad.unsqueeze(0) if size == 1 else grad.unbind(0)):
+                    grad_sum += grad_p
+                    grad_n.addcmul_(grad_p, mixes[start + p])
+                    grad_mixes[start + p] = (grad_p * shift).sum((0, 1))
+            start += size
+        return grad_sum - grad_n, grad_n, grad_mixes, None
 
 
-def lerp_to_neighbours(x: torch.Tensor, mixes: torch.Tensor) -> torch.Tensor:
+def lerp_to_neighbours(
+    x: torch.Tensor, mixes: torch.Tensor, groups: tuple[int, ...]
+) -> tuple[torch.Tensor, ...]:
     """RWKV's token-shift interpolations, all in one op: ``x + (n - x) * m_p`` for every row m_p of
     ``mixes``, with n the mean of both neighbours (``bidirectional_token_shift``).
 
     Args:
         x: (B, T, D).
         mixes: (P, D).
+        groups: sizes of consecutive groups of rows, summing to P.
 
     Returns:
-        (P, B, T, D).
+        one tensor per group: (B, T, D) for a group of one, else (size, B, T, D).
     """
-    return _LerpStack.apply(x, bidirectional_token_shift(x), mixes)
+    if sum(groups) != mixes.shape[0]:
+        raise ValueError(f"lerp_to_neighbours: groups {groups} do not add up to {mixes.shape[0]} weights")
+    return _LerpStack.apply(x, bidirectional_token_shift(x), mixes, tuple(groups))
 
 
 class TimeMixStream(nn.Module):
@@ -422,13 +440,12 @@ class TimeMixStream(nn.Module):
         mixes = torch.stack(
             [self.time_maa_r, self.time_maa_k, self.time_maa_v, self.time_maa_w, self.time_maa_g]
         )
-        lerped = lerp_to_neighbours(x, mixes)  # (5, B, T, D)
+        x_rkv, x_w, x_g = lerp_to_neighbours(x, mixes, (3, 1, 1))  # (3, B, T, D), (B, T, D), (B, T, D)
         weights = torch.stack([self.receptance.weight, self.key.weight, self.value.weight]).transpose(1, 2)
-        x_rkv, x_w, x_g = lerped.split([3, 1, 1])  # split, not indexing: its backward is one cat
         rkv = torch.bmm(x_rkv.view(3, B * T, D), weights).view(3, B, T, D)
-        decay = self.time_decay + torch.tanh(x_w[0] @ self.time_decay_w1) @ self.time_decay_w2
+        decay = self.time_decay + torch.tanh(x_w @ self.time_decay_w1) @ self.time_decay_w2
         log_w = -decay.clamp(max=math.log(-LOG_DECAY_MIN)).exp()
-        return rkv, log_w, torch.sigmoid(x_g[0] @ self.gate_w1) @ self.gate_w2
+        return rkv, log_w, torch.sigmoid(x_g @ self.gate_w1) @ self.gate_w2
 
     def finish(self, normed: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         """The affine part of the per-head GroupNorm (``ln_x``), the gate and the output projection.
@@ -539,4 +556,4 @@ class ChannelMix(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Args: x (B, T, D). Returns: (B, T, D)."""
-        return self.value(_SquaredReLU.apply(self.key(lerp_to_neighbours(x, self.time_maa_k[None])[0])))
+        return self.value(_SquaredReLU.apply(self.key(lerp_to_neighbours(x, self.time_maa_k[None], (1,))[0])))
