@@ -189,6 +189,7 @@ def phase_eval(args, out: Path) -> dict:
     return {
         "l2t_recall_at_1": m1["l2t"]["recall_at_1"],
         "t2l_recall_at_1": m1["t2l"]["recall_at_1"],
+        "t2l_recall_at_1_posterior_mean": m1["t2l_posterior_mean"]["recall_at_1"],
         "num_candidates": m1["num_heldout"],
         "gen_ppl_joint": joint.get("generative_perplexity"),
         "gen_ppl_ar": ar["gen_ppl"],
@@ -200,7 +201,10 @@ def phase_eval(args, out: Path) -> dict:
         "vae_bound": nelbo2["vae_nelbo_per_token"],
         "text_bound": nelbo2["nelbo_per_token"],
         "bounds_unit": "nats per real token (held-out); ppl = exp(bound)",
-        "stage1": {k: m1[k] for k in ("nelbo", "t2l", "l2t", "samples", "checks_passed", "checks_total")},
+        "stage1": {
+            k: m1[k]
+            for k in ("nelbo", "t2l", "t2l_posterior_mean", "l2t", "samples", "checks_passed", "checks_total")
+        },
         "stage2": {k: m2[k] for k in ("nelbo", "reconstruction", "samples", "checks_passed", "checks_total")},
         "ar": ar | {"heldout_nll_per_token": ar_eval[-1][1] if ar_eval else None},
         "stage2_train": stage2,
