@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 
@@ -320,6 +321,7 @@ def main() -> None:
         "command": "python3 benchmarks/diffusion_quality.py "
         + " ".join(f"{a}" for a in __import__("sys").argv[1:]),
         "seconds": time.perf_counter() - started,
+        "load_average_at_end": list(os.getloadavg()),
     }
     merged["description"] = (
         "CPU-hour recipe (configs/diffusion/cpu_hour.yaml) on pydocs sentences with MiniLM latents, "
