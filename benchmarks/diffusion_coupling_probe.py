@@ -12,6 +12,10 @@ one-step T2L estimate (the model's posterior mean at t = 1) next to the 32-step 
 ``--stage2-seconds`` each and scores the VAE bound, the text-only bound and the KL on the same dev rows
 (to choose the KL warm-up / free-bits settings).
 
+``choose`` then picks, on the dev rows only: the Stage I probe and CFG scale with the largest sum of
+recall@1 and cosine gap (paired minus random pairs) over L2T, T2L and one-step T2L, and the Stage II
+probe with the lowest VAE bound minus text-only bound; the JSON's ``chosen`` field holds them.
+
 Results: benchmarks/results/diffusion_coupling_probe.json (through save_results).
 """
 
@@ -95,6 +99,32 @@ def stage2_probe(stage1_dir: Path, name: str, extra: list[str], seconds: float, 
     return {"overrides": extra, "train": train, "dev_bounds": bounds}
 
 
+def choose(results: dict, guidance: list[float]) -> dict:
+    """The dev-row choice of Stage I overrides, CFG scale and Stage II overrides (see the module doc)."""
+
+    def score(probe: dict, scale: float) -> float:
+        names = ("l2t", "t2l", "t2l_one_step")
+        return sum(probe[f"{n}@cfg{scale}"] + probe[f"{n}_cosine_gap@cfg{scale}"] for n in names)
+
+    stage1 = {k: v for k, v in results.items() if not k.startswith("stage2_")}
+    name, scale = max(((n, g) for n in stage1 for g in guidance), key=lambda ng: score(stage1[ng[0]], ng[1]))
+    chosen = {"stage1_probe": name, "stage1_overrides": stage1[name]["overrides"], "guidance_scale": scale}
+    stage2 = {k: v for k, v in results.items() if k.startswith("stage2_")}
+    if stage2:
+        gap = {
+            k: v["dev_bounds"]["vae_nelbo_per_token"] - v["dev_bounds"]["nelbo_per_token"]
+            for k, v in stage2.items()
+        }
+        best = min(gap, key=gap.get)
+        first_overrides = next(iter(stage1.values()))["overrides"]
+        chosen |= {
+            "stage2_probe": best,
+            "stage2_overrides": [o for o in stage2[best]["overrides"] if o not in first_overrides],
+            "stage2_vae_minus_text_bound": gap,
+        }
+    return chosen
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=150.0, help="training budget per probe")
@@ -131,9 +161,12 @@ def main() -> None:
         results[f"stage2_{name}"] = stage2_probe(
             first, f"stage2_{name}", extra, args.stage2_seconds, Path(args.out)
         )
+    chosen = choose(results, guidance)
+    print(f"[probe] chosen on the dev rows: {chosen}", flush=True)
     save_results(
         "diffusion_coupling_probe",
         {
+            "chosen": chosen,
             "description": f"dev-split probes (held-out rows {DEV.start}-{DEV.stop - 1}), "
             f"{args.seconds:.0f} s of training each (REDUCED BUDGET: short probes to choose settings, "
             "not results)",
