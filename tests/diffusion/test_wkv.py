@@ -250,3 +250,15 @@ def test_stacked_lerp_backward_equals_autograd_of_the_plain_lerp():
     plain_rest = torch.stack([x + (bidirectional_token_shift(x) - x) * m for m in mixes[1:]])
     (plain_rest,) = torch.autograd.grad((plain_rest * cotangent[1:]).sum(), (x,))
     torch.testing.assert_close(only_rest, plain_rest, rtol=1e-12, atol=1e-12)
+
+
+def test_many_chunks_stay_exact():
+    """70 chunks of 2 tokens: the recurrence over chunk states, values and gradients."""
+    r, k, v, log_w, u = _random_inputs(B=1, H=2, T=140, K=3, V=2)
+    leaves = [x.requires_grad_() for x in (r, k, v, log_w)]
+    results = []
+    for impl in ("naive", "chunked"):
+        y = bidirectional_wkv(*leaves, u, impl=impl, chunk_size=2)
+        results.append((y, *torch.autograd.grad(y.square().sum(), leaves)))
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10)

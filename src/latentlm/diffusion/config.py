@@ -76,7 +76,7 @@ class ModelConfig:
     """chunked (matmul chunk form) | naive (one step per token; reference) | fla (flash-linear-attention
     kernels on CUDA when installed, else chunked)."""
     wkv_chunk_size: int = 0
-    """Chunk length of the chunked WKV (0: 32, 64 from 1,024 joint tokens on; capped at the sequence)."""
+    """Chunk length of the chunked WKV (0: 32, or the whole sequence when shorter)."""
     latent_modulation: bool = False
     """Also add a linear map of the (noisy) latent to every block's adaLN conditioning vector (global,
     DiT-style conditioning), besides the latent tokens the scan mixes in."""

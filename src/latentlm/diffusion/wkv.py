@@ -32,10 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 DEFAULT_CHUNK_SIZE = 32
-"""Chunk length of the chunked WKV when ``model.wkv_chunk_size = 0``, for joint sequences shorter than
-``LONG_SEQUENCE`` tokens (fastest on our CPU, see docs)."""
-LONG_SEQUENCE, LONG_CHUNK_SIZE = 1024, 64
-"""From this joint length on, ``model.wkv_chunk_size = 0`` means chunks of 64 (fewer chunk states)."""
+"""Chunk length of the chunked WKV when ``model.wkv_chunk_size = 0`` (fastest on our CPU, see docs)."""
 LOG_DECAY_MIN = -5.0
 """Smallest per-token log decay (a channel keeps at least e^-5 = 0.7 % of its state per token)."""
 
@@ -190,18 +187,16 @@ def bidirectional_wkv_chunked(
     u: torch.Tensor,
     chunk_size: int = 32,
 ) -> torch.Tensor:
-    """Bidirectional WKV in one chunked pass (no reversed copy of the sequence, no loop over chunks).
+    """Bidirectional WKV in one chunked pass (no reversed copy of the sequence).
 
     With ``E1 = e^{A_{t-1}}`` and ``E2 = e^{-A_t}`` inside each chunk, the decay between s and t is
     ``E1_t E2_s`` for s < t (forward) and ``E2_t E1_s`` for s > t (backward), so one (C, C) score matrix
     ``tril(rE1 (kE2)^T) + triu(rE2 (kE1)^T)`` carries both directions through a single ``@ v``; the
     bonus ``(r . u k) v`` is added per token.  Between chunks: chunk n passes its keys/values on as
     ``F_n = (kE2 e^{a_n})^T v`` to the right and ``G_n = (kE1)^T v`` to the left (``a_n`` = the chunk's
-    total log decay); the state entering chunk n is ``sum_{m<n} D_{nm} F_m`` from the left and
-    ``sum_{m>n} D_{mn} G_m`` from the right, with ``D_{nm} = exp(P_n - P_{m+1})`` (P = exclusive
-    cumulative sum of ``a``), the decay of the chunks strictly between m and n: one (N, N) matrix per
-    channel, applied by matmuls instead of a loop of N steps.  Same result as ``forward + backward +
-    bonus`` of two ``wkv_naive`` scans.
+    total log decay), and a left-to-right and a right-to-left recurrence over the N chunk states
+    (``_entering_states``) give what enters each chunk from either side.  Same result as ``forward +
+    backward + bonus`` of two ``wkv_naive`` scans.
 
     Args:
         r, k, v, log_w, u: as in ``bidirectional_wkv``.
@@ -236,17 +231,32 @@ def bidirectional_wkv_chunked(
 
     total = cum[:, :, :, -1:]  # (B, H, N, 1, K): a_n
     to_end = total.exp()
-    passed_right = ((k2 * to_end).transpose(-1, -2) @ v).permute(0, 1, 3, 2, 4)  # F: (B, H, K, N, V)
-    passed_left = (k1.transpose(-1, -2) @ v).permute(0, 1, 3, 2, 4)  # G: (B, H, K, N, V)
-    # D[n, m] = exp(P_n - P_{m+1}) for m < n, per channel: (B, H, K, N, N).
-    inclusive = total.squeeze(3).transpose(-1, -2).cumsum(-1)  # P_{n+1}: (B, H, K, N)
-    exponent = (inclusive - total.squeeze(3).transpose(-1, -2)).unsqueeze(-1) - inclusive.unsqueeze(-2)
-    strictly_before = torch.ones(N, N, dtype=torch.bool, device=r.device).tril(-1)
-    between = torch.where(strictly_before, exponent, -math.inf).exp()  # (B, H, K, N, N)
-    from_left = (between @ passed_right).permute(0, 1, 3, 2, 4)  # (B, H, N, K, V)
-    from_right = (between.transpose(-1, -2) @ passed_left).permute(0, 1, 3, 2, 4)  # (B, H, N, K, V)
+    passed_right = (k2 * to_end).transpose(-1, -2) @ v  # F: (B, H, N, K, V)
+    passed_left = k1.transpose(-1, -2) @ v  # G: (B, H, N, K, V)
+    from_left, from_right = _entering_states(total, passed_right, passed_left)
     y = torch.addcmul(scores @ v, bonus, v) + r1 @ from_left + (r2 * to_end) @ from_right  # (B, H, N, C, V)
     return y.reshape(B, H, N * C, V)[:, :, :T]
+
+
+def _entering_states(
+    total: torch.Tensor, passed_right: torch.Tensor, passed_left: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """States entering each chunk from the left and from the right, (B, H, N, K, V) each, by a
+    left-to-right and a right-to-left recurrence over the chunks: ``S_{n+1} = e^{a_n} S_n + F_n``
+    (``total``: (B, H, N, 1, K), each chunk's total log decay a_n; ``passed_right`` / ``passed_left``:
+    F_n / G_n, (B, H, N, K, V)).  The inputs are unbound once: indexing one chunk at a time would make
+    the backward pass allocate a full-size zero gradient per step (what made the earlier loop slow)."""
+    decays = total.squeeze(3).exp().unsqueeze(-1).unbind(2)  # N x (B, H, K, 1)
+    entering = []
+    for passed, order in ((passed_right, range(len(decays))), (passed_left, reversed(range(len(decays))))):
+        steps = passed.unbind(2)
+        state = torch.zeros_like(steps[0])
+        states = [state] * len(decays)
+        for n in order:
+            states[n] = state
+            state = decays[n] * state + steps[n]
+        entering.append(torch.stack(states, dim=2))  # (B, H, N, K, V)
+    return entering[0], entering[1]
 
 
 def fla_available(device: torch.device) -> bool:
@@ -473,8 +483,7 @@ class JointTimeMix(nn.Module):
 
     The joint sequence is ``[latent tokens; text tokens]``, so latent tokens and text tokens exchange
     information in both directions inside a single bidirectional WKV.  ``chunk_size=0`` uses
-    ``DEFAULT_CHUNK_SIZE`` (``LONG_CHUNK_SIZE`` from ``LONG_SEQUENCE`` tokens on; capped at the joint
-    length).
+    ``DEFAULT_CHUNK_SIZE`` (capped at the joint length).
     """
 
     def __init__(
@@ -508,7 +517,7 @@ class JointTimeMix(nn.Module):
             self.latent.project(x_latent),
             self.text.project(x_text),
         )
-        chunk = self.chunk_size or (LONG_CHUNK_SIZE if L >= LONG_SEQUENCE else DEFAULT_CHUNK_SIZE)
+        chunk = self.chunk_size or DEFAULT_CHUNK_SIZE
         # The joint sequence, already padded to whole chunks for the chunk form (zero r, k, v and log
         # decay after the end change nothing before it), so the scan does not pad r, k, v again.
         pad = (-L) % min(chunk, L) if self.impl != "naive" else 0
