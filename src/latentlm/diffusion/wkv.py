@@ -223,9 +223,9 @@ def bidirectional_wkv_chunked(
 
     e1, e2 = (cum - chunks).exp(), (-cum).exp()  # e^{A_{t-1}}, e^{-A_t}
     r1, r2, k1, k2 = r * e1, r * e2, k * e1, k * e2
-    scores = torch.tril(r1 @ k2.transpose(-1, -2), -1) + torch.triu(
-        r2 @ k1.transpose(-1, -2), 1
-    )  # (B, H, N, C, C)
+    # In place on the matmul outputs (their backward does not need them): fewer full-size temporaries.
+    scores = (r1 @ k2.transpose(-1, -2)).tril_(-1)  # forward direction, s < t: (B, H, N, C, C)
+    scores = scores.add_((r2 @ k1.transpose(-1, -2)).triu_(1))  # backward direction, s > t
     if N == 1:
         return torch.addcmul(scores @ v, bonus, v).view(B, H, C, V)[:, :, :T]
 
@@ -234,7 +234,9 @@ def bidirectional_wkv_chunked(
     passed_right = (k2 * to_end).transpose(-1, -2) @ v  # F: (B, H, N, K, V)
     passed_left = k1.transpose(-1, -2) @ v  # G: (B, H, N, K, V)
     from_left, from_right = _entering_states(total, passed_right, passed_left)
-    y = torch.addcmul(scores @ v, bonus, v) + r1 @ from_left + (r2 * to_end) @ from_right  # (B, H, N, C, V)
+    y = (
+        (scores @ v).addcmul_(bonus, v).add_(r1 @ from_left).add_((r2 * to_end) @ from_right)
+    )  # (B, H, N, C, V)
     return y.reshape(B, H, N * C, V)[:, :, :T]
 
 
