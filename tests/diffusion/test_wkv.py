@@ -262,3 +262,12 @@ def test_many_chunks_stay_exact():
         results.append((y, *torch.autograd.grad(y.square().sum(), leaves)))
     for a, b in zip(*results, strict=True):
         torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("T", [1, 2, 5])
+def test_token_shift_gradient_and_short_sequences(T):
+    x = torch.randn(2, T, 3, dtype=torch.float64, requires_grad=True)
+    padded = torch.nn.functional.pad(x, (0, 0, 1, 1))
+    expected = 0.5 * (padded[:, :-2] + padded[:, 2:])
+    torch.testing.assert_close(bidirectional_token_shift(x), expected, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(bidirectional_token_shift, (x,))

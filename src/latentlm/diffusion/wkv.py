@@ -328,6 +328,29 @@ def bidirectional_wkv(
     return forward + backward + bonus
 
 
+def _neighbour_mean(x: torch.Tensor) -> torch.Tensor:
+    """(x_{t-1} + x_{t+1}) / 2 along dim 1, zero beyond the ends, written into one new tensor."""
+    out = torch.empty_like(x)
+    if x.shape[1] == 1:
+        return out.zero_()
+    torch.add(x[:, :-2], x[:, 2:], out=out[:, 1:-1])
+    out[:, 0] = x[:, 1]
+    out[:, -1] = x[:, -2]
+    return out.mul_(0.5)
+
+
+class _NeighbourMean(torch.autograd.Function):
+    """The neighbour mean is a symmetric linear map, so its backward is the same map of the gradient."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return _neighbour_mean(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return _neighbour_mean(grad)
+
+
 def bidirectional_token_shift(x: torch.Tensor) -> torch.Tensor:
     """Mean of the left and right neighbours (zero beyond the ends): RWKV's token shift, both ways.
 
@@ -337,9 +360,7 @@ def bidirectional_token_shift(x: torch.Tensor) -> torch.Tensor:
     Returns:
         (B, T, D) with row t = (x_{t-1} + x_{t+1}) / 2.
     """
-    left = F.pad(x, (0, 0, 1, 0))[:, :-1]
-    right = F.pad(x, (0, 0, 0, 1))[:, 1:]
-    return 0.5 * (left + right)
+    return _NeighbourMean.apply(x)
 
 
 class _LerpStack(torch.autograd.Function):
