@@ -28,7 +28,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import Subset
 
-from benchmarks.diffusion_quality import _train_for
+# Run as a script, this folder is first on sys.path: the quality benchmark's wall-clock trainer.
+from diffusion_quality import _train_for  # noqa: E402
 from latentlm.core.bench import save_results
 from latentlm.core.config import load_config
 from latentlm.core.lifecycle import load_trained_model
