@@ -284,7 +284,8 @@ def phase_speed(args, out: Path) -> dict:
         "speed_rows": _speed_rows(lengths, args.tokens_per_batch, args.sample_steps, args.repeats),
         "speed_settings": {
             "model": "cpu_hour.yaml model (d_model 128, 3 layers, 4 heads, ffn_mult 3), both mixers, "
-            "float32, 1 thread; parameter counts per row (RWKV and attention within 0.5 %)",
+            "float32, 1 thread; parameter counts per row (within 0.5 % up to T = 512; attention's learned "
+            "positions add T x d_model)",
             "train": f"AdamW steps of the diffusion loss, the two models' steps alternating, median of "
             f"{args.repeats} after a warm-up; B = tokens_per_batch // T",
             "sample": f"L2T with {args.sample_steps} steps (float64 categorical draws), alternating, "
