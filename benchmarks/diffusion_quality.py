@@ -328,7 +328,8 @@ def main() -> None:
         "CPU-hour recipe (configs/diffusion/cpu_hour.yaml) on pydocs sentences with MiniLM latents, "
         "REDUCED BUDGET: Stage I and the AR baseline trained for --stage1-minutes each, Stage II for "
         "--stage2-minutes (see stage1_train / ar_train / stage2_train for steps and seconds), because "
-        "6 helpers share 2 cores (at most 2 heavy jobs of <= 20 min); generative perplexity by SmolLM2-135M"
+        "the helpers share 2 cores through one lock (heavy jobs of <= 20 min); --set: settings chosen on "
+        "dev rows by benchmarks/diffusion_coupling_probe.py; generative perplexity by SmolLM2-135M"
     )
     save_results(args.name, merged)
 
