@@ -78,6 +78,10 @@ class DataConfig:
     """Fraction of units at the end of the file kept for held-out perplexity."""
     heldout_path: str = ""
     """A separate held-out file instead (then heldout_fraction is ignored)."""
+    dev_fraction: float = 0.0
+    """Fraction of the training units (at their end) kept out of training as a development split:
+    scored as dev_ppl at every evaluation, for early stopping (train.best_metric: dev_ppl) and
+    choosing settings without touching the held-out split; its words unseen in training are <unk>."""
     max_train_units: int = 0
     """Use only the first N training units (0: all); for quick runs."""
     hf_split: str = "train"
@@ -98,6 +102,8 @@ class DataConfig:
             raise ValueError(f"data.max_length: must be >= 2, got {self.max_length}")
         if not 0.0 <= self.heldout_fraction < 1.0:
             raise ValueError(f"data.heldout_fraction: must be in [0, 1), got {self.heldout_fraction}")
+        if not 0.0 <= self.dev_fraction < 1.0:
+            raise ValueError(f"data.dev_fraction: must be in [0, 1), got {self.dev_fraction}")
         if self.max_train_units < 0:
             raise ValueError(f"data.max_train_units: must be >= 0, got {self.max_train_units}")
 
@@ -306,6 +312,11 @@ class HMMRunConfig:
             raise ValueError(
                 "lvd.phase: closed_form sets the HMM's tables to the count estimate, which needs "
                 f"model.parameterization=dense (got {self.model.parameterization!r}); use lvd.phase=adamw"
+            )
+        if self.train.best_metric.startswith("dev_") and not self.data.dev_fraction:
+            raise ValueError(
+                f"train.best_metric: {self.train.best_metric} is scored on the development split; "
+                "set data.dev_fraction > 0 (e.g. 0.1)"
             )
         if self.train.optimizer == "em":
             if not dense:

@@ -195,6 +195,9 @@ class HMMTask(Task):
         metrics = heldout_metrics(
             model, self.corpus.heldout, self.cfg.eval.batch_size, self.cfg.eval.max_sequences
         )
+        if self.corpus.dev is not None:  # the development split: dev_ppl, dev_nll, dev_tokens, ...
+            dev = heldout_metrics(model, self.corpus.dev, self.cfg.eval.batch_size)
+            metrics |= {"dev_" + name.removeprefix("heldout_"): value for name, value in dev.items()}
         metrics["train_seconds_so_far"] = began - self.started - self.eval_seconds
         self.eval_seconds += time.perf_counter() - began
         metrics["tokens_seen"] = state.tokens_seen
@@ -269,11 +272,26 @@ def train_run(
         "lvd_closed_form_seconds": round(task.lvd_seconds, 2),
         "train_seconds": round(train_seconds, 2),
         "fit_seconds": round(evals[-1]["eval/train_seconds_so_far"], 2) if evals else None,
-    }
+    } | dev_selection(evals)
     run.write_json("summary.json", summary)
     write_run_report(run, summary, sample_strings(model, corpus.vocab))
     run.close()
     return summary
+
+
+def dev_selection(evals: list[dict]) -> dict:
+    """The evaluation with the lowest dev perplexity (the first of ties) and the held-out perplexity
+    there: what early stopping on the development split keeps. Empty without a dev split."""
+    scored = [r for r in evals if "eval/dev_ppl" in r]
+    if not scored:
+        return {}
+    best = min(scored, key=lambda r: r["eval/dev_ppl"])
+    return {
+        "best_dev_ppl": best["eval/dev_ppl"],
+        "heldout_ppl_at_best_dev": best["eval/heldout_ppl"],
+        "best_dev_step": best["step"],
+        "best_dev_epoch": round(best["eval/epoch"], 3),
+    }
 
 
 def recipe_name(cfg: HMMRunConfig) -> str:
