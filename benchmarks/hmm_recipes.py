@@ -88,7 +88,7 @@ def recipe_config(base: dict, recipe: str, k: int, args, corpus, value: float) -
             "log_every": 1,
             **stop,
         }
-        values["em"] = {"batch_tokens": 0, "pseudocount": value}
+        values["em"] = {"batch_tokens": 0, "pseudocount": value, "emission_prior": args.emission_prior}
     else:
         steps_per_epoch = len(corpus.train) // args.adamw_batch
         values["batch_size"] = args.adamw_batch
@@ -101,7 +101,9 @@ def recipe_config(base: dict, recipe: str, k: int, args, corpus, value: float) -
         }
     values["lvd"] = {**values["lvd"], "enabled": recipe.startswith("lvd")}
     if recipe == "lvd_closed_form_em":
-        values["lvd"].update({"phase": "closed_form", "pseudocount": value})
+        values["lvd"].update(
+            {"phase": "closed_form", "pseudocount": value, "emission_prior": args.emission_prior}
+        )
     if recipe == "lvd_adamw":
         pretrain = round(args.lvd_adamw_epochs * corpus.train.num_tokens)
         values["lvd"].update({"phase": "adamw", "pretrain_tokens": pretrain})
@@ -155,11 +157,14 @@ def train_candidates(base, recipe, k, args, corpus, states, corpus_name, candida
     return {"chosen": chosen, "runs": runs}
 
 
-def initial_ppl(corpus, k: int, states=None, pseudocount: float = 0.01) -> float:
+def initial_ppl(
+    corpus, k: int, states=None, pseudocount: float = 0.01, emission_prior: str = "uniform"
+) -> float:
     """Held-out perplexity at epoch 0: the random init, or the closed-form LVD estimate."""
     model = HMMLanguageModel(HMMConfig(num_states=k, vocab_size=len(corpus.vocab)))
     if states is not None:
-        model.load_log_probabilities(closed_form_estimate(corpus, states, k, pseudocount))
+        estimate = closed_form_estimate(corpus, states, k, pseudocount, emission_prior=emission_prior)
+        model.load_log_probabilities(estimate)
     return heldout_metrics(model, corpus.heldout, 128)["heldout_ppl"]
 
 
@@ -351,14 +356,14 @@ def run_cell(base, corpus_name, corpus, states, lvd_prepare, k, recipe, args, ro
                 "train_seconds_total": chosen["curve"][-1]["train_seconds"],
                 "lvd_prepare_seconds": lvd_prepare if cfg.lvd.enabled else 0.0,
                 "settings": {name: out["chosen"], "max_epochs": args.epochs, "patience": args.patience}
+                | ({"emission_prior": args.emission_prior} if recipe.endswith("_em") else {})
                 | {"batch_size": cfg.batch_size if cfg.train.optimizer == "adamw" else "full"},
             }
         )
         if recipe in ("random_em", "random_adamw", "lvd_closed_form_em"):
             alpha = out["chosen"] if recipe == "lvd_closed_form_em" else 0.01
-            row["initial_ppl"] = initial_ppl(
-                corpus, k, states if recipe == "lvd_closed_form_em" else None, alpha
-            )
+            lvd = recipe == "lvd_closed_form_em"
+            row["initial_ppl"] = initial_ppl(corpus, k, states if lvd else None, alpha, args.emission_prior)
     row.update(
         {
             "heldout_ppl": kept["heldout_ppl"],
@@ -411,6 +416,12 @@ def main() -> None:
         default=None,
         help="K at which every candidate is tried (default: every K); other K reuse the setting chosen "
         "at the largest of these below them",
+    )
+    parser.add_argument(
+        "--emission-prior",
+        default="uniform",
+        choices=("uniform", "unigram"),
+        help="EM recipes: how the pseudocount is spread over each emission row (em/lvd.emission_prior)",
     )
     parser.add_argument("--adamw-batch", type=int, default=32)
     parser.add_argument(

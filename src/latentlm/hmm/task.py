@@ -37,6 +37,7 @@ from latentlm.core.run import RunDir
 from latentlm.hmm.config import HMMRunConfig
 from latentlm.hmm.data import ChunkDataset, Corpus, SequenceDataset, build_corpus, pad_batch, token_chunks
 from latentlm.hmm.em import EM
+from latentlm.hmm.estimate import unigram_prior
 from latentlm.hmm.evaluate import heldout_metrics, sample_strings, write_run_report
 from latentlm.hmm.lvd import LatentStates, closed_form_estimate, prepare_latent_states
 from latentlm.hmm.model import HMMLanguageModel
@@ -116,13 +117,30 @@ class HMMTask(Task):
             started = time.perf_counter()
             model.load_log_probabilities(
                 closed_form_estimate(
-                    self.corpus, self.states, self.cfg.model.num_states, self.cfg.lvd.pseudocount
+                    self.corpus,
+                    self.states,
+                    self.cfg.model.num_states,
+                    self.cfg.lvd.pseudocount,
+                    emission_prior=self.cfg.lvd.emission_prior,
                 )
             )
             self.lvd_seconds = time.perf_counter() - started
         if self.em:
             model.parameterization.count_gradients = True
         return model
+
+    def param_groups(self, model: nn.Module) -> list[dict] | None:
+        """EM with ``em.emission_prior: unigram``: the emission table in its own group, whose pseudocount
+        is spread as ``V × unigram`` of the training split (the same on every process)."""
+        if not self.em or self.cfg.em.emission_prior == "uniform":
+            return None
+        dense = model.parameterization
+        vocab_size = len(self.corpus.vocab)
+        weights = vocab_size * unigram_prior(self.corpus.train.ids, vocab_size)  # (V,)
+        return [
+            {"params": [dense.start_logits, dense.transition_logits]},
+            {"params": [dense.emission_logits], "pseudocount_weights": weights},
+        ]
 
     def build_optimizer(self, groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
         if cfg.optimizer != "em":
