@@ -66,7 +66,12 @@ def test_reused_setting_comes_from_the_largest_selected_k_below():
 
 def test_train_candidates_score_each_pseudocount_by_its_dev_best_em_iteration(tmp_path, base, corpus):
     args = SimpleNamespace(
-        epochs=3, patience=5, adamw_batch=2, lvd_adamw_epochs=1, out=str(tmp_path / "runs")
+        epochs=3,
+        patience=5,
+        adamw_batch=2,
+        lvd_adamw_epochs=1,
+        emission_prior="uniform",
+        out=str(tmp_path / "runs"),
     )
     candidates = [0.001, 0.3, 3.0]
     out = train_candidates(base, "random_em", 3, args, corpus, None, "toy", candidates)
