@@ -71,11 +71,22 @@ def corpus_settings(name: str) -> dict:
 
 
 def setting_name(recipe: str) -> str:
-    return "lr" if recipe.endswith("_adamw") else "pseudocount"
+    return "lr" if recipe.endswith("_adamw") else "emission_prior:pseudocount"
 
 
-def recipe_config(base: dict, recipe: str, k: int, args, corpus, value: float) -> HMMRunConfig:
-    """One recipe's run config with its pseudocount (EM recipes) or lr (AdamW recipes) ``value``."""
+def em_candidates(priors: list[str], pseudocounts: list[float]) -> list[str]:
+    """EM settings as labels ``<emission prior>:<pseudocount>``, e.g. ``unigram:0.01``."""
+    return [f"{prior}:{alpha:g}" for prior in priors for alpha in pseudocounts]
+
+
+def parse_em_candidate(label: str) -> tuple[str, float]:
+    prior, _, alpha = label.partition(":")
+    return prior, float(alpha)
+
+
+def recipe_config(base: dict, recipe: str, k: int, args, corpus, value: str) -> HMMRunConfig:
+    """One recipe's run config with its setting: ``<emission prior>:<pseudocount>`` (EM recipes; the same
+    for the count estimate and every M-step) or the lr (AdamW recipes)."""
     values = json.loads(json.dumps(base))
     values["model"] = {"num_states": k, "parameterization": "dense"}
     stop = {"best_metric": "dev_ppl", "early_stop_patience": args.patience, "checkpoint_every": 0}
@@ -88,12 +99,13 @@ def recipe_config(base: dict, recipe: str, k: int, args, corpus, value: float) -
             "log_every": 1,
             **stop,
         }
-        values["em"] = {"batch_tokens": 0, "pseudocount": value, "emission_prior": args.emission_prior}
+        prior, alpha = parse_em_candidate(value)
+        values["em"] = {"batch_tokens": 0, "pseudocount": alpha, "emission_prior": prior}
     else:
         steps_per_epoch = len(corpus.train) // args.adamw_batch
         values["batch_size"] = args.adamw_batch
         values["train"] = {
-            "lr": value,
+            "lr": float(value),
             "max_steps": args.epochs * steps_per_epoch,
             "eval_every": steps_per_epoch,
             "log_every": max(1, steps_per_epoch // 4),
@@ -101,9 +113,7 @@ def recipe_config(base: dict, recipe: str, k: int, args, corpus, value: float) -
         }
     values["lvd"] = {**values["lvd"], "enabled": recipe.startswith("lvd")}
     if recipe == "lvd_closed_form_em":
-        values["lvd"].update(
-            {"phase": "closed_form", "pseudocount": value, "emission_prior": args.emission_prior}
-        )
+        values["lvd"].update({"phase": "closed_form", "pseudocount": alpha, "emission_prior": prior})
     if recipe == "lvd_adamw":
         pretrain = round(args.lvd_adamw_epochs * corpus.train.num_tokens)
         values["lvd"].update({"phase": "adamw", "pretrain_tokens": pretrain})
@@ -143,7 +153,7 @@ def train_candidates(base, recipe, k, args, corpus, states, corpus_name, candida
     runs = {}
     for value in candidates:
         cfg = recipe_config(base, recipe, k, args, corpus, value)
-        cfg.run_dir = f"{args.out}/{corpus_name}_K{k}_{recipe}_{name}{value}"
+        cfg.run_dir = f"{args.out}/{corpus_name}_K{k}_{recipe}_{value.replace(':', '_')}"
         summary = train_run(cfg, corpus, states if cfg.lvd.enabled else None)
         points = curve(cfg.run_dir)
         kept = kept_point(points)
@@ -328,7 +338,11 @@ def run_cell(base, corpus_name, corpus, states, lvd_prepare, k, recipe, args, ro
         row["train_seconds_total"] = out["curve"][-1]["train_seconds"]
     else:
         name = setting_name(recipe)
-        listed = args.adamw_lr_candidates if name == "lr" else args.pseudocount_candidates
+        listed = (
+            [f"{lr:g}" for lr in args.adamw_lr_candidates]
+            if name == "lr"
+            else em_candidates(args.emission_priors, args.pseudocount_candidates)
+        )
         reuse = None if k in (args.select_states or [k]) else reused_setting(rows, corpus_name, recipe, k)
         candidates = [reuse[0]] if reuse else listed
         out = train_candidates(base, recipe, k, args, corpus, states, corpus_name, candidates)
@@ -356,14 +370,13 @@ def run_cell(base, corpus_name, corpus, states, lvd_prepare, k, recipe, args, ro
                 "train_seconds_total": chosen["curve"][-1]["train_seconds"],
                 "lvd_prepare_seconds": lvd_prepare if cfg.lvd.enabled else 0.0,
                 "settings": {name: out["chosen"], "max_epochs": args.epochs, "patience": args.patience}
-                | ({"emission_prior": args.emission_prior} if recipe.endswith("_em") else {})
                 | {"batch_size": cfg.batch_size if cfg.train.optimizer == "adamw" else "full"},
             }
         )
         if recipe in ("random_em", "random_adamw", "lvd_closed_form_em"):
-            alpha = out["chosen"] if recipe == "lvd_closed_form_em" else 0.01
+            prior, alpha = parse_em_candidate(out["chosen"]) if recipe.endswith("_em") else ("uniform", 0.01)
             lvd = recipe == "lvd_closed_form_em"
-            row["initial_ppl"] = initial_ppl(corpus, k, states if lvd else None, alpha, args.emission_prior)
+            row["initial_ppl"] = initial_ppl(corpus, k, states if lvd else None, alpha, prior)
     row.update(
         {
             "heldout_ppl": kept["heldout_ppl"],
@@ -418,10 +431,11 @@ def main() -> None:
         "at the largest of these below them",
     )
     parser.add_argument(
-        "--emission-prior",
-        default="uniform",
+        "--emission-priors",
+        nargs="+",
+        default=["uniform", "unigram"],
         choices=("uniform", "unigram"),
-        help="EM recipes: how the pseudocount is spread over each emission row (em/lvd.emission_prior)",
+        help="EM recipes: candidate spreads of the pseudocount over emission rows (em/lvd.emission_prior)",
     )
     parser.add_argument("--adamw-batch", type=int, default=32)
     parser.add_argument(

@@ -7,12 +7,19 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from benchmarks.hmm_recipes import kept_point, reused_setting, select_setting, train_candidates
+from benchmarks.hmm_recipes import (
+    em_candidates,
+    kept_point,
+    parse_em_candidate,
+    reused_setting,
+    select_setting,
+    train_candidates,
+)
 
 from latentlm.core.config import config_from_dict
 from latentlm.hmm.config import HMMConfig, HMMRunConfig
 from latentlm.hmm.data import build_corpus
-from latentlm.hmm.estimate import em_step
+from latentlm.hmm.estimate import em_step, unigram_prior
 from latentlm.hmm.evaluate import heldout_metrics
 from latentlm.hmm.model import HMMLanguageModel
 
@@ -64,32 +71,38 @@ def test_reused_setting_comes_from_the_largest_selected_k_below():
     assert reused_setting(rows, "a", "random_em", 64) is None
 
 
-def test_train_candidates_score_each_pseudocount_by_its_dev_best_em_iteration(tmp_path, base, corpus):
+def test_em_candidate_labels_round_trip():
+    labels = em_candidates(["uniform", "unigram"], [0.003, 0.01])
+    assert labels == ["uniform:0.003", "uniform:0.01", "unigram:0.003", "unigram:0.01"]
+    assert [parse_em_candidate(label) for label in labels[1:3]] == [("uniform", 0.01), ("unigram", 0.003)]
+
+
+def test_train_candidates_score_each_em_setting_by_its_dev_best_em_iteration(tmp_path, base, corpus):
     args = SimpleNamespace(
         epochs=3,
         patience=5,
         adamw_batch=2,
         lvd_adamw_epochs=1,
-        emission_prior="uniform",
         out=str(tmp_path / "runs"),
     )
-    candidates = [0.001, 0.3, 3.0]
+    candidates = ["uniform:0.001", "uniform:0.3", "unigram:3"]
     out = train_candidates(base, "random_em", 3, args, corpus, None, "toy", candidates)
     batches = []
     for i in range(len(corpus.train)):
         obs = torch.from_numpy(corpus.train.sequence(i).astype(np.int64))[None]  # (1, T)
         batches.append((obs, torch.ones_like(obs, dtype=torch.bool)))
     expected = {}
-    for alpha in candidates:
+    unigram = unigram_prior(corpus.train.ids, len(corpus.vocab))
+    for label, alpha, prior in zip(candidates, (0.001, 0.3, 3.0), (None, None, unigram), strict=True):
         model = HMMLanguageModel(HMMConfig(num_states=3, vocab_size=len(corpus.vocab)))
         dev, held = [], []
         for _ in range(3):
-            em_step(model, batches, pseudocount=alpha)
+            em_step(model, batches, pseudocount=alpha, emission_prior=prior)
             dev.append(heldout_metrics(model, corpus.dev, 128)["heldout_ppl"])
             held.append(heldout_metrics(model, corpus.heldout, 128)["heldout_ppl"])
         best = int(np.argmin(dev))
-        expected[alpha] = (dev[best], held[best], best + 1)
-        kept = out["runs"][alpha]["kept"]
+        expected[label] = (dev[best], held[best], best + 1)
+        kept = out["runs"][label]["kept"]
         assert kept["dev_ppl"] == pytest.approx(dev[best], rel=1e-3)
         assert kept["heldout_ppl"] == pytest.approx(held[best], rel=1e-3)
         assert kept["epoch"] == best + 1
