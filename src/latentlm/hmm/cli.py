@@ -37,6 +37,7 @@ QUICKSTART = {
         "min_count": 2,
         "max_length": 64,
         "heldout_fraction": 0.1,
+        "dev_fraction": 0.1,
     },
     "lvd": {
         "enabled": True,
@@ -50,6 +51,7 @@ QUICKSTART = {
         "grad_clip": 0.0,
         "log_every": 1,
         "eval_every": 1,
+        "best_metric": "dev_ppl",
         "seed": 0,
     },
     "em": {"batch_tokens": 0, "pseudocount": 0.01},
