@@ -86,3 +86,17 @@ def test_early_stopping_on_dev_ppl_needs_a_dev_split(tmp_path, tiny_corpus_file)
     summary = train_run(cfg)
     assert summary["best_dev_step"] <= summary["steps"] and summary["steps"] <= 30
     assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
+
+
+def test_compare_states_the_held_out_perplexity_of_the_dev_chosen_models(tmp_path, tiny_corpus_file):
+    from latentlm.hmm.cli import compare
+
+    cfg = run_cfg(
+        tmp_path, tiny_corpus_file, "cmp", data__dev_fraction=0.25, train__max_steps=3, train__eval_every=1
+    )
+    result = compare(cfg)
+    report = (tmp_path / "cmp" / "report.md").read_text()
+    assert "at the best dev-split evaluation" in report
+    assert len(result) == 2
+    for label in result:
+        assert f"{result[label]['heldout_ppl_at_best_dev']:.2f}" in report
