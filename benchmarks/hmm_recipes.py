@@ -8,6 +8,8 @@ For each corpus and K, on the same tokenised corpus, splits and model size:
   --lvd-adamw-epochs epochs of tokens, then AdamW on −log P(O) (same lr and batch);
 * ``lvd_closed_form_em``: the closed-form count estimate of log P(O, S), then full-batch EM with the
   same pseudocount in every M-step (configs/hmm/gelato.yaml);
+* ``lvd_closed_form_adamw``: the closed-form count estimate (with the emission prior and pseudocount
+  chosen for ``lvd_closed_form_em`` in the same cell), then AdamW on −log P(O) (same lr grid and batch);
 * ``hmmlearn_em``: hmmlearn ``CategoricalHMM`` (scaling), one ``fit`` iteration per epoch, up to
   --hmmlearn-max-states and a time cap; scored by our forward algorithm under the same protocol.
 
@@ -50,7 +52,14 @@ from latentlm.hmm.lvd import closed_form_estimate
 from latentlm.hmm.model import HMMLanguageModel, HMMParameters
 from latentlm.hmm.task import prepare_corpus, prepare_states, train_run
 
-RECIPES = ("lvd_closed_form_em", "random_em", "random_adamw", "lvd_adamw", "hmmlearn_em")
+RECIPES = (
+    "lvd_closed_form_em",
+    "random_em",
+    "random_adamw",
+    "lvd_adamw",
+    "lvd_closed_form_adamw",
+    "hmmlearn_em",
+)
 NAME = "hmm_recipes"
 
 
@@ -84,9 +93,12 @@ def parse_em_candidate(label: str) -> tuple[str, float]:
     return prior, float(alpha)
 
 
-def recipe_config(base: dict, recipe: str, k: int, args, corpus, value: str) -> HMMRunConfig:
+def recipe_config(
+    base: dict, recipe: str, k: int, args, corpus, value: str, init: str = "uniform:0.01"
+) -> HMMRunConfig:
     """One recipe's run config with its setting: ``<emission prior>:<pseudocount>`` (EM recipes; the same
-    for the count estimate and every M-step) or the lr (AdamW recipes)."""
+    for the count estimate and every M-step) or the lr (AdamW recipes); ``init``: the count estimate's
+    ``<emission prior>:<pseudocount>`` for ``lvd_closed_form_adamw``."""
     values = json.loads(json.dumps(base))
     values["model"] = {"num_states": k, "parameterization": "dense"}
     stop = {"best_metric": "dev_ppl", "early_stop_patience": args.patience, "checkpoint_every": 0}
@@ -113,6 +125,9 @@ def recipe_config(base: dict, recipe: str, k: int, args, corpus, value: str) -> 
         }
     values["lvd"] = {**values["lvd"], "enabled": recipe.startswith("lvd")}
     if recipe == "lvd_closed_form_em":
+        values["lvd"].update({"phase": "closed_form", "pseudocount": alpha, "emission_prior": prior})
+    if recipe == "lvd_closed_form_adamw":
+        prior, alpha = parse_em_candidate(init)
         values["lvd"].update({"phase": "closed_form", "pseudocount": alpha, "emission_prior": prior})
     if recipe == "lvd_adamw":
         pretrain = round(args.lvd_adamw_epochs * corpus.train.num_tokens)
@@ -147,12 +162,12 @@ def kept_point(points: list[dict]) -> dict:
     return min(points, key=lambda p: p["dev_ppl"])
 
 
-def train_candidates(base, recipe, k, args, corpus, states, corpus_name, candidates) -> dict:
+def train_candidates(base, recipe, k, args, corpus, states, corpus_name, candidates, init="uniform:0.01"):
     """Train ``recipe`` once per candidate setting (early stopping on dev); keep the lowest dev ppl."""
     name = setting_name(recipe)
     runs = {}
     for value in candidates:
-        cfg = recipe_config(base, recipe, k, args, corpus, value)
+        cfg = recipe_config(base, recipe, k, args, corpus, value, init)
         cfg.run_dir = f"{args.out}/{corpus_name}_K{k}_{recipe}_{value.replace(':', '_')}"
         summary = train_run(cfg, corpus, states if cfg.lvd.enabled else None)
         points = curve(cfg.run_dir)
@@ -295,6 +310,13 @@ def summarise(rows: list[dict]) -> dict:
             entry["best_random"] = round(randoms[best_name], 2)
             entry["best_random_recipe"] = best_name
             entry["gain_percent"] = round((randoms[best_name] - ours) / randoms[best_name] * 100, 2)
+        lvds = {n: r["heldout_ppl"] for n, r in cell.items() if n.startswith("lvd")}
+        if lvds and randoms:
+            best_lvd, best_random = min(lvds, key=lvds.get), min(randoms, key=randoms.get)
+            entry["best_lvd_recipe"] = best_lvd
+            entry["best_lvd_gain_percent"] = round(
+                (randoms[best_random] - lvds[best_lvd]) / randoms[best_random] * 100, 2
+            )
         if "random_adamw" in cell:
             target = cell["random_adamw"]["heldout_ppl"]
             entry["target_ppl_random_adamw"] = round(target, 2)
@@ -345,7 +367,17 @@ def run_cell(base, corpus_name, corpus, states, lvd_prepare, k, recipe, args, ro
         )
         reuse = None if k in (args.select_states or [k]) else reused_setting(rows, corpus_name, recipe, k)
         candidates = [reuse[0]] if reuse else listed
-        out = train_candidates(base, recipe, k, args, corpus, states, corpus_name, candidates)
+        init = "uniform:0.01"
+        if recipe == "lvd_closed_form_adamw":
+            em_rows = [
+                r
+                for r in rows
+                if (r["corpus"], r["K"], r["recipe"]) == (corpus_name, k, "lvd_closed_form_em")
+            ]
+            if not em_rows:
+                raise ValueError("lvd_closed_form_adamw needs lvd_closed_form_em in the same cell first")
+            init = em_rows[0]["selection"]["chosen"]
+        out = train_candidates(base, recipe, k, args, corpus, states, corpus_name, candidates, init)
         chosen = out["runs"][out["chosen"]]
         row["selection"] = {
             "setting": name,
@@ -370,6 +402,7 @@ def run_cell(base, corpus_name, corpus, states, lvd_prepare, k, recipe, args, ro
                 "train_seconds_total": chosen["curve"][-1]["train_seconds"],
                 "lvd_prepare_seconds": lvd_prepare if cfg.lvd.enabled else 0.0,
                 "settings": {name: out["chosen"], "max_epochs": args.epochs, "patience": args.patience}
+                | ({"count_estimate": init} if recipe == "lvd_closed_form_adamw" else {})
                 | {"batch_size": cfg.batch_size if cfg.train.optimizer == "adamw" else "full"},
             }
         )
