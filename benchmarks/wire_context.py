@@ -136,6 +136,8 @@ def evaluate(args: argparse.Namespace, lms, sentence, deadline: float) -> dict:
         if not records:
             print(f"skipping {ratio}x: no time left before the deadline", flush=True)
             continue
+        with (run_dir / f"bench_records_{ratio}x.jsonl").open("w", encoding="utf-8") as fh:  # paired tests
+            fh.writelines(json.dumps(r) + "\n" for r in records)
         questions = len({r["id"] for r in records})
         per_ratio[f"{ratio}x"] = {"questions": questions, "seconds": time.time() - t0, **extras}
         for model in [lm.name for lm in lms]:
