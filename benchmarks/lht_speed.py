@@ -144,8 +144,9 @@ def main() -> None:
                 "per measurement, best of the timed steps; width 128, 2 layers, 4 heads, vocab 30522. "
                 "Dense: full attention (unmasked SDPA). LHT: 2 levels at ratios 4 and 4 (units at exactly "
                 "the target rate, boundaries: random), window 16, ±2 neighbour units, [DOC], capacity "
-                "1.0; backend 'dense' = boolean S x S mask through SDPA, 'sparse' = gathered 64-slot key "
-                "blocks. The machine is shared with other jobs: compare the ratio within one length."
+                "1.0; backend 'dense' = boolean S x S mask through SDPA, 'sparse' = gathered "
+                f"{model_config('lht', 'sparse').block_size}-slot key blocks. The machine is shared with "
+                "other jobs: compare the ratio within one length."
             ),
             "config": {
                 "repeats": args.repeats,
