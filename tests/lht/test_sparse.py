@@ -15,6 +15,7 @@ from latentlm.lht.attention import (
     LocalWindowAttention,
     SparseBlockBackend,
     build_layout,
+    sparse_block_size,
 )
 from latentlm.lht.config import EdgeConfig, HierarchyConfig, LHTConfig
 from latentlm.lht.model import LHTForMaskedLM
@@ -198,3 +199,11 @@ def test_sparse_layout_serves_several_dtypes_and_layers():
         expected = dense.attend(q, k, v, mask)
         torch.testing.assert_close(sparse.attend(q, k, v, prepared), expected, atol=tolerance, rtol=0)
     assert sorted(map(str, prepared.buckets[0].additive)) == ["torch.float32", "torch.float64"]
+
+
+def test_block_size_by_length_and_its_errors():
+    assert [sparse_block_size(size) for size in (1, 4096, 4097, 10753)] == [16, 16, 64, 64]
+    assert sparse_block_size(10753, 8) == 8  # an explicit size wins
+    assert LHTConfig(vocab_size=10).block_size == 0
+    with pytest.raises(ValueError, match="model.block_size"):
+        LHTConfig(vocab_size=10, block_size=-1)
