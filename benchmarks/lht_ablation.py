@@ -222,6 +222,11 @@ def main() -> None:
     parser.add_argument(
         "--rescore", action="store_true", help="recompute summary and targets of the saved JSON"
     )
+    parser.add_argument(
+        "--keep-others",
+        action="store_true",
+        help="with --only: keep the saved rows of the other variants (same steps and seeds)",
+    )
     args = parser.parse_args()
     if args.rescore:
         from latentlm.core.bench import RESULTS
@@ -252,7 +257,6 @@ def main() -> None:
     build_corpus(cfg.data, load_tokenizer(cfg.data.tokenizer))
     steps = args.steps or cfg.train.max_steps
     dev = args.dev_fraction if args.routers else 0.0
-    jobs = [(name, table[name], seed, steps, args.cache_dir, dev) for seed in args.seeds for name in names]
     description = (
         f"Equal compute, reduced budget for a shared 2-core CPU: every variant trains width "
         f"{cfg.model.hidden_size}, {cfg.model.num_layers} layers, {cfg.model.num_heads} heads (vocab 30522) "
@@ -292,26 +296,78 @@ def main() -> None:
                 ),
             }
             print(f"chosen router settings: {chosen}", flush=True)
-            jobs = [
-                (name, [*table[name], *ROUTERS[best]], seed, steps, args.cache_dir, 0.0)
-                for name, _, seed, _, _, _ in jobs
-            ]
-        run_jobs(pool, jobs, names, result_name, description, not args.routers, chosen)
+        router = ROUTERS[chosen["router"]] if chosen else []
+        kept = None
+        if args.keep_others and not args.routers:
+            kept = kept_rows(names, steps, router)
+            names = [name for name in VARIANTS if name not in kept["from"]["variants"]]
+        jobs = [
+            (name, [*table[name], *router], seed, steps, args.cache_dir, dev)
+            for seed in args.seeds
+            for name in names
+        ]
+        run_jobs(pool, jobs, names, result_name, description, not args.routers, chosen, kept)
+
+
+# Router settings only learned boundaries use: other variants' rows stay valid when only these change.
+LEARNED_ONLY = (
+    "model.hierarchy.smoothing=",
+    "model.hierarchy.selection=",
+    "model.hierarchy.ratio_loss_weight=",
+)
+
+
+def kept_rows(names: list[str], steps: int, router: list[str]) -> dict:
+    """The saved ablation's rows, details and overrides of the variants not in `names` whose settings do
+    not change under the router settings `router` (non-hierarchical variants, or only learned-only
+    settings differ); every other variant is re-run."""
+    from latentlm.core.bench import RESULTS
+    from latentlm.core.checkpoint import read_json
+
+    saved = read_json(RESULTS / "lht_ablation.json")
+    if saved["steps"] != steps:
+        raise SystemExit(f"--keep-others: the saved ablation ran {saved['steps']} steps, not {steps}")
+
+    def shared(overrides: list[str]) -> list[str]:
+        return [o for o in overrides if not o.startswith(LEARNED_ONLY)]
+
+    def unchanged(name: str) -> bool:
+        if name in ("dense", "sliding_window"):
+            return True  # no hierarchy: router settings do not apply
+        return shared(saved["overrides"].get(name, [None])) == shared([*VARIANTS[name], *router])
+
+    others = [name for name in VARIANTS if name not in names and unchanged(name)]
+    return {
+        "rows": [r for r in saved["rows"] if r["variant"] in others],
+        "details": [e for e in saved["details"] if e["variant"] in others],
+        "overrides": {name: saved["overrides"][name] for name in others if name in saved["overrides"]},
+        "from": {"variants": others, **{k: saved["machine"][k] for k in ("command", "date", "git_commit")}},
+    }
 
 
 def run_jobs(
-    pool, jobs: list, names: list[str], result_name: str, description: str, with_targets: bool, chosen=None
+    pool,
+    jobs: list,
+    names: list[str],
+    result_name: str,
+    description: str,
+    with_targets: bool,
+    chosen=None,
+    kept: dict | None = None,
 ) -> dict:
-    """Run the jobs in the pool, saving the JSON after every finished run; returns the summary."""
-    rows: list[dict] = []
-    extras: list[dict] = []
+    """Run the jobs in the pool, saving the JSON after every finished run (with the `kept` rows of
+    variants not re-run); returns the summary."""
+    rows: list[dict] = list(kept["rows"]) if kept else []
+    extras: list[dict] = list(kept["details"]) if kept else []
     summary: dict = {}
-    overrides = {name: next(job[1] for job in jobs if job[0] == name) for name in names}
+    overrides = dict(kept["overrides"]) if kept else {}
+    overrides.update({name: next(job[1] for job in jobs if job[0] == name) for name in names})
+    order = [name for name in VARIANTS if name in overrides] if kept else names
     for result in pool.imap_unordered(run_variant, jobs):
         print(result, flush=True)
         rows.append(result["row"])
         extras.append(result["extra"])
-        rows.sort(key=lambda r: (names.index(r["variant"]), r["seed"]))
+        rows.sort(key=lambda r: (order.index(r["variant"]), r["seed"]))
         summary = summarize(rows, extras)
         seeds = sorted({job[2] for job in jobs})
         payload = {
@@ -325,6 +381,8 @@ def run_jobs(
         }
         if chosen:
             payload["router_choice"] = chosen
+        if kept:
+            payload["kept_rows_from"] = kept["from"]
         save_results(result_name, payload)
     return summary
 
