@@ -317,14 +317,15 @@ LEARNED_ONLY = (
 )
 
 
-def kept_rows(names: list[str], steps: int, router: list[str]) -> dict:
-    """The saved ablation's rows, details and overrides of the variants not in `names` whose settings do
-    not change under the router settings `router` (non-hierarchical variants, or only learned-only
-    settings differ); every other variant is re-run."""
-    from latentlm.core.bench import RESULTS
-    from latentlm.core.checkpoint import read_json
+def kept_rows(names: list[str], steps: int, router: list[str], saved: dict | None = None) -> dict:
+    """The saved ablation's (default: lht_ablation.json) rows, details and overrides of the variants not
+    in `names` whose settings do not change under the router settings `router` (non-hierarchical
+    variants, or only learned-only settings differ); every other variant is re-run."""
+    if saved is None:
+        from latentlm.core.bench import RESULTS
+        from latentlm.core.checkpoint import read_json
 
-    saved = read_json(RESULTS / "lht_ablation.json")
+        saved = read_json(RESULTS / "lht_ablation.json")
     if saved["steps"] != steps:
         raise SystemExit(f"--keep-others: the saved ablation ran {saved['steps']} steps, not {steps}")
 
