@@ -312,7 +312,7 @@ class Trainer:
                 timed_out = self.state.step < cfg.max_steps and self._out_of_time()
                 if timed_out and acc.is_main_process:
                     self.run.log(self.state.step, {"train/time_limit": 1})
-                    print(f"time limit at step {self.state.step}: train.max_minutes={cfg.max_minutes} reached")
+                    print(f"stopped at step {self.state.step}: train.max_minutes={cfg.max_minutes} used up")
                 is_last = self.state.step == cfg.max_steps or timed_out
                 if (cfg.eval_every and self.state.step % cfg.eval_every == 0) or is_last:
                     self._evaluate(model, wrapped)
