@@ -402,7 +402,9 @@ def lht_speed(data: dict) -> str:
 
 def lht_speed_backends(data: dict) -> str:
     """Training tokens/s of the LHT per attention backend against the dense encoder, same run."""
-    details = {(d["kind"], d["backend"], d["length"]): d for d in data.get("details", [])}
+    details = {
+        (d["kind"], d["backend"], d["length"], d.get("block_size")): d for d in data.get("details", [])
+    }
 
     def number(value: float | None) -> str:
         return f"{value:,.0f}" if value else "–"
@@ -410,12 +412,14 @@ def lht_speed_backends(data: dict) -> str:
     rows = []
     for r in data["rows"]:
         lht, dense = r["lht_tokens_per_s"], r["dense_tokens_per_s"]
-        detail = details.get(("lht", r["backend"], r["length"]), {})
+        detail = details.get(("lht", r["backend"], r["length"], r.get("block_size")), {})
+        if not detail and r["backend"] == "sparse":  # older runs: one block size, not recorded per row
+            detail = details.get(("lht", r["backend"], r["length"], None), {})
         density = detail.get("sparse_block_density")
         rows.append(
             [
                 r["length"],
-                r["backend"],
+                f"{r['backend']}, {r['block_size']}-slot blocks" if "block_size" in r else r["backend"],
                 number(dense),
                 number(lht),
                 f"{lht / dense:.2f}" if lht and dense else "–",
