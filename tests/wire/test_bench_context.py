@@ -26,6 +26,7 @@ def test_benchmark_rows_have_the_issue_fields(tmp_path, tiny_llama, tiny_qwen, s
         ratios=[4, 2],
         ae_only_fraction=0.5,
         set=[],
+        select_step0=False,
     )
     lms = [tiny_llama, tiny_qwen]
     info = wire_context.train(args, lms, sentence)
