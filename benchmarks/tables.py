@@ -146,17 +146,17 @@ def hmm_recipes(data: dict) -> str:
             row["corpus"],
             row["K"],
             row["recipe"],
+            str(row.get("selection", {}).get("chosen", "–")),
             _num(row["heldout_ppl"]),
-            _num(row["best_epoch"], 0),
-            _num(row["final_heldout_ppl"]),
+            _num(row.get("dev_ppl")),
+            f"{_num(row['epochs'], 0)} / {_num(row.get('epochs_run'), 0)}",
             _num(row.get("initial_ppl")),
-            _num(row["epochs"], 0),
             _num(row["train_seconds"]),
             _num(row.get("lvd_prepare_seconds")),
         ]
         for row in data["rows"]
     ]
-    header = ["corpus", "K", "recipe", "held-out ppl (best)", "at epoch", "final", "epoch 0", "epochs"]
+    header = ["corpus", "K", "recipe", "setting (dev)", "held-out ppl", "dev ppl", "epoch kept / run"]
     summary = []
     for cell, entry in data["summary"].items():
         times = ", ".join(
@@ -168,7 +168,7 @@ def hmm_recipes(data: dict) -> str:
             [
                 cell,
                 _num(entry.get("lvd_closed_form_em")),
-                _num(entry.get("best_random")),
+                f"{_num(entry.get('best_random'))} ({entry.get('best_random_recipe', '–')})",
                 f"{_num(entry.get('gain_percent'))} %",
                 times,
             ]
@@ -178,9 +178,9 @@ def hmm_recipes(data: dict) -> str:
         [
             f"Machine: {data['machine']['cpu']}, {data['machine']['date']}; {data['setup']}.",
             "",
-            markdown_table([*header, "train s", "LVD prep s"], rows),
+            markdown_table([*header, "epoch 0", "train s", "LVD prep s"], rows),
             "",
-            markdown_table([*summary_header, "seconds to random AdamW's best"], summary),
+            markdown_table([*summary_header, "seconds to random AdamW's held-out ppl"], summary),
         ]
     )
 
@@ -321,6 +321,7 @@ def diffusion_quality(q: dict) -> str:
     rows = [
         ["L2T recall@1 (64 candidates)", _sig(q.get("l2t_recall_at_1")), ">= 0.5"],
         ["T2L recall@1 (64 candidates)", _sig(q.get("t2l_recall_at_1")), ">= 0.5"],
+        ["T2L recall@1, posterior-mean estimate", _sig(q.get("t2l_recall_at_1_posterior_mean")), ""],
         ["gen. ppl, joint samples", _sig(q.get("gen_ppl_joint"), 4), "<= 2x AR"],
         ["gen. ppl, AR baseline (matched entropy)", _sig(q.get("gen_ppl_ar"), 4), ""],
         ["gen. ppl, reference sentences", _sig(q.get("gen_ppl_reference"), 4), ""],
@@ -402,7 +403,9 @@ def lht_speed(data: dict) -> str:
 
 def lht_speed_backends(data: dict) -> str:
     """Training tokens/s of the LHT per attention backend against the dense encoder, same run."""
-    details = {(d["kind"], d["backend"], d["length"]): d for d in data.get("details", [])}
+    details = {
+        (d["kind"], d["backend"], d["length"], d.get("block_size")): d for d in data.get("details", [])
+    }
 
     def number(value: float | None) -> str:
         return f"{value:,.0f}" if value else "–"
@@ -410,12 +413,14 @@ def lht_speed_backends(data: dict) -> str:
     rows = []
     for r in data["rows"]:
         lht, dense = r["lht_tokens_per_s"], r["dense_tokens_per_s"]
-        detail = details.get(("lht", r["backend"], r["length"]), {})
+        detail = details.get(("lht", r["backend"], r["length"], r.get("block_size")), {})
+        if not detail and r["backend"] == "sparse":  # older runs: one block size, not recorded per row
+            detail = details.get(("lht", r["backend"], r["length"], None), {})
         density = detail.get("sparse_block_density")
         rows.append(
             [
                 r["length"],
-                r["backend"],
+                f"{r['backend']}, {r['block_size']}-slot blocks" if "block_size" in r else r["backend"],
                 number(dense),
                 number(lht),
                 f"{lht / dense:.2f}" if lht and dense else "–",
