@@ -280,9 +280,41 @@ def wire_squad(files: list[Path]) -> str:
     return "\n".join(lines)
 
 
+WIRE_CONTEXT_METHODS = ("no_context", "token_budget", "anchor_budget", "external", "latent", "text")
+
+
+def wire_context(data: dict) -> str:
+    """One row per (compression, model): F1 / EM of every method at the same positions (text: all)."""
+    cells: dict[tuple[int, str], dict[str, dict]] = {}
+    for row in data["rows"]:
+        cells.setdefault((row["compression"], row["model"]), {})[row["method"]] = row
+    header = ["compression", "model", "questions", "positions"] + [
+        f"{m} F1 / EM" for m in WIRE_CONTEXT_METHODS
+    ]
+    rows = []
+    for (compression, model), methods in sorted(cells.items()):
+        latent = methods.get("latent", {})
+        rows.append(
+            [f"{compression}x", model, latent.get("questions", "–"), _num(latent.get("positions"))]
+            + [
+                f"{_num(methods[m]['f1'])} / {_num(methods[m]['em'])}" if m in methods else "–"
+                for m in WIRE_CONTEXT_METHODS
+            ]
+        )
+    return f"{markdown_table(header, rows)}\n\n- budget: {data.get('reduced_budget', '–')}"
+
+
 def wire_section(results: Results) -> str:
+    parts = []
+    for title, name in (
+        ("context compression, anchor-span latent", "wire_context"),
+        ("context compression, span encoder from scratch", "wire_context_span"),
+    ):
+        data = results.load(name)
+        parts.append(f"### {title} ({name})\n\n{wire_context(data) if data else NOT_RUN}\n")
     files = results.glob("wire_interlingua_*.json")
-    return f"### wire_interlingua (SQuAD)\n\n{wire_squad(files) if files else NOT_RUN}\n"
+    parts.append(f"### wire_interlingua (SQuAD)\n\n{wire_squad(files) if files else NOT_RUN}\n")
+    return "\n".join(parts)
 
 
 # --- diffusion (docs/diffusion.md) ------------------------------------------------------------------
