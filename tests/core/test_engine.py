@@ -124,6 +124,24 @@ def test_early_stop_on_plateau(tmp_path):
     assert RunDir(tmp_path).latest_checkpoint().name == "step_7"
 
 
+class _Worsening(ToyRegression):
+    """Scores best before any training: the untrained model is the one `best/` must keep."""
+
+    def evaluate(self, model, state):
+        return {"score": 1.0 + state.step}
+
+
+def test_eval_at_start_lets_best_keep_the_untrained_model(tmp_path):
+    seed_everything(0)  # the Trainer seeds the same way before building the model
+    initial = ToyRegression().build_model().state_dict()
+    _train(tmp_path, 6, task=_Worsening(), eval_every=2, best_metric="score", eval_at_start=True)
+    records = RunDir(tmp_path).read_metrics()
+    assert [r["step"] for r in records if "eval/score" in r] == [0, 2, 4, 6]
+    best = load_tensors(tmp_path / "best" / "model.safetensors")
+    for name, value in initial.items():
+        torch.testing.assert_close(best[name], value, rtol=0, atol=0, msg=name)
+
+
 def test_early_stop_needs_a_metric():
     with pytest.raises(ValueError, match="early_stop_patience"):
         TrainConfig(early_stop_patience=3)

@@ -107,6 +107,9 @@ class TrainConfig:
     log_every: int = 10
     eval_every: int = 0
     """Evaluate every N steps (0: only at the end)."""
+    eval_at_start: bool = False
+    """Also evaluate before the first step, so `best/` keeps the untrained model when training never beats it
+    (for a model initialised at a strong baseline)."""
     checkpoint_every: int = 0
     """Checkpoint every N steps (0: only at the end)."""
     keep_checkpoints: int = 2
@@ -270,6 +273,8 @@ class Trainer:
         batches = self._batches(dataset, steps_per_epoch)
         clock = time.perf_counter()
         timed_out = self._out_of_time()  # a resumed run that had used up max_minutes trains no further
+        if cfg.eval_at_start and self.state.step == 0:
+            self._evaluate(model, wrapped)
 
         wrapped.train()
         try:
