@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 
@@ -189,6 +190,7 @@ def phase_eval(args, out: Path) -> dict:
     return {
         "l2t_recall_at_1": m1["l2t"]["recall_at_1"],
         "t2l_recall_at_1": m1["t2l"]["recall_at_1"],
+        "t2l_recall_at_1_posterior_mean": m1["t2l_posterior_mean"]["recall_at_1"],
         "num_candidates": m1["num_heldout"],
         "gen_ppl_joint": joint.get("generative_perplexity"),
         "gen_ppl_ar": ar["gen_ppl"],
@@ -200,7 +202,10 @@ def phase_eval(args, out: Path) -> dict:
         "vae_bound": nelbo2["vae_nelbo_per_token"],
         "text_bound": nelbo2["nelbo_per_token"],
         "bounds_unit": "nats per real token (held-out); ppl = exp(bound)",
-        "stage1": {k: m1[k] for k in ("nelbo", "t2l", "l2t", "samples", "checks_passed", "checks_total")},
+        "stage1": {
+            k: m1[k]
+            for k in ("nelbo", "t2l", "t2l_posterior_mean", "l2t", "samples", "checks_passed", "checks_total")
+        },
         "stage2": {k: m2[k] for k in ("nelbo", "reconstruction", "samples", "checks_passed", "checks_total")},
         "ar": ar | {"heldout_nll_per_token": ar_eval[-1][1] if ar_eval else None},
         "stage2_train": stage2,
@@ -209,7 +214,14 @@ def phase_eval(args, out: Path) -> dict:
     }
 
 
-def _speed_rows(lengths: list[int], tokens_per_batch: int, sample_steps: int) -> list[dict]:
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
+def _speed_rows(lengths: list[int], tokens_per_batch: int, sample_steps: int, repeats: int) -> list[dict]:
+    """Training and sampling tokens/s of the RWKV and the attention denoiser, measured side by side: after
+    a warm-up, their steps alternate (so a change of machine load hits both) and each gets the median
+    of ``repeats`` timings."""
     cfg = load_config(DiffusionConfig, CONFIG, EXTRA)
     base = DiffusionTask(cfg).model_config
     rows = []
@@ -219,64 +231,64 @@ def _speed_rows(lengths: list[int], tokens_per_batch: int, sample_steps: int) ->
         ids = torch.randint(0, base.vocab_size, (B, T), generator=g)
         ids[ids == base.mask_token_id] = base.sep_token_id
         latent = torch.randn(B, base.latent_dim, generator=g)
-        rates: dict[str, dict[str, float]] = {"train": {}, "sample": {}}
-        params: dict[str, int] = {}
-        # attention_matched: the attention peer with a wider MLP so that its parameter count matches RWKV's
-        variants = {
-            "rwkv": dataclasses.replace(base, sequence_mixer="rwkv", seq_len=T),
-            "attention": dataclasses.replace(base, sequence_mixer="attention", seq_len=T),
-            "attention_matched": dataclasses.replace(
-                base, sequence_mixer="attention", seq_len=T, ffn_mult=base.ffn_mult + 1
-            ),
-        }
-        for name, config in variants.items():
+        models, steps = {}, {}
+        for name in ("rwkv", "attention"):
             torch.manual_seed(0)
-            model = LatentDiffusionLM(config)
-            params[name] = sum(p.numel() for p in model.parameters())
+            model = LatentDiffusionLM(dataclasses.replace(base, sequence_mixer=name, seq_len=T))
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
-            def step() -> None:
-                model(ids, latent).loss.backward()  # noqa: B023
-                optimizer.step()  # noqa: B023
-                optimizer.zero_grad(set_to_none=True)  # noqa: B023
+            def step(i: int, model=model, optimizer=optimizer, ids=ids, latent=latent) -> None:
+                model(ids, latent, generator=torch.Generator().manual_seed(i)).loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
 
-            step()
-            start = time.perf_counter()
-            for _ in range(3):
-                step()
-            rates["train"][name] = 3 * ids.numel() / (time.perf_counter() - start)
+            models[name], steps[name] = model, step
+            step(0)
+        seconds: dict[str, dict[str, list[float]]] = {"train": {}, "sample": {}}
+        for i in range(1, repeats + 1):
+            for name, step in steps.items():
+                start = time.perf_counter()
+                step(i)
+                seconds["train"].setdefault(name, []).append(time.perf_counter() - start)
+        for model in models.values():
             model.eval()
             sample_text_from_latent(model, latent, num_steps=1)
-            start = time.perf_counter()
-            sample_text_from_latent(
-                model, latent, num_steps=sample_steps, generator=torch.Generator().manual_seed(0)
-            )
-            rates["sample"][name] = ids.numel() / (time.perf_counter() - start)
-        for mode in ("train", "sample"):
+        for i in range(max(1, repeats // 2)):
+            for name, model in models.items():
+                start = time.perf_counter()
+                sample_text_from_latent(
+                    model, latent, num_steps=sample_steps, generator=torch.Generator().manual_seed(i)
+                )
+                seconds["sample"].setdefault(name, []).append(time.perf_counter() - start)
+        params = {name: sum(p.numel() for p in model.parameters()) for name, model in models.items()}
+        for mode, by_model in seconds.items():
+            rates = {name: ids.numel() / _median(times) for name, times in by_model.items()}
             row = {
                 "T": T,
                 "mode": mode,
                 "batch_size": B,
-                "rwkv_tokens_per_s": rates[mode]["rwkv"],
-                "attention_tokens_per_s": rates[mode]["attention"],
-                "ratio_rwkv_over_attention": rates[mode]["rwkv"] / rates[mode]["attention"],
-                "attention_param_matched_tokens_per_s": rates[mode]["attention_matched"],
+                "rwkv_tokens_per_s": rates["rwkv"],
+                "attention_tokens_per_s": rates["attention"],
+                "ratio_rwkv_over_attention": rates["rwkv"] / rates["attention"],
+                "seconds": by_model,
                 "params": params,
             }
             rows.append(row)
-            print(row, flush=True)
+            print({k: v for k, v in row.items() if k != "seconds"}, flush=True)
     return rows
 
 
 def phase_speed(args, out: Path) -> dict:
     lengths = [int(x) for x in args.lengths.split(",")]
     return {
-        "speed_rows": _speed_rows(lengths, args.tokens_per_batch, args.sample_steps),
+        "speed_rows": _speed_rows(lengths, args.tokens_per_batch, args.sample_steps, args.repeats),
         "speed_settings": {
-            "model": "cpu_hour.yaml model (d_model 128, 3 layers, 4 heads), both mixers, float32, 1 thread; "
-            "attention_param_matched: ffn_mult + 1 so its parameter count is close to RWKV's",
-            "train": "AdamW steps of the diffusion loss, 3 timed after a warm-up; B = tokens_per_batch // T",
-            "sample": f"L2T with {args.sample_steps} steps (float64 categorical draws)",
+            "model": "cpu_hour.yaml model (d_model 128, 3 layers, 4 heads, ffn_mult 3), both mixers, "
+            "float32, 1 thread; parameter counts per row (RWKV and attention within 0.5 %)",
+            "train": f"AdamW steps of the diffusion loss, the two models' steps alternating, median of "
+            f"{args.repeats} after a warm-up; B = tokens_per_batch // T",
+            "sample": f"L2T with {args.sample_steps} steps (float64 categorical draws), alternating, "
+            f"median of {max(1, args.repeats // 2)}",
             "tokens_per_batch": args.tokens_per_batch,
         },
     }
@@ -293,6 +305,7 @@ def main() -> None:
     parser.add_argument("--lengths", default="128,512,2048", help="speed phase: sequence lengths")
     parser.add_argument("--tokens-per-batch", type=int, default=4096, help="speed phase: B = this // T")
     parser.add_argument("--sample-steps", type=int, default=8, help="speed phase: L2T denoising steps")
+    parser.add_argument("--repeats", type=int, default=5, help="speed phase: timed steps per model")
     parser.add_argument("--set", nargs="*", default=[], help="config overrides for every run (smoke tests)")
     parser.add_argument("--name", default=NAME, help="results file name (smoke tests: another name)")
     args = parser.parse_args()
@@ -308,6 +321,7 @@ def main() -> None:
         "command": "python3 benchmarks/diffusion_quality.py "
         + " ".join(f"{a}" for a in __import__("sys").argv[1:]),
         "seconds": time.perf_counter() - started,
+        "load_average_at_end": list(os.getloadavg()),
     }
     merged["description"] = (
         "CPU-hour recipe (configs/diffusion/cpu_hour.yaml) on pydocs sentences with MiniLM latents, "

@@ -280,9 +280,41 @@ def wire_squad(files: list[Path]) -> str:
     return "\n".join(lines)
 
 
+WIRE_CONTEXT_METHODS = ("no_context", "token_budget", "anchor_budget", "external", "latent", "text")
+
+
+def wire_context(data: dict) -> str:
+    """One row per (compression, model): F1 / EM of every method at the same positions (text: all)."""
+    cells: dict[tuple[int, str], dict[str, dict]] = {}
+    for row in data["rows"]:
+        cells.setdefault((row["compression"], row["model"]), {})[row["method"]] = row
+    header = ["compression", "model", "questions", "positions"] + [
+        f"{m} F1 / EM" for m in WIRE_CONTEXT_METHODS
+    ]
+    rows = []
+    for (compression, model), methods in sorted(cells.items()):
+        latent = methods.get("latent", {})
+        rows.append(
+            [f"{compression}x", model, latent.get("questions", "–"), _num(latent.get("positions"))]
+            + [
+                f"{_num(methods[m]['f1'])} / {_num(methods[m]['em'])}" if m in methods else "–"
+                for m in WIRE_CONTEXT_METHODS
+            ]
+        )
+    return f"{markdown_table(header, rows)}\n\n- budget: {data.get('reduced_budget', '–')}"
+
+
 def wire_section(results: Results) -> str:
+    parts = []
+    for title, name in (
+        ("context compression, anchor-span latent", "wire_context"),
+        ("context compression, span encoder from scratch", "wire_context_span"),
+    ):
+        data = results.load(name)
+        parts.append(f"### {title} ({name})\n\n{wire_context(data) if data else NOT_RUN}\n")
     files = results.glob("wire_interlingua_*.json")
-    return f"### wire_interlingua (SQuAD)\n\n{wire_squad(files) if files else NOT_RUN}\n"
+    parts.append(f"### wire_interlingua (SQuAD)\n\n{wire_squad(files) if files else NOT_RUN}\n")
+    return "\n".join(parts)
 
 
 # --- diffusion (docs/diffusion.md) ------------------------------------------------------------------
@@ -321,6 +353,7 @@ def diffusion_quality(q: dict) -> str:
     rows = [
         ["L2T recall@1 (64 candidates)", _sig(q.get("l2t_recall_at_1")), ">= 0.5"],
         ["T2L recall@1 (64 candidates)", _sig(q.get("t2l_recall_at_1")), ">= 0.5"],
+        ["T2L recall@1, posterior-mean estimate", _sig(q.get("t2l_recall_at_1_posterior_mean")), ""],
         ["gen. ppl, joint samples", _sig(q.get("gen_ppl_joint"), 4), "<= 2x AR"],
         ["gen. ppl, AR baseline (matched entropy)", _sig(q.get("gen_ppl_ar"), 4), ""],
         ["gen. ppl, reference sentences", _sig(q.get("gen_ppl_reference"), 4), ""],
@@ -402,7 +435,9 @@ def lht_speed(data: dict) -> str:
 
 def lht_speed_backends(data: dict) -> str:
     """Training tokens/s of the LHT per attention backend against the dense encoder, same run."""
-    details = {(d["kind"], d["backend"], d["length"]): d for d in data.get("details", [])}
+    details = {
+        (d["kind"], d["backend"], d["length"], d.get("block_size")): d for d in data.get("details", [])
+    }
 
     def number(value: float | None) -> str:
         return f"{value:,.0f}" if value else "–"
@@ -410,12 +445,14 @@ def lht_speed_backends(data: dict) -> str:
     rows = []
     for r in data["rows"]:
         lht, dense = r["lht_tokens_per_s"], r["dense_tokens_per_s"]
-        detail = details.get(("lht", r["backend"], r["length"]), {})
+        detail = details.get(("lht", r["backend"], r["length"], r.get("block_size")), {})
+        if not detail and r["backend"] == "sparse":  # older runs: one block size, not recorded per row
+            detail = details.get(("lht", r["backend"], r["length"], None), {})
         density = detail.get("sparse_block_density")
         rows.append(
             [
                 r["length"],
-                r["backend"],
+                f"{r['backend']}, {r['block_size']}-slot blocks" if "block_size" in r else r["backend"],
                 number(dense),
                 number(lht),
                 f"{lht / dense:.2f}" if lht and dense else "–",

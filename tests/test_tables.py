@@ -73,3 +73,21 @@ def test_hmm_recipes_table_shows_the_dev_chosen_setting_and_epochs():
     out = tables.hmm_recipes(data)
     assert "| ptb | 4 | random_em | unigram:0.01 | 250.0 | 240.0 | 11 / 13 | 5,000.0 | 3.0 | 0.0 |" in out
     assert "| ptb_K4 | 200.0 | 250.0 (random_em) | 20.0 % | random_em: 1.5 |" in out
+
+
+def test_wire_context_table_has_one_row_per_compression_and_model():
+    rows = [
+        {
+            "compression": 4,
+            "model": "m",
+            "method": method,
+            "f1": f1,
+            "em": 1.0,
+            "positions": 8.0,
+            "questions": 3,
+        }
+        for method, f1 in (("latent", 20.0), ("anchor_budget", 12.5), ("text", 40.0))
+    ]
+    table = tables.wire_context({"rows": rows, "reduced_budget": "tiny"})
+    assert "| 4x | m | 3 | 8.0 | – | – | 12.5 / 1.0 | – | 20.0 / 1.0 | 40.0 / 1.0 |" in table
+    assert table.endswith("- budget: tiny")

@@ -70,3 +70,23 @@ def test_seed_unfreeze_regexes_select_recurrent_layers():
     assert time_mix and channel_mix
     assert all(".time_mix." in n for n in time_mix) and all(".channel_mix." in n for n in channel_mix)
     assert not any(re.search("rwkv.*time_mix", n) for n in names if n.startswith("latent_"))
+
+
+def test_latent_modulation_conditions_every_block_and_belongs_to_the_latent_stream():
+    """``latent_modulation`` starts without effect (zero init), then the latent reaches the text states
+    through the adaLN conditioning alone (latent tokens cut off); it is frozen with the latent stream."""
+    from latentlm.diffusion.model import stream_of
+
+    torch.manual_seed(0)
+    plain, modulated = TwoStreamDenoiser(_config()), TwoStreamDenoiser(_config(latent_modulation=True))
+    modulated.load_state_dict(plain.state_dict(), strict=False)
+    x, t = torch.randint(0, 16, (2, 9)), torch.rand(2)
+    z_a, z_b = torch.randn(2, 5), torch.randn(2, 5)
+    torch.testing.assert_close(modulated(x, z_a, t, t).text_hidden, plain(x, z_a, t, t).text_hidden)
+    with torch.no_grad():
+        for p in modulated.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        modulated.latent_in.weight.zero_()  # the latent tokens no longer carry the latent
+        modulated.latent_in.bias.zero_()
+    assert not torch.allclose(modulated(x, z_a, t, t).text_hidden, modulated(x, z_b, t, t).text_hidden)
+    assert stream_of("rwkv.latent_modulation.weight") == "latent"

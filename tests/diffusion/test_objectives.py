@@ -14,6 +14,7 @@ from latentlm.diffusion.objectives import (
     perplexity_bound,
     predicted_clean_latent,
     subs_log_probs,
+    subs_target_log_probs,
 )
 from latentlm.diffusion.schedules import (
     CosineGaussianSchedule,
@@ -130,3 +131,23 @@ def test_low_discrepancy_times_are_stratified():
 
 def test_perplexity_bound():
     assert math.isclose(perplexity_bound(2.0 * 10, 10), math.exp(2.0))
+
+
+def test_overwriting_the_logits_gives_the_same_values_and_gradients():
+    """``overwrite_logits=True`` (the [MASK] column set in place, no copy) == the copying path, and equals
+    a softmax over the vocabulary without [MASK] computed by hand."""
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(6, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    hidden = torch.randn(5, 4, generator=g, dtype=torch.float64)
+    targets = torch.tensor([0, 1, 3, 4, 5])
+    mask_id = 2
+    results = []
+    for overwrite in (False, True):
+        log_p = subs_target_log_probs(hidden @ weight.T, targets, mask_id, overwrite_logits=overwrite)
+        results.append((log_p, *torch.autograd.grad(log_p.sum(), weight)))
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    logits = (hidden @ weight.T).detach()
+    keep = [i for i in range(6) if i != mask_id]
+    by_hand = logits[torch.arange(5), targets] - logits[:, keep].exp().sum(-1).log()
+    torch.testing.assert_close(results[1][0].detach(), by_hand.float(), rtol=1e-6, atol=1e-6)  # float32 loss

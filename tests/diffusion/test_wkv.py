@@ -1,12 +1,16 @@
 """Chunked vs naive vs brute-force bidirectional WKV (float64), and the joint time-mix layer."""
 
+import math
+
 import pytest
 import torch
 
 from latentlm.diffusion.wkv import (
+    ChannelMix,
     JointTimeMix,
     bidirectional_token_shift,
     bidirectional_wkv,
+    lerp_to_neighbours,
     wkv_chunked,
     wkv_naive,
 )
@@ -145,3 +149,125 @@ def test_flash_linear_attention_kernel_equals_chunked_on_cuda():
     torch.testing.assert_close(
         both, bidirectional_wkv(r, k, v, log_w, u, chunk_size=32), rtol=2e-3, atol=2e-3
     )
+
+
+def _reference_joint_time_mix(mix: JointTimeMix, x_text, x_lat):
+    """The time mix written out plainly: one lerp and one Linear per projection, the decay and gate
+    LoRAs, two naive scans plus the bonus, nn.GroupNorm, the gate and the output projection."""
+    outputs, joint = {}, {}
+    streams = {"latent": (mix.latent, x_lat), "text": (mix.text, x_text)}
+    for name, (s, x) in streams.items():
+        B, T, D = x.shape
+        shift = bidirectional_token_shift(x) - x
+
+        def heads(z, B=B, T=T, s=s):
+            return z.view(B, T, s.num_heads, s.head_dim).transpose(1, 2)
+
+        decay = s.time_decay + torch.tanh((x + shift * s.time_maa_w) @ s.time_decay_w1) @ s.time_decay_w2
+        joint[name] = {
+            "r": heads(s.receptance(x + shift * s.time_maa_r)),
+            "k": heads(s.key(x + shift * s.time_maa_k)),
+            "v": heads(s.value(x + shift * s.time_maa_v)),
+            "log_w": heads(-decay.clamp(max=math.log(5.0)).exp()),
+            "u": s.time_faaaa[None, :, None, :].expand(B, -1, T, -1),
+        }
+        outputs[name] = torch.sigmoid((x + shift * s.time_maa_g) @ s.gate_w1) @ s.gate_w2
+    cat = {key: torch.cat([joint["latent"][key], joint["text"][key]], dim=2) for key in joint["text"]}
+    y = bidirectional_wkv(**cat, impl="naive")  # (B, H, M+T, K)
+    M = x_lat.shape[1]
+    result = []
+    for name, part in (("text", y[:, :, M:]), ("latent", y[:, :, :M])):
+        s = streams[name][0]
+        B, H, T, K = part.shape
+        normed = s.ln_x(part.transpose(1, 2).reshape(B * T, H * K)).view(B, T, H * K)
+        result.append(s.output(normed * outputs[name]))
+    return tuple(result)
+
+
+@pytest.mark.parametrize("chunk", [3, 5, 0])  # 5: the joint length 12 is padded to 15
+def test_joint_time_mix_equals_the_plain_formulas(chunk):
+    """The batched lerps/projections, the joint per-head normalisation and the chunk form == the time mix
+    written out one projection at a time (float64, values and gradients)."""
+    torch.manual_seed(0)
+    mix = JointTimeMix(
+        d_model=16, num_heads=2, decay_lora_rank=4, gate_lora_rank=3, chunk_size=chunk
+    ).double()
+    with torch.no_grad():
+        for p in mix.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x_text = torch.randn(2, 9, 16, dtype=torch.float64, requires_grad=True)
+    x_lat = torch.randn(2, 3, 16, dtype=torch.float64, requires_grad=True)
+    got, expected = mix(x_text, x_lat), _reference_joint_time_mix(mix, x_text, x_lat)
+    leaves = [x_text, x_lat, *mix.parameters()]
+    cotangents = [torch.randn_like(t) for t in got]
+    grads = [
+        torch.autograd.grad(sum((t * c).sum() for t, c in zip(out, cotangents, strict=True)), leaves)
+        for out in (got, expected)
+    ]
+    for a, b in zip((*got, *grads[0]), (*expected, *grads[1]), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_channel_mix_equals_the_plain_formula():
+    """Values and gradients (the squared ReLU's hand-written backward included) in float64."""
+    torch.manual_seed(0)
+    cm = ChannelMix(8, hidden_mult=3).double()
+    with torch.no_grad():
+        cm.time_maa_k.uniform_(0, 1)
+    x = torch.randn(2, 5, 8, dtype=torch.float64, requires_grad=True)
+    shift = bidirectional_token_shift(x) - x
+    expected = cm.value(torch.relu(cm.key(x + shift * cm.time_maa_k)) ** 2)
+    got = cm(x)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    cotangent = torch.randn_like(got)
+    leaves = [x, *cm.parameters()]
+    for a, b in zip(
+        torch.autograd.grad((got * cotangent).sum(), leaves),
+        torch.autograd.grad((expected * cotangent).sum(), leaves),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_stacked_lerp_backward_equals_autograd_of_the_plain_lerp():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    mixes = torch.rand(3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    cotangent = torch.randn(3, 2, 5, 4, generator=g, dtype=torch.float64)
+    plain = torch.stack([x + (bidirectional_token_shift(x) - x) * m for m in mixes])
+    first, rest = lerp_to_neighbours(x, mixes, (1, 2))  # (B, T, D) and (2, B, T, D)
+    got = torch.cat([first.unsqueeze(0), rest])
+    torch.testing.assert_close(got, plain, rtol=1e-12, atol=1e-12)
+    for a, b in zip(
+        torch.autograd.grad((got * cotangent).sum(), (x, mixes)),
+        torch.autograd.grad((plain * cotangent).sum(), (x, mixes)),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    # A group whose output is unused gets no gradient; the others are unaffected.
+    _, rest = lerp_to_neighbours(x, mixes, (1, 2))
+    (only_rest,) = torch.autograd.grad((rest * cotangent[1:]).sum(), (x,))
+    plain_rest = torch.stack([x + (bidirectional_token_shift(x) - x) * m for m in mixes[1:]])
+    (plain_rest,) = torch.autograd.grad((plain_rest * cotangent[1:]).sum(), (x,))
+    torch.testing.assert_close(only_rest, plain_rest, rtol=1e-12, atol=1e-12)
+
+
+def test_many_chunks_stay_exact():
+    """70 chunks of 2 tokens: the recurrence over chunk states, values and gradients."""
+    r, k, v, log_w, u = _random_inputs(B=1, H=2, T=140, K=3, V=2)
+    leaves = [x.requires_grad_() for x in (r, k, v, log_w)]
+    results = []
+    for impl in ("naive", "chunked"):
+        y = bidirectional_wkv(*leaves, u, impl=impl, chunk_size=2)
+        results.append((y, *torch.autograd.grad(y.square().sum(), leaves)))
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("T", [1, 2, 5])
+def test_token_shift_gradient_and_short_sequences(T):
+    x = torch.randn(2, T, 3, dtype=torch.float64, requires_grad=True)
+    padded = torch.nn.functional.pad(x, (0, 0, 1, 1))
+    expected = 0.5 * (padded[:, :-2] + padded[:, 2:])
+    torch.testing.assert_close(bidirectional_token_shift(x), expected, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(bidirectional_token_shift, (x,))

@@ -68,6 +68,8 @@ class ModelConfig:
     """Channel-mix (feed-forward) hidden width as a multiple of d_model."""
     decay_lora_rank: int = 16
     """Rank of RWKV-6's data-dependent decay LoRA."""
+    gate_lora_rank: int = 32
+    """Rank of the time mix's output-gate LoRA (RWKV-7: ``g = sigmoid(x_g G1) G2``)."""
     sequence_mixer: str = "rwkv"
     """rwkv (bidirectional WKV time mix) | attention (the MDLM-like peer, for comparisons)."""
     wkv_impl: str = "chunked"
@@ -75,6 +77,9 @@ class ModelConfig:
     kernels on CUDA when installed, else chunked)."""
     wkv_chunk_size: int = 0
     """Chunk length of the chunked WKV (0: 32, or the whole sequence when shorter)."""
+    latent_modulation: bool = False
+    """Also add a linear map of the (noisy) latent to every block's adaLN conditioning vector (global,
+    DiT-style conditioning), besides the latent tokens the scan mixes in."""
     latent_pred_from: str = "text"
     """Extra features of the latent head: text (final text states) | prefix (prefix embeddings) | both."""
     prefix_length: int = 8
@@ -128,6 +133,7 @@ class ModelConfig:
                 "num_latent_tokens",
                 "ffn_mult",
                 "decay_lora_rank",
+                "gate_lora_rank",
                 "prefix_length",
                 "latent_encoder_hidden",
             ),

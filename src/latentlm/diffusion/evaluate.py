@@ -421,6 +421,21 @@ def run_evaluation(task, run_dir: str | Path, model: LatentDiffusionLM | None = 
         metrics["t2l"] = {k: v for k, v in t2l.items() if not isinstance(v, list)} | {
             "norm_ratio": norm_ratio
         }
+        # One DDIM step from t = 1: the model's estimate of E[z | text] (no sampling noise).
+        z_mean = _batched(
+            lambda ids: sample_latent_from_text(
+                model,
+                ids,
+                num_steps=1,
+                guidance_scale=s.guidance_scale,
+                prediction=mcfg.latent_prediction,
+                generator=g,
+            ),
+            all_ids,
+            bs,
+        )
+        t2l_mean = latent_retrieval_metrics(model.denormalize_latent(z_mean), true_raw, cfg.eval.seed)
+        metrics["t2l_posterior_mean"] = {k: v for k, v in t2l_mean.items() if not isinstance(v, list)}
         say("L2T sampling")
         l2t_ids = _batched(
             lambda z: sample_text_from_latent(

@@ -66,7 +66,7 @@ _STREAM_PATTERNS = {
         r"|blocks\.\d+\.[\w.]*\btext\b)"
     ),
     "latent": re.compile(
-        r"^rwkv\.(latent_in|latent_position|latent_head|time_embed_latent|final_modulation\.latent"
+        r"^rwkv\.(latent_in|latent_position|latent_head|latent_modulation|time_embed_latent|final_modulation\.latent"
         r"|final_norm\.latent|blocks\.\d+\.[\w.]*\blatent\b)"
     ),
 }
@@ -108,7 +108,7 @@ class TimestepEmbedding(nn.Module):
 
 
 def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return x * (1.0 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+    return torch.addcmul(shift.unsqueeze(1), x, 1.0 + scale.unsqueeze(1))
 
 
 class _TwoStreamBlock(nn.Module):
@@ -141,10 +141,10 @@ class _TwoStreamBlock(nn.Module):
             *(_modulate(self.norm1[s](hidden[s]), mods[s][0], mods[s][1]) for s in STREAMS)
         )
         for s, out in zip(STREAMS, mixed, strict=True):
-            hidden[s] = hidden[s] + mods[s][2].unsqueeze(1) * out
+            hidden[s] = torch.addcmul(hidden[s], mods[s][2].unsqueeze(1), out)
         for s in STREAMS:
             ff = self.feed_forward(s, _modulate(self.norm2[s](hidden[s]), mods[s][3], mods[s][4]))
-            hidden[s] = hidden[s] + mods[s][5].unsqueeze(1) * ff
+            hidden[s] = torch.addcmul(hidden[s], mods[s][5].unsqueeze(1), ff)
         return hidden["text"], hidden["latent"]
 
 
@@ -156,7 +156,12 @@ class JointRWKVBlock(_TwoStreamBlock):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg.d_model)
         self.time_mix = JointTimeMix(
-            cfg.d_model, cfg.num_heads, cfg.decay_lora_rank, cfg.wkv_impl, cfg.wkv_chunk_size
+            cfg.d_model,
+            cfg.num_heads,
+            cfg.decay_lora_rank,
+            cfg.gate_lora_rank,
+            cfg.wkv_impl,
+            cfg.wkv_chunk_size,
         )
         self.channel_mix = nn.ModuleDict({s: ChannelMix(cfg.d_model, cfg.ffn_mult) for s in STREAMS})
 
@@ -229,6 +234,10 @@ class TwoStreamDenoiser(nn.Module):
         self.latent_position = nn.Parameter(0.02 * torch.randn(M, D))
         self.time_embed_text = TimestepEmbedding(D)
         self.time_embed_latent = TimestepEmbedding(D)
+        self.latent_modulation = nn.Linear(cfg.latent_dim, D) if cfg.latent_modulation else None
+        if self.latent_modulation is not None:  # starts without effect, like the adaLN-Zero layers
+            nn.init.zeros_(self.latent_modulation.weight)
+            nn.init.zeros_(self.latent_modulation.bias)
         self.blocks = nn.ModuleList(block_cls(cfg) for _ in range(cfg.num_layers))
         self.final_norm = nn.ModuleDict({s: nn.LayerNorm(D, elementwise_affine=False) for s in STREAMS})
         self.final_modulation = nn.ModuleDict({s: nn.Linear(D, 2 * D) for s in STREAMS})
@@ -267,6 +276,8 @@ class TwoStreamDenoiser(nn.Module):
         h_text = embedded if self.text_position is None else embedded + self.text_position[:T]
         h_latent = self.latent_in(z_t).view(B, cfg.num_latent_tokens, cfg.d_model) + self.latent_position
         cond = self.time_embed_text(t_text) + self.time_embed_latent(t_latent)  # (B, D)
+        if self.latent_modulation is not None:
+            cond = cond + self.latent_modulation(z_t)
         for block in self.blocks:
             h_text, h_latent = block(h_text, h_latent, cond)
         final = {}
@@ -429,7 +440,15 @@ class LatentDiffusionLM(PretrainedMixin, nn.Module):
         latent_rows = (t_latent > 0) & (mode != "l2t")
         if mode != "t2l" and masked.any():
             logits = self.rwkv.text_logits(hidden.text_hidden[masked])
-            nelbo = masked_nelbo(logits, x0, masked, t_text, self.text_schedule, self.config.mask_token_id)
+            nelbo = masked_nelbo(
+                logits,
+                x0,
+                masked,
+                t_text,
+                self.text_schedule,
+                self.config.mask_token_id,
+                overwrite_logits=True,
+            )
             out.text_nelbo_per_example = nelbo
             out.text_nelbo = nelbo.sum() / (L * text_rows.sum().clamp_min(1))
             out.loss = out.loss + out.text_nelbo

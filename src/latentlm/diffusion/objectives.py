@@ -83,18 +83,22 @@ def subs_log_probs(logits: torch.Tensor, x_t: torch.Tensor, mask_id: int) -> tor
     return torch.where((x_t == mask_id).unsqueeze(-1), log_probs, carry)
 
 
-def subs_target_log_probs(logits: torch.Tensor, targets: torch.Tensor, mask_id: int) -> torch.Tensor:
+def subs_target_log_probs(
+    logits: torch.Tensor, targets: torch.Tensor, mask_id: int, overwrite_logits: bool = False
+) -> torch.Tensor:
     """``log p_theta(x_0 = target | x_t)`` at masked positions under SUBS.
 
     Args:
         logits: (N, V) logits at the N masked positions.
         targets: (N,) clean ids there.
         mask_id: the [MASK] id (its logit is ignored).
+        overwrite_logits: set the [MASK] column of ``logits`` to -inf in place instead of in a copy
+            (for a temporary of the caller, e.g. a matmul's output: saves copying the (N, V) matrix).
 
     Returns:
         (N,) log-probabilities.
     """
-    logits = logits.float().clone()
+    logits = logits.float() if overwrite_logits else logits.float().clone()
     logits[:, mask_id] = float("-inf")
     return -F.cross_entropy(logits, targets, reduction="none")
 
@@ -106,6 +110,7 @@ def masked_nelbo(
     t: torch.Tensor,
     schedule: LogLinearMaskingSchedule,
     mask_id: int,
+    overwrite_logits: bool = False,
 ) -> torch.Tensor:
     """NELBO per sequence from the logits at the masked positions.
 
@@ -116,6 +121,7 @@ def masked_nelbo(
         t: times, (B,).
         schedule: masking schedule.
         mask_id: the [MASK] id.
+        overwrite_logits: as in ``subs_target_log_probs``.
 
     Returns:
         (B,) ``w(t) * sum over masked positions of -log p(x_0 | x_t)``; rows without masks give 0
@@ -123,7 +129,9 @@ def masked_nelbo(
     """
     nll = torch.zeros(x0.shape, dtype=torch.float32, device=x0.device)
     if masked.any():
-        nll = nll.masked_scatter(masked, -subs_target_log_probs(logits, x0[masked], mask_id))
+        nll = nll.masked_scatter(
+            masked, -subs_target_log_probs(logits, x0[masked], mask_id, overwrite_logits)
+        )
     return schedule.loss_weight(t.clamp_min(1e-6)) * nll.sum(-1)
 
 

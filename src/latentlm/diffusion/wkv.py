@@ -191,10 +191,12 @@ def bidirectional_wkv_chunked(
 
     With ``E1 = e^{A_{t-1}}`` and ``E2 = e^{-A_t}`` inside each chunk, the decay between s and t is
     ``E1_t E2_s`` for s < t (forward) and ``E2_t E1_s`` for s > t (backward), so one (C, C) score matrix
-    ``tril(rE1 (kE2)^T) + triu(rE2 (kE1)^T) + diag(r . u k)`` carries both directions and the bonus
-    through a single ``@ v``.  Between chunks, a left-to-right recurrence over chunk states
-    ``(kE2 e^{A_C})^T v`` and a right-to-left one over ``(kE1)^T v`` add what enters each chunk from
-    either side.  Same result as ``forward + backward + bonus`` of two ``wkv_naive`` scans.
+    ``tril(rE1 (kE2)^T) + triu(rE2 (kE1)^T)`` carries both directions through a single ``@ v``; the
+    bonus ``(r . u k) v`` is added per token.  Between chunks: chunk n passes its keys/values on as
+    ``F_n = (kE2 e^{a_n})^T v`` to the right and ``G_n = (kE1)^T v`` to the left (``a_n`` = the chunk's
+    total log decay), and a left-to-right and a right-to-left recurrence over the N chunk states
+    (``_entering_states``) give what enters each chunk from either side.  Same result as ``forward +
+    backward + bonus`` of two ``wkv_naive`` scans.
 
     Args:
         r, k, v, log_w, u: as in ``bidirectional_wkv``.
@@ -212,38 +214,51 @@ def bidirectional_wkv_chunked(
     C, pad, chunks, cum = found
     B, H, T, K = r.shape
     V = v.shape[-1]
-    u = u.expand(B, H, T, K)
+    bonus = (r * u * k).sum(-1, keepdim=True)  # (B, H, T, 1): weight of the current token
     if pad:
-        r, k, u = (F.pad(x, (0, 0, 0, pad)) for x in (r, k, u))
-        v = F.pad(v, (0, 0, 0, pad))
+        r, k, v, bonus = (F.pad(x, (0, 0, 0, pad)) for x in (r, k, v, bonus))
     N = (T + pad) // C
-    r, k, u = (x.reshape(B, H, N, C, K) for x in (r, k, u))  # (B, H, N, C, K)
-    v = v.reshape(B, H, N, C, V)  # (B, H, N, C, V)
+    r, k = (x.reshape(B, H, N, C, K) for x in (r, k))  # (B, H, N, C, K)
+    v, bonus = v.reshape(B, H, N, C, V), bonus.view(B, H, N, C, 1)
 
     e1, e2 = (cum - chunks).exp(), (-cum).exp()  # e^{A_{t-1}}, e^{-A_t}
     r1, r2, k1, k2 = r * e1, r * e2, k * e1, k * e2
-    lower = torch.ones(C, C, dtype=torch.bool, device=r.device).tril(-1)
-    forward_scores = (r1 @ k2.transpose(-1, -2)).masked_fill(~lower, 0.0)  # (B, H, N, C, C), s < t
-    backward_scores = (r2 @ k1.transpose(-1, -2)).masked_fill(~lower.T, 0.0)  # s > t
-    bonus = torch.diag_embed((r * u * k).sum(-1))  # (B, H, N, C, C), the current token
-    scores = forward_scores + backward_scores + bonus
-    y = scores @ v  # (B, H, N, C, V)
+    # In place on the matmul outputs (their backward does not need them): fewer full-size temporaries.
+    scores = (r1 @ k2.transpose(-1, -2)).tril_(-1)  # forward direction, s < t: (B, H, N, C, C)
+    scores = scores.add_((r2 @ k1.transpose(-1, -2)).triu_(1))  # backward direction, s > t
+    if N == 1:
+        return torch.addcmul(scores @ v, bonus, v).view(B, H, C, V)[:, :, :T]
 
-    total = cum[:, :, :, -1:]  # (B, H, N, 1, K)
-    chunk_decay = total.squeeze(3).exp()  # (B, H, N, K)
-    forward_kv = (k2 * total.exp()).transpose(-1, -2) @ v  # (B, H, N, K, V)
-    backward_kv = k1.transpose(-1, -2) @ v  # (B, H, N, K, V)
-    from_left, from_right = [], []
-    state = r.new_zeros(B, H, K, V)
-    for n in range(N):
-        from_left.append(state)
-        state = chunk_decay[:, :, n].unsqueeze(-1) * state + forward_kv[:, :, n]
-    state = r.new_zeros(B, H, K, V)
-    for n in reversed(range(N)):
-        from_right.append(state)
-        state = chunk_decay[:, :, n].unsqueeze(-1) * state + backward_kv[:, :, n]
-    y = y + r1 @ torch.stack(from_left, dim=2) + (r2 * total.exp()) @ torch.stack(from_right[::-1], dim=2)
+    total = cum[:, :, :, -1:]  # (B, H, N, 1, K): a_n
+    to_end = total.exp()
+    passed_right = (k2 * to_end).transpose(-1, -2) @ v  # F: (B, H, N, K, V)
+    passed_left = k1.transpose(-1, -2) @ v  # G: (B, H, N, K, V)
+    from_left, from_right = _entering_states(total, passed_right, passed_left)
+    y = (
+        (scores @ v).addcmul_(bonus, v).add_(r1 @ from_left).add_((r2 * to_end) @ from_right)
+    )  # (B, H, N, C, V)
     return y.reshape(B, H, N * C, V)[:, :, :T]
+
+
+def _entering_states(
+    total: torch.Tensor, passed_right: torch.Tensor, passed_left: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """States entering each chunk from the left and from the right, (B, H, N, K, V) each, by a
+    left-to-right and a right-to-left recurrence over the chunks: ``S_{n+1} = e^{a_n} S_n + F_n``
+    (``total``: (B, H, N, 1, K), each chunk's total log decay a_n; ``passed_right`` / ``passed_left``:
+    F_n / G_n, (B, H, N, K, V)).  The inputs are unbound once: indexing one chunk at a time would make
+    the backward pass allocate a full-size zero gradient per step (what made the earlier loop slow)."""
+    decays = total.squeeze(3).exp().unsqueeze(-1).unbind(2)  # N x (B, H, K, 1)
+    entering = []
+    for passed, order in ((passed_right, range(len(decays))), (passed_left, reversed(range(len(decays))))):
+        steps = passed.unbind(2)
+        state = torch.zeros_like(steps[0])
+        states = [state] * len(decays)
+        for n in order:
+            states[n] = state
+            state = decays[n] * state + steps[n]
+        entering.append(torch.stack(states, dim=2))  # (B, H, N, K, V)
+    return entering[0], entering[1]
 
 
 def fla_available(device: torch.device) -> bool:
@@ -313,6 +328,29 @@ def bidirectional_wkv(
     return forward + backward + bonus
 
 
+def _neighbour_mean(x: torch.Tensor) -> torch.Tensor:
+    """(x_{t-1} + x_{t+1}) / 2 along dim 1, zero beyond the ends, written into one new tensor."""
+    out = torch.empty_like(x)
+    if x.shape[1] == 1:
+        return out.zero_()
+    torch.add(x[:, :-2], x[:, 2:], out=out[:, 1:-1])
+    out[:, 0] = x[:, 1]
+    out[:, -1] = x[:, -2]
+    return out.mul_(0.5)
+
+
+class _NeighbourMean(torch.autograd.Function):
+    """The neighbour mean is a symmetric linear map, so its backward is the same map of the gradient."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return _neighbour_mean(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return _neighbour_mean(grad)
+
+
 def bidirectional_token_shift(x: torch.Tensor) -> torch.Tensor:
     """Mean of the left and right neighbours (zero beyond the ends): RWKV's token shift, both ways.
 
@@ -322,19 +360,80 @@ def bidirectional_token_shift(x: torch.Tensor) -> torch.Tensor:
     Returns:
         (B, T, D) with row t = (x_{t-1} + x_{t+1}) / 2.
     """
-    left = F.pad(x, (0, 0, 1, 0))[:, :-1]
-    right = F.pad(x, (0, 0, 0, 1))[:, 1:]
-    return 0.5 * (left + right)
+    return _NeighbourMean.apply(x)
+
+
+class _LerpStack(torch.autograd.Function):
+    """``x + (n - x) * m_p`` for a (P, D) stack of weights, in groups of consecutive rows (a group of
+    one gives a (B, T, D) tensor, a larger one a (P_g, B, T, D) stack), with a hand-written backward.
+
+    Autograd's backward of one broadcast ``torch.lerp`` multiplies the (P, B, T, D) gradient by weights
+    broadcast over two middle dimensions and reduces it three times, about 2.5x slower on our CPU than
+    accumulating the P slices one at a time, as done here; separate outputs per group also spare the
+    concatenation of their gradients that splitting one output would cost.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, n: torch.Tensor, mixes: torch.Tensor, groups: tuple[int, ...]):
+        ctx.save_for_backward(x, n, mixes)
+        ctx.set_materialize_grads(False)  # an unused group's gradient stays None
+        ctx.groups = groups
+        outputs, start = [], 0
+        for size in groups:
+            weight = mixes[start] if size == 1 else mixes[start : start + size, None, None, :]
+            outputs.append(torch.lerp(x, n, weight))
+            start += size
+        return tuple(outputs)
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor):
+        x, n, mixes = ctx.saved_tensors
+        shift = n - x
+        grad_sum, grad_n = torch.zeros_like(x), torch.zeros_like(x)
+        grad_mixes = torch.zeros_like(mixes)
+        start = 0
+        for size, grad in zip(ctx.groups, grads, strict=True):
+            if grad is not None:  # an unused group has no gradient
+                for p, grad_p in enumerate(grad.unsqueeze(0) if size == 1 else grad.unbind(0)):
+                    grad_sum += grad_p
+                    grad_n.addcmul_(grad_p, mixes[start + p])
+                    grad_mixes[start + p] = (grad_p * shift).sum((0, 1))
+            start += size
+        return grad_sum - grad_n, grad_n, grad_mixes, None
+
+
+def lerp_to_neighbours(
+    x: torch.Tensor, mixes: torch.Tensor, groups: tuple[int, ...]
+) -> tuple[torch.Tensor, ...]:
+    """RWKV's token-shift interpolations, all in one op: ``x + (n - x) * m_p`` for every row m_p of
+    ``mixes``, with n the mean of both neighbours (``bidirectional_token_shift``).
+
+    Args:
+        x: (B, T, D).
+        mixes: (P, D).
+        groups: sizes of consecutive groups of rows, summing to P.
+
+    Returns:
+        one tensor per group: (B, T, D) for a group of one, else (size, B, T, D).
+    """
+    if sum(groups) != mixes.shape[0]:
+        raise ValueError(f"lerp_to_neighbours: groups {groups} do not add up to {mixes.shape[0]} weights")
+    return _LerpStack.apply(x, bidirectional_token_shift(x), mixes, tuple(groups))
 
 
 class TimeMixStream(nn.Module):
-    """One stream's RWKV-6 time-mix projections: token-shift lerps, r/k/v/g, data-dependent decay.
+    """One stream's time-mix projections: token-shift lerps, r/k/v, data-dependent decay, output gate.
 
     The decay is ``log w_t = -exp(time_decay + tanh(x_w W1) W2)`` (RWKV-6's LoRA decay), so every
-    token chooses how fast each key channel forgets.
+    token chooses how fast each key channel forgets.  As in RWKV-7, the output gate is a LoRA,
+    ``g = sigmoid(x_g G1) G2``, so the block's full-size projections are r, k, v and the output
+    (the same count as attention's q, k, v and output).  The five lerps are one op and r, k, v one
+    batched matmul.
     """
 
-    def __init__(self, d_model: int, num_heads: int, decay_lora_rank: int = 16) -> None:
+    def __init__(
+        self, d_model: int, num_heads: int, decay_lora_rank: int = 16, gate_lora_rank: int = 32
+    ) -> None:
         super().__init__()
         if d_model % num_heads:
             raise ValueError(f"TimeMixStream: d_model={d_model} not divisible by num_heads={num_heads}")
@@ -355,50 +454,51 @@ class TimeMixStream(nn.Module):
         self.receptance = nn.Linear(d_model, d_model, bias=False)
         self.key = nn.Linear(d_model, d_model, bias=False)
         self.value = nn.Linear(d_model, d_model, bias=False)
-        self.gate = nn.Linear(d_model, d_model, bias=False)
+        self.gate_w1 = nn.Parameter(torch.zeros(d_model, gate_lora_rank))
+        self.gate_w2 = nn.Parameter(torch.empty(gate_lora_rank, d_model))
+        nn.init.orthogonal_(self.gate_w2, gain=0.1 * math.sqrt(d_model / gate_lora_rank))
         self.output = nn.Linear(d_model, d_model, bias=False)
         self.ln_x = nn.GroupNorm(num_heads, d_model)
 
-    def project(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per-head inputs of the scan for one stream.
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The scan inputs of one stream.
 
         Args:
             x: (B, T, D).
 
         Returns:
-            dict with r, k, log_w, u of shape (B, H, T, K), v (B, H, T, K) and gate g (B, T, D).
+            rkv (3, B, T, D) = r, k, v stacked; log decay (B, T, D); output gate g (B, T, D).
         """
         B, T, D = x.shape
-        shift = bidirectional_token_shift(x) - x  # (B, T, D)
-
-        def heads(z: torch.Tensor) -> torch.Tensor:
-            return z.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
-
-        x_w = x + shift * self.time_maa_w
+        mixes = torch.stack(
+            [self.time_maa_r, self.time_maa_k, self.time_maa_v, self.time_maa_w, self.time_maa_g]
+        )
+        x_rkv, x_w, x_g = lerp_to_neighbours(x, mixes, (3, 1, 1))  # (3, B, T, D), (B, T, D), (B, T, D)
+        weights = torch.stack([self.receptance.weight, self.key.weight, self.value.weight]).transpose(1, 2)
+        rkv = torch.bmm(x_rkv.view(3, B * T, D), weights).view(3, B, T, D)
         decay = self.time_decay + torch.tanh(x_w @ self.time_decay_w1) @ self.time_decay_w2
-        return {
-            "r": heads(self.receptance(x + shift * self.time_maa_r)),
-            "k": heads(self.key(x + shift * self.time_maa_k)),
-            "v": heads(self.value(x + shift * self.time_maa_v)),
-            "log_w": heads(-decay.clamp(max=math.log(-LOG_DECAY_MIN)).exp()),
-            "u": self.time_faaaa[None, :, None, :].expand(B, -1, T, -1),
-            "g": F.silu(self.gate(x + shift * self.time_maa_g)),
-        }
+        log_w = -decay.clamp(max=math.log(-LOG_DECAY_MIN)).exp()
+        return rkv, log_w, torch.sigmoid(x_g @ self.gate_w1) @ self.gate_w2
 
-    def finish(self, y: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        """Per-head GroupNorm, gate and output projection.
+    def finish(self, normed: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """The affine part of the per-head GroupNorm (``ln_x``), the gate and the output projection.
 
         Args:
-            y: scan output for this stream, (B, H, T, K).
+            normed: this stream's scan output, each head normalised to zero mean and unit variance
+                (``normalize_heads``), (B, T, D).
             g: gate from ``project``, (B, T, D).
 
         Returns:
             (B, T, D).
         """
-        B, H, T, K = y.shape
-        y = y.transpose(1, 2).reshape(B * T, H * K)
-        y = self.ln_x(y).view(B, T, H * K)
-        return self.output(y * g)
+        return self.output(torch.addcmul(self.ln_x.bias, normed, self.ln_x.weight) * g)
+
+
+def normalize_heads(y: torch.Tensor, eps: float) -> torch.Tensor:
+    """GroupNorm's normalisation (one group per head, no affine) of a token-major (B, T, H, K) tensor,
+    returned as (B, T, H * K)."""
+    B, T, H, K = y.shape
+    return F.layer_norm(y, (K,), eps=eps).view(B, T, H * K)
 
 
 class JointTimeMix(nn.Module):
@@ -414,12 +514,13 @@ class JointTimeMix(nn.Module):
         d_model: int,
         num_heads: int,
         decay_lora_rank: int = 16,
+        gate_lora_rank: int = 32,
         impl: str = "chunked",
         chunk_size: int = 0,
     ) -> None:
         super().__init__()
-        self.text = TimeMixStream(d_model, num_heads, decay_lora_rank)
-        self.latent = TimeMixStream(d_model, num_heads, decay_lora_rank)
+        self.text = TimeMixStream(d_model, num_heads, decay_lora_rank, gate_lora_rank)
+        self.latent = TimeMixStream(d_model, num_heads, decay_lora_rank, gate_lora_rank)
         self.impl = impl
         self.chunk_size = chunk_size
 
@@ -432,30 +533,59 @@ class JointTimeMix(nn.Module):
         Returns:
             (text output (B, T, D), latent output (B, M, D)).
         """
-        M = x_latent.shape[1]
-        p_text, p_latent = self.text.project(x_text), self.latent.project(x_latent)
-        joint = {
-            name: torch.cat([p_latent[name], p_text[name]], dim=2) for name in ("r", "k", "v", "log_w", "u")
-        }
+        B, M, D = x_latent.shape
+        L = M + x_text.shape[1]
+        H, K = self.text.num_heads, self.text.head_dim
+        (rkv_l, log_w_l, g_l), (rkv_t, log_w_t, g_t) = (
+            self.latent.project(x_latent),
+            self.text.project(x_text),
+        )
         chunk = self.chunk_size or DEFAULT_CHUNK_SIZE
-        y = bidirectional_wkv(**joint, impl=self.impl, chunk_size=chunk)  # (B, H, M+T, K)
-        return self.text.finish(y[:, :, M:], p_text["g"]), self.latent.finish(y[:, :, :M], p_latent["g"])
+        # The joint sequence, already padded to whole chunks for the chunk form (zero r, k, v and log
+        # decay after the end change nothing before it), so the scan does not pad r, k, v again.
+        pad = (-L) % min(chunk, L) if self.impl != "naive" else 0
+        rkv = torch.cat([rkv_l, rkv_t, rkv_t.new_zeros(3, B, pad, D)], dim=2).view(3, B, L + pad, H, K)
+        r, k, v = rkv.transpose(2, 3)  # each (B, H, L + pad, K)
+        log_w = torch.cat([log_w_l, log_w_t, log_w_t.new_zeros(B, pad, D)], dim=1)
+        log_w = log_w.view(B, L + pad, H, K).transpose(1, 2)  # (B, H, L + pad, K)
+        u = torch.cat(
+            [
+                self.latent.time_faaaa.unsqueeze(1).expand(H, M, K),
+                self.text.time_faaaa.unsqueeze(1).expand(H, L - M + pad, K),
+            ],
+            dim=1,
+        )  # (H, L + pad, K): each stream's bonus
+        y = bidirectional_wkv(r, k, v, log_w, u, impl=self.impl, chunk_size=chunk)[:, :, :L]  # (B, H, L, K)
+        normed = normalize_heads(y.transpose(1, 2), self.text.ln_x.eps)  # (B, L, D)
+        return self.text.finish(normed[:, M:], g_t), self.latent.finish(normed[:, :M], g_l)
+
+
+class _SquaredReLU(torch.autograd.Function):
+    """``relu(x)^2`` with the backward ``2 relu(x) g`` in one pass (autograd's chain of square and relu
+    takes three)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(x)
+        ctx.save_for_backward(h)
+        return h * h
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (h,) = ctx.saved_tensors
+        return torch.mul(h, grad).mul_(2.0)
 
 
 class ChannelMix(nn.Module):
-    """RWKV channel mix: token-shift lerp, squared-ReLU key, sigmoid receptance gate."""
+    """RWKV-7 channel mix: token-shift lerp and a squared-ReLU MLP (RWKV-6's receptance gate dropped)."""
 
     def __init__(self, d_model: int, hidden_mult: int = 4) -> None:
         super().__init__()
         ratio = torch.arange(d_model, dtype=torch.float32) / d_model
         self.time_maa_k = nn.Parameter(0.5 * ratio)
-        self.time_maa_r = nn.Parameter(0.5 * ratio)
         self.key = nn.Linear(d_model, hidden_mult * d_model, bias=False)
         self.value = nn.Linear(hidden_mult * d_model, d_model, bias=False)
-        self.receptance = nn.Linear(d_model, d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Args: x (B, T, D). Returns: (B, T, D)."""
-        shift = bidirectional_token_shift(x) - x
-        hidden = torch.relu(self.key(x + shift * self.time_maa_k)) ** 2
-        return torch.sigmoid(self.receptance(x + shift * self.time_maa_r)) * self.value(hidden)
+        return self.value(_SquaredReLU.apply(self.key(lerp_to_neighbours(x, self.time_maa_k[None], (1,))[0])))
