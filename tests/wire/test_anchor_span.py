@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from latentlm.core.config import load_config
 from latentlm.core.engine import TrainState
 from latentlm.data.synthetic_qa import synthetic_squad
 from latentlm.wire.baselines import baseline_context_ids
@@ -20,36 +19,22 @@ from latentlm.wire.encoders import AnchorSpanEncoder, EncoderInputs
 from latentlm.wire.evaluate import evaluate_context
 from latentlm.wire.features import FeatureBuilder, context_prompts, context_text_prompts
 from latentlm.wire.task import WireTask
+from tests.wire.context_configs import context_cfg
 
-REPO = Path(__file__).resolve().parents[2]
 D_Z = 32 + 48  # tiny_llama + tiny_qwen widths
 
 
 def anchor_cfg(run_dir: Path, extra: tuple[str, ...] = ()) -> WireRunConfig:
-    return load_config(
-        WireRunConfig,
-        REPO / "configs" / "wire" / "tiny.yaml",
-        [
-            f"run_dir={run_dir}",
-            "models=[tiny_llama,tiny_qwen]",
-            "latent.scope=context",
-            "encoder.kind=anchor_span",
-            "adapter.kind=select",
-            "adapter.rank=8",
-            f"latent.d_z={D_Z}",
-            "latent.ratio=4",
-            "latent.length=16",
-            "latent.private_length=0",
-            "loss.kd=0",
-            "loss.autoencode=0.5",
-            "loss.autoencode_tokens=16",
-            "loss.autoencode_only_steps=0",
-            "grad_diag_every=0",
-            "eval.external_scorer=tiny_llama",
-            f"data.cache_dir={run_dir}/cache",
-            *extra,
-        ],
+    anchor = (
+        "encoder.kind=anchor_span",
+        "adapter.kind=select",
+        "adapter.rank=8",
+        f"latent.d_z={D_Z}",
+        "loss.autoencode=0.5",
+        "loss.autoencode_tokens=16",
+        "loss.autoencode_only_steps=0",
     )
+    return context_cfg(run_dir, anchor + tuple(extra))
 
 
 @pytest.fixture()
