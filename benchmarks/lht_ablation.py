@@ -9,9 +9,10 @@ boundary F1 against gold sentences (±2 tokens) next to random boundaries at the
 document-classification probe (docs folder from the frozen document vector).
 
 `--pick-routers` first trains the router candidates (`ROUTERS`: learned routers only, never trained on
-gold; seeds `--router-seeds`, disjoint from the ablation's), keeps the one with the lowest mean held-out
-perplexity, and applies its settings to every hierarchical variant (so random / stride / gold boundaries
-enter at the same layers); `--routers` runs only the candidates.
+gold; seeds `--router-seeds`, disjoint from the ablation's) on a dev split carved from the training
+documents (`--dev-fraction`; the held-out chunks are never seen), keeps the one with the lowest mean dev
+MLM perplexity, and applies its settings to every hierarchical variant (so random / stride / gold
+boundaries enter at the same layers); `--routers` runs only the candidates. Gold boundaries only score.
 
     python3 benchmarks/lht_ablation.py [--seeds 0 1 2] [--steps 150] [--workers 2] [--pick-routers]
     python3 benchmarks/lht_ablation.py --routers --seeds 10
@@ -42,18 +43,20 @@ VARIANTS = {
     "gold": ["model.hierarchy.boundaries=gold"],
 }
 
+# Threshold routers (H-Net) at the gold sentence length (26 tokens per level-1 unit): the previous choice,
+# routers on deeper layers (more context), non-maximum suppression of boundary probabilities (±3
+# members), and both.
 ROUTERS = {
     "ratio_26": [],
-    "ratio_26_weight_1": ["model.hierarchy.ratio_loss_weight=1.0"],
-    "ratio_26_top_k": ["model.hierarchy.selection=top_k"],
-    "ratio_26_top_k_deep": ["model.hierarchy.selection=top_k", "model.hierarchy.router_layers=[2,3]"],
-    "ratio_26_top_k_smooth": ["model.hierarchy.selection=top_k", "model.hierarchy.smoothing=4"],
+    "ratio_26_deep": ["model.hierarchy.router_layers=[2,3]"],
+    "ratio_26_smooth": ["model.hierarchy.smoothing=3"],
+    "ratio_26_deep_smooth": ["model.hierarchy.router_layers=[2,3]", "model.hierarchy.smoothing=3"],
 }
 
 
-def run_variant(job: tuple[str, list[str], int, int, str]) -> dict:
-    """Train and score one (variant, seed) in this worker process."""
-    name, overrides, seed, steps, cache_dir = job
+def run_variant(job: tuple[str, list[str], int, int, str, float]) -> dict:
+    """Train and score one (variant, seed) in this worker process (on a dev split when dev_fraction > 0)."""
+    name, overrides, seed, steps, cache_dir, dev_fraction = job
     import os
 
     import torch
@@ -62,6 +65,7 @@ def run_variant(job: tuple[str, list[str], int, int, str]) -> dict:
     os.environ.setdefault("LATENTLM_DATA", str(data_dir()))
     from latentlm.core.config import load_config
     from latentlm.lht.config import LHTRunConfig
+    from latentlm.lht.data import build_corpus, carve_dev
     from latentlm.lht.evaluate import (
         classification_probe,
         document_vectors,
@@ -72,13 +76,17 @@ def run_variant(job: tuple[str, list[str], int, int, str]) -> dict:
         random_boundary_scores,
     )
     from latentlm.lht.task import train_without_evaluation
+    from latentlm.teachers import load_tokenizer
 
     run_path = Path(tempfile.mkdtemp(prefix=f"lht-ablation-{name}-"))
     items = [f"run_dir={run_path}", f"data.cache_dir={cache_dir}", f"train.seed={seed}", *overrides]
     if steps:
         items.append(f"train.max_steps={steps}")
     cfg = load_config(LHTRunConfig, CONFIG, items)
-    task, model, state, seconds = train_without_evaluation(cfg)  # scored below, untimed
+    corpus = None
+    if dev_fraction > 0:
+        corpus = carve_dev(build_corpus(cfg.data, load_tokenizer(cfg.data.tokenizer)), dev_fraction)
+    task, model, state, seconds = train_without_evaluation(cfg, corpus)  # scored below, untimed
     chunks = heldout_chunks(task)
     with torch.no_grad():
         heldout = heldout_metrics(task, model)
@@ -207,9 +215,17 @@ def main() -> None:
     parser.add_argument("--routers", action="store_true", help="run the router candidates instead")
     parser.add_argument("--pick-routers", action="store_true", help="choose the learned routers first")
     parser.add_argument("--router-seeds", type=int, nargs="+", default=[10])
+    parser.add_argument(
+        "--dev-fraction", type=float, default=0.1, help="share of training documents to choose routers on"
+    )
     parser.add_argument("--cache-dir", default=".cache/latentlm/lht")
     parser.add_argument(
         "--rescore", action="store_true", help="recompute summary and targets of the saved JSON"
+    )
+    parser.add_argument(
+        "--keep-others",
+        action="store_true",
+        help="with --only: keep the saved rows of the other variants (same steps and seeds)",
     )
     args = parser.parse_args()
     if args.rescore:
@@ -240,7 +256,7 @@ def main() -> None:
     cfg = load_config(LHTRunConfig, CONFIG, [f"data.cache_dir={args.cache_dir}"])
     build_corpus(cfg.data, load_tokenizer(cfg.data.tokenizer))
     steps = args.steps or cfg.train.max_steps
-    jobs = [(name, table[name], seed, steps, args.cache_dir) for seed in args.seeds for name in names]
+    dev = args.dev_fraction if args.routers else 0.0
     description = (
         f"Equal compute, reduced budget for a shared 2-core CPU: every variant trains width "
         f"{cfg.model.hidden_size}, {cfg.model.num_layers} layers, {cfg.model.num_heads} heads (vocab 30522) "
@@ -253,42 +269,106 @@ def main() -> None:
         "variant's own level-1 rate on the same chunks. Probe: logistic regression, 5-fold, on the "
         "frozen document vector. Std is the sample std over seeds. Config: configs/lht/ablation.yaml."
     )
+    router_description = description + (
+        f" Router candidates: trained on the training documents minus a dev split ({args.dev_fraction:.0%} "
+        "of them, by a salted name hash); heldout_ppl and the F1 scores of these rows are on dev chunks."
+    )
+    if args.routers:
+        description = router_description
     chosen: dict = {}
     with mp.get_context("spawn").Pool(args.workers) as pool:
         if args.pick_routers and not args.routers:
             router_jobs = [
-                (name, ROUTERS[name], seed, steps, args.cache_dir)
+                (name, ROUTERS[name], seed, steps, args.cache_dir, args.dev_fraction)
                 for seed in args.router_seeds
                 for name in ROUTERS
             ]
-            router_summary = run_jobs(pool, router_jobs, list(ROUTERS), "lht_routers", description, False)
+            router_summary = run_jobs(
+                pool, router_jobs, list(ROUTERS), "lht_routers", router_description, False
+            )
             best = min(router_summary, key=lambda name: router_summary[name]["heldout_ppl"]["mean"])
             chosen = {
                 "router": best,
                 "overrides": ROUTERS[best],
-                "by": f"lowest mean held-out perplexity over router seeds {args.router_seeds}",
+                "by": (
+                    f"lowest mean dev MLM perplexity over router seeds {args.router_seeds}, dev = "
+                    f"{args.dev_fraction:.0%} of the training documents (held-out chunks unseen)"
+                ),
             }
             print(f"chosen router settings: {chosen}", flush=True)
-            jobs = [
-                (name, [*table[name], *ROUTERS[best]], seed, steps, args.cache_dir)
-                for name, _, seed, _, _ in jobs
-            ]
-        run_jobs(pool, jobs, names, result_name, description, not args.routers, chosen)
+        router = ROUTERS[chosen["router"]] if chosen else []
+        kept = None
+        if args.keep_others and not args.routers:
+            kept = kept_rows(names, steps, router)
+            names = [name for name in VARIANTS if name not in kept["from"]["variants"]]
+        jobs = [
+            (name, [*table[name], *router], seed, steps, args.cache_dir, dev)
+            for seed in args.seeds
+            for name in names
+        ]
+        run_jobs(pool, jobs, names, result_name, description, not args.routers, chosen, kept)
+
+
+# Router settings only learned boundaries use: other variants' rows stay valid when only these change.
+LEARNED_ONLY = (
+    "model.hierarchy.smoothing=",
+    "model.hierarchy.selection=",
+    "model.hierarchy.ratio_loss_weight=",
+)
+
+
+def kept_rows(names: list[str], steps: int, router: list[str], saved: dict | None = None) -> dict:
+    """The saved ablation's (default: lht_ablation.json) rows, details and overrides of the variants not
+    in `names` whose settings do not change under the router settings `router` (non-hierarchical
+    variants, or only learned-only settings differ); every other variant is re-run."""
+    if saved is None:
+        from latentlm.core.bench import RESULTS
+        from latentlm.core.checkpoint import read_json
+
+        saved = read_json(RESULTS / "lht_ablation.json")
+    if saved["steps"] != steps:
+        raise SystemExit(f"--keep-others: the saved ablation ran {saved['steps']} steps, not {steps}")
+
+    def shared(overrides: list[str]) -> list[str]:
+        return [o for o in overrides if not o.startswith(LEARNED_ONLY)]
+
+    def unchanged(name: str) -> bool:
+        if name in ("dense", "sliding_window"):
+            return True  # no hierarchy: router settings do not apply
+        return shared(saved["overrides"].get(name, [None])) == shared([*VARIANTS[name], *router])
+
+    others = [name for name in VARIANTS if name not in names and unchanged(name)]
+    return {
+        "rows": [r for r in saved["rows"] if r["variant"] in others],
+        "details": [e for e in saved["details"] if e["variant"] in others],
+        "overrides": {name: saved["overrides"][name] for name in others if name in saved["overrides"]},
+        "from": {"variants": others, **{k: saved["machine"][k] for k in ("command", "date", "git_commit")}},
+    }
 
 
 def run_jobs(
-    pool, jobs: list, names: list[str], result_name: str, description: str, with_targets: bool, chosen=None
+    pool,
+    jobs: list,
+    names: list[str],
+    result_name: str,
+    description: str,
+    with_targets: bool,
+    chosen=None,
+    kept: dict | None = None,
 ) -> dict:
-    """Run the jobs in the pool, saving the JSON after every finished run; returns the summary."""
-    rows: list[dict] = []
-    extras: list[dict] = []
+    """Run the jobs in the pool, saving the JSON after every finished run (with the `kept` rows of
+    variants not re-run); returns the summary."""
+    rows: list[dict] = list(kept["rows"]) if kept else []
+    extras: list[dict] = list(kept["details"]) if kept else []
     summary: dict = {}
-    overrides = {name: next(job[1] for job in jobs if job[0] == name) for name in names}
+    overrides = dict(kept["overrides"]) if kept else {}
+    overrides.update({name: next(job[1] for job in jobs if job[0] == name) for name in names})
+    order = [name for name in VARIANTS if name in overrides] if kept else names
     for result in pool.imap_unordered(run_variant, jobs):
         print(result, flush=True)
         rows.append(result["row"])
         extras.append(result["extra"])
-        rows.sort(key=lambda r: (names.index(r["variant"]), r["seed"]))
+        rows.sort(key=lambda r: (order.index(r["variant"]), r["seed"]))
         summary = summarize(rows, extras)
         seeds = sorted({job[2] for job in jobs})
         payload = {
@@ -302,6 +382,8 @@ def run_jobs(
         }
         if chosen:
             payload["router_choice"] = chosen
+        if kept:
+            payload["kept_rows_from"] = kept["from"]
         save_results(result_name, payload)
     return summary
 

@@ -9,9 +9,10 @@ with `selection: top_k`, or of random / stride units), with head segments sized 
 (`capacity_factor: 1.0`, which these modes never overflow). An untrained threshold router at its identity
 initialisation cuts far more often and overflows its head segment.
 
-    python3 benchmarks/lht_speed.py [--lengths 512 2048 8192] [--repeats 3]
+    python3 benchmarks/lht_speed.py [--lengths 512 2048 8192] [--repeats 3] [--block-sizes 16 64]
 
 Results: benchmarks/results/lht_speed.json, rows {length, backend, lht_tokens_per_s, dense_tokens_per_s}
+and `block_size` on sparse rows
 (plus `details`: seconds per step, peak memory, the sparse backend's block density).
 """
 
@@ -35,20 +36,23 @@ SPEED_CONFIG = REPO / "configs" / "lht" / "speed.yaml"
 BACKENDS = ("dense", "sparse")
 
 
-def model_config(kind: str, backend: str) -> LHTConfig:
-    """`configs/lht/speed.yaml`'s model: the LHT (`kind="lht"`) or the dense encoder, on `backend`."""
+def model_config(kind: str, backend: str, block_size: int = 0) -> LHTConfig:
+    """`configs/lht/speed.yaml`'s model: the LHT (`kind="lht"`) or the dense encoder, on `backend`
+    (with `block_size` slots per sparse block; 0 = the YAML's)."""
     attention = "hierarchical" if kind == "lht" else "full"
     overrides = [f"model.attention={attention}", f"model.backend={backend}"]
+    if block_size:
+        overrides.append(f"model.block_size={block_size}")
     return load_config(LHTRunConfig, SPEED_CONFIG, overrides).model
 
 
-def measure(kind: str, backend: str, length: int, repeats: int) -> dict:
+def measure(kind: str, backend: str, length: int, repeats: int, block_size: int = 0) -> dict:
     """Runs inside the subprocess: the best of `repeats` training steps after one warm-up step."""
     from latentlm.lht.model import LHTForMaskedLM
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    model = LHTForMaskedLM(model_config(kind, backend))
+    model = LHTForMaskedLM(model_config(kind, backend, block_size))
     ids = torch.randint(1000, 30000, (1, length))
     labels = torch.full_like(ids, -100)
     labels[:, ::7] = ids[:, ::7]
@@ -65,7 +69,9 @@ def measure(kind: str, backend: str, length: int, repeats: int) -> dict:
         layout = out.hierarchy.layout
         info["slots"] = layout.size
         if backend == "sparse":
-            info["sparse_block_density"] = model.backend.prepare(layout).density
+            prepared = model.backend.prepare(layout)
+            info["block_size"] = prepared.block_size
+            info["sparse_block_density"] = prepared.density
     seconds = min(times)
     return {
         "kind": kind,
@@ -78,7 +84,7 @@ def measure(kind: str, backend: str, length: int, repeats: int) -> dict:
     }
 
 
-def run_child(kind: str, backend: str, length: int, repeats: int, timeout: int) -> dict:
+def run_child(kind: str, backend: str, length: int, repeats: int, timeout: int, block_size: int = 0) -> dict:
     command = [
         sys.executable,
         "-m",
@@ -88,6 +94,7 @@ def run_child(kind: str, backend: str, length: int, repeats: int, timeout: int) 
         backend,
         str(length),
         str(repeats),
+        str(block_size),
     ]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False, cwd=REPO)
@@ -106,11 +113,18 @@ def main() -> None:
     parser.add_argument(
         "--dense-mask-up-to", type=int, default=2048, help="longest length timed with the dense-mask backend"
     )
-    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--block-sizes",
+        type=int,
+        nargs="+",
+        default=[16, 64],
+        help="sparse-backend block sizes timed (0 = by length, the default)",
+    )
+    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        kind, backend, length, repeats = args.child
-        print(json.dumps(measure(kind, backend, int(length), int(repeats))))
+        kind, backend, length, repeats, block_size = args.child
+        print(json.dumps(measure(kind, backend, int(length), int(repeats), int(block_size))))
         return
     rows, details = [], []
     for length in args.lengths:
@@ -120,19 +134,22 @@ def main() -> None:
         for backend in BACKENDS:
             if backend == "dense" and length > args.dense_mask_up_to:
                 continue  # an S x S boolean mask at this length takes minutes per step on this CPU
-            lht = run_child("lht", backend, length, args.repeats, args.timeout)
-            details.append(lht)
-            print(lht, flush=True)
-            rows.append(
-                {
+            for block_size in args.block_sizes if backend == "sparse" else [0]:
+                lht = run_child("lht", backend, length, args.repeats, args.timeout, block_size)
+                details.append(lht)
+                print(lht, flush=True)
+                row = {
                     "length": length,
                     "backend": backend,
                     "lht_tokens_per_s": lht.get("tokens_per_s"),
                     "dense_tokens_per_s": dense.get("tokens_per_s"),
                 }
-            )
+                if block_size:
+                    row["block_size"] = block_size
+                rows.append(row)
     summary = {
-        f"{r['backend']}@{r['length']}": r["lht_tokens_per_s"] / r["dense_tokens_per_s"]
+        f"{r['backend']}{r.get('block_size', '')}@{r['length']}": r["lht_tokens_per_s"]
+        / r["dense_tokens_per_s"]
         for r in rows
         if r["lht_tokens_per_s"] and r["dense_tokens_per_s"]
     }
@@ -144,13 +161,15 @@ def main() -> None:
                 "per measurement, best of the timed steps; width 128, 2 layers, 4 heads, vocab 30522. "
                 "Dense: full attention (unmasked SDPA). LHT: 2 levels at ratios 4 and 4 (units at exactly "
                 "the target rate, boundaries: random), window 16, ±2 neighbour units, [DOC], capacity "
-                "1.0; backend 'dense' = boolean S x S mask through SDPA, 'sparse' = gathered 64-slot key "
-                "blocks. The machine is shared with other jobs: compare the ratio within one length."
+                "1.0; backend 'dense' = boolean S x S mask through SDPA, 'sparse' = gathered key blocks "
+                "of block_size slots (by length in the YAML: 16 up to 4,096 slots, 64 above). The machine "
+                "is shared with other jobs: compare the ratio within one length."
             ),
             "config": {
                 "repeats": args.repeats,
                 "lengths": args.lengths,
                 "dense_mask_up_to": args.dense_mask_up_to,
+                "block_sizes": args.block_sizes,
                 "torch_threads": 1,
             },
             "rows": rows,

@@ -146,17 +146,17 @@ def hmm_recipes(data: dict) -> str:
             row["corpus"],
             row["K"],
             row["recipe"],
+            str(row.get("selection", {}).get("chosen", "–")),
             _num(row["heldout_ppl"]),
-            _num(row["best_epoch"], 0),
-            _num(row["final_heldout_ppl"]),
+            _num(row.get("dev_ppl")),
+            f"{_num(row['epochs'], 0)} / {_num(row.get('epochs_run'), 0)}",
             _num(row.get("initial_ppl")),
-            _num(row["epochs"], 0),
             _num(row["train_seconds"]),
             _num(row.get("lvd_prepare_seconds")),
         ]
         for row in data["rows"]
     ]
-    header = ["corpus", "K", "recipe", "held-out ppl (best)", "at epoch", "final", "epoch 0", "epochs"]
+    header = ["corpus", "K", "recipe", "setting (dev)", "held-out ppl", "dev ppl", "epoch kept / run"]
     summary = []
     for cell, entry in data["summary"].items():
         times = ", ".join(
@@ -168,7 +168,7 @@ def hmm_recipes(data: dict) -> str:
             [
                 cell,
                 _num(entry.get("lvd_closed_form_em")),
-                _num(entry.get("best_random")),
+                f"{_num(entry.get('best_random'))} ({entry.get('best_random_recipe', '–')})",
                 f"{_num(entry.get('gain_percent'))} %",
                 times,
             ]
@@ -178,9 +178,9 @@ def hmm_recipes(data: dict) -> str:
         [
             f"Machine: {data['machine']['cpu']}, {data['machine']['date']}; {data['setup']}.",
             "",
-            markdown_table([*header, "train s", "LVD prep s"], rows),
+            markdown_table([*header, "epoch 0", "train s", "LVD prep s"], rows),
             "",
-            markdown_table([*summary_header, "seconds to random AdamW's best"], summary),
+            markdown_table([*summary_header, "seconds to random AdamW's held-out ppl"], summary),
         ]
     )
 
@@ -280,9 +280,41 @@ def wire_squad(files: list[Path]) -> str:
     return "\n".join(lines)
 
 
+WIRE_CONTEXT_METHODS = ("no_context", "token_budget", "anchor_budget", "external", "latent", "text")
+
+
+def wire_context(data: dict) -> str:
+    """One row per (compression, model): F1 / EM of every method at the same positions (text: all)."""
+    cells: dict[tuple[int, str], dict[str, dict]] = {}
+    for row in data["rows"]:
+        cells.setdefault((row["compression"], row["model"]), {})[row["method"]] = row
+    header = ["compression", "model", "questions", "positions"] + [
+        f"{m} F1 / EM" for m in WIRE_CONTEXT_METHODS
+    ]
+    rows = []
+    for (compression, model), methods in sorted(cells.items()):
+        latent = methods.get("latent", {})
+        rows.append(
+            [f"{compression}x", model, latent.get("questions", "–"), _num(latent.get("positions"))]
+            + [
+                f"{_num(methods[m]['f1'])} / {_num(methods[m]['em'])}" if m in methods else "–"
+                for m in WIRE_CONTEXT_METHODS
+            ]
+        )
+    return f"{markdown_table(header, rows)}\n\n- budget: {data.get('reduced_budget', '–')}"
+
+
 def wire_section(results: Results) -> str:
+    parts = []
+    for title, name in (
+        ("context compression, anchor-span latent", "wire_context"),
+        ("context compression, span encoder from scratch", "wire_context_span"),
+    ):
+        data = results.load(name)
+        parts.append(f"### {title} ({name})\n\n{wire_context(data) if data else NOT_RUN}\n")
     files = results.glob("wire_interlingua_*.json")
-    return f"### wire_interlingua (SQuAD)\n\n{wire_squad(files) if files else NOT_RUN}\n"
+    parts.append(f"### wire_interlingua (SQuAD)\n\n{wire_squad(files) if files else NOT_RUN}\n")
+    return "\n".join(parts)
 
 
 # --- diffusion (docs/diffusion.md) ------------------------------------------------------------------
@@ -403,7 +435,9 @@ def lht_speed(data: dict) -> str:
 
 def lht_speed_backends(data: dict) -> str:
     """Training tokens/s of the LHT per attention backend against the dense encoder, same run."""
-    details = {(d["kind"], d["backend"], d["length"]): d for d in data.get("details", [])}
+    details = {
+        (d["kind"], d["backend"], d["length"], d.get("block_size")): d for d in data.get("details", [])
+    }
 
     def number(value: float | None) -> str:
         return f"{value:,.0f}" if value else "–"
@@ -411,12 +445,14 @@ def lht_speed_backends(data: dict) -> str:
     rows = []
     for r in data["rows"]:
         lht, dense = r["lht_tokens_per_s"], r["dense_tokens_per_s"]
-        detail = details.get(("lht", r["backend"], r["length"]), {})
+        detail = details.get(("lht", r["backend"], r["length"], r.get("block_size")), {})
+        if not detail and r["backend"] == "sparse":  # older runs: one block size, not recorded per row
+            detail = details.get(("lht", r["backend"], r["length"], None), {})
         density = detail.get("sparse_block_density")
         rows.append(
             [
                 r["length"],
-                r["backend"],
+                f"{r['backend']}, {r['block_size']}-slot blocks" if "block_size" in r else r["backend"],
                 number(dense),
                 number(lht),
                 f"{lht / dense:.2f}" if lht and dense else "–",

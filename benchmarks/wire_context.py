@@ -10,6 +10,12 @@ writes `benchmarks/results/wire_context.json` (one row per compression, model an
 
     python3 benchmarks/wire_context.py --stage train --steps 50
     python3 benchmarks/wire_context.py --stage eval --dev 50 --ratios 4 2
+
+`--select-step0` (for `configs/wire/context_anchor.yaml`, whose step-0 latent is the anchor_budget
+selection) adds the untrained model to the checkpoint choice: the evaluated latent is step 0 or
+`best/`, whichever has the lower gold NLL on the in-training dev questions (after the evaluated ones);
+the JSON also records whether, on the first evaluated questions, the step-0 soft tokens equal each
+model's anchor_budget embeddings exactly.
 """
 
 from __future__ import annotations
@@ -23,13 +29,16 @@ import numpy as np
 import torch
 
 from latentlm.core.bench import REPO, RESULTS, save_results
+from latentlm.core.checkpoint import read_json
 from latentlm.core.config import load_config, load_run_config
+from latentlm.wire.baselines import baseline_context_ids
 from latentlm.wire.config import WireRunConfig
-from latentlm.wire.data import resolve_examples
+from latentlm.wire.data import prepare_context_examples, resolve_examples
 from latentlm.wire.evaluate import evaluate_context, load_wire
 from latentlm.wire.features import build_features
 from latentlm.wire.frozen import load_frozen_lms
-from latentlm.wire.task import train_wire
+from latentlm.wire.model import WireModel
+from latentlm.wire.task import WireTask, latent_dev_scores, selection_dev_examples, train_wire
 
 BASELINES = ["no_context", "token_budget", "anchor_budget", "external", "text"]
 RATIO_FREE = ("no_context", "text")  # the same prompt at every ratio: measured once
@@ -63,6 +72,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--no-start-after", default="", help="UTC HH:MM: exit without running after this")
     parser.add_argument("--seconds-per-step", type=float, default=20.0, help="for --finish-by")
     parser.add_argument("--set", nargs="*", default=[], help="further config overrides key=value")
+    parser.add_argument(
+        "--select-step0",
+        action="store_true",
+        help="the untrained model is a candidate of the dev checkpoint choice (anchor_span)",
+    )
     parser.add_argument("--out", default="wire_context")
     return parser.parse_args()
 
@@ -93,9 +107,9 @@ def evaluate(args: argparse.Namespace, lms, sentence, deadline: float) -> dict:
     `deadline` (time.time()); later ratios only when the earlier ones finished every question."""
     run_dir = Path(args.run_dir)
     cfg = load_run_config(WireRunConfig, run_dir, [f"data.dev_limit={args.dev}"])
-    wire = load_wire(run_dir, "best").attach(lms, sentence)
     features, _ = build_features(cfg.encoder, lms, sentence, True)
     dev = resolve_examples(cfg.data.dev, "validation", args.dev, cfg.data.max_context_chars)
+    wire, selection = choose_checkpoint(args, run_dir, lms, features, dev)
     scorer = next(lm for lm in lms if lm.name == cfg.eval.external_scorer)
     rows, per_ratio = [], {}
     for k, ratio in enumerate(args.ratios):
@@ -122,6 +136,8 @@ def evaluate(args: argparse.Namespace, lms, sentence, deadline: float) -> dict:
         if not records:
             print(f"skipping {ratio}x: no time left before the deadline", flush=True)
             continue
+        with (run_dir / f"bench_records_{ratio}x.jsonl").open("w", encoding="utf-8") as fh:  # paired tests
+            fh.writelines(json.dumps(r) + "\n" for r in records)
         questions = len({r["id"] for r in records})
         per_ratio[f"{ratio}x"] = {"questions": questions, "seconds": time.time() - t0, **extras}
         for model in [lm.name for lm in lms]:
@@ -149,7 +165,59 @@ def evaluate(args: argparse.Namespace, lms, sentence, deadline: float) -> dict:
                 for r in rows
                 if r["compression"] == first and r["method"] in RATIO_FREE
             ]
-    return {"rows": rows, "per_ratio": per_ratio}
+    return {"rows": rows, "per_ratio": per_ratio, "selection": selection}
+
+
+def choose_checkpoint(args, run_dir: Path, lms, features, dev) -> tuple[WireModel, dict]:
+    """`best/` (lowest in-training dev gold NLL) or, with --select-step0, the untrained model when its
+    gold NLL on the same dev questions is lower; with the numbers behind the choice."""
+    wire = load_wire(run_dir, "best").attach(lms, features=features)
+    state = run_dir / "best" / "state.json"
+    selection = {
+        "checkpoint": "best" if state.is_file() else "last",
+        **(read_json(state) if state.is_file() else {}),
+    }
+    if not args.select_step0:
+        return wire, selection
+    train_cfg = load_run_config(WireRunConfig, run_dir)  # the in-training dev questions, as in training
+    if args.dev > train_cfg.data.dev_limit:
+        raise ValueError(
+            f"--dev {args.dev}: the selection questions start after data.dev_limit = "
+            f"{train_cfg.data.dev_limit} of the run; evaluate at most that many"
+        )
+    initial = WireModel(wire.config).eval().attach(lms, features=features)
+    task = WireTask(train_cfg, lms, features, [], selection_dev_examples(train_cfg), run_dir)
+    step0 = latent_dev_scores(initial, lms, features, task.dev_items, train_cfg)["gold_nll_mean"]
+    selection["step0_gold_nll_mean"] = step0
+    selection["step0_equals_anchor_budget"] = step0_equals_anchor_budget(
+        initial, train_cfg, lms, features, dev[:8]
+    )
+    best = selection.get(train_cfg.train.best_metric)
+    if best is None or step0 <= best:
+        selection["checkpoint"] = "step0"
+        return initial, selection
+    return wire, selection
+
+
+@torch.no_grad()
+def step0_equals_anchor_budget(wire: WireModel, cfg: WireRunConfig, lms, features, examples) -> bool:
+    """Whether every model's soft tokens equal its anchor_budget embeddings bit for bit on `examples`."""
+    sentence = features.sentence
+    prepared = prepare_context_examples(
+        examples,
+        sentence.tokenizer,
+        cfg.latent.ratio,
+        cfg.latent.length,
+        min(cfg.encoder.max_tokens, sentence.max_tokens),
+    )
+    questions = [e.question for e in prepared]
+    out = wire(features([e.context for e in prepared], wire.required_features, questions))
+    for index, lm in enumerate(lms):
+        for piece, e in zip(out.pieces(index), prepared, strict=True):
+            ids = baseline_context_ids("anchor_budget", lm, e.context, e.question, e.positions, sentence)
+            if not torch.equal(piece, lm.embed(ids).to(piece.dtype)):
+                return False
+    return True
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -232,6 +300,7 @@ def main() -> None:
         "train": trained,
         "rows": rows,
         "per_ratio": result["per_ratio"],
+        "checkpoint_selection": result["selection"],
         "plot": f"benchmarks/results/{args.out}.png",
     }
     print(json.dumps(rows, indent=1))

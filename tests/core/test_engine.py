@@ -124,6 +124,61 @@ def test_early_stop_on_plateau(tmp_path):
     assert RunDir(tmp_path).latest_checkpoint().name == "step_7"
 
 
+class _Worsening(ToyRegression):
+    """Scores best before any training: the untrained model is the one `best/` must keep."""
+
+    def evaluate(self, model, state):
+        return {"score": 1.0 + state.step}
+
+
+def test_eval_at_start_lets_best_keep_the_untrained_model(tmp_path):
+    seed_everything(0)  # the Trainer seeds the same way before building the model
+    initial = ToyRegression().build_model().state_dict()
+    _train(tmp_path, 6, task=_Worsening(), eval_every=2, best_metric="score", eval_at_start=True)
+    records = RunDir(tmp_path).read_metrics()
+    assert [r["step"] for r in records if "eval/score" in r] == [0, 2, 4, 6]
+    best = load_tensors(tmp_path / "best" / "model.safetensors")
+    for name, value in initial.items():
+        torch.testing.assert_close(best[name], value, rtol=0, atol=0, msg=name)
+
+
 def test_early_stop_needs_a_metric():
     with pytest.raises(ValueError, match="early_stop_patience"):
         TrainConfig(early_stop_patience=3)
+
+
+class _SlowSteps(ToyRegression):
+    """Each training batch takes 12 s of a fake clock that stands in for the engine's `time` module."""
+
+    def __init__(self):
+        super().__init__()
+        self.now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+    def loss(self, model, batch, state):
+        self.now += 12.0
+        return super().loss(model, batch, state)
+
+
+def test_max_minutes_stops_summed_over_resumes(tmp_path, monkeypatch):
+    from latentlm.core import engine
+
+    task = _SlowSteps()
+    monkeypatch.setattr(engine, "time", task)
+    trainer, state = _train(tmp_path, 100, task=task, max_minutes=1.0)
+    assert state.step == 5 and state.train_seconds == pytest.approx(60.0)
+    records = RunDir(tmp_path).read_metrics()
+    assert any(r.get("train/time_limit") == 1 and r["step"] == 5 for r in records)
+    assert RunDir(tmp_path).latest_checkpoint().name == "step_5"
+    # The time used is in the checkpoint: training again stops at once; a longer limit goes on from 60 s.
+    _, again = _train(tmp_path, 100, task=task, max_minutes=1.0)
+    assert again.step == 5
+    _, longer = _train(tmp_path, 100, task=task, max_minutes=2.0)
+    assert longer.step == 10 and longer.train_seconds == pytest.approx(120.0)
+
+
+def test_max_minutes_is_range_checked():
+    with pytest.raises(ValueError, match=r"train.max_minutes: must be >= 0, got -1"):
+        TrainConfig(max_minutes=-1)

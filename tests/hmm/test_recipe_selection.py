@@ -1,4 +1,5 @@
-"""benchmarks/hmm_recipes.py's dev-split selection: the split, the rule, and the scores it records."""
+"""benchmarks/hmm_recipes.py's protocol: every candidate stopped early on the dev split, the kept model
+and the chosen setting decided by dev perplexity only, larger K reusing a smaller K's choice."""
 
 import math
 from types import SimpleNamespace
@@ -6,54 +7,38 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from benchmarks.hmm_recipes import dev_split, select_on_dev, select_setting
+from benchmarks.hmm_recipes import (
+    em_candidates,
+    kept_point,
+    parse_em_candidate,
+    reused_setting,
+    select_setting,
+    train_candidates,
+)
 
 from latentlm.core.config import config_from_dict
 from latentlm.hmm.config import HMMConfig, HMMRunConfig
-from latentlm.hmm.data import UNK_ID, build_corpus
-from latentlm.hmm.estimate import em_step
+from latentlm.hmm.data import build_corpus
+from latentlm.hmm.estimate import em_step, unigram_prior
 from latentlm.hmm.evaluate import heldout_metrics
-from latentlm.hmm.lvd import LatentStates
 from latentlm.hmm.model import HMMLanguageModel
 
 
 @pytest.fixture
 def base(tiny_corpus_file):
-    data = {"path": str(tiny_corpus_file), "format": "lines", "heldout_fraction": 0.2, "max_length": 16}
+    data = {
+        "path": str(tiny_corpus_file),
+        "format": "lines",
+        "heldout_fraction": 0.2,
+        "dev_fraction": 0.25,
+        "max_length": 16,
+    }
     return {"run_dir": "", "data": data, "lvd": {"enabled": False}, "eval": {"batch_size": 128}}
 
 
 @pytest.fixture
 def corpus(base):
     return build_corpus(config_from_dict(HMMRunConfig, base).data)
-
-
-def test_dev_split_takes_the_tail_of_training_and_maps_words_unseen_by_the_rest_to_unk(corpus):
-    n = len(corpus.train)
-    assert n == 8
-    states = LatentStates(np.arange(corpus.train.num_tokens) % 3, corpus.train.offsets, "e", "s")
-    dev_corpus, dev_states = dev_split(corpus, states, 0.25)
-    rest = [corpus.train.sequence(i).tolist() for i in range(6)]
-    seen = {w for sequence in rest for w in sequence}
-    assert [dev_corpus.train.sequence(i).tolist() for i in range(len(dev_corpus.train))] == rest
-    expected_dev = [[w if w in seen else UNK_ID for w in corpus.train.sequence(i)] for i in (6, 7)]
-    assert [dev_corpus.heldout.sequence(i).tolist() for i in range(2)] == expected_dev
-    assert dev_corpus.heldout.offsets[0] == 0 and dev_corpus.heldout.num_tokens == sum(map(len, expected_dev))
-    # "the end of the tiny corpus ." has words no earlier training line has.
-    assert UNK_ID in dev_corpus.heldout.ids and UNK_ID not in corpus.train.sequence(6)
-    assert dev_corpus.vocab == corpus.vocab
-    assert corpus.heldout.num_tokens > 0 and dev_corpus.heldout is not corpus.heldout
-    for i in range(6):
-        assert dev_states.sequence(i).tolist() == states.sequence(i).tolist()
-    assert len(dev_states.states) == dev_corpus.train.num_tokens
-    assert (corpus.train.ids[corpus.train.offsets[6] :] != UNK_ID).all()  # the original is untouched
-
-
-def test_dev_split_rejects_a_fraction_that_leaves_no_training_sequence(corpus):
-    with pytest.raises(ValueError, match="--dev-fraction"):
-        dev_split(corpus, None, 0.95)
-    with pytest.raises(ValueError, match="--dev-fraction"):
-        dev_split(corpus, None, 0.0)
 
 
 def test_select_setting_picks_the_lowest_dev_perplexity_first_on_ties_and_skips_nan():
@@ -64,32 +49,62 @@ def test_select_setting_picks_the_lowest_dev_perplexity_first_on_ties_and_skips_
         select_setting({0.001: math.nan, 0.01: math.inf})
 
 
-def test_select_on_dev_scores_each_pseudocount_by_one_em_iteration_on_the_dev_split(tmp_path, base, corpus):
+def test_kept_point_is_the_lowest_dev_perplexity_never_the_lowest_held_out():
+    points = [
+        {"epoch": 1, "dev_ppl": 9.0, "heldout_ppl": 1.0},
+        {"epoch": 2, "dev_ppl": 5.0, "heldout_ppl": 7.0},
+        {"epoch": 3, "dev_ppl": 5.0, "heldout_ppl": 6.0},
+    ]
+    assert kept_point(points)["epoch"] == 2
+
+
+def test_reused_setting_comes_from_the_largest_selected_k_below():
+    rows = [
+        {"corpus": "a", "recipe": "random_em", "K": 64, "selection": {"chosen": 0.1, "tried": True}},
+        {"corpus": "a", "recipe": "random_em", "K": 256, "selection": {"chosen": 0.01, "tried": True}},
+        {"corpus": "a", "recipe": "random_em", "K": 512, "selection": {"chosen": 0.5, "tried": False}},
+        {"corpus": "b", "recipe": "random_em", "K": 512, "selection": {"chosen": 0.7, "tried": True}},
+        {"corpus": "a", "recipe": "random_adamw", "K": 512, "selection": {"chosen": 0.05, "tried": True}},
+    ]
+    assert reused_setting(rows, "a", "random_em", 1024) == (0.01, 256)
+    assert reused_setting(rows, "a", "random_em", 256) == (0.1, 64)
+    assert reused_setting(rows, "a", "random_em", 64) is None
+
+
+def test_em_candidate_labels_round_trip():
+    labels = em_candidates(["uniform", "unigram"], [0.003, 0.01])
+    assert labels == ["uniform:0.003", "uniform:0.01", "unigram:0.003", "unigram:0.01"]
+    assert [parse_em_candidate(label) for label in labels[1:3]] == [("uniform", 0.01), ("unigram", 0.003)]
+
+
+def test_train_candidates_score_each_em_setting_by_its_dev_best_em_iteration(tmp_path, base, corpus):
     args = SimpleNamespace(
-        pseudocount=0.01,
-        adamw_lr=0.02,
+        epochs=3,
+        patience=5,
         adamw_batch=2,
-        pseudocount_candidates=[0.001, 0.3, 3.0],
-        adamw_lr_candidates=[0.01],
-        select_epochs=1,
-        dev_fraction=0.25,
+        lvd_adamw_epochs=1,
         out=str(tmp_path / "runs"),
     )
-    selection = select_on_dev(base, "random_em", 3, args, corpus, None, "toy")
-    dev_corpus, _ = dev_split(corpus, None, 0.25)
+    candidates = ["uniform:0.001", "uniform:0.3", "unigram:3"]
+    out = train_candidates(base, "random_em", 3, args, corpus, None, "toy", candidates)
+    batches = []
+    for i in range(len(corpus.train)):
+        obs = torch.from_numpy(corpus.train.sequence(i).astype(np.int64))[None]  # (1, T)
+        batches.append((obs, torch.ones_like(obs, dtype=torch.bool)))
     expected = {}
-    for alpha in args.pseudocount_candidates:
+    unigram = unigram_prior(corpus.train.ids, len(corpus.vocab))
+    for label, alpha, prior in zip(candidates, (0.001, 0.3, 3.0), (None, None, unigram), strict=True):
         model = HMMLanguageModel(HMMConfig(num_states=3, vocab_size=len(corpus.vocab)))
-        batches = []
-        for i in range(len(dev_corpus.train)):
-            obs = torch.from_numpy(dev_corpus.train.sequence(i).astype(np.int64))[None]  # (1, T)
-            batches.append((obs, torch.ones_like(obs, dtype=torch.bool)))
-        em_step(model, batches, pseudocount=alpha)
-        expected[alpha] = heldout_metrics(model, dev_corpus.heldout, 128)["heldout_ppl"]
-    assert selection["setting"] == "pseudocount" and selection["dev_epochs"] == 1
-    for alpha, ppl in expected.items():
-        assert selection["dev_ppl"][str(alpha)] == pytest.approx(ppl, rel=1e-3)
-    assert selection["chosen"] == min(expected, key=expected.get)
-    assert len(set(np.round(list(expected.values()), 2))) == 3  # the candidates are told apart
-    assert selection["dev_tokens"] == dev_corpus.heldout.num_tokens
-    assert selection["dev_train_tokens"] == dev_corpus.train.num_tokens
+        dev, held = [], []
+        for _ in range(3):
+            em_step(model, batches, pseudocount=alpha, emission_prior=prior)
+            dev.append(heldout_metrics(model, corpus.dev, 128)["heldout_ppl"])
+            held.append(heldout_metrics(model, corpus.heldout, 128)["heldout_ppl"])
+        best = int(np.argmin(dev))
+        expected[label] = (dev[best], held[best], best + 1)
+        kept = out["runs"][label]["kept"]
+        assert kept["dev_ppl"] == pytest.approx(dev[best], rel=1e-3)
+        assert kept["heldout_ppl"] == pytest.approx(held[best], rel=1e-3)
+        assert kept["epoch"] == best + 1
+    assert out["chosen"] == min(expected, key=lambda a: expected[a][0])
+    assert len({round(v[0], 2) for v in expected.values()}) == 3  # the candidates are told apart

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from benchmarks import tables
-from benchmarks.lht_ablation import summarize, targets
+from benchmarks.lht_ablation import VARIANTS, kept_rows, summarize, targets
 
 
 def rows_and_extras():
@@ -64,3 +64,23 @@ def test_ablation_table_renders_every_variant():
     text = tables.lht_ablation({"summary": summary, "targets": targets(summary)})
     assert "| learned | 2 | 102.0 ± 2.8 |" in text
     assert "- learned_beats_random_beyond_spread: met" in text
+
+
+def test_kept_rows_rerun_every_variant_the_router_choice_changes():
+    smooth = ["model.hierarchy.smoothing=3"]
+    saved = {
+        "steps": 500,
+        "overrides": {name: [*VARIANTS[name], *smooth] for name in VARIANTS},
+        "rows": [{"variant": name, "seed": 0} for name in VARIANTS],
+        "details": [{"variant": name, "seed": 0} for name in VARIANTS],
+        "machine": {"command": "c", "date": "d", "git_commit": "g"},
+    }
+    # A learned-only setting changes: only `learned` itself is re-run.
+    kept = kept_rows(["learned"], 500, ["model.hierarchy.selection=top_k"], saved)
+    assert kept["from"]["variants"] == ["dense", "sliding_window", "random", "stride", "gold"]
+    assert [r["variant"] for r in kept["rows"]] == kept["from"]["variants"]
+    # Router layers move every hierarchical variant: only dense and the sliding window are kept.
+    kept = kept_rows(["learned"], 500, ["model.hierarchy.router_layers=[2,3]"], saved)
+    assert kept["from"]["variants"] == ["dense", "sliding_window"]
+    with pytest.raises(SystemExit, match="500"):
+        kept_rows(["learned"], 150, smooth, saved)

@@ -15,6 +15,7 @@ from latentlm.lht.attention import (
     LocalWindowAttention,
     SparseBlockBackend,
     build_layout,
+    sparse_block_size,
 )
 from latentlm.lht.config import EdgeConfig, HierarchyConfig, LHTConfig
 from latentlm.lht.model import LHTForMaskedLM
@@ -184,3 +185,25 @@ def test_sparse_backend_keeps_checkpointing_and_bf16_working():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = plain(ids, labels=labels).loss
     assert torch.isfinite(loss)
+
+
+def test_sparse_layout_serves_several_dtypes_and_layers():
+    """One prepared layout (shared by the layers) gives the dense-mask result in float64 and float32."""
+    generator = torch.Generator().manual_seed(5)
+    layout = random_layout(generator, with_doc=True, active=2)
+    pattern = PATTERNS["all"]()
+    dense, sparse = DenseMaskBackend(pattern), SparseBlockBackend(pattern, 8)
+    prepared, mask = sparse.prepare(layout), dense.prepare(layout)
+    for dtype, tolerance in ((torch.float64, 1e-10), (torch.float32, 1e-5), (torch.float64, 1e-10)):
+        q, k, v = (torch.randn(3, 2, layout.size, 6, generator=generator, dtype=dtype) for _ in range(3))
+        expected = dense.attend(q, k, v, mask)
+        torch.testing.assert_close(sparse.attend(q, k, v, prepared), expected, atol=tolerance, rtol=0)
+    assert sorted(map(str, prepared.buckets[0].additive)) == ["torch.float32", "torch.float64"]
+
+
+def test_block_size_by_length_and_its_errors():
+    assert [sparse_block_size(size) for size in (1, 4096, 4097, 10753)] == [16, 16, 64, 64]
+    assert sparse_block_size(10753, 8) == 8  # an explicit size wins
+    assert LHTConfig(vocab_size=10).block_size == 0
+    with pytest.raises(ValueError, match="model.block_size"):
+        LHTConfig(vocab_size=10, block_size=-1)

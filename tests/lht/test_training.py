@@ -16,7 +16,7 @@ from latentlm.core.engine import Trainer
 from latentlm.core.run import RunDir
 from latentlm.lht import cli
 from latentlm.lht.config import LHTRunConfig
-from latentlm.lht.data import build_corpus, random_token_range
+from latentlm.lht.data import CorpusSplits, build_corpus, carve_dev, random_token_range
 from latentlm.lht.task import LHTPretrainTask
 from latentlm.teachers import load_tokenizer
 
@@ -150,3 +150,18 @@ def test_shipped_configs_load(name):
     path = Path(__file__).resolve().parents[2] / "configs" / "lht" / name
     cfg = load_config(LHTRunConfig, path)
     assert cfg.model.attention in ("hierarchical", "full")
+
+
+@pytest.mark.real_model
+def test_dev_split_is_carved_from_training_documents_only(tmp_path, tokenizer):
+    cfg = small_config(tmp_path)
+    corpus = build_corpus(cfg.data, tokenizer)
+    split = carve_dev(corpus, 0.3)
+    assert len(split.train) + len(split.heldout) == len(corpus.train)
+    dev_documents = {c.source for c in split.heldout}
+    assert dev_documents and not dev_documents & {c.source for c in split.train}
+    assert not dev_documents & {c.source for c in corpus.heldout}
+    again = carve_dev(CorpusSplits(list(reversed(corpus.train)), []), 0.3)
+    assert {c.source for c in again.heldout} == dev_documents  # by document name, not by order
+    with pytest.raises(ValueError, match="dev fraction"):
+        carve_dev(corpus, 1.0)

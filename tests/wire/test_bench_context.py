@@ -26,6 +26,7 @@ def test_benchmark_rows_have_the_issue_fields(tmp_path, tiny_llama, tiny_qwen, s
         ratios=[4, 2],
         ae_only_fraction=0.5,
         set=[],
+        select_step0=False,
     )
     lms = [tiny_llama, tiny_qwen]
     info = wire_context.train(args, lms, sentence)
@@ -51,5 +52,7 @@ def test_benchmark_rows_have_the_issue_fields(tmp_path, tiny_llama, tiny_qwen, s
     )
     assert half["positions"] > budget["positions"]
     assert result["per_ratio"]["4x"]["questions"] == 10
+    kept = (tmp_path / "run" / "bench_records_4x.jsonl").read_text().splitlines()
+    assert len(kept) == 10 * 2 * (1 + len(wire_context.BASELINES))  # questions x models x methods
     wire_context.plot(rows, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 0

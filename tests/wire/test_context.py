@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -29,33 +28,9 @@ from latentlm.wire.features import (
 )
 from latentlm.wire.model import WireModel
 from latentlm.wire.task import WireTask, train_wire
+from tests.wire.context_configs import context_cfg
 
-REPO = Path(__file__).resolve().parents[2]
 METHODS = ["latent", "no_context", "token_budget", "anchor_budget", "external", "text"]
-
-
-def context_cfg(run_dir: Path, extra: tuple[str, ...] = ()) -> WireRunConfig:
-    return load_config(
-        WireRunConfig,
-        REPO / "configs" / "wire" / "tiny.yaml",
-        [
-            f"run_dir={run_dir}",
-            "models=[tiny_llama,tiny_qwen]",
-            "latent.scope=context",
-            "encoder.kind=span",
-            "latent.ratio=4",
-            "latent.length=16",
-            "latent.private_length=0",
-            "loss.kd=0",
-            "loss.autoencode=1.0",
-            "loss.autoencode_tokens=24",
-            "loss.autoencode_only_steps=2",
-            "grad_diag_every=0",
-            "eval.external_scorer=tiny_llama",
-            f"data.cache_dir={run_dir}/cache",
-            *extra,
-        ],
-    )
 
 
 # ------------------------------------------------------------------------------------------ layout

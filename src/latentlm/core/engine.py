@@ -75,6 +75,7 @@ class TrainConfig:
         "checkpoint_every",
         "keep_checkpoints",
         "early_stop_patience",
+        "max_minutes",
         "nonfinite",
         "max_nonfinite_skips",
     )
@@ -82,6 +83,10 @@ class TrainConfig:
 
     max_steps: int = 1000
     """Optimizer steps to train for."""
+    max_minutes: float = 0.0
+    """Also stop once the training steps have taken this many minutes of wall-clock, summed over resumes
+    (evaluations and checkpoints not counted; 0: no limit). The step where time runs out is evaluated and
+    checkpointed like the last one; the schedule still spans `max_steps`. For runs compared at equal time."""
     lr: float = 1e-3
     """Peak learning rate of AdamW (or the step size of a task's own optimizer)."""
     optimizer: str = "adamw"
@@ -102,6 +107,9 @@ class TrainConfig:
     log_every: int = 10
     eval_every: int = 0
     """Evaluate every N steps (0: only at the end)."""
+    eval_at_start: bool = False
+    """Also evaluate before the first step, so `best/` keeps the untrained model when training never beats it
+    (for a model initialised at a strong baseline)."""
     checkpoint_every: int = 0
     """Checkpoint every N steps (0: only at the end)."""
     keep_checkpoints: int = 2
@@ -140,6 +148,7 @@ class TrainConfig:
         check_range("train.weight_decay", self.weight_decay, 0)
         check_range("train.grad_clip", self.grad_clip, 0)
         check_range("train.min_lr_ratio", self.min_lr_ratio, 0, 1)
+        check_range("train.max_minutes", self.max_minutes, 0)
         if len(self.betas) != 2:
             raise ValueError(f"train.betas: need two values, got {list(self.betas)}")
         for index, beta in enumerate(self.betas):
@@ -164,6 +173,8 @@ class TrainState:
     tokens_seen: int = 0
     log_window: dict[str, list[float]] = field(default_factory=dict)
     """Sum and count of each training metric since the last log record (kept across a resume)."""
+    train_seconds: float = 0.0
+    """Wall-clock seconds spent in training steps so far, summed over resumes (for `max_minutes`)."""
     skipped_steps: int = 0
     """Steps dropped by `train.nonfinite=skip` so far (not counted in `step`)."""
     best_value: float | None = None
@@ -260,10 +271,14 @@ class Trainer:
         # after a resume averages the same steps as an uninterrupted run; throughput counts this process only.
         window_tokens, window_start = 0, time.perf_counter()
         batches = self._batches(dataset, steps_per_epoch)
+        clock = time.perf_counter()
+        timed_out = self._out_of_time()  # a resumed run that had used up max_minutes trains no further
+        if cfg.eval_at_start and self.state.step == 0:
+            self._evaluate(model, wrapped)
 
         wrapped.train()
         try:
-            while self.state.step < cfg.max_steps:
+            while self.state.step < cfg.max_steps and not timed_out:
                 task.on_step_start(model, self.state)
                 applied = self._optimizer_step(wrapped, model, optimizer, batches)
                 if applied is None:  # a non-finite step, skipped (train.nonfinite=skip)
@@ -296,7 +311,14 @@ class Trainer:
                     self.state.log_window = {}
                     window_tokens, window_start = 0, time.perf_counter()
 
-                is_last = self.state.step == cfg.max_steps
+                now = time.perf_counter()
+                self.state.train_seconds += now - clock
+                clock = now
+                timed_out = self.state.step < cfg.max_steps and self._out_of_time()
+                if timed_out and acc.is_main_process:
+                    self.run.log(self.state.step, {"train/time_limit": 1})
+                    print(f"stopped at step {self.state.step}: train.max_minutes={cfg.max_minutes} used up")
+                is_last = self.state.step == cfg.max_steps or timed_out
                 if (cfg.eval_every and self.state.step % cfg.eval_every == 0) or is_last:
                     self._evaluate(model, wrapped)
                     if not is_last and self._plateaued():
@@ -311,6 +333,7 @@ class Trainer:
                     self._save_checkpoint(model, optimizer, scheduler)
                 if is_last:
                     break
+                clock = time.perf_counter()  # evaluation and checkpoints do not count against max_minutes
         finally:
             bar.close()  # also on an error, so its message starts on a line of its own
         acc.wait_for_everyone()
@@ -465,6 +488,15 @@ class Trainer:
                 self.run.log(self.state.step, finite)
                 self._track_best(model, metrics)
         acc.wait_for_everyone()
+
+    def _out_of_time(self) -> bool:
+        """Whether `max_minutes` of training have passed (process 0's clock decides for every rank)."""
+        if not self.cfg.max_minutes:
+            return False
+        over = torch.tensor(
+            [int(self.state.train_seconds >= 60 * self.cfg.max_minutes)], device=self.accelerator.device
+        )
+        return bool(broadcast(over, from_process=0).item())
 
     def _plateaued(self) -> bool:
         """Whether `best_metric` stalled for `early_stop_patience` evaluations (all ranks agree)."""

@@ -37,6 +37,7 @@ QUICKSTART = {
         "min_count": 2,
         "max_length": 64,
         "heldout_fraction": 0.1,
+        "dev_fraction": 0.1,
     },
     "lvd": {
         "enabled": True,
@@ -50,6 +51,7 @@ QUICKSTART = {
         "grad_clip": 0.0,
         "log_every": 1,
         "eval_every": 1,
+        "best_metric": "dev_ppl",
         "seed": 0,
     },
     "em": {"batch_tokens": 0, "pseudocount": 0.01},
@@ -85,13 +87,19 @@ def _steps_to(run: RunDir, target: float) -> int | None:
 
 def _gain_text(cfg: HMMRunConfig, summaries: dict[str, dict], runs: dict[str, RunDir]) -> str:
     (label, ours), (base_label, base) = summaries.items()
-    a, b = ours["best_heldout_ppl"], base["best_heldout_ppl"]
+    # With a development split, each run's model is the one early stopping on dev keeps.
+    key, what = (
+        ("heldout_ppl_at_best_dev", "held-out perplexity at the best dev-split evaluation")
+        if "heldout_ppl_at_best_dev" in ours and "heldout_ppl_at_best_dev" in base
+        else ("best_heldout_ppl", "best held-out perplexity")
+    )
+    a, b = ours[key], base[key]
     if a is None or b is None:
         return ""
     change = (a - b) / b * 100
     verdict = "lower (better)" if a < b else "higher (worse)"
     text = (
-        f"**Result:** best held-out perplexity {a:.2f} for `{label}` vs {b:.2f} for `{base_label}`: "
+        f"**Result:** {what} {a:.2f} for `{label}` vs {b:.2f} for `{base_label}`: "
         f"{abs(change):.1f} % {verdict}, at the same budget ({cfg.train.max_steps} steps, "
         f"{ours['epochs']} vs {base['epochs']} epochs; optimisation {ours['fit_seconds']} s vs "
         f"{base['fit_seconds']} s, evaluations and start-up left out)."
@@ -133,10 +141,8 @@ def compare(cfg: HMMRunConfig) -> dict[str, dict]:
     RunDir(root, tensorboard=False).write_json("summary.json", summaries)
     if gain:
         print(gain.replace("**", ""))
-    return {
-        label: {k: s[k] for k in ("recipe", "best_heldout_ppl", "epochs", "train_seconds")}
-        for label, s in summaries.items()
-    }
+    kept = ("recipe", "best_heldout_ppl", "heldout_ppl_at_best_dev", "epochs", "train_seconds")
+    return {label: {k: s[k] for k in kept if k in s} for label, s in summaries.items()}
 
 
 def distill(cfg: HMMRunConfig) -> dict:

@@ -18,6 +18,7 @@ TOKENIZERS = ("word", "whitespace", "teacher")
 TEACHER_KINDS = ("auto", "encoder", "causal_lm")
 LVD_PHASES = ("adamw", "closed_form")
 OPTIMIZERS = ("adamw", "em")
+EMISSION_PRIORS = ("uniform", "unigram")
 
 
 @dataclass
@@ -78,6 +79,10 @@ class DataConfig:
     """Fraction of units at the end of the file kept for held-out perplexity."""
     heldout_path: str = ""
     """A separate held-out file instead (then heldout_fraction is ignored)."""
+    dev_fraction: float = 0.0
+    """Fraction of the training units (at their end) kept out of training as a development split:
+    scored as dev_ppl at every evaluation, for early stopping (train.best_metric: dev_ppl) and
+    choosing settings without touching the held-out split; its words unseen in training are <unk>."""
     max_train_units: int = 0
     """Use only the first N training units (0: all); for quick runs."""
     hf_split: str = "train"
@@ -98,6 +103,8 @@ class DataConfig:
             raise ValueError(f"data.max_length: must be >= 2, got {self.max_length}")
         if not 0.0 <= self.heldout_fraction < 1.0:
             raise ValueError(f"data.heldout_fraction: must be in [0, 1), got {self.heldout_fraction}")
+        if not 0.0 <= self.dev_fraction < 1.0:
+            raise ValueError(f"data.dev_fraction: must be in [0, 1), got {self.dev_fraction}")
         if self.max_train_units < 0:
             raise ValueError(f"data.max_train_units: must be >= 0, got {self.max_train_units}")
 
@@ -184,6 +191,10 @@ class LVDConfig:
     pseudocount: float = 0.01
     """closed_form phase: added to every count before normalising; must be > 0. GeLaTo uses 0.1 on
     millions of tokens; on corpora of 10k-100k tokens 0.01 measured better (docs/hmm.md)."""
+    emission_prior: str = "uniform"
+    """closed_form phase: how the pseudocount is spread over each emission row: uniform (pseudocount
+    per word) | unigram (the same mass, pseudocount × V, spread like the training split's add-one
+    unigram distribution: a state with few tokens backs off to the unigram model)."""
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     """The teacher model."""
     kmeans: KMeansConfig = field(default_factory=KMeansConfig)
@@ -198,6 +209,10 @@ class LVDConfig:
             raise ValueError(f"lvd.pretrain_tokens: must be >= 0, got {self.pretrain_tokens}")
         if self.pseudocount <= 0:
             raise ValueError(f"lvd.pseudocount: must be > 0, got {self.pseudocount}")
+        if self.emission_prior not in EMISSION_PRIORS:
+            raise ValueError(
+                f"lvd.emission_prior: must be one of {EMISSION_PRIORS}, got {self.emission_prior!r}"
+            )
 
 
 @dataclass
@@ -213,6 +228,8 @@ class EMConfig:
     pseudocount: float = 0.01
     """Added to the expected counts before normalising (a Dirichlet prior); must be > 0. It competes with
     the counts of each state's row, so a small corpus with a large vocabulary wants a small value."""
+    emission_prior: str = "uniform"
+    """How the pseudocount is spread over each emission row: uniform | unigram (as lvd.emission_prior)."""
     chunk_tokens: int = 32768
     """Full-batch EM: tokens per micro-batch (bounds memory; the counts of all chunks are summed)."""
 
@@ -223,6 +240,10 @@ class EMConfig:
             raise ValueError(f"em.step_decay: must be in [0, 1], got {self.step_decay}")
         if self.pseudocount <= 0:
             raise ValueError(f"em.pseudocount: must be > 0, got {self.pseudocount}")
+        if self.emission_prior not in EMISSION_PRIORS:
+            raise ValueError(
+                f"em.emission_prior: must be one of {EMISSION_PRIORS}, got {self.emission_prior!r}"
+            )
         if self.chunk_tokens < 1:
             raise ValueError(f"em.chunk_tokens: must be >= 1, got {self.chunk_tokens}")
 
@@ -306,6 +327,11 @@ class HMMRunConfig:
             raise ValueError(
                 "lvd.phase: closed_form sets the HMM's tables to the count estimate, which needs "
                 f"model.parameterization=dense (got {self.model.parameterization!r}); use lvd.phase=adamw"
+            )
+        if self.train.best_metric.startswith("dev_") and not self.data.dev_fraction:
+            raise ValueError(
+                f"train.best_metric: {self.train.best_metric} is scored on the development split; "
+                "set data.dev_fraction > 0 (e.g. 0.1)"
             )
         if self.train.optimizer == "em":
             if not dense:

@@ -193,12 +193,14 @@ class Vocabulary:
 
 @dataclass
 class Corpus:
-    """A tokenised corpus: vocabulary (``<pad>``=0, ``<unk>``=1, ``<eos>``=2) and the two splits."""
+    """A tokenised corpus: vocabulary (``<pad>``=0, ``<unk>``=1, ``<eos>``=2), the training and held-out
+    splits, and the development split carved from the training units when ``data.dev_fraction`` > 0."""
 
     vocabulary: Vocabulary
     train: SequenceSet
     heldout: SequenceSet
     source: str
+    dev: SequenceSet | None = None
 
     @property
     def vocab(self) -> list[str]:
@@ -214,7 +216,15 @@ class Corpus:
             "heldout_sequences": len(self.heldout),
             "heldout_tokens": self.heldout.num_tokens,
             "heldout_unk_rate": round(self.heldout.unk_rate(), 5),
-        }
+        } | (
+            {
+                "dev_sequences": len(self.dev),
+                "dev_tokens": self.dev.num_tokens,
+                "dev_unk_rate": round(self.dev.unk_rate(), 5),
+            }
+            if self.dev is not None
+            else {}
+        )
 
 
 def read_units(path: str, fmt: str, hf_split: str = "train", hf_column: str = "text") -> list[str]:
@@ -255,6 +265,17 @@ def split_units(cfg: DataConfig) -> tuple[list[str], list[str]]:
     return train_units, heldout_units
 
 
+def split_dev(train_units: list[str], fraction: float) -> tuple[list[str], list[str]]:
+    """``(training units, dev units)``: the last ``ceil(fraction × n)`` training units become the dev
+    split (none when ``fraction`` is 0); at least one training unit must remain."""
+    count = math.ceil(len(train_units) * fraction)
+    if count and count >= len(train_units):
+        raise ValueError(
+            f"data.dev_fraction: {fraction} of {len(train_units)} training units leaves none to train on"
+        )
+    return train_units[: len(train_units) - count], train_units[len(train_units) - count :]
+
+
 def heldout_units(cfg: DataConfig) -> list[str]:
     """Only the held-out units: ``data.heldout_path`` if given, else the tail of ``data.path``."""
     if cfg.heldout_path:
@@ -291,7 +312,8 @@ def build_corpus(cfg: DataConfig, teacher_name: str = "", teacher_tokenizer=None
     Raises:
         ValueError: empty corpus (or empty split), missing ``data.path``.
     """
-    train_units, held_units = split_units(cfg)
+    all_train_units, held_units = split_units(cfg)
+    train_units, dev_units = split_dev(all_train_units, cfg.dev_fraction)
     if not train_units:
         raise ValueError(f"{cfg.path}: no training text left after the held-out split")
     builder = Vocabulary([PAD, UNK, EOS], cfg.tokenizer, cfg.lowercase, cfg.max_length, teacher_name)
@@ -316,6 +338,7 @@ def build_corpus(cfg: DataConfig, teacher_name: str = "", teacher_tokenizer=None
         train=_encode(train_chunks, vocabulary.lookup()),
         heldout=vocabulary.encode_units(held_units),
         source=cfg.path,
+        dev=vocabulary.encode_units(dev_units) if dev_units else None,
     )
 
 

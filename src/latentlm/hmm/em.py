@@ -7,7 +7,9 @@ E-step, :mod:`latentlm.hmm.forward`). :class:`EM` reads those counts from ``.gra
 
 * running statistics ``μ ← (1 − η_k) μ + η_k · counts`` with ``η_k = (k + 2) ** −step_decay``
   (stepwise EM, Liang & Klein 2009; ``step_decay = 0`` gives ``η = 1``: plain EM on the batch);
-* tables ``θ = normalise(μ + pseudocount)`` along each table's last axis.
+* tables ``θ = normalise(μ + pseudocount)`` along each table's last axis (a parameter group may carry
+  ``pseudocount_weights``, a tensor broadcast against its tables: then ``μ + pseudocount × weights``,
+  e.g. ``V × unigram`` for the emission table).
 
 Full-batch EM is gradient accumulation over every chunk of the training split followed by one step
 with ``η = 1``. The engine divides the loss by ``grad_accum`` and DDP averages gradients over the
@@ -76,7 +78,11 @@ class EM(torch.optim.Optimizer):
                         .add_(counts.mul_(eta))
                     )
                 state["statistics"].copy_(statistics)
-                smoothed = statistics.add_(group["pseudocount"])
+                weights = group.get("pseudocount_weights")
+                if weights is None:
+                    smoothed = statistics.add_(group["pseudocount"])
+                else:
+                    smoothed = statistics.add_(weights.to(statistics), alpha=group["pseudocount"])
                 total = smoothed.sum(dim=-1, keepdim=True).log_()
                 table.copy_(smoothed.log_().sub_(total))
                 state["step"] += 1

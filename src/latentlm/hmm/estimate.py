@@ -18,18 +18,53 @@ from latentlm.hmm.forward import check_observations, expected_counts
 from latentlm.hmm.model import HMMLanguageModel, HMMParameters
 
 
+def unigram_prior(ids, vocab_size: int) -> Tensor:
+    """Add-one unigram distribution ``(V,)`` float64 of token ids: ``(count(w) + 1) / (N + V)``."""
+    counts = torch.bincount(torch.as_tensor(ids, dtype=torch.long).reshape(-1), minlength=vocab_size)
+    if counts.numel() != vocab_size:
+        raise ValueError(f"token ids must be < vocab_size={vocab_size}, got {counts.numel() - 1}")
+    counts = counts.to(torch.float64) + 1.0
+    return counts / counts.sum()
+
+
+def emission_pseudocounts(pseudocount: float, emission_prior: Tensor | None, vocab_size: int):
+    """What the M-step adds to each emission row: ``α`` for every word (uniform), or the same total
+    mass ``α·V`` spread like ``emission_prior`` (a distribution over the V words): ``α·V·prior``."""
+    if emission_prior is None:
+        return pseudocount
+    if emission_prior.shape != (vocab_size,):
+        raise ValueError(f"emission_prior must have shape ({vocab_size},), got {tuple(emission_prior.shape)}")
+    return pseudocount * vocab_size * emission_prior
+
+
 def normalise_counts(
-    start: Tensor, transition: Tensor, emission: Tensor, pseudocount: float
+    start: Tensor,
+    transition: Tensor,
+    emission: Tensor,
+    pseudocount: float,
+    emission_prior: Tensor | None = None,
 ) -> HMMParameters:
-    """Log of (counts + pseudocount), normalised along the last axis of each distribution."""
+    """Log of (counts + pseudocount), normalised along the last axis of each distribution.
+
+    With ``emission_prior`` (a distribution over the V words) the emission rows get ``α·V·prior``
+    instead of ``α`` per word: the same pseudo-mass per row, shaped like the prior (e.g. the training
+    unigram, so a state with few counts backs off towards the unigram model instead of the uniform one).
+    """
     if pseudocount < 0:
         raise ValueError(f"pseudocount: must be >= 0, got {pseudocount}")
 
-    def log_normalise(counts: Tensor) -> Tensor:
-        counts = counts + pseudocount
+    def log_normalise(counts: Tensor, added) -> Tensor:
+        counts = counts + added
         return counts.log() - counts.sum(dim=-1, keepdim=True).log()
 
-    return HMMParameters(log_normalise(start), log_normalise(transition), log_normalise(emission))
+    extra = emission_pseudocounts(pseudocount, emission_prior, emission.shape[-1])
+    if torch.is_tensor(extra):
+        extra = extra.to(emission.dtype)
+    return HMMParameters(
+        log_normalise(start, pseudocount),
+        log_normalise(transition, pseudocount),
+        log_normalise(emission, extra),
+    )
 
 
 def state_counts(
@@ -76,9 +111,13 @@ def count_estimate(
 
 @torch.no_grad()
 def em_step(
-    model: HMMLanguageModel, batches: Iterable[tuple[Tensor, Tensor]], pseudocount: float = 0.0
+    model: HMMLanguageModel,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    pseudocount: float = 0.0,
+    emission_prior: Tensor | None = None,
 ) -> tuple[float, int]:
-    """One EM iteration over ``batches`` of ``(obs, mask)``; updates a dense ``model`` in place.
+    """One EM iteration over ``batches`` of ``(obs, mask)``; updates a dense ``model`` in place
+    (smoothing as :func:`normalise_counts`).
 
     Returns:
         ``(total log-likelihood under the old parameters, number of tokens)``.
@@ -95,5 +134,5 @@ def em_step(
         emission += counts.emission
         total += float(counts.log_likelihood.sum())
         tokens += int(mask.sum())
-    model.load_log_probabilities(normalise_counts(start, transition, emission, pseudocount))
+    model.load_log_probabilities(normalise_counts(start, transition, emission, pseudocount, emission_prior))
     return total, tokens

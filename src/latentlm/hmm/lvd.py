@@ -129,7 +129,12 @@ def prepare_latent_states(corpus: Corpus, num_states: int, cfg: LVDConfig) -> La
 
 
 def closed_form_estimate(
-    corpus: Corpus, states: LatentStates, num_states: int, pseudocount: float, chunk_sequences: int = 4096
+    corpus: Corpus,
+    states: LatentStates,
+    num_states: int,
+    pseudocount: float,
+    chunk_sequences: int = 4096,
+    emission_prior: str = "uniform",
 ):
     """The ``closed_form`` LVD phase: the exact maximiser of ``Σ log P(O, S) + α Σ log θ``.
 
@@ -144,7 +149,7 @@ def closed_form_estimate(
     import torch.distributed as dist
 
     from latentlm.hmm.data import pad_batch
-    from latentlm.hmm.estimate import normalise_counts, state_counts
+    from latentlm.hmm.estimate import normalise_counts, state_counts, unigram_prior
 
     distributed = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
@@ -172,5 +177,6 @@ def closed_form_estimate(
             moved = tensor.to(device)
             dist.all_reduce(moved)
             tensor.copy_(moved.cpu())
-    params = normalise_counts(*totals, pseudocount)
+    prior = unigram_prior(corpus.train.ids, vocab_size) if emission_prior == "unigram" else None
+    params = normalise_counts(*totals, pseudocount, prior)
     return type(params)(*(p.float() for p in params))

@@ -37,6 +37,7 @@ from latentlm.core.run import RunDir
 from latentlm.hmm.config import HMMRunConfig
 from latentlm.hmm.data import ChunkDataset, Corpus, SequenceDataset, build_corpus, pad_batch, token_chunks
 from latentlm.hmm.em import EM
+from latentlm.hmm.estimate import unigram_prior
 from latentlm.hmm.evaluate import heldout_metrics, sample_strings, write_run_report
 from latentlm.hmm.lvd import LatentStates, closed_form_estimate, prepare_latent_states
 from latentlm.hmm.model import HMMLanguageModel
@@ -116,13 +117,30 @@ class HMMTask(Task):
             started = time.perf_counter()
             model.load_log_probabilities(
                 closed_form_estimate(
-                    self.corpus, self.states, self.cfg.model.num_states, self.cfg.lvd.pseudocount
+                    self.corpus,
+                    self.states,
+                    self.cfg.model.num_states,
+                    self.cfg.lvd.pseudocount,
+                    emission_prior=self.cfg.lvd.emission_prior,
                 )
             )
             self.lvd_seconds = time.perf_counter() - started
         if self.em:
             model.parameterization.count_gradients = True
         return model
+
+    def param_groups(self, model: nn.Module) -> list[dict] | None:
+        """EM with ``em.emission_prior: unigram``: the emission table in its own group, whose pseudocount
+        is spread as ``V × unigram`` of the training split (the same on every process)."""
+        if not self.em or self.cfg.em.emission_prior == "uniform":
+            return None
+        dense = model.parameterization
+        vocab_size = len(self.corpus.vocab)
+        weights = vocab_size * unigram_prior(self.corpus.train.ids, vocab_size)  # (V,)
+        return [
+            {"params": [dense.start_logits, dense.transition_logits]},
+            {"params": [dense.emission_logits], "pseudocount_weights": weights},
+        ]
 
     def build_optimizer(self, groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
         if cfg.optimizer != "em":
@@ -195,6 +213,9 @@ class HMMTask(Task):
         metrics = heldout_metrics(
             model, self.corpus.heldout, self.cfg.eval.batch_size, self.cfg.eval.max_sequences
         )
+        if self.corpus.dev is not None:  # the development split: dev_ppl, dev_nll, dev_tokens, ...
+            dev = heldout_metrics(model, self.corpus.dev, self.cfg.eval.batch_size)
+            metrics |= {"dev_" + name.removeprefix("heldout_"): value for name, value in dev.items()}
         metrics["train_seconds_so_far"] = began - self.started - self.eval_seconds
         self.eval_seconds += time.perf_counter() - began
         metrics["tokens_seen"] = state.tokens_seen
@@ -269,11 +290,26 @@ def train_run(
         "lvd_closed_form_seconds": round(task.lvd_seconds, 2),
         "train_seconds": round(train_seconds, 2),
         "fit_seconds": round(evals[-1]["eval/train_seconds_so_far"], 2) if evals else None,
-    }
+    } | dev_selection(evals)
     run.write_json("summary.json", summary)
     write_run_report(run, summary, sample_strings(model, corpus.vocab))
     run.close()
     return summary
+
+
+def dev_selection(evals: list[dict]) -> dict:
+    """The evaluation with the lowest dev perplexity (the first of ties) and the held-out perplexity
+    there: what early stopping on the development split keeps. Empty without a dev split."""
+    scored = [r for r in evals if "eval/dev_ppl" in r]
+    if not scored:
+        return {}
+    best = min(scored, key=lambda r: r["eval/dev_ppl"])
+    return {
+        "best_dev_ppl": best["eval/dev_ppl"],
+        "heldout_ppl_at_best_dev": best["eval/heldout_ppl"],
+        "best_dev_step": best["step"],
+        "best_dev_epoch": round(best["eval/epoch"], 3),
+    }
 
 
 def recipe_name(cfg: HMMRunConfig) -> str:

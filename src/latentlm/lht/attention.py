@@ -558,14 +558,26 @@ class SparseBucket:
 
     Attributes:
         pairs: (P,) long flat index b * nb + query block of each member.
-        key_index: (P, K) long flat index b * nb + key block of the gathered key blocks.
+        key_index: (P * K,) long flat index b * nb + key block of the gathered key blocks, K per member.
+        width: K, key blocks gathered per member.
         mask: (P, 1, bs, K * bs) bool, the pattern's edges between the query block and its gathered keys
             (False on padding key blocks and on key slots beyond S).
+        additive: the mask as 0 / -inf in each floating dtype asked for so far (built once per layout,
+            shared by every layer that attends with it).
     """
 
     pairs: Tensor
     key_index: Tensor
+    width: int
     mask: Tensor
+    additive: dict[torch.dtype, Tensor]
+
+    def additive_mask(self, dtype: torch.dtype) -> Tensor:
+        """(P, 1, bs, K * bs) 0 where an edge exists, -inf elsewhere, in `dtype`."""
+        if dtype not in self.additive:
+            blocked = torch.zeros(self.mask.shape, dtype=dtype, device=self.mask.device)
+            self.additive[dtype] = blocked.masked_fill_(~self.mask, float("-inf"))
+        return self.additive[dtype]
 
 
 @dataclass
@@ -589,6 +601,18 @@ class SparseLayout:
     density: float
 
 
+def sparse_block_size(size: int, block_size: int = 0) -> int:
+    """Slots per block for S slots: `block_size`, or when 0, 16 up to 4,096 slots and 64 above.
+
+    Small blocks follow the staircase of the hierarchy tightly (at 2,048 tokens 16-slot blocks gather
+    6 % of the S x S grid, 64-slot blocks 22 %); at 8,192 tokens the fewer, larger gathers of 64-slot
+    blocks won in `benchmarks/lht_speed.py`.
+    """
+    if block_size > 0:
+        return block_size
+    return 16 if size <= 4096 else 64
+
+
 class SparseBlockBackend(AttentionBackend):
     """Block-sparse attention that runs anywhere, backward included (plain autograd ops).
 
@@ -597,17 +621,19 @@ class SparseBlockBackend(AttentionBackend):
     O(B S), never from the S x S mask) are gathered, the exact edge rule is evaluated on those pairs only,
     and `scaled_dot_product_attention` runs on (query block, gathered keys). Query blocks are grouped in
     buckets by how many key blocks they need (a `[DOC]` block needs all of them, a token block a few), so
-    work grows with the sum of gathered blocks, not with S^2.
+    work grows with the sum of gathered blocks, not with S^2. Blocks are gathered slot-major
+    ((blocks, bs, H, Dh), a view of the model's (B, S, H, Dh) projections) with `index_select`, whose
+    backward is a plain `index_add`, and the masks are turned into additive float masks once per layout.
     """
 
-    def __init__(self, pattern: AttentionPattern, block_size: int = 64) -> None:
+    def __init__(self, pattern: AttentionPattern, block_size: int = 0) -> None:
         super().__init__(pattern)
-        self.block_size = block_size
+        self.block_size = block_size  # 0 = by length (`sparse_block_size`)
 
     def prepare(self, layout: HierarchyLayout) -> SparseLayout:
         batch, size = layout.kind.shape
         device = layout.kind.device
-        bs = self.block_size
+        bs = sparse_block_size(size, self.block_size)
         needed = self.pattern.key_block_mask(layout, bs)  # (B, nb, nb)
         blocks = needed.shape[1]
         needed = needed.flatten(0, 1)  # (B*nb, nb)
@@ -634,7 +660,8 @@ class SparseBlockBackend(AttentionBackend):
             # Query rows beyond S are dropped after attention; one key keeps their softmax finite.
             first_key = torch.arange(width * bs, device=device) == 0
             mask = mask | ((query_slot >= size)[..., None] & first_key)
-            buckets.append(SparseBucket(pairs, row[:, None] * blocks + key_blocks, mask[:, None]))
+            key_index = (row[:, None] * blocks + key_blocks).flatten()  # (P*K,)
+            buckets.append(SparseBucket(pairs, key_index, width, mask[:, None], {}))
             members.append(pairs)
         order = torch.argsort(torch.cat(members))
         density = float(sum(b.key_index.numel() for b in buckets)) / (batch * blocks * blocks)
@@ -647,32 +674,29 @@ class SparseBlockBackend(AttentionBackend):
         pad = blocks * bs - size
 
         def blocked(x: Tensor) -> Tensor:
-            x = F.pad(x, (0, 0, 0, pad))  # (B, H, nb*bs, Dh)
-            x = x.view(batch, heads, blocks, bs, dim).transpose(1, 2)  # (B, nb, H, bs, Dh)
-            return x.reshape(batch * blocks, heads, bs, dim)  # (B*nb, H, bs, Dh)
+            x = F.pad(x.transpose(1, 2), (0, 0, 0, 0, 0, pad))  # (B, nb*bs, H, Dh), slot-major
+            return x.reshape(batch * blocks, bs, heads, dim)  # (B*nb, bs, H, Dh)
 
         queries, keys, values = blocked(q), blocked(k), blocked(v)
         outputs = []
         for bucket in prepared.buckets:
-            count, width = bucket.key_index.shape
-
-            picked_keys = keys[bucket.key_index].transpose(1, 2)  # (P, H, K, bs, Dh)
-            picked_values = values[bucket.key_index].transpose(1, 2)
-            outputs.append(
-                F.scaled_dot_product_attention(
-                    queries[bucket.pairs],
-                    picked_keys.reshape(count, heads, width * bs, dim),  # (P, H, K*bs, Dh)
-                    picked_values.reshape(count, heads, width * bs, dim),
-                    attn_mask=bucket.mask,
-                    dropout_p=dropout,
-                )
+            picked_shape = (len(bucket.pairs), bucket.width * bs, heads, dim)  # (P, K*bs, H, Dh)
+            picked_keys = keys.index_select(0, bucket.key_index).view(picked_shape)
+            picked_values = values.index_select(0, bucket.key_index).view(picked_shape)
+            attended = F.scaled_dot_product_attention(
+                queries.index_select(0, bucket.pairs).transpose(1, 2),  # (P, H, bs, Dh)
+                picked_keys.transpose(1, 2),  # (P, H, K*bs, Dh)
+                picked_values.transpose(1, 2),
+                attn_mask=bucket.additive_mask(q.dtype),
+                dropout_p=dropout,
             )  # (P, H, bs, Dh)
-        out = torch.cat(outputs)[prepared.order]  # (B*nb, H, bs, Dh)
-        out = out.view(batch, blocks, heads, bs, dim).transpose(1, 2)  # (B, H, nb, bs, Dh)
-        return out.reshape(batch, heads, blocks * bs, dim)[:, :, :size]
+            outputs.append(attended.transpose(1, 2))  # (P, bs, H, Dh)
+        out = torch.cat(outputs).index_select(0, prepared.order)  # (B*nb, bs, H, Dh)
+        out = out.reshape(batch, blocks * bs, heads, dim)[:, :size]  # (B, S, H, Dh)
+        return out.transpose(1, 2)  # (B, H, S, Dh)
 
 
-def make_backend(name: str, pattern: AttentionPattern, block_size: int = 64) -> AttentionBackend:
+def make_backend(name: str, pattern: AttentionPattern, block_size: int = 0) -> AttentionBackend:
     """Backend by config name: 'dense', 'sparse' or 'flex'."""
     if name == "dense":
         return DenseMaskBackend(pattern)

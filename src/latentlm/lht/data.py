@@ -194,6 +194,25 @@ def build_corpus(config: DataConfig, tokenizer) -> CorpusSplits:
     return CorpusSplits(splits["train"], splits["heldout"])
 
 
+def carve_dev(corpus: CorpusSplits, fraction: float) -> CorpusSplits:
+    """A dev split carved from the training chunks, for choosing settings without the held-out chunks.
+
+    Documents go to dev by a stable hash of their name (salted, so the choice is independent of the
+    held-out split); every chunk of a document stays on one side.
+
+    Returns:
+        `CorpusSplits(train=the remaining training chunks, heldout=the dev chunks)`; the held-out chunks
+        of `corpus` are not used.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"dev fraction: must be in (0, 1), got {fraction}")
+    dev = [c for c in corpus.train if is_heldout("dev:" + c.source, fraction)]
+    rest = [c for c in corpus.train if not is_heldout("dev:" + c.source, fraction)]
+    if not dev or not rest:
+        raise ValueError(f"dev fraction: {fraction} leaves {len(dev)} dev and {len(rest)} training chunks")
+    return CorpusSplits(rest, dev)
+
+
 class ChunkDataset(Dataset):
     """Map-style dataset of chunks; items carry their index (masking is seeded by it)."""
 

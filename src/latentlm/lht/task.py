@@ -116,15 +116,17 @@ class LHTPretrainTask(Task):
         return heldout_metrics(self, model)
 
 
-def train_without_evaluation(cfg: LHTRunConfig) -> tuple[LHTPretrainTask, nn.Module, TrainState, float]:
+def train_without_evaluation(
+    cfg: LHTRunConfig, corpus: CorpusSplits | None = None
+) -> tuple[LHTPretrainTask, nn.Module, TrainState, float]:
     """Train `cfg` with no periodic evaluation (equal-compute benchmarks score the model afterwards,
-    outside the timing). Returns the task, the trained model in eval mode, the final state and the
-    training seconds."""
+    outside the timing), on `corpus` when given (e.g. a dev split from `carve_dev`). Returns the task,
+    the trained model in eval mode, the final state and the training seconds."""
     from latentlm.core.engine import Trainer
     from latentlm.core.run import RunDir
     from latentlm.teachers import load_tokenizer
 
-    task = LHTPretrainTask(cfg, load_tokenizer(cfg.data.tokenizer))
+    task = LHTPretrainTask(cfg, load_tokenizer(cfg.data.tokenizer), corpus)
     task.evaluate = lambda model, state: {}
     start = time.perf_counter()
     trainer = Trainer(task, cfg.train, RunDir(cfg.run_dir, tensorboard=False))

@@ -22,8 +22,8 @@ from collections.abc import Sequence
 
 import torch
 
-from latentlm.wire.features import SentenceStates, sentence_relevance
-from latentlm.wire.frozen import FrozenLM, format_content
+from latentlm.wire.features import SentenceStates, ranked_sentences
+from latentlm.wire.frozen import FrozenLM
 
 TEXT_BASELINES = ("no_context", "token_budget", "anchor_budget", "external", "text")
 
@@ -71,14 +71,6 @@ def selective_context(scorer: FrozenLM, text: str, budget: int, scored=None) -> 
             used += len(words[w])
     positions = [p for w in sorted(kept) for p in words[w]]
     return scorer.tokenizer.decode([ids[p] for p in positions]).strip()
-
-
-def ranked_sentences(sentence: SentenceStates, context: str, question: str) -> str:
-    """The context's sentences from the most to the least similar to the question, one text."""
-    text = format_content(context, question)
-    spans, cosines = sentence_relevance(sentence, [text])[0]
-    order = sorted(range(len(cosines)), key=lambda k: -cosines[k])
-    return " ".join(text[slice(*spans.sentences[k])] for k in order)
 
 
 def baseline_context_ids(

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 from latentlm.core.engine import TrainConfig
 
-ENCODER_KINDS = ("byte", "stquery", "anchor", "interlingua", "span")
-ADAPTER_KINDS = ("linear", "mlp")
+ENCODER_KINDS = ("byte", "stquery", "anchor", "interlingua", "span", "anchor_span")
+ADAPTER_KINDS = ("linear", "mlp", "select")
 SCHEDULES = ("constant", "cosine", "taper")
 
 
@@ -52,7 +52,9 @@ class EncoderConfig:
     kind: str = "stquery"
     """byte | stquery | anchor (anchor-guided: LLM token embeddings + sentence-encoder anchor) |
     interlingua (per-token codes in LLM-native space, M of them kept) | span (context scope: one code
-    per span of `latent.ratio` context tokens)."""
+    per span of `latent.ratio` context tokens) | anchor_span (context scope: position k starts as every
+    model's embedding of its k-th `anchor_budget` token, concatenated, plus a span code that starts at 0;
+    needs `adapter.kind: select` and `latent.d_z` = the sum of the model widths)."""
     width: int = 256
     """Hidden width of the encoder transformer and pooler."""
     layers: int = 2
@@ -119,7 +121,10 @@ class AdapterConfig:
     """Per-model adapter Z -> soft-token embeddings of that model."""
 
     kind: str = "mlp"
-    """linear | mlp (linear projection followed by a residual 2-layer GELU MLP)."""
+    """linear | mlp (linear projection followed by a residual 2-layer GELU MLP) | select (this model's
+    slice of an `anchor_span` latent plus a low-rank GELU correction whose output starts at 0)."""
+    rank: int = 64
+    """select: hidden width of the low-rank correction."""
     hidden_mult: int = 2
     """MLP hidden width as a multiple of the model width."""
     dropout: float = 0.0
@@ -137,6 +142,7 @@ class AdapterConfig:
         _check_choice("adapter.kind", self.kind, ADAPTER_KINDS)
         _check_choice("adapter.calibration", self.calibration, ("embed_rms", "none"))
         _check_positive("adapter.hidden_mult", self.hidden_mult)
+        _check_positive("adapter.rank", self.rank)
 
 
 @dataclass
@@ -374,9 +380,13 @@ class WireRunConfig:
             raise ValueError(f"phases: steps add up to {total} but train.max_steps is {self.train.max_steps}")
         _check_positive("batch_size", self.batch_size)
         _check_positive("encoder_lr_scale", self.encoder_lr_scale)
-        if self.encoder.kind == "span" and self.latent.scope != "context":
-            raise ValueError("encoder.kind: span compresses the context; it needs latent.scope: context")
-        if self.encoder.kind == "span" and self.latent.private_length:
+        if self.encoder.kind in ("span", "anchor_span") and self.latent.scope != "context":
+            raise ValueError(
+                f"encoder.kind: {self.encoder.kind} compresses the context; it needs latent.scope: context"
+            )
+        if (self.encoder.kind == "anchor_span") != (self.adapter.kind == "select"):
+            raise ValueError("adapter.kind: select reads an anchor_span latent; use the two together")
+        if self.encoder.kind in ("span", "anchor_span") and self.latent.private_length:
             raise ValueError("latent.private_length: the span encoder's codes are all shared; set it to 0")
         if self.encoder.kind == "interlingua" and self.latent.private_length:
             raise ValueError(

@@ -47,6 +47,9 @@ class EncoderInputs:
         question_mask: (B, L_s) 1 on tokens of the question.
         relevance: (B, L_s) cosine of the token's context sentence to the question (anchor prior).
         candidate_mask: (B, L_s) 1 on tokens of the context or question text (not the labels).
+        anchor_embeds: per model, (B, L_i, d_i) that model's input embeddings of its first tokens of the
+            context sentences ranked by similarity to the question (the `anchor_budget` text).
+        anchor_masks: per model, (B, L_i) 1 on real tokens of `anchor_embeds`.
     """
 
     byte_ids: torch.Tensor | None = None
@@ -60,6 +63,8 @@ class EncoderInputs:
     question_mask: torch.Tensor | None = None
     relevance: torch.Tensor | None = None
     candidate_mask: torch.Tensor | None = None
+    anchor_embeds: list[torch.Tensor] | None = None
+    anchor_masks: list[torch.Tensor] | None = None
 
 
 def _transformer(width: int, heads: int, layers: int, dropout: float) -> nn.Module | None:
@@ -363,22 +368,101 @@ class SpanEncoder(nn.Module):
         return self.out(codes) * span_mask.unsqueeze(-1).to(codes.dtype)  # (B, S, d_z)
 
 
+class AnchorSpanEncoder(nn.Module):
+    """Context scope: the query-aware extractive selection as the latent's starting point, plus a learned
+    span residual.
+
+    Position k of the latent is the concatenation over the frozen models of each model's input
+    embedding of its k-th token of the `anchor_budget` text (the context sentences ranked by MiniLM
+    similarity to the question), so d_z = sum of the models' widths; to it a `SpanEncoder` code of the
+    k-th span of `ratio` context tokens is added, scaled per model part by that model's embedding RMS.
+    The residual's output layer starts at zero, so at step 0 the latent *is* the anchor selection
+    (with `select` adapters, each model's soft tokens equal its `anchor_budget` embeddings exactly) and
+    training moves it from there. M = ceil(n / ratio) positions, as the span encoder's.
+    """
+
+    required_features = ("aligned", "anchor")
+
+    def __init__(
+        self,
+        cfg: EncoderConfig,
+        slots: int,
+        d_z: int,
+        st_dim: int = 384,
+        model_dims: tuple[int, ...] = (),
+        ratio: int = 4,
+        embed_rms: tuple[float, ...] = (),
+        **_: object,
+    ) -> None:
+        super().__init__()
+        if not model_dims or d_z != sum(model_dims):
+            raise ValueError(
+                f"latent.d_z: the anchor_span latent concatenates every model's embedding, so it must be "
+                f"{' + '.join(map(str, model_dims)) or 'the sum of the model widths'} = {sum(model_dims)}; "
+                f"got {d_z}"
+            )
+        self.slots, self.ratio = slots, ratio
+        self.residual = SpanEncoder(cfg, slots, d_z, st_dim, model_dims, ratio)
+        nn.init.zeros_(self.residual.out.weight)
+        nn.init.zeros_(self.residual.out.bias)
+        rms = embed_rms or (1.0,) * len(model_dims)
+        scale = torch.cat([torch.full((d,), float(r)) for d, r in zip(model_dims, rms, strict=True)])
+        self.register_buffer("part_scale", scale, persistent=False)  # (d_z,)
+
+    def latent_mask(self, inputs: EncoderInputs) -> torch.Tensor:
+        """(B, S) 1 on the positions that carry a span."""
+        return self.residual.latent_mask(inputs)
+
+    def model_masks(self, inputs: EncoderInputs) -> list[torch.Tensor]:
+        """Per model, (B, S): the positions that model reads, those with a span and a selected token of
+        its own (a context shorter than S of its tokens uses fewer, as its `anchor_budget` does)."""
+        span_mask = self.latent_mask(inputs)
+        return [
+            self._first(mask.unsqueeze(-1), span_mask.shape[1]).squeeze(-1) * span_mask
+            for mask in inputs.anchor_masks
+        ]
+
+    @staticmethod
+    def _first(x: torch.Tensor, length: int) -> torch.Tensor:
+        """x (B, L, d) cut or zero-padded to (B, length, d)."""
+        if x.shape[1] >= length:
+            return x[:, :length]
+        return torch.cat([x, x.new_zeros(x.shape[0], length - x.shape[1], x.shape[2])], dim=1)
+
+    def forward(self, inputs: EncoderInputs) -> torch.Tensor:
+        residual = self.residual(inputs)  # (B, S, d_z), zero outside the spans
+        spans = residual.shape[1]
+        parts = [
+            self._first(e.to(residual.dtype) * m.unsqueeze(-1).to(residual.dtype), spans)
+            for e, m in zip(inputs.anchor_embeds, inputs.anchor_masks, strict=True)
+        ]  # per model (B, S, d_i)
+        selected = torch.cat(parts, dim=-1) * self.latent_mask(inputs).unsqueeze(-1).to(residual.dtype)
+        return selected + residual * self.part_scale  # (B, S, d_z)
+
+
 ENCODERS = {
     "byte": ByteEncoder,
     "stquery": STQueryEncoder,
     "anchor": AnchorGuidedEncoder,
     "interlingua": InterlinguaEncoder,
     "span": SpanEncoder,
+    "anchor_span": AnchorSpanEncoder,
 }
 
 
 def build_encoder(
-    cfg: EncoderConfig, latent: LatentConfig, num_models: int, st_dim: int, model_dims
+    cfg: EncoderConfig, latent: LatentConfig, num_models: int, st_dim: int, model_dims, embed_rms=()
 ) -> nn.Module:
     """The encoder named by `cfg.kind`, emitting shared + per-model private slots."""
     slots = latent.shared_length + num_models * latent.private_length
     encoder = ENCODERS[cfg.kind](
-        cfg, slots, latent.d_z, st_dim=st_dim, model_dims=tuple(model_dims), ratio=latent.ratio
+        cfg,
+        slots,
+        latent.d_z,
+        st_dim=st_dim,
+        model_dims=tuple(model_dims),
+        ratio=latent.ratio,
+        embed_rms=tuple(embed_rms),
     )
     if cfg.frozen:
         for param in encoder.parameters():

@@ -531,7 +531,7 @@ def evaluate_context(
             }
         out = None
         if "latent" in methods:
-            inputs = features([e.context for e in batch], wire.required_features)
+            inputs = features([e.context for e in batch], wire.required_features, questions)
             out = wire(inputs, gain=cfg.eval.prefix_gain)
             budgets = out.latent_mask.sum(-1).tolist()
             if budgets != [e.positions for e in batch]:
@@ -541,8 +541,7 @@ def evaluate_context(
         for index, lm in enumerate(lms):
             for method in methods:
                 if method == "latent":
-                    soft = out.soft_tokens[index]
-                    pieces = [soft[row, out.latent_mask[row].bool()] for row in range(len(batch))]
+                    pieces = out.pieces(index)
                     prompt, mask = context_prompts(lm, pieces, questions)
                     used = [p.shape[0] for p in pieces]
                 else:

@@ -13,7 +13,7 @@ import torch
 
 from latentlm.wire.config import EncoderConfig
 from latentlm.wire.encoders import BYTE_VOCAB, EncoderInputs
-from latentlm.wire.frozen import QUESTION_LABEL, ContentSpans, FrozenLM, content_spans
+from latentlm.wire.frozen import QUESTION_LABEL, ContentSpans, FrozenLM, content_spans, format_content
 
 
 def byte_features(texts: Sequence[str], max_bytes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,6 +127,35 @@ def sentence_relevance(
     return [(s, (e[:-1] @ e[-1]).tolist()) for s, e in zip(spans, embeds, strict=True)]
 
 
+def ranked_sentences(sentence: SentenceStates, context: str, question: str) -> str:
+    """The context's sentences from the most to the least similar to the question, one text: the
+    context-scope `anchor_budget` keeps its first M tokens, the `anchor_span` latent starts from them."""
+    text = format_content(context, question)
+    spans, cosines = sentence_relevance(sentence, [text])[0]
+    order = sorted(range(len(cosines)), key=lambda k: -cosines[k])
+    return " ".join(text[slice(*spans.sentences[k])] for k in order)
+
+
+def anchor_selection_embeddings(
+    lm: FrozenLM, sentence: SentenceStates, contexts: Sequence[str], questions: Sequence[str], max_tokens: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """This model's input embeddings of the first `max_tokens` tokens of each `ranked_sentences` text,
+    right-padded with zeros: (B, L, d) and mask (B, L)."""
+    ids = [
+        lm.encode(ranked_sentences(sentence, c, q))[:max_tokens]
+        for c, q in zip(contexts, questions, strict=True)
+    ]
+    length = max(1, max(len(i) for i in ids))
+    padded = torch.full((len(ids), length), lm.pad_id, dtype=torch.long)
+    mask = torch.zeros(len(ids), length, dtype=torch.long)
+    for row, values in enumerate(ids):
+        padded[row, : len(values)] = torch.tensor(values, dtype=torch.long)
+        mask[row, : len(values)] = 1
+    with torch.no_grad():
+        embeds = lm.embed(padded)
+    return embeds * mask.unsqueeze(-1).to(embeds.dtype), mask
+
+
 def anchor_budget_contents(sentence: SentenceStates, texts: Sequence[str]) -> list[str]:
     """The text counterpart of the interlingua's selection: per text, the question, then the context
     sentences from the most to the least similar to it (a token budget then keeps the first M)."""
@@ -179,7 +208,10 @@ class FeatureBuilder:
         self.lms, self.sentence = list(lms), sentence
         self.max_bytes, self.max_tokens = max_bytes, max_tokens
 
-    def __call__(self, texts: Sequence[str], required: Sequence[str]) -> EncoderInputs:
+    def __call__(
+        self, texts: Sequence[str], required: Sequence[str], questions: Sequence[str] | None = None
+    ) -> EncoderInputs:
+        """Features of `texts`; `questions` (one per text) only for the query-aware `anchor` feature."""
         inputs = EncoderInputs()
         if "bytes" in required:
             inputs.byte_ids, inputs.byte_mask = byte_features(texts, self.max_bytes)
@@ -195,6 +227,15 @@ class FeatureBuilder:
             pairs = [content_embeddings(lm, texts, self.max_tokens) for lm in self.lms]
             inputs.llm_embeds = [p[0] for p in pairs]
             inputs.llm_masks = [p[1] for p in pairs]
+        if "anchor" in required:
+            if questions is None or self.sentence is None:
+                raise ValueError("the anchor_span encoder needs the questions and the sentence encoder")
+            pairs = [
+                anchor_selection_embeddings(lm, self.sentence, texts, questions, self.max_tokens)
+                for lm in self.lms
+            ]
+            inputs.anchor_embeds = [p[0] for p in pairs]
+            inputs.anchor_masks = [p[1] for p in pairs]
         return inputs
 
     def _aligned(self, texts: Sequence[str], inputs: EncoderInputs) -> None:

@@ -41,9 +41,29 @@ class WireAdapter(nn.Module):
         embed_rms: the frozen model's input-embedding RMS (calibration target).
     """
 
-    def __init__(self, cfg: AdapterConfig, d_z: int, d_model: int, embed_rms: float) -> None:
+    def __init__(
+        self,
+        cfg: AdapterConfig,
+        d_z: int,
+        d_model: int,
+        embed_rms: float,
+        part: tuple[int, int] | None = None,
+    ) -> None:
         super().__init__()
         self.cfg = cfg
+        self.register_buffer("embed_rms", torch.tensor(float(embed_rms)), persistent=True)
+        self.scale = nn.Parameter(torch.ones(()))
+        if cfg.kind == "select":  # this model's part of the latent + a low-rank correction (zero at start)
+            if part is None or part[1] - part[0] != d_model:
+                raise ValueError(f"adapter.kind select: needs this model's slice of the latent, got {part}")
+            self.part = part
+            self.delta = nn.Sequential(
+                nn.LayerNorm(d_z), nn.Linear(d_z, cfg.rank), nn.GELU(), nn.Linear(cfg.rank, d_model)
+            )
+            nn.init.zeros_(self.delta[-1].weight)
+            nn.init.zeros_(self.delta[-1].bias)
+            self.gamma = self.beta = None
+            return
         self.input_norm = nn.LayerNorm(d_z)
         self.proj = nn.Linear(d_z, d_model)
         self.mlp = None
@@ -60,13 +80,14 @@ class WireAdapter(nn.Module):
             self.film = nn.Linear(d_z, 2 * d_model)
             nn.init.zeros_(self.film.weight)
             nn.init.zeros_(self.film.bias)
-        self.register_buffer("embed_rms", torch.tensor(float(embed_rms)), persistent=True)
-        self.scale = nn.Parameter(torch.ones(()))
         self.gamma = nn.Parameter(torch.ones(d_model)) if cfg.affine else None
         self.beta = nn.Parameter(torch.zeros(d_model)) if cfg.affine else None
 
     def forward(self, z: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
-        """z (B, M, d_z) -> soft tokens (B, M, d_model), RMS-calibrated, times `gain`."""
+        """z (B, M, d_z) -> soft tokens (B, M, d_model), RMS-calibrated, times `gain`
+        (`select`: this model's slice of z plus embed_rms x the low-rank correction, no calibration)."""
+        if self.cfg.kind == "select":
+            return (z[..., self.part[0] : self.part[1]] + self.embed_rms * self.delta(z)) * gain
         z = self.input_norm(z)
         h = self.proj(z)  # (B, M, d)
         if self.mlp is not None:
@@ -102,6 +123,18 @@ class WireOutput:
     """Mean over the frozen models of the teacher-forced answer CE (None without answers)."""
     model_losses: dict[str, torch.Tensor] = field(default_factory=dict)
     """The answer CE of each frozen model."""
+    model_masks: list[torch.Tensor] | None = None
+    """Per frozen model, (B, M_total) the slots it reads when that differs from `latent_mask`
+    (`anchor_span`: a context with fewer of that model's tokens than positions)."""
+
+    def mask_for(self, index: int) -> torch.Tensor:
+        """The slots frozen model `index` reads, (B, M_total)."""
+        return self.latent_mask if self.model_masks is None else self.model_masks[index]
+
+    def pieces(self, index: int) -> list[torch.Tensor]:
+        """Per example, the soft tokens model `index` reads in the context scope, (M_b, d)."""
+        soft, mask = self.soft_tokens[index], self.mask_for(index)
+        return [soft[row, mask[row].bool()] for row in range(soft.shape[0])]
 
 
 class WireModel(PretrainedMixin, nn.Module):
@@ -120,11 +153,17 @@ class WireModel(PretrainedMixin, nn.Module):
         super().__init__()
         self.config = config
         self.encoder = build_encoder(
-            config.encoder, config.latent, len(config.model_names), config.st_dim, config.model_dims
+            config.encoder,
+            config.latent,
+            len(config.model_names),
+            config.st_dim,
+            config.model_dims,
+            config.embed_rms,
         )
+        starts = [sum(config.model_dims[:i]) for i in range(len(config.model_dims))]
         self.adapters = nn.ModuleList(
-            WireAdapter(config.adapter, config.latent.d_z, d, rms)
-            for d, rms in zip(config.model_dims, config.embed_rms, strict=True)
+            WireAdapter(config.adapter, config.latent.d_z, d, rms, (start, start + d))
+            for d, rms, start in zip(config.model_dims, config.embed_rms, starts, strict=True)
         )
 
     # ----------------------------------------------------------------- frozen models
@@ -213,13 +252,15 @@ class WireModel(PretrainedMixin, nn.Module):
         mask = self.latent_mask(inputs, z)
         soft = [self.soft_tokens(z, i, gain) for i in range(len(self.adapters))]
         out = WireOutput(latent=z, latent_mask=mask, soft_tokens=soft)
+        if hasattr(self.encoder, "model_masks"):
+            out.model_masks = self.encoder.model_masks(inputs)
         if answers is None:
             return out
         if self.scope == "context" and questions is None:
             raise ValueError("the context scope needs the questions to score answers")
         questions = list(questions) if questions is not None else [""] * z.shape[0]
         for index, lm in enumerate(self.frozen()[0]):
-            prompt, prompt_mask = self.prompt(index, soft[index], mask, questions)
+            prompt, prompt_mask = self.prompt(index, soft[index], out.mask_for(index), questions)
             gold = [lm.answer_ids(a)[:max_answer_tokens] for a in answers]
             gold_ids = lm.pad_answers(gold).to(prompt.device)
             gold_mask = lm.answer_mask(gold, gold_ids.shape[1]).to(prompt.device)
@@ -234,11 +275,11 @@ class WireModel(PretrainedMixin, nn.Module):
     ) -> dict[str, str]:
         """Each frozen model's greedy answer to `question` about `context`, read from the latent."""
         lms, features = self.frozen()
-        inputs = features(self.encoder_texts([context], [question]), self.required_features)
+        inputs = features(self.encoder_texts([context], [question]), self.required_features, [question])
         out = self(inputs, gain=gain)
         answers = {}
         for index, lm in enumerate(lms):
-            prompt, mask = self.prompt(index, out.soft_tokens[index], out.latent_mask, [question])
+            prompt, mask = self.prompt(index, out.soft_tokens[index], out.mask_for(index), [question])
             answers[lm.name] = lm.decode(lm.generate_from_embeds(prompt, mask, max_new_tokens)[0])
         return answers
 

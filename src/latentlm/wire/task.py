@@ -338,14 +338,14 @@ class WireTask(Task):
         from latentlm.wire.features import autoencode_prompts, context_prompts
 
         cfg, loss_cfg = self.cfg, self.cfg.loss
-        out = wire(self.features(batch["context"], wire.required_features))
+        out = wire(self.features(batch["context"], wire.required_features, batch["question"]))
         answer_pass = state.step >= loss_cfg.autoencode_only_steps
         terms: dict[str, torch.Tensor] = {}
         metrics: dict[str, float] = {"latent_positions": float(out.latent_mask.sum(-1).float().mean())}
         num_tokens = 0
         for i, lm in enumerate(self.lms):
             soft = out.soft_tokens[i]  # (B, M, d)
-            pieces = [soft[row, out.latent_mask[row].bool()] for row in range(soft.shape[0])]  # (M_b, d)
+            pieces = out.pieces(i)  # (M_b, d) each
             if loss_cfg.autoencode > 0:
                 targets = [lm.encode(c)[: loss_cfg.autoencode_tokens] for c in batch["context"]]
                 target_ids = lm.pad_answers(targets).to(soft.device)
@@ -408,25 +408,48 @@ class WireTask(Task):
     # ------------------------------------------------------------------ in-training evaluation
     def evaluate(self, model: nn.Module, state: TrainState) -> dict[str, float]:
         """First-token top-1 and gold NLL/token of the latent on a few dev questions, per model."""
-        from latentlm.wire.evaluate import score_gold
-
         wire: WireModel = getattr(model, "module", model)
-        if not self.dev_items:
-            return {}
-        out: dict[str, float] = {}
-        nlls = []
-        questions = [i.question for i in self.dev_items]
-        golds = [i.answer for i in self.dev_items]
-        texts = wire.encoder_texts([i.context for i in self.dev_items], questions)
-        encoded = wire(self.features(texts, wire.required_features), gain=self.cfg.eval.prefix_gain)
-        for index, lm in enumerate(self.lms):
-            prompt, mask = wire.prompt(index, encoded.soft_tokens[index], encoded.latent_mask, questions)
-            scores = score_gold(lm, prompt, mask, golds, self.cfg.data.max_answer_tokens)
-            out[f"{lm.name}/first_top1"] = scores["first_top1"]
-            out[f"{lm.name}/gold_nll"] = scores["gold_nll"]
-            nlls.append(scores["gold_nll"])
-        out["gold_nll_mean"] = float(np.mean(nlls))
-        return out
+        return latent_dev_scores(wire, self.lms, self.features, self.dev_items, self.cfg)
+
+
+@torch.no_grad()
+def latent_dev_scores(
+    wire: WireModel, lms: list[FrozenLM], features: FeatureBuilder, items: list[QAItem], cfg: WireRunConfig
+) -> dict[str, float]:
+    """First-token top-1 and gold NLL/token of the latent on `items`, per model, and `gold_nll_mean`
+    (the in-training evaluation; the context benchmark also scores the step-0 model with it)."""
+    from latentlm.wire.evaluate import score_gold
+
+    if not items:
+        return {}
+    out: dict[str, float] = {}
+    nlls = []
+    questions = [i.question for i in items]
+    golds = [i.answer for i in items]
+    texts = wire.encoder_texts([i.context for i in items], questions)
+    encoded = wire(features(texts, wire.required_features, questions), gain=cfg.eval.prefix_gain)
+    for index, lm in enumerate(lms):
+        prompt, mask = wire.prompt(index, encoded.soft_tokens[index], encoded.mask_for(index), questions)
+        scores = score_gold(lm, prompt, mask, golds, cfg.data.max_answer_tokens)
+        out[f"{lm.name}/first_top1"] = scores["first_top1"]
+        out[f"{lm.name}/gold_nll"] = scores["gold_nll"]
+        nlls.append(scores["gold_nll"])
+    out["gold_nll_mean"] = float(np.mean(nlls))
+    return out
+
+
+def selection_dev_examples(cfg: WireRunConfig) -> list[SquadExample]:
+    """The dev questions of the in-training evaluation (`best/`): `eval.in_training_examples` of them,
+    after the `data.dev_limit` ones that `eval` scores."""
+    from latentlm.wire.data import resolve_examples
+
+    return resolve_examples(
+        cfg.data.dev,
+        "validation",
+        cfg.eval.in_training_examples,
+        cfg.data.max_context_chars,
+        cfg.data.dev_limit,
+    )
 
 
 def train_wire(
@@ -445,16 +468,8 @@ def train_wire(
     lms = list(lms) if lms is not None else load_frozen_lms(cfg.models, cfg.prompt)
     features, st_dim = build_features(cfg.encoder, lms, sentence, "anchor_budget" in cfg.eval.baselines)
     train = resolve_examples(cfg.data.train, "train", cfg.data.train_limit, cfg.data.max_context_chars)
-    # In-training evaluation (best checkpoint) uses dev questions after the ones `eval` scores.
-    dev = resolve_examples(
-        cfg.data.dev,
-        "validation",
-        cfg.eval.in_training_examples,
-        cfg.data.max_context_chars,
-        cfg.data.dev_limit,
-    )
     run = RunDir(cfg.run_dir)
-    task = WireTask(cfg, lms, features, train, dev, run.path, st_dim)
+    task = WireTask(cfg, lms, features, train, selection_dev_examples(cfg), run.path, st_dim)
     train_task(task, cfg, run)
     run.close()
     return run.path
