@@ -28,8 +28,6 @@ from pathlib import Path
 import torch
 from torch.utils.data import Subset
 
-# Run as a script, this folder is first on sys.path: the quality benchmark's wall-clock trainer.
-from diffusion_quality import _train_for  # noqa: E402
 from latentlm.core.bench import save_results
 from latentlm.core.config import load_config
 from latentlm.core.lifecycle import load_trained_model
@@ -39,7 +37,7 @@ from latentlm.diffusion.data import load_sentence_encoder
 from latentlm.diffusion.evaluate import heldout_nelbo, latent_retrieval_metrics
 from latentlm.diffusion.model import LatentDiffusionLM
 from latentlm.diffusion.sampling import sample_latent_from_text, sample_text_from_latent
-from latentlm.diffusion.task import DiffusionTask
+from latentlm.diffusion.task import DiffusionTask, train_for_seconds
 
 CONFIG = "configs/diffusion/cpu_hour.yaml"
 DEV = range(64, 128)
@@ -93,7 +91,7 @@ def stage2_probe(stage1_dir: Path, name: str, extra: list[str], seconds: float, 
         ],
     )
     task = DiffusionTask(cfg, RunDir(cfg.run_dir))
-    train = _train_for(task, cfg, seconds, evals=1)
+    train = train_for_seconds(task, cfg, seconds, evals=1)
     model = load_trained_model(cfg.run_dir, LatentDiffusionLM).eval()
     bounds = heldout_nelbo(model, Subset(task.val_dataset, list(DEV)), num_draws=4, seed=1)
     print(f"[probe] stage II {name}: {bounds}", flush=True)
@@ -149,7 +147,7 @@ def main() -> None:
         )
         task = DiffusionTask(cfg, RunDir(cfg.run_dir))
         start = time.perf_counter()
-        train = None if args.skip_stage1_train else _train_for(task, cfg, args.seconds, evals=1)
+        train = None if args.skip_stage1_train else train_for_seconds(task, cfg, args.seconds, evals=1)
         model = load_trained_model(cfg.run_dir, LatentDiffusionLM)
         encoder = encoder or load_sentence_encoder(model.config.encoder)
         results[name] = {"overrides": extra, "train": train} | dev_recall(task, model, encoder, guidance)

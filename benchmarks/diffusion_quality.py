@@ -29,7 +29,7 @@ import torch
 
 from latentlm.core.bench import RESULTS, save_results
 from latentlm.core.config import load_config
-from latentlm.core.lifecycle import load_trained_model, train_task
+from latentlm.core.lifecycle import load_trained_model
 from latentlm.core.report import line_plot
 from latentlm.core.run import RunDir
 from latentlm.diffusion.autoregressive import AutoregressiveLM
@@ -37,7 +37,7 @@ from latentlm.diffusion.config import DiffusionConfig
 from latentlm.diffusion.evaluate import run_evaluation, text_sample_metrics
 from latentlm.diffusion.model import LatentDiffusionLM
 from latentlm.diffusion.sampling import sample_text_from_latent
-from latentlm.diffusion.task import AutoregressiveTask, DiffusionTask
+from latentlm.diffusion.task import AutoregressiveTask, DiffusionTask, train_for_seconds
 
 CONFIG = "configs/diffusion/cpu_hour.yaml"
 EXTRA: list[str] = []
@@ -49,55 +49,12 @@ def _load(out: Path, name: str, extra: list[str]) -> DiffusionConfig:
     return load_config(DiffusionConfig, CONFIG, [f"run_dir={out / name}", *EXTRA, *extra])
 
 
-def _step_rate(task, steps: int = 8) -> float:
-    """Optimizer steps per second of `task` on a throw-away model (after one warm-up step)."""
-    torch.manual_seed(0)
-    model = task.build_model()
-    if hasattr(task, "_apply_unfreeze_policy"):  # time the regime after Stage II's unfreeze step
-        task._apply_unfreeze_policy(model, 10**9)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    dataset = task.train_dataset()
-    from latentlm.core.engine import TrainState
-
-    def step(i: int) -> None:
-        items = [dataset[(i * task.batch_size + j) % len(dataset)] for j in range(task.batch_size)]
-        task.loss(model, task.collate(items), TrainState(step=1000)).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    step(0)
-    start = time.perf_counter()
-    for i in range(1, steps + 1):
-        step(i)
-    return steps / (time.perf_counter() - start)
-
-
-def _train_for(task, cfg: DiffusionConfig, seconds: float, evals: int = 6) -> dict:
-    rate = _step_rate(task)
-    steps = max(10, int(seconds * rate))
-    cfg.train = dataclasses.replace(
-        cfg.train,
-        max_steps=steps,
-        warmup_steps=min(cfg.train.warmup_steps, steps // 10),
-        eval_every=max(steps // evals, 1),
-        checkpoint_every=steps,
-    )
-    print(
-        f"[quality] {cfg.run_dir}: {rate:.2f} steps/s calibrated -> {steps} steps for {seconds:.0f} s",
-        flush=True,
-    )
-    run = RunDir(cfg.run_dir)
-    start = time.perf_counter()
-    _, state = train_task(task, cfg, run)
-    return {"steps": state.step, "seconds": time.perf_counter() - start, "calibrated_steps_per_s": rate}
-
-
 def phase_train(args, out: Path) -> dict:
     cfg1 = _load(out, "stage1", [])
     task1 = DiffusionTask(cfg1, RunDir(cfg1.run_dir))
-    stage1 = _train_for(task1, cfg1, 60 * args.stage1_minutes)
+    stage1 = train_for_seconds(task1, cfg1, 60 * args.stage1_minutes)
     cfg_ar = _load(out, "ar", [])
-    ar = _train_for(AutoregressiveTask(cfg_ar, RunDir(cfg_ar.run_dir)), cfg_ar, stage1["seconds"])
+    ar = train_for_seconds(AutoregressiveTask(cfg_ar, RunDir(cfg_ar.run_dir)), cfg_ar, stage1["seconds"])
     return {
         "stage1_train": stage1,
         "ar_train": ar,
@@ -157,7 +114,7 @@ def phase_eval(args, out: Path) -> dict:
             "train.lr=0.001",
         ],
     )
-    stage2 = _train_for(DiffusionTask(cfg2, RunDir(cfg2.run_dir)), cfg2, 60 * args.stage2_minutes)
+    stage2 = train_for_seconds(DiffusionTask(cfg2, RunDir(cfg2.run_dir)), cfg2, 60 * args.stage2_minutes)
     start = time.perf_counter()
     m2 = run_evaluation(DiffusionTask(load_finished_run(stage2_dir, DiffusionConfig)), stage2_dir)
     seconds["stage2_eval"] = time.perf_counter() - start

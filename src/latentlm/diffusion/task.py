@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,7 @@ from torch import nn
 
 from latentlm.core.checkpoint import load_tensors, verify_manifest
 from latentlm.core.engine import StepOutput, Task, TrainState
+from latentlm.core.lifecycle import train_task
 from latentlm.core.run import RunDir
 from latentlm.diffusion.autoregressive import AutoregressiveLM
 from latentlm.diffusion.config import DiffusionConfig, ModelConfig
@@ -416,3 +418,45 @@ class AutoregressiveTask(Task):
             out = model(rows.to(device))
             nll, tokens = nll + float(out.nll_sum), tokens + int(out.num_tokens)
         return {"nll_per_token": nll / tokens, "ppl": safe_perplexity(nll, tokens)}
+
+
+def step_rate(task: DiffusionTask | AutoregressiveTask, steps: int = 8) -> float:
+    """Optimizer steps per second of `task` on a throw-away model (after one warm-up step)."""
+    torch.manual_seed(0)
+    model = task.build_model()
+    if isinstance(task, DiffusionTask):  # time the regime after Stage II's unfreeze step
+        task._apply_unfreeze_policy(model, 10**9)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    dataset = task.train_dataset()
+
+    def step(i: int) -> None:
+        items = [dataset[(i * task.batch_size + j) % len(dataset)] for j in range(task.batch_size)]
+        task.loss(model, task.collate(items), TrainState(step=1000)).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step(0)
+    start = time.perf_counter()
+    for i in range(1, steps + 1):
+        step(i)
+    return steps / (time.perf_counter() - start)
+
+
+def train_for_seconds(
+    task: DiffusionTask | AutoregressiveTask, cfg: DiffusionConfig, seconds: float, evals: int = 6
+) -> dict:
+    """Train `task` for about `seconds` of wall-clock (the equal-time comparisons of the benchmarks):
+    max_steps = the budget x the step rate measured on 8 calibration steps, so the schedule ends on time."""
+    rate = step_rate(task)
+    steps = max(10, int(seconds * rate))
+    cfg.train = dataclasses.replace(
+        cfg.train,
+        max_steps=steps,
+        warmup_steps=min(cfg.train.warmup_steps, steps // 10),
+        eval_every=max(steps // evals, 1),
+        checkpoint_every=steps,
+    )
+    print(f"[train_for_seconds] {cfg.run_dir}: {rate:.2f} steps/s -> {steps} steps for {seconds:.0f} s")
+    start = time.perf_counter()
+    _, state = train_task(task, cfg, RunDir(cfg.run_dir))
+    return {"steps": state.step, "seconds": time.perf_counter() - start, "calibrated_steps_per_s": rate}
