@@ -16,7 +16,7 @@ under a content hash of the corpus, the teacher and these settings.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -24,8 +24,16 @@ import torch
 from latentlm.core.run import progress
 from latentlm.hmm.config import TeacherConfig
 
-if TYPE_CHECKING:  # the type only: data.py loads teacher tokenizers lazily from here
-    from latentlm.hmm.data import SequenceSet
+
+class TokenSequences(Protocol):
+    """What the teacher reads of a `latentlm.hmm.data.SequenceSet` (named structurally: data.py imports
+    this module, so importing data.py here would be a cycle)."""
+
+    pieces: list[list]
+    offsets: np.ndarray
+
+    @property
+    def num_tokens(self) -> int: ...
 
 
 def teacher_kind(cfg: TeacherConfig) -> str:
@@ -140,7 +148,7 @@ def _find(haystack: list, needle: list) -> int:
 
 
 @torch.no_grad()
-def embed_sequences(model, tokenizer, kind: str, sequences: SequenceSet, cfg: TeacherConfig) -> np.ndarray:
+def embed_sequences(model, tokenizer, kind: str, sequences: TokenSequences, cfg: TeacherConfig) -> np.ndarray:
     """Teacher embeddings of every HMM token, pooled per token; ``(N_tokens, d)`` float16.
 
     Args:
