@@ -2,8 +2,8 @@
 baselines at equal positions, on CPU.
 
 `--stage train` trains `configs/wire/context.yaml` (span encoder, autoencoding + answer loss through
-SmolLM2-135M and Qwen2.5-Coder-0.5B); `--stage eval` evaluates the latent at its ratio and every
-text baseline (no_context, token_budget, anchor_budget, external = Selective Context under SmolLM2,
+SmolLM2-135M and Qwen2.5-Coder-0.5B) once per ratio of `--ratios`, in `<run-dir>/<ratio>x`;
+`--stage eval` evaluates each ratio's latent and every text baseline (no_context, token_budget, anchor_budget, external = Selective Context under SmolLM2,
 text) at every ratio of `--ratios`, all with the same question text, on the same dev questions, and
 writes `benchmarks/results/wire_context.json` (one row per compression, model and method) and
 `wire_context.png` (F1 against positions). `--stage all` does both.
@@ -58,7 +58,9 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--train", type=int, default=2000, help="train questions available")
     parser.add_argument("--dev", type=int, default=50, help="dev questions evaluated")
-    parser.add_argument("--ratios", type=int, nargs="+", default=[4], help="the first is the latent's")
+    parser.add_argument(
+        "--ratios", type=int, nargs="+", default=[4], help="context tokens per position; a latent is trained at each"
+    )
     parser.add_argument(
         "--deadline-s", type=float, default=1140, help="stop evaluating new questions this long after start"
     )
@@ -81,48 +83,60 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def ratio_run_dir(args: argparse.Namespace, ratio: int) -> Path:
+    """The run of the latent trained at `ratio` (one per ratio of --ratios)."""
+    return Path(args.run_dir) / f"{ratio}x"
+
+
 def train(args: argparse.Namespace, lms, sentence) -> dict:
-    steps = args.steps
-    overrides = [
-        f"run_dir={args.run_dir}",
-        f"train.max_steps={steps}",
-        f"phases=[{{name: context, steps: {steps}}}]",
-        f"batch_size={args.batch}",
-        f"data.train_limit={args.train}",
-        f"latent.ratio={args.ratios[0]}",
-        f"loss.autoencode_only_steps={round(steps * args.ae_only_fraction)}",
-        *args.set,
-    ]
-    cfg = load_config(WireRunConfig, args.config, overrides)
-    start = time.time()
-    train_wire(cfg, lms, sentence)
-    seconds = time.time() - start
-    info = {"train_seconds": seconds, "steps": steps, "batch_size": args.batch, "overrides": overrides}
-    (Path(args.run_dir) / "bench_train.json").write_text(json.dumps(info, indent=1))
-    return info
+    """One latent per ratio of --ratios, each trained for --steps; the in-training dev questions
+    (checkpoint choice) come after the --dev evaluated ones."""
+    infos = {}
+    for ratio in args.ratios:
+        steps = args.steps
+        overrides = [
+            f"run_dir={ratio_run_dir(args, ratio)}",
+            f"train.max_steps={steps}",
+            f"phases=[{{name: context, steps: {steps}}}]",
+            f"batch_size={args.batch}",
+            f"data.train_limit={args.train}",
+            f"data.dev_limit={args.dev}",
+            f"latent.ratio={ratio}",
+            f"loss.autoencode_only_steps={round(steps * args.ae_only_fraction)}",
+            *args.set,
+        ]
+        cfg = load_config(WireRunConfig, args.config, overrides)
+        cfg.latent.length = max(cfg.latent.length, -(-cfg.encoder.max_tokens // ratio))  # every span fits
+        start = time.time()
+        train_wire(cfg, lms, sentence)
+        info = {"train_seconds": time.time() - start, "steps": steps, "batch_size": args.batch}
+        info |= {"overrides": overrides, "latent_length": cfg.latent.length}
+        (ratio_run_dir(args, ratio) / "bench_train.json").write_text(json.dumps(info, indent=1))
+        infos[f"{ratio}x"] = info
+    return infos
 
 
 def evaluate(args: argparse.Namespace, lms, sentence, deadline: float) -> dict:
-    """Every method at every ratio, 8 questions at a time (all methods on the same questions) until
-    `deadline` (time.time()); later ratios only when the earlier ones finished every question."""
-    run_dir = Path(args.run_dir)
-    cfg = load_run_config(WireRunConfig, run_dir, [f"data.dev_limit={args.dev}"])
-    features, _ = build_features(cfg.encoder, lms, sentence, True)
-    dev = resolve_examples(cfg.data.dev, "validation", args.dev, cfg.data.max_context_chars)
-    wire, selection = choose_checkpoint(args, run_dir, lms, features, dev)
-    scorer = next(lm for lm in lms if lm.name == cfg.eval.external_scorer)
-    rows, per_ratio = [], {}
+    """Every method at every ratio (the latent trained at that ratio), 8 questions at a time (all
+    methods on the same questions) until `deadline` (time.time()); later ratios only when the earlier
+    ones finished every question."""
+    first = load_run_config(WireRunConfig, ratio_run_dir(args, args.ratios[0]))
+    features, _ = build_features(first.encoder, lms, sentence, True)
+    dev = resolve_examples(first.data.dev, "validation", args.dev, first.data.max_context_chars)
+    scorer = next(lm for lm in lms if lm.name == first.eval.external_scorer)
+    rows, per_ratio, selections = [], {}, {}
     for k, ratio in enumerate(args.ratios):
-        methods = (["latent"] if ratio == cfg.latent.ratio else []) + [
-            m for m in BASELINES if k == 0 or m not in RATIO_FREE
-        ]
+        run_dir = ratio_run_dir(args, ratio)
+        cfg = load_run_config(WireRunConfig, run_dir)
+        wire, selections[f"{ratio}x"] = choose_checkpoint(args, run_dir, lms, features, dev)
+        methods = ["latent"] + [m for m in BASELINES if k == 0 or m not in RATIO_FREE]
         t0, records, extras = time.time(), [], {}
         for begin in range(0, len(dev), 8):
             if time.time() > deadline and (k > 0 or records):
                 break
             metrics, chunk = evaluate_context(
                 cfg,
-                wire if "latent" in methods else None,
+                wire,
                 lms,
                 features,
                 dev[begin : begin + 8],
@@ -165,7 +179,7 @@ def evaluate(args: argparse.Namespace, lms, sentence, deadline: float) -> dict:
                 for r in rows
                 if r["compression"] == first and r["method"] in RATIO_FREE
             ]
-    return {"rows": rows, "per_ratio": per_ratio, "selection": selection}
+    return {"rows": rows, "per_ratio": per_ratio, "selection": selections}
 
 
 def choose_checkpoint(args, run_dir: Path, lms, features, dev) -> tuple[WireModel, dict]:
@@ -177,14 +191,14 @@ def choose_checkpoint(args, run_dir: Path, lms, features, dev) -> tuple[WireMode
         "checkpoint": "best" if state.is_file() else "last",
         **(read_json(state) if state.is_file() else {}),
     }
-    if not args.select_step0:
-        return wire, selection
     train_cfg = load_run_config(WireRunConfig, run_dir)  # the in-training dev questions, as in training
     if args.dev > train_cfg.data.dev_limit:
         raise ValueError(
             f"--dev {args.dev}: the selection questions start after data.dev_limit = "
             f"{train_cfg.data.dev_limit} of the run; evaluate at most that many"
         )
+    if not args.select_step0:
+        return wire, selection
     initial = WireModel(wire.config).eval().attach(lms, features=features)
     task = WireTask(train_cfg, lms, features, [], selection_dev_examples(train_cfg), run_dir)
     step0 = latent_dev_scores(initial, lms, features, task.dev_items, train_cfg)["gold_nll_mean"]
@@ -263,7 +277,8 @@ def fit_to_clock(args: argparse.Namespace, started: float) -> bool:
         args.deadline_s = min(args.deadline_s, left - 150)  # the last chunk and the JSON after it
         if args.stage in ("train", "all"):
             train_budget = left - 60 - 330  # model loading; at least ~4 evaluation chunks
-            args.steps = min(args.steps, max(4, int(train_budget / args.seconds_per_step)))
+            per_step = args.seconds_per_step * len(args.ratios)  # one run per ratio
+            args.steps = min(args.steps, max(4, int(train_budget / per_step)))
         print(
             f"fit to {args.finish_by} UTC: {args.steps} steps, deadline {args.deadline_s:.0f} s", flush=True
         )
@@ -285,17 +300,21 @@ def main() -> None:
     if args.stage == "train":
         return
     result = evaluate(args, lms, sentence, started + args.deadline_s)
-    trained = json.loads((Path(args.run_dir) / "bench_train.json").read_text())
+    trained = {
+        f"{r}x": json.loads((ratio_run_dir(args, r) / "bench_train.json").read_text()) for r in args.ratios
+    }
     rows = result["rows"]
     plot(rows, RESULTS / f"{args.out}.png")
+    budget = ", ".join(
+        f"{name}: {t['steps']} steps of {t['batch_size']} questions ({t['train_seconds']:.0f} s)"
+        for name, t in trained.items()
+    )
     summary = {
         "description": "issue 12: SQuAD context compression, one latent for SmolLM2-135M + "
-        "Qwen2.5-Coder-0.5B, text baselines at equal positions (same question text)",
+        "Qwen2.5-Coder-0.5B per compression ratio, text baselines at equal positions (same question text)",
         "reduced_budget": (
-            f"CPU, 2 shared cores: {trained['steps']} training steps of {trained['batch_size']} questions "
-            f"({trained['train_seconds']:.0f} s), up to {args.dev} dev questions as time allowed "
-            "(per_ratio.questions; issue: 200), "
-            f"ratios {args.ratios} (issue: 2x and 4x); the latent is trained at {args.ratios[0]}x only"
+            f"CPU, 2 cores: one latent trained per ratio ({budget}), up to {args.dev} dev questions "
+            "as time allowed (per_ratio.questions)"
         ),
         "train": trained,
         "rows": rows,

@@ -155,7 +155,7 @@ def test_benchmark_keeps_step0_when_training_does_not_lower_the_dev_nll(
     lms = [tiny_llama, tiny_qwen]
     wire_context.train(args, lms, sentence)
     result = wire_context.evaluate(args, lms, sentence, deadline=time.time() + 600)
-    selection = result["selection"]
+    selection = result["selection"]["4x"]
     assert selection["step0_equals_anchor_budget"] is True
     trained = selection["gold_nll_mean"]
     assert selection["checkpoint"] == ("step0" if selection["step0_gold_nll_mean"] <= trained else "best")

@@ -6,7 +6,8 @@ import argparse
 import time
 
 from latentlm.core.checkpoint import read_json
-from latentlm.core.config import save_config
+from latentlm.core.config import load_run_config, save_config
+from latentlm.wire.config import WireRunConfig
 from tests.wire.test_context import context_cfg
 
 
@@ -30,14 +31,15 @@ def test_benchmark_rows_have_the_issue_fields(tmp_path, tiny_llama, tiny_qwen, s
     )
     lms = [tiny_llama, tiny_qwen]
     info = wire_context.train(args, lms, sentence)
-    assert info["steps"] == 2 and read_json(tmp_path / "run" / "bench_train.json")["steps"] == 2
+    assert info["4x"]["steps"] == 2 and read_json(tmp_path / "run" / "4x" / "bench_train.json")["steps"] == 2
+    assert load_run_config(WireRunConfig, tmp_path / "run" / "2x").latent.ratio == 2
     result = wire_context.evaluate(args, lms, sentence, deadline=time.time() + 600)
     rows = result["rows"]
     assert {"compression", "model", "method", "f1", "em", "positions"} <= set(rows[0])
     at4 = {(r["model"], r["method"]) for r in rows if r["compression"] == 4}
     assert at4 == {(m, x) for m in ("tiny_llama", "tiny_qwen") for x in ["latent", *wire_context.BASELINES]}
     at2 = {r["method"] for r in rows if r["compression"] == 2}
-    assert at2 == set(wire_context.BASELINES)  # no latent trained at 2x; ratio-free rows repeated
+    assert at2 == {"latent", *wire_context.BASELINES}  # a latent per ratio; ratio-free rows repeated
     latent = next(r for r in rows if r["method"] == "latent" and r["model"] == "tiny_qwen")
     budget = next(
         r
@@ -52,7 +54,7 @@ def test_benchmark_rows_have_the_issue_fields(tmp_path, tiny_llama, tiny_qwen, s
     )
     assert half["positions"] > budget["positions"]
     assert result["per_ratio"]["4x"]["questions"] == 10
-    kept = (tmp_path / "run" / "bench_records_4x.jsonl").read_text().splitlines()
+    kept = (tmp_path / "run" / "4x" / "bench_records_4x.jsonl").read_text().splitlines()
     assert len(kept) == 10 * 2 * (1 + len(wire_context.BASELINES))  # questions x models x methods
     wire_context.plot(rows, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 0
