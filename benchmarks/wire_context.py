@@ -3,9 +3,10 @@ baselines at equal positions, on CPU.
 
 `--stage train` trains `configs/wire/context.yaml` (span encoder, autoencoding + answer loss through
 SmolLM2-135M and Qwen2.5-Coder-0.5B) once per ratio of `--ratios`, in `<run-dir>/<ratio>x`;
-`--stage eval` evaluates each ratio's latent and every text baseline (no_context, token_budget, anchor_budget, external = Selective Context under SmolLM2,
-text) at every ratio of `--ratios`, all with the same question text, on the same dev questions, and
-writes `benchmarks/results/wire_context.json` (one row per compression, model and method) and
+`--stage eval` evaluates each ratio's latent and every text baseline (no_context, token_budget,
+anchor_budget, external = Selective Context under SmolLM2, text) at that ratio, all with the same
+question text, on the same dev questions, and writes `benchmarks/results/wire_context.json` (one row
+per compression, model and method) and
 `wire_context.png` (F1 against positions). `--stage all` does both.
 
     python3 benchmarks/wire_context.py --stage train --steps 50
@@ -59,7 +60,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--train", type=int, default=2000, help="train questions available")
     parser.add_argument("--dev", type=int, default=50, help="dev questions evaluated")
     parser.add_argument(
-        "--ratios", type=int, nargs="+", default=[4], help="context tokens per position; a latent is trained at each"
+        "--ratios",
+        type=int,
+        nargs="+",
+        default=[4],
+        help="context tokens per position; a latent is trained at each",
     )
     parser.add_argument(
         "--deadline-s", type=float, default=1140, help="stop evaluating new questions this long after start"

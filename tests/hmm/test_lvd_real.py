@@ -71,3 +71,38 @@ def test_cli_train_then_eval_with_minilm(tmp_path):
     assert main(["eval", f"run_dir={run_dir}"]) == 0
     metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
     assert metrics["heldout_ppl"] == pytest.approx(summary["heldout_ppl"], rel=1e-5)
+
+
+def test_previous_position_takes_the_causal_state_before_each_token(tmp_path):
+    """GeLaTo's choice: token t's state is the teacher's hidden state one position before t's first
+    subword (its prediction of t); the first token's comes from the start token."""
+    path = tmp_path / "c.txt"
+    path.write_text(LINES)
+    corpus = build_corpus(DataConfig(path=str(path), format="lines", heldout_fraction=0.0))
+    cfg = TeacherConfig(name="smollm2", batch_size=2, position="previous")
+    model, tokenizer, kind = load_teacher(cfg)
+    embeddings = embed_sequences(model, tokenizer, kind, corpus.train, cfg)
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    for index, pieces in enumerate(corpus.train.pieces):
+        ids, firsts = [start], []
+        for piece in pieces:
+            firsts.append(len(ids))
+            ids += (
+                [tokenizer.eos_token_id]
+                if piece is None
+                else tokenizer(piece, add_special_tokens=False)["input_ids"]
+            )
+        with torch.no_grad():
+            hidden = model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states[-1][0]
+        expected = hidden[[f - 1 for f in firsts]]  # (tokens, d)
+        got = torch.from_numpy(
+            embeddings[corpus.train.offsets[index] : corpus.train.offsets[index + 1]].astype(np.float32)
+        )
+        torch.testing.assert_close(got, expected, atol=2e-2, rtol=2e-2)
+    with pytest.raises(ValueError, match="position: previous needs a causal LM teacher"):
+        encoder, enc_tokenizer, enc_kind = load_teacher(TeacherConfig(name="minilm"))
+        embed_sequences(
+            encoder, enc_tokenizer, enc_kind, corpus.train, TeacherConfig(name="minilm", position="previous")
+        )
+    with pytest.raises(ValueError, match="lvd.teacher.position: must be one of"):
+        TeacherConfig(position="next")

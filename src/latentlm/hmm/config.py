@@ -16,6 +16,7 @@ PARAMETERIZATIONS = ("dense", "neural")
 FORMATS = ("text", "lines")
 TOKENIZERS = ("word", "whitespace", "teacher")
 TEACHER_KINDS = ("auto", "encoder", "causal_lm")
+TEACHER_POSITIONS = ("token", "previous")
 LVD_PHASES = ("adamw", "closed_form")
 OPTIMIZERS = ("adamw", "em")
 EMISSION_PRIORS = ("uniform", "unigram")
@@ -142,10 +143,19 @@ class TeacherConfig:
     """Teacher tokens per row (longer inputs are cut into windows)."""
     device: str = "auto"
     """Where the teacher runs (auto: CUDA when available, else CPU)."""
+    position: str = "token"
+    """Which teacher state stands for an HMM token: token (the mean over the token's own subwords,
+    which have read it) | previous (a causal teacher's state just before the token's first subword:
+    its prediction of the token, so the cluster is a belief state over what comes next; GeLaTo's
+    choice)."""
 
     def __post_init__(self) -> None:
         if self.kind not in TEACHER_KINDS:
             raise ValueError(f"lvd.teacher.kind: must be one of {TEACHER_KINDS}, got {self.kind!r}")
+        if self.position not in TEACHER_POSITIONS:
+            raise ValueError(
+                f"lvd.teacher.position: must be one of {TEACHER_POSITIONS}, got {self.position!r}"
+            )
         if self.batch_size < 1:
             raise ValueError(f"lvd.teacher.batch_size: must be >= 1, got {self.batch_size}")
         if self.max_length < 8:

@@ -108,7 +108,7 @@ def prepare_latent_states(corpus: Corpus, num_states: int, cfg: LVDConfig) -> La
     fingerprint = corpus_fingerprint(corpus)
     teacher = cfg.teacher
     embeddings_key = "emb-" + content_hash(
-        fingerprint, teacher.name, teacher.kind, teacher.layer, teacher.max_length
+        fingerprint, teacher.name, teacher.kind, teacher.layer, teacher.max_length, teacher.position
     )
 
     def compute_embeddings() -> dict[str, np.ndarray]:

@@ -8,7 +8,11 @@ name or path). For each sequence the teacher input is built position by position
 * teacher tokenizer: one teacher token per HMM position.
 
 The ``<eos>`` position takes the hidden state of the teacher's closing special token (``[SEP]`` for
-BERT-like encoders) or of an appended end-of-sequence token (causal LMs). Inputs longer than
+BERT-like encoders) or of an appended end-of-sequence token (causal LMs).
+
+With ``position: previous`` (causal teachers, GeLaTo's choice) a token takes instead the state just
+before its first subword, the teacher's prediction of it; every row then starts with the teacher's
+start token (BOS, or EOS when it has none) so that the first token has a state before it. Inputs longer than
 ``max_length`` are cut into windows at position boundaries. Rows are sorted by length and batched,
 with a progress bar; the result is a float16 ``(N_tokens, d)`` array, cached on disk (memory-mapped)
 under a content hash of the corpus, the teacher and these settings.
@@ -83,7 +87,7 @@ def load_teacher_tokenizer(cfg: TeacherConfig):
 class _RowBuilder:
     """Turns sequences of pieces into teacher rows with a position -> HMM token map."""
 
-    def __init__(self, tokenizer, kind: str, max_length: int) -> None:
+    def __init__(self, tokenizer, kind: str, max_length: int, start_token: bool = False) -> None:
         self.tokenizer = tokenizer
         with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
         plain = tokenizer("a", add_special_tokens=False)["input_ids"]
@@ -95,6 +99,9 @@ class _RowBuilder:
         if closing is None and not self.suffix:
             raise ValueError("lvd.teacher.name: the teacher's tokenizer has no end-of-sequence token")
         self.closing = closing
+        if start_token and not self.prefix:  # a state before the first token (GPT-2 style: EOS starts)
+            start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else closing
+            self.prefix = [start]
         self.budget = max_length - len(self.prefix) - len(self.suffix) - 1
         self.cache: dict = {}
 
@@ -154,9 +161,14 @@ def embed_sequences(model, tokenizer, kind: str, sequences: TokenSequences, cfg:
     Args:
         model, tokenizer, kind: from :func:`load_teacher`.
         sequences: the training sequences (their ``pieces`` are what the teacher sees).
-        cfg: batch size, window length and layer.
+        cfg: batch size, window length, layer and position (``token`` or ``previous``).
     """
-    builder = _RowBuilder(tokenizer, kind, cfg.max_length)
+    previous = cfg.position == "previous"
+    if previous and kind != "causal_lm":
+        raise ValueError(
+            f"lvd.teacher.position: previous needs a causal LM teacher; {cfg.name!r} is an {kind}"
+        )
+    builder = _RowBuilder(tokenizer, kind, cfg.max_length, start_token=previous)
     rows: list[tuple[list[int], list[int]]] = []
     for index, pieces in enumerate(sequences.pieces):
         rows.extend(builder.rows(pieces, int(sequences.offsets[index])))
@@ -183,9 +195,14 @@ def embed_sequences(model, tokenizer, kind: str, sequences: TokenSequences, cfg:
         hidden = out.hidden_states[cfg.layer].float().cpu()  # (rows, width, d)
         if sums is None:
             sums = torch.zeros(total, hidden.shape[-1])
-        keep = owners >= 0
-        sums.index_add_(0, owners[keep], hidden[keep])
-        counts.index_add_(0, owners[keep], torch.ones(int(keep.sum())))
+        if previous:  # a token's first subword takes the state one position before it
+            first = (owners[:, 1:] >= 0) & (owners[:, 1:] != owners[:, :-1])  # (rows, width - 1)
+            targets, states = owners[:, 1:][first], hidden[:, :-1][first]
+        else:
+            keep = owners >= 0
+            targets, states = owners[keep], hidden[keep]
+        sums.index_add_(0, targets, states)
+        counts.index_add_(0, targets, torch.ones(len(targets)))
         bar.update(len(batch))
     bar.close()
     if sums is None or bool((counts == 0).any()):
