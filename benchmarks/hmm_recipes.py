@@ -470,6 +470,13 @@ def main() -> None:
         choices=("uniform", "unigram"),
         help="EM recipes: candidate spreads of the pseudocount over emission rows (em/lvd.emission_prior)",
     )
+    parser.add_argument("--teacher", default="minilm", help="lvd.teacher.name (minilm, smollm2, ...)")
+    parser.add_argument(
+        "--teacher-position",
+        default="token",
+        choices=("token", "previous"),
+        help="lvd.teacher.position: the token's own state, or a causal teacher's state before it (GeLaTo)",
+    )
     parser.add_argument("--adamw-batch", type=int, default=32)
     parser.add_argument(
         "--lvd-adamw-epochs", type=float, default=2.0, help="lvd_adamw: epochs on log P(O, S)"
@@ -493,7 +500,7 @@ def main() -> None:
                 "heldout_fraction": 0.1,
                 "dev_fraction": args.dev_fraction,
             },
-            "lvd": {"teacher": {"name": "minilm", "batch_size": 64}},
+            "lvd": {"teacher": {"name": args.teacher, "position": args.teacher_position, "batch_size": 64}},
             "eval": {"batch_size": 128},
         }
         probe = config_from_dict(HMMRunConfig, base, source=NAME)
