@@ -365,10 +365,15 @@ class EvalConfig:
     """Sentences per evaluation forward pass."""
     seed: int = 0
     """Evaluation seed."""
+    likelihood_draws: int = 4
+    """Likelihood-based retrieval (``l2t_likelihood`` / ``t2l_likelihood``): Monte-Carlo draws per
+    candidate, shared by all queries (common random numbers); each costs ``2 (N^2 + N)`` forward rows for
+    N = ``max_examples`` candidates.  0 skips it."""
 
     def __post_init__(self):
         for name in ("max_examples", "nelbo_samples", "num_samples", "batch_size"):
             check_range(f"eval.{name}", getattr(self, name), 1)
+        check_range("eval.likelihood_draws", self.likelihood_draws, 0)
 
 
 @dataclass

@@ -14,6 +14,10 @@ reparameterisation, reconstruction) and issue 4's metrics:
   baseline, and retrieval recall@1 over the held-out set.
 * L2T: cosine between the re-encoded generated text and the conditioning latent, its random-pair
   baseline and recall@1.
+* Likelihood retrieval (``likelihood_retrieval``, the diffusion-classifier way): recall@1 and mean rank
+  of the true pair among the held-out candidates scored by the model's own bounds, as pointwise mutual
+  information (conditional minus null-condition bound), in both directions: ``l2t_likelihood``,
+  ``t2l_likelihood``.
 
 Generative perplexity states its judge, the sampling precision (float64 or float32) and the number of
 denoising steps.  A perplexity too large for a float is recorded as ``inf`` with ``*_overflow: true``
@@ -29,6 +33,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +47,13 @@ from latentlm.core.report import Report, line_plot
 from latentlm.core.run import RunDir
 from latentlm.diffusion.data import DirectFileDataset, collate_batch
 from latentlm.diffusion.model import MODE_FROZEN_STREAM, LatentDiffusionLM, stream_of
-from latentlm.diffusion.objectives import apply_masking, gaussian_latent_loss, masked_nelbo, noise_latent
+from latentlm.diffusion.objectives import (
+    apply_masking,
+    gaussian_latent_loss,
+    latent_elbo_term,
+    masked_nelbo,
+    noise_latent,
+)
 from latentlm.diffusion.sampling import sample_joint, sample_latent_from_text, sample_text_from_latent
 from latentlm.diffusion.schedules import sample_diffusion_times
 from latentlm.diffusion.variational import kl_divergence, reparameterize
@@ -54,6 +65,12 @@ __all__ = [
     "stage1_checklist",
     "stage2_checklist",
     "latent_retrieval_metrics",
+    "RetrievalDraws",
+    "retrieval_draws",
+    "l2t_pmi_scores",
+    "t2l_pmi_scores",
+    "ranks_from_scores",
+    "likelihood_retrieval",
     "text_sample_metrics",
     "run_evaluation",
     "safe_perplexity",
@@ -268,6 +285,187 @@ def latent_retrieval_metrics(
     }
 
 
+@dataclass
+class RetrievalDraws:
+    """The random numbers of the likelihood retrieval: one set per draw k and candidate j, shared by every
+    query (common random numbers, so that the scores of one candidate are paired across queries)."""
+
+    text_times: torch.Tensor
+    """(K, N) masking times of candidate text j."""
+    masked: torch.Tensor
+    """(K, N, T) bool: its masked positions."""
+    null_latents: torch.Tensor
+    """(K, N, d) the null latent's draw (N(0, I) at t_latent = 1, as in training and ``heldout_nelbo``)."""
+    latent_times: torch.Tensor
+    """(K, N) noising times of candidate latent j."""
+    latent_noise: torch.Tensor
+    """(K, N, d) its Gaussian noise."""
+
+
+def retrieval_draws(model: nn.Module, ids: torch.Tensor, num_draws: int, seed: int = 0) -> RetrievalDraws:
+    """Draw the times, masks and noise of ``likelihood_retrieval`` for N candidates ``ids`` (N, T).
+
+    Each candidate's K times are stratified (``(u_j + k / K) mod 1``, MDLM's low-discrepancy sampler)."""
+    g = torch.Generator().manual_seed(seed)
+    cfg = model.config
+    N, K = ids.shape[0], num_draws
+    # (K, N): t[k, j] = (u + k / K + j / (N K)) mod 1, so each candidate's K times are stratified
+    text_times = sample_diffusion_times(N * K, g).view(K, N)
+    masked = torch.stack(
+        [apply_masking(ids.cpu(), t, model.text_schedule, cfg.mask_token_id, g)[1] for t in text_times]
+    )  # (K, N, T)
+    null_latents = torch.randn(K, N, cfg.latent_dim, generator=g)
+    latent_times = sample_diffusion_times(N * K, g).view(K, N)  # stratified per candidate as above
+    latent_noise = torch.randn(K, N, cfg.latent_dim, generator=g)
+    return RetrievalDraws(text_times, masked, null_latents, latent_times, latent_noise)
+
+
+def _text_nelbo(model, x0, masked, t, z, t_latent) -> torch.Tensor:
+    """(B,) text NELBO of clean ``x0`` (B, T) masked at ``masked`` (B, T) at times ``t`` (B,), given
+    latents ``z`` (B, d) at latent times ``t_latent`` (B,)."""
+    cfg, denoiser = model.config, model.rwkv
+    hidden = denoiser(x0.masked_fill(masked, cfg.mask_token_id), z, t, t_latent).text_hidden
+    logits = denoiser.text_logits(hidden[masked])
+    return masked_nelbo(logits, x0, masked, t, model.text_schedule, cfg.mask_token_id, overwrite_logits=True)
+
+
+def _latent_nelbo(model, x, t_text, z0, t, eps) -> torch.Tensor:
+    """(B,) latent NELBO term of ``z0`` (B, d) noised with ``eps`` (B, d) at ``t`` (B,), given text ``x``
+    (B, T) at text times ``t_text`` (B,)."""
+    alpha, sigma = model.latent_schedule.alpha_sigma(t)
+    z_t = alpha.unsqueeze(-1) * z0 + sigma.unsqueeze(-1) * eps
+    output = model.rwkv(x, z_t, t_text, t).latent_output
+    return latent_elbo_term(output, z0, eps, t, model.latent_schedule, model.config.latent_prediction)
+
+
+def _over_rows(fn, num_rows: int, batch_size: int) -> torch.Tensor:
+    """``fn(rows)`` on chunks of ``arange(num_rows)``, concatenated."""
+    rows = torch.arange(num_rows)
+    return torch.cat([fn(rows[s : s + batch_size]) for s in range(0, num_rows, batch_size)])
+
+
+@torch.no_grad()
+def l2t_pmi_scores(
+    model: nn.Module, ids: torch.Tensor, latents: torch.Tensor, draws: RetrievalDraws, batch_size: int = 64
+) -> torch.Tensor:
+    """``S[i, j] = mean_k NELBO_k(x_j | null latent) - NELBO_k(x_j | z_i)``: latent i scores text j.
+
+    Args:
+        model: the ``LatentDiffusionLM``.
+        ids: (N, T) candidate texts.
+        latents: (N, d) standardised latents (clean, t_latent = 0).
+        draws: ``retrieval_draws`` for these N.
+        batch_size: sequences per forward pass.
+
+    Returns:
+        (N, N) float32 PMI estimates in nats.
+    """
+    K, N = draws.text_times.shape
+    dev = next(model.parameters()).device
+    ids, latents = ids.to(dev), latents.to(dev)
+    times, null = draws.text_times.to(latents), draws.null_latents.to(latents)  # latents' device and dtype
+    masked = draws.masked.to(dev)
+
+    def uncond(rows):  # rows over (k, j)
+        k, j = rows // N, rows % N
+        return _text_nelbo(model, ids[j], masked[k, j], times[k, j], null[k, j], times.new_ones(len(rows)))
+
+    def cond(rows):  # rows over (k, i, j)
+        k, i, j = rows // (N * N), rows // N % N, rows % N
+        return _text_nelbo(model, ids[j], masked[k, j], times[k, j], latents[i], times.new_zeros(len(rows)))
+
+    null_nelbo = _over_rows(uncond, K * N, batch_size).view(K, 1, N)
+    cond_nelbo = _over_rows(cond, K * N * N, batch_size).view(K, N, N)  # (k, latent i, text j)
+    return (null_nelbo - cond_nelbo).mean(0).cpu()
+
+
+@torch.no_grad()
+def t2l_pmi_scores(
+    model: nn.Module, ids: torch.Tensor, latents: torch.Tensor, draws: RetrievalDraws, batch_size: int = 64
+) -> torch.Tensor:
+    """``S[i, j] = mean_k L_k(z_j | null text) - L_k(z_j | x_i)``: text i scores latent j.
+
+    ``L`` is the latent NELBO term (``latent_elbo_term``) with clean text (t_text = 0); the null text is
+    fully masked at t_text = 1 (the condition-dropout input of training, as in T2L guidance).
+
+    Args and returns as ``l2t_pmi_scores`` (rows: texts, columns: latents).
+    """
+    K, N = draws.latent_times.shape
+    dev = next(model.parameters()).device
+    ids, latents = ids.to(dev), latents.to(dev)
+    times, noise = draws.latent_times.to(latents), draws.latent_noise.to(latents)
+    null_text = torch.full_like(ids[:1], model.config.mask_token_id)
+
+    def uncond(rows):  # rows over (k, j)
+        k, j = rows // N, rows % N
+        x = null_text.expand(len(rows), -1)
+        return _latent_nelbo(model, x, times.new_ones(len(rows)), latents[j], times[k, j], noise[k, j])
+
+    def cond(rows):  # rows over (k, i, j)
+        k, i, j = rows // (N * N), rows // N % N, rows % N
+        return _latent_nelbo(model, ids[i], times.new_zeros(len(rows)), latents[j], times[k, j], noise[k, j])
+
+    null_loss = _over_rows(uncond, K * N, batch_size).view(K, 1, N)
+    cond_loss = _over_rows(cond, K * N * N, batch_size).view(K, N, N)  # (k, text i, latent j)
+    return (null_loss - cond_loss).mean(0).cpu()
+
+
+def ranks_from_scores(scores: torch.Tensor) -> dict[str, float]:
+    """Retrieval of the true pair from an (N queries, N candidates) score matrix, true pairs on the diagonal.
+
+    The rank of query i is ``1 + #{j != i : S[i, j] >= S[i, i]}`` (ties count against the true pair; a
+    NaN score counts as -inf); recall@1 is the fraction of rank 1.
+
+    Returns:
+        ``recall_at_1``, ``mean_rank``, ``median_rank``, ``num_candidates``.
+    """
+    scores = torch.nan_to_num(scores.double(), nan=-math.inf)
+    n = scores.shape[0]
+    true = scores.diagonal().unsqueeze(1)  # (N, 1)
+    ranks = (scores >= true).sum(1)  # the diagonal counts itself: rank = 1 + others >= it
+    return {
+        "recall_at_1": float((ranks == 1).double().mean()),
+        "mean_rank": float(ranks.double().mean()),
+        "median_rank": float(ranks.double().median()),
+        "num_candidates": n,
+    }
+
+
+def likelihood_retrieval(
+    model: nn.Module,
+    ids: torch.Tensor,
+    latents: torch.Tensor,
+    num_draws: int = 4,
+    seed: int = 0,
+    batch_size: int = 64,
+) -> dict[str, dict]:
+    """Retrieval recall@1 from the model's own bounds (the diffusion-classifier way), both directions.
+
+    L2T: latent i scores text j by the PMI estimate ``NELBO(x_j | null) - NELBO(x_j | z_i)``; T2L: text i
+    scores latent j by ``L(z_j | null text) - L(z_j | x_i)``.  By Bayes, among candidates of which one is
+    the true pair, ``P(j | query) ~ p(candidate_j | query) / p(candidate_j)``: the raw conditional bound
+    would favour candidates that are likely under any condition.
+
+    Args:
+        model: the ``LatentDiffusionLM`` (eval mode).
+        ids: (N, T) held-out texts.
+        latents: (N, d) their standardised latents.
+        num_draws: Monte-Carlo draws per candidate, shared by all queries.
+        seed: seed of the draws.
+        batch_size: sequences per forward pass.
+
+    Returns:
+        ``{"l2t": ..., "t2l": ...}``, each ``ranks_from_scores``' fields, ``num_draws`` and ``scores``
+        (the (N, N) matrix; rows: queries).
+    """
+    draws = retrieval_draws(model, ids, num_draws, seed)
+    result = {}
+    for name, scorer in (("l2t", l2t_pmi_scores), ("t2l", t2l_pmi_scores)):
+        scores = scorer(model, ids, latents, draws, batch_size)
+        result[name] = ranks_from_scores(scores) | {"num_draws": num_draws, "scores": scores}
+    return result
+
+
 def text_sample_metrics(texts: list[str], tokenizer, judge=None) -> dict[str, float]:
     """Judge perplexity (if a judge ``(model, tokenizer)`` is given), unigram entropy and distinct-n."""
     pieces = [tokenizer.tokenize(t) for t in texts]
@@ -448,6 +646,13 @@ def run_evaluation(task, run_dir: str | Path, model: LatentDiffusionLM | None = 
         l2t = latent_retrieval_metrics(encode(l2t_texts), true_raw, cfg.eval.seed)
         metrics["l2t"] = {k: v for k, v in l2t.items() if not isinstance(v, list)}
         sampled_texts["l2t"] = l2t_texts
+        if cfg.eval.likelihood_draws:
+            say("likelihood retrieval (PMI from the bounds)")
+            likelihood = likelihood_retrieval(
+                model, all_ids, true_norm, cfg.eval.likelihood_draws, cfg.eval.seed, bs
+            )
+            for name, result in likelihood.items():
+                metrics[f"{name}_likelihood"] = {k: v for k, v in result.items() if k != "scores"}
         samples += [
             {"kind": "l2t", "reference": r, "sample": t} for r, t in zip(texts_ref, l2t_texts, strict=True)
         ]
@@ -519,6 +724,8 @@ def run_evaluation(task, run_dir: str | Path, model: LatentDiffusionLM | None = 
     for key, title in (
         ("t2l", "Text -> latent"),
         ("l2t", "Latent -> text (re-encoded)"),
+        ("t2l_likelihood", "Text -> latent, likelihood retrieval (PMI)"),
+        ("l2t_likelihood", "Latent -> text, likelihood retrieval (PMI)"),
         ("reconstruction", "Stage II reconstruction"),
     ):
         if key in metrics:

@@ -103,7 +103,7 @@ class TimestepEmbedding(nn.Module):
         freqs = torch.exp(
             -math.log(10_000.0) * torch.arange(self.num_frequencies, device=t.device) / self.num_frequencies
         )
-        angles = 1000.0 * t.float().unsqueeze(-1) * freqs
+        angles = 1000.0 * t.to(self.mlp[0].weight.dtype).unsqueeze(-1) * freqs  # float64 in a float64 model
         return self.mlp(torch.cat([angles.sin(), angles.cos()], dim=-1))
 
 

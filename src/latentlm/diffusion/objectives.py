@@ -29,6 +29,7 @@ __all__ = [
     "latent_target",
     "predicted_clean_latent",
     "gaussian_latent_loss",
+    "latent_elbo_term",
     "perplexity_bound",
     "LATENT_PREDICTIONS",
 ]
@@ -240,6 +241,39 @@ def gaussian_latent_loss(
         (B,) mean over latent dimensions.
     """
     return (output - latent_target(z0, eps, t, schedule, prediction)).pow(2).mean(-1)
+
+
+def latent_elbo_term(
+    output: torch.Tensor,
+    z0: torch.Tensor,
+    eps: torch.Tensor,
+    t: torch.Tensor,
+    schedule: CosineGaussianSchedule,
+    prediction: str,
+) -> torch.Tensor:
+    """One-time-sample estimate of the latent diffusion NELBO's integral term, in nats per example.
+
+    VDM's continuous-time term ``0.5 * (-d SNR/dt) * ||z_0 - z_0_hat||^2`` written in the network's
+    target space: ``||z_0 - z_0_hat||^2 = (sigma / alpha)^2 ||eps - eps_hat||^2 = sigma^2 ||v - v_hat||^2``,
+    so the squared error of the target (summed over dimensions) is weighted by ``-d log SNR / dt`` (eps) or
+    ``-d log SNR / dt * alpha^2`` (v).  With ``t ~ U(0, 1)`` its expectation is the NELBO up to the prior
+    and reconstruction terms, which do not depend on the conditioning.
+
+    Args:
+        output: network prediction, (B, d).
+        z0, eps: clean latent and the noise used, (B, d).
+        t: times, (B,).
+        schedule: Gaussian schedule.
+        prediction: ``"v"`` or ``"eps"``.
+
+    Returns:
+        (B,) nats.
+    """
+    squared = (output - latent_target(z0, eps, t, schedule, prediction)).pow(2).sum(-1)
+    weight = schedule.neg_log_snr_derivative(t)
+    if prediction == "v":
+        weight = weight * schedule.alpha_sigma(t)[0].pow(2)
+    return 0.5 * weight * squared
 
 
 def perplexity_bound(total_nelbo: float, total_tokens: int) -> float:

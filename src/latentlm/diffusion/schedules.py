@@ -64,6 +64,12 @@ class CosineGaussianSchedule:
         angle = self._angle(t)
         return angle.cos(), angle.sin()
 
+    def neg_log_snr_derivative(self, t: torch.Tensor) -> torch.Tensor:
+        """``-d log SNR / dt`` with ``SNR = alpha^2 / sigma^2 = cot^2(angle)``: ``4 angle' / sin(2 angle)``.
+
+        The continuous-time ELBO weight of the epsilon error (Kingma et al. 2021, VDM)."""
+        return 2.0 * math.pi * (self.t_max - self.t_min) / (2.0 * self._angle(t)).sin()
+
 
 def sample_diffusion_times(
     batch_size: int,
