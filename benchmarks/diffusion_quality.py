@@ -9,7 +9,8 @@ Three phases, each a separate (flock-serialised) job so that none runs longer th
 `train` prepares the pydocs sentences (configs/diffusion/cpu_hour.yaml), trains Stage I for a wall-clock
 budget (steps = budget x the step rate measured on 8 calibration steps) and then the same-size
 autoregressive baseline for the same wall-clock on the same sentences. `eval` evaluates Stage I
-(held-out NELBO, T2L / L2T recall@1 among 64 held-out candidates, joint samples judged by SmolLM2),
+(held-out NELBO, T2L / L2T recall@1 among 64 held-out candidates, by generation and by likelihood
+(PMI from the model's bounds, ``eval.likelihood_draws`` draws), joint samples judged by SmolLM2),
 trains and evaluates Stage II from it (KL warm-up + free bits), and samples the AR baseline at the
 temperature whose unigram entropy matches the joint samples'. `speed` measures the RWKV and attention
 denoisers side by side at T in {128, 512, 2048}. Every phase merges its results into
@@ -148,6 +149,13 @@ def phase_eval(args, out: Path) -> dict:
         "l2t_recall_at_1": m1["l2t"]["recall_at_1"],
         "t2l_recall_at_1": m1["t2l"]["recall_at_1"],
         "t2l_recall_at_1_posterior_mean": m1["t2l_posterior_mean"]["recall_at_1"],
+        "l2t_recall_at_1_likelihood": m1.get("l2t_likelihood", {}).get("recall_at_1"),
+        "t2l_recall_at_1_likelihood": m1.get("t2l_likelihood", {}).get("recall_at_1"),
+        "likelihood_retrieval": {
+            "method": "PMI from the model's bounds: NELBO(x_j | null latent) - NELBO(x_j | z_i) (L2T), "
+            "L(z_j | null text) - L(z_j | x_i) (T2L, latent ELBO term); argmax over the candidates",
+            "num_draws": cfg1.eval.likelihood_draws,
+        },
         "num_candidates": m1["num_heldout"],
         "gen_ppl_joint": joint.get("generative_perplexity"),
         "gen_ppl_ar": ar["gen_ppl"],
@@ -161,7 +169,18 @@ def phase_eval(args, out: Path) -> dict:
         "bounds_unit": "nats per real token (held-out); ppl = exp(bound)",
         "stage1": {
             k: m1[k]
-            for k in ("nelbo", "t2l", "t2l_posterior_mean", "l2t", "samples", "checks_passed", "checks_total")
+            for k in (
+                "nelbo",
+                "t2l",
+                "t2l_posterior_mean",
+                "l2t",
+                "t2l_likelihood",
+                "l2t_likelihood",
+                "samples",
+                "checks_passed",
+                "checks_total",
+            )
+            if k in m1
         },
         "stage2": {k: m2[k] for k in ("nelbo", "reconstruction", "samples", "checks_passed", "checks_total")},
         "ar": ar | {"heldout_nll_per_token": ar_eval[-1][1] if ar_eval else None},

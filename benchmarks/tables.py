@@ -354,6 +354,8 @@ def diffusion_quality(q: dict) -> str:
         ["L2T recall@1 (64 candidates)", _sig(q.get("l2t_recall_at_1")), ">= 0.5"],
         ["T2L recall@1 (64 candidates)", _sig(q.get("t2l_recall_at_1")), ">= 0.5"],
         ["T2L recall@1, posterior-mean estimate", _sig(q.get("t2l_recall_at_1_posterior_mean")), ""],
+        ["L2T recall@1, likelihood (PMI)", _sig(q.get("l2t_recall_at_1_likelihood")), ""],
+        ["T2L recall@1, likelihood (PMI)", _sig(q.get("t2l_recall_at_1_likelihood")), ""],
         ["gen. ppl, joint samples", _sig(q.get("gen_ppl_joint"), 4), "<= 2x AR"],
         ["gen. ppl, AR baseline (matched entropy)", _sig(q.get("gen_ppl_ar"), 4), ""],
         ["gen. ppl, reference sentences", _sig(q.get("gen_ppl_reference"), 4), ""],

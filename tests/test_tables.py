@@ -91,3 +91,18 @@ def test_wire_context_table_has_one_row_per_compression_and_model():
     table = tables.wire_context({"rows": rows, "reduced_budget": "tiny"})
     assert "| 4x | m | 3 | 8.0 | – | – | 12.5 / 1.0 | – | 20.0 / 1.0 | 40.0 / 1.0 |" in table
     assert table.endswith("- budget: tiny")
+
+
+def test_diffusion_quality_table_shows_both_recalls():
+    quality = {
+        "description": "d",
+        "l2t_recall_at_1": 0.046875,
+        "t2l_recall_at_1": 0.03125,
+        "l2t_recall_at_1_likelihood": 0.5,
+        "t2l_recall_at_1_likelihood": None,  # an older results file
+    }
+    out = tables.diffusion_quality(quality)
+    assert "| L2T recall@1 (64 candidates) | 0.0469 | >= 0.5 |\n" in out
+    assert "| T2L recall@1 (64 candidates) | 0.0312 | >= 0.5 |\n" in out
+    assert "| L2T recall@1, likelihood (PMI) | 0.5 |  |\n" in out
+    assert "| T2L recall@1, likelihood (PMI) | - |  |\n" in out

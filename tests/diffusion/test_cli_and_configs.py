@@ -147,6 +147,9 @@ def test_real_precompute_train_eval(tmp_path, data_dir):
     assert metrics["nelbo"]["ppl_bound"] > 1.0
     for key in ("t2l", "l2t"):
         assert -1.0 <= metrics[key]["cosine"] <= 1.0 and 0.0 <= metrics[key]["recall_at_1"] <= 1.0
+        likelihood = metrics[f"{key}_likelihood"]  # the PMI retrieval among the same 16 candidates
+        assert 0.0 <= likelihood["recall_at_1"] <= 1.0 and 1.0 <= likelihood["mean_rank"] <= 16.0
+        assert likelihood["num_candidates"] == 16 and likelihood["num_draws"] == 4
     assert metrics["samples"]["reference"]["generative_perplexity"] > 1.0
     assert {c["check"] for c in metrics["checklist"]} >= {
         "forward shapes",
