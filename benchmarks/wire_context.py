@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from latentlm.core.bench import REPO, RESULTS, save_results
-from latentlm.core.checkpoint import read_json
+from latentlm.core.bench import REPO, RESULTS, machine, save_results
+from latentlm.core.checkpoint import read_json, write_json
 from latentlm.core.config import load_config, load_run_config
 from latentlm.wire.baselines import baseline_context_ids
 from latentlm.wire.config import WireRunConfig
@@ -49,7 +49,12 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--stage", choices=["train", "eval", "all"], default="all")
+    parser.add_argument(
+        "--stage",
+        choices=["train", "eval", "all", "paired"],
+        default="all",
+        help="paired: add the paired comparison of the saved per-question records to an existing JSON",
+    )
     parser.add_argument("--config", default=str(REPO / "configs" / "wire" / "context.yaml"))
     parser.add_argument("--run-dir", default="runs/bench-context")
     parser.add_argument("--steps", type=int, default=50, help="training steps (batch of --batch questions)")
@@ -187,6 +192,51 @@ def evaluate(args: argparse.Namespace, lms, sentence, deadline: float) -> dict:
     return {"rows": rows, "per_ratio": per_ratio, "selection": selections}
 
 
+def paired_differences(records: list[dict], samples: int = 10_000, seed: int = 0) -> list[dict]:
+    """Latent minus each text baseline on the same questions, per (ratio, model, baseline): mean F1
+    difference, its 95 % bootstrap interval over questions, and wins / ties / losses.
+
+    Args:
+        records: per-question records (`id`, `model`, `method`, `f1`; `compression` added per ratio).
+    """
+    rng = np.random.default_rng(seed)
+    f1 = {(r["compression"], r["model"], r["method"], r["id"]): r["f1"] for r in records}
+    out = []
+    for ratio, model in sorted({(r["compression"], r["model"]) for r in records}):
+        for method in ("anchor_budget", "external", "token_budget"):
+            ids = sorted(
+                i for (c, m, x, i) in f1 if (c, m, x) == (ratio, model, "latent") and (c, m, method, i) in f1
+            )
+            if not ids:
+                continue
+            diff = np.array([f1[(ratio, model, "latent", i)] - f1[(ratio, model, method, i)] for i in ids])
+            boot = diff[rng.integers(0, len(diff), (samples, len(diff)))].mean(1)  # (samples,)
+            out.append(
+                {
+                    "compression": ratio,
+                    "model": model,
+                    "baseline": method,
+                    "questions": len(ids),
+                    "f1_difference": float(diff.mean()),
+                    "ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
+                    "wins": int((diff > 0).sum()),
+                    "ties": int((diff == 0).sum()),
+                    "losses": int((diff < 0).sum()),
+                }
+            )
+    return out
+
+
+def saved_records(args: argparse.Namespace) -> list[dict]:
+    """The per-question records of every ratio's evaluation, with `compression` set."""
+    records = []
+    for ratio in args.ratios:
+        path = ratio_run_dir(args, ratio) / f"bench_records_{ratio}x.jsonl"
+        if path.is_file():
+            records += [dict(json.loads(line), compression=ratio) for line in path.open(encoding="utf-8")]
+    return records
+
+
 def choose_checkpoint(args, run_dir: Path, lms, features, dev) -> tuple[WireModel, dict]:
     """`best/` (lowest in-training dev gold NLL) or, with --select-step0, the untrained model when its
     gold NLL on the same dev questions is lower; with the numbers behind the choice."""
@@ -295,6 +345,14 @@ def main() -> None:
     args = parse_args()
     if not fit_to_clock(args, started):
         return
+    if args.stage == "paired":
+        path = RESULTS / f"{args.out}.json"
+        summary = json.loads(path.read_text())
+        summary["paired"] = paired_differences(saved_records(args))
+        summary["paired_machine"] = machine()
+        write_json(path, summary)
+        print(json.dumps(summary["paired"], indent=1))
+        return
     torch.set_num_threads(args.threads)
     cfg = load_config(WireRunConfig, args.config, [f"run_dir={args.run_dir}", *args.set])
     lms = load_frozen_lms(cfg.models, cfg.prompt)
@@ -325,6 +383,7 @@ def main() -> None:
         "rows": rows,
         "per_ratio": result["per_ratio"],
         "checkpoint_selection": result["selection"],
+        "paired": paired_differences(saved_records(args)),
         "plot": f"benchmarks/results/{args.out}.png",
     }
     print(json.dumps(rows, indent=1))

@@ -58,3 +58,19 @@ def test_benchmark_rows_have_the_issue_fields(tmp_path, tiny_llama, tiny_qwen, s
     assert len(kept) == 10 * 2 * (1 + len(wire_context.BASELINES))  # questions x models x methods
     wire_context.plot(rows, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 0
+
+
+def test_paired_differences_by_hand():
+    from benchmarks import wire_context
+
+    f1 = {"latent": [50.0, 0.0, 100.0, 20.0], "anchor_budget": [40.0, 0.0, 50.0, 30.0]}
+    records = [
+        {"compression": 4, "model": "m", "method": method, "id": f"q{i}", "f1": value}
+        for method, values in f1.items()
+        for i, value in enumerate(values)
+    ]
+    (row,) = wire_context.paired_differences(records, samples=2000)
+    assert (row["baseline"], row["questions"]) == ("anchor_budget", 4)
+    assert row["f1_difference"] == (10 + 0 + 50 - 10) / 4
+    assert (row["wins"], row["ties"], row["losses"]) == (2, 1, 1)
+    assert -10 <= row["ci95"][0] <= row["f1_difference"] <= row["ci95"][1] <= 50
