@@ -74,6 +74,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--deadline-s", type=float, default=1140, help="stop evaluating new questions this long after start"
     )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=["latent", *BASELINES],
+        choices=["latent", *BASELINES],
+        help="methods evaluated (default: all)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
         "--finish-by",
@@ -139,7 +146,7 @@ def evaluate(args: argparse.Namespace, lms, sentence, deadline: float) -> dict:
         run_dir = ratio_run_dir(args, ratio)
         cfg = load_run_config(WireRunConfig, run_dir)
         wire, selections[f"{ratio}x"] = choose_checkpoint(args, run_dir, lms, features, dev)
-        methods = ["latent"] + [m for m in BASELINES if k == 0 or m not in RATIO_FREE]
+        methods = [m for m in ["latent", *BASELINES] if m in args.methods and (k == 0 or m not in RATIO_FREE)]
         t0, records, extras = time.time(), [], {}
         for begin in range(0, len(dev), 8):
             if time.time() > deadline and (k > 0 or records):

@@ -148,6 +148,7 @@ def test_benchmark_keeps_step0_when_training_does_not_lower_the_dev_nll(
         train=4,
         dev=4,
         ratios=[4],
+        methods=["latent", "anchor_budget"],
         ae_only_fraction=0.0,
         set=["train.eval_every=1", "train.best_metric=gold_nll_mean"],
         select_step0=True,

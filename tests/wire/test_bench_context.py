@@ -25,6 +25,7 @@ def test_benchmark_rows_have_the_issue_fields(tmp_path, tiny_llama, tiny_qwen, s
         train=4,
         dev=10,
         ratios=[4, 2],
+        methods=["latent", *wire_context.BASELINES],
         ae_only_fraction=0.5,
         set=[],
         select_step0=False,
