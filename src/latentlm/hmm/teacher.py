@@ -12,10 +12,11 @@ BERT-like encoders) or of an appended end-of-sequence token (causal LMs).
 
 With ``position: previous`` (causal teachers, GeLaTo's choice) a token takes instead the state just
 before its first subword, the teacher's prediction of it; every row then starts with the teacher's
-start token (BOS, or EOS when it has none) so that the first token has a state before it. Inputs longer than
-``max_length`` are cut into windows at position boundaries. Rows are sorted by length and batched,
-with a progress bar; the result is a float16 ``(N_tokens, d)`` array, cached on disk (memory-mapped)
-under a content hash of the corpus, the teacher and these settings.
+start token (BOS, or EOS when it has none) so that the first token has a state before it.
+
+Inputs longer than ``max_length`` are cut into windows at position boundaries. Rows are sorted by
+length and batched, with a progress bar; the result is a float16 ``(N_tokens, d)`` array, cached on
+disk (memory-mapped) under a content hash of the corpus, the teacher and these settings.
 """
 
 from __future__ import annotations
