@@ -308,6 +308,7 @@ def wire_section(results: Results) -> str:
     parts = []
     for title, name in (
         ("context compression, anchor-span latent", "wire_context"),
+        ("context compression at 4x, anchor-span latent trained 72 steps", "wire_context_4x_72steps"),
         ("context compression, span encoder from scratch", "wire_context_span"),
     ):
         data = results.load(name)
