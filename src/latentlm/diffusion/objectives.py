@@ -269,7 +269,7 @@ def latent_elbo_term(
     Returns:
         (B,) nats.
     """
-    squared = (output - latent_target(z0, eps, t, schedule, prediction)).pow(2).sum(-1)
+    squared = gaussian_latent_loss(output, z0, eps, t, schedule, prediction) * output.shape[-1]  # summed
     weight = schedule.neg_log_snr_derivative(t)
     if prediction == "v":
         weight = weight * schedule.alpha_sigma(t)[0].pow(2)
