@@ -46,9 +46,10 @@ import torch
 from latentlm.core.bench import RESULTS, data_dir, machine, save_results
 from latentlm.core.config import config_from_dict
 from latentlm.core.run import RunDir
-from latentlm.hmm.config import HMMConfig, HMMRunConfig
+from latentlm.hmm.config import DistillConfig, HMMConfig, HMMRunConfig, LVDConfig
+from latentlm.hmm.distill import sample_corpus
 from latentlm.hmm.evaluate import heldout_metrics
-from latentlm.hmm.lvd import closed_form_estimate
+from latentlm.hmm.lvd import closed_form_estimate, default_cache_dir
 from latentlm.hmm.model import HMMLanguageModel, HMMParameters
 from latentlm.hmm.task import prepare_corpus, prepare_states, train_run
 
@@ -61,10 +62,19 @@ RECIPES = (
     "hmmlearn_em",
 )
 NAME = "hmm_recipes"
+SAMPLING: dict = {}
+"""The distilled corpus's sampling time, when this invocation sampled it."""
 
 
-def corpus_settings(name: str) -> dict:
+def corpus_settings(name: str, args=None) -> dict:
     root = data_dir()
+    if name == "distilled":  # GeLaTo's setting: the HMM learns the teacher's own samples, in its tokens
+        return {
+            "path": str(distilled_corpus(args)),
+            "format": "lines",
+            "tokenizer": "teacher",
+            "min_count": 2,
+        }
     if name == "ptb":  # pre-tokenised: one standard PTB token per whitespace-separated string
         return {"path": str(root / "ptb" / "ptb.valid.txt"), "format": "lines", "tokenizer": "whitespace"}
     if name == "ptb_smoke":  # a few sentences, to check the script end to end
@@ -77,6 +87,32 @@ def corpus_settings(name: str) -> dict:
             "min_count": 2,
         }
     raise ValueError(f"--corpus: unknown corpus {name!r}")
+
+
+def distilled_corpus(args) -> str:
+    """Sample (or reuse from the LVD cache) --distill-sequences sequences of 48 tokens from the causal-LM
+    teacher; the held-out split (the last 10 %) is fresh samples. Records the sampling rate."""
+    if args is None or args.teacher == "minilm":
+        raise ValueError("--corpus distilled: samples from a causal LM; pass --teacher smollm2")
+    cfg = DistillConfig(num_sequences=args.distill_sequences, max_new_tokens=48, batch_size=128, seed=0)
+    cache = default_cache_dir(LVDConfig())
+    cache.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    path = sample_corpus(args.teacher, cfg, cache)
+    seconds = time.perf_counter() - started
+    if seconds > 5:  # sampled now, not read from the cache
+        tokens = cfg.num_sequences * cfg.max_new_tokens
+        SAMPLING.update(
+            {
+                "sequences": cfg.num_sequences,
+                "max_new_tokens": cfg.max_new_tokens,
+                "batch_size": cfg.batch_size,
+                "torch_threads": torch.get_num_threads(),
+                "seconds": round(seconds, 1),
+                "new_tokens_per_s_at_most": round(tokens / seconds, 1),
+            }
+        )
+    return path
 
 
 def setting_name(recipe: str) -> str:
@@ -351,6 +387,7 @@ def run_cell(base, corpus_name, corpus, states, lvd_prepare, k, recipe, args, ro
         "corpus": corpus_name,
         "K": k,
         "recipe": recipe,
+        "teacher": f"{args.teacher}, {args.teacher_position}" if recipe.startswith("lvd") else None,
         **{f"corpus_{a}": b for a, b in corpus.describe().items()},
     }
     if recipe == "hmmlearn_em":
@@ -433,7 +470,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--corpus", nargs="+", default=["ptb"], help="ptb and/or tinyshakespeare")
+    parser.add_argument(
+        "--corpus",
+        nargs="+",
+        default=["ptb"],
+        help="ptb, tinyshakespeare and/or distilled (--teacher smollm2)",
+    )
     parser.add_argument("--states", nargs="+", type=int, default=[256, 1024])
     parser.add_argument("--epochs", type=int, default=20, help="at most this many epochs, every recipe")
     parser.add_argument(
@@ -477,6 +519,9 @@ def main() -> None:
         choices=("token", "previous"),
         help="lvd.teacher.position: the token's own state, or a causal teacher's state before it (GeLaTo)",
     )
+    parser.add_argument(
+        "--distill-sequences", type=int, default=2048, help="--corpus distilled: sequences of 48 tokens"
+    )
     parser.add_argument("--adamw-batch", type=int, default=32)
     parser.add_argument(
         "--lvd-adamw-epochs", type=float, default=2.0, help="lvd_adamw: epochs on log P(O, S)"
@@ -495,7 +540,7 @@ def main() -> None:
         base = {
             "run_dir": "",
             "data": {
-                **corpus_settings(corpus_name),
+                **corpus_settings(corpus_name, args),
                 "max_length": 64,
                 "heldout_fraction": 0.1,
                 "dev_fraction": args.dev_fraction,
@@ -506,6 +551,8 @@ def main() -> None:
         probe = config_from_dict(HMMRunConfig, base, source=NAME)
         corpus = prepare_corpus(probe)
         print(corpus_name, corpus.describe(), flush=True)
+        if SAMPLING:
+            invocations[-1]["distill_sampling"] = dict(SAMPLING)
         states_by_k, prepare_by_k = {}, {}
         for k in args.states:
             started = time.perf_counter()
