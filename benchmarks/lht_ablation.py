@@ -16,6 +16,8 @@ boundaries enter at the same layers); `--routers` runs only the candidates. Gold
 
     python3 benchmarks/lht_ablation.py [--seeds 0 1 2] [--steps 150] [--workers 2] [--pick-routers]
     python3 benchmarks/lht_ablation.py --routers --seeds 10
+    python3 benchmarks/lht_ablation.py --steps 1500 --router ratio_26_deep --only learned random \
+        sliding_window gold --name lht_ablation_1500steps     # a longer budget, an earlier router choice
 
 Results: benchmarks/results/lht_ablation.json (rows: variant, seed, heldout_ppl, f1_l1_sentences,
 f1_l1_random), or lht_routers.json; written after every finished run.
@@ -216,6 +218,10 @@ def main() -> None:
     parser.add_argument("--pick-routers", action="store_true", help="choose the learned routers first")
     parser.add_argument("--router-seeds", type=int, nargs="+", default=[10])
     parser.add_argument(
+        "--router", choices=list(ROUTERS), help="use this router candidate (e.g. an earlier dev choice)"
+    )
+    parser.add_argument("--name", default="lht_ablation", help="results file (the ablation's)")
+    parser.add_argument(
         "--dev-fraction", type=float, default=0.1, help="share of training documents to choose routers on"
     )
     parser.add_argument("--cache-dir", default=".cache/latentlm/lht")
@@ -243,7 +249,7 @@ def main() -> None:
     unknown = sorted(set(names) - set(table))
     if unknown:
         raise SystemExit(f"unknown variants {unknown}; choose from {list(table)}")
-    result_name = "lht_routers" if args.routers else "lht_ablation"
+    result_name = "lht_routers" if args.routers else args.name
     # Tokenize once (cached) before the workers start, so they do not race on the cache entry.
     import os
 
@@ -296,6 +302,8 @@ def main() -> None:
                 ),
             }
             print(f"chosen router settings: {chosen}", flush=True)
+        if args.router and not chosen:
+            chosen = {"router": args.router, "overrides": ROUTERS[args.router], "by": "--router"}
         router = ROUTERS[chosen["router"]] if chosen else []
         kept = None
         if args.keep_others and not args.routers:
