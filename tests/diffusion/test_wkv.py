@@ -172,25 +172,37 @@ def _reference_joint_time_mix(mix: JointTimeMix, x_text, x_lat):
             "u": s.time_faaaa[None, :, None, :].expand(B, -1, T, -1),
         }
         outputs[name] = torch.sigmoid((x + shift * s.time_maa_g) @ s.gate_w1) @ s.gate_w2
-    cat = {key: torch.cat([joint["latent"][key], joint["text"][key]], dim=2) for key in joint["text"]}
-    y = bidirectional_wkv(**cat, impl="naive")  # (B, H, M+T, K)
-    M = x_lat.shape[1]
+    order = ["latent", "text", "latent"] if mix.latent_both_ends else ["latent", "text"]
+    cat = {key: torch.cat([joint[name][key] for name in order], dim=2) for key in joint["text"]}
+    y = bidirectional_wkv(**cat, impl="naive")  # (B, H, M+T(+M), K)
+    M, T = x_lat.shape[1], x_text.shape[1]
     result = []
-    for name, part in (("text", y[:, :, M:]), ("latent", y[:, :, :M])):
+    for name, part in (("text", y[:, :, M : M + T]), ("latent", y[:, :, :M]), ("latent", y[:, :, M + T :])):
+        if part.shape[2] == 0:
+            continue
         s = streams[name][0]
-        B, H, T, K = part.shape
-        normed = s.ln_x(part.transpose(1, 2).reshape(B * T, H * K)).view(B, T, H * K)
-        result.append(s.output(normed * outputs[name]))
-    return tuple(result)
+        B, H, N, K = part.shape
+        normed = s.ln_x(part.transpose(1, 2).reshape(B * N, H * K)).view(B, N, H * K)
+        result.append(normed)
+    text, *latent = result
+    latent = sum(latent) / len(latent)  # both_ends: the two copies averaged
+    return mix.text.output(text * outputs["text"]), mix.latent.output(latent * outputs["latent"])
 
 
-@pytest.mark.parametrize("chunk", [3, 5, 0])  # 5: the joint length 12 is padded to 15
-def test_joint_time_mix_equals_the_plain_formulas(chunk):
+@pytest.mark.parametrize("both_ends", [False, True])
+@pytest.mark.parametrize("chunk", [3, 5, 0])  # 5: the joint length 12 (15) is padded to 15 (20)
+def test_joint_time_mix_equals_the_plain_formulas(chunk, both_ends):
     """The batched lerps/projections, the joint per-head normalisation and the chunk form == the time mix
-    written out one projection at a time (float64, values and gradients)."""
+    written out one projection at a time (float64, values and gradients), with the latent tokens at the
+    start or at both ends (then the two copies' outputs averaged)."""
     torch.manual_seed(0)
     mix = JointTimeMix(
-        d_model=16, num_heads=2, decay_lora_rank=4, gate_lora_rank=3, chunk_size=chunk
+        d_model=16,
+        num_heads=2,
+        decay_lora_rank=4,
+        gate_lora_rank=3,
+        chunk_size=chunk,
+        latent_both_ends=both_ends,
     ).double()
     with torch.no_grad():
         for p in mix.parameters():

@@ -80,6 +80,9 @@ class ModelConfig:
     latent_modulation: bool = False
     """Also add a linear map of the (noisy) latent to every block's adaLN conditioning vector (global,
     DiT-style conditioning), besides the latent tokens the scan mixes in."""
+    latent_placement: str = "start"
+    """Where the latent tokens sit in the RWKV scan: start ([latent; text]: the text reads them through
+    the forward scan only) | both_ends ([latent; text; latent]: through both scans). Attention: no effect."""
     latent_pred_from: str = "text"
     """Extra features of the latent head: text (final text states) | prefix (prefix embeddings) | both."""
     prefix_length: int = 8
@@ -122,6 +125,7 @@ class ModelConfig:
         check_choice("model.sequence_mixer", self.sequence_mixer, SEQUENCE_MIXERS)
         check_choice("model.wkv_impl", self.wkv_impl, WKV_IMPLS)
         check_choice("model.latent_pred_from", self.latent_pred_from, LATENT_PRED_FROM)
+        check_choice("model.latent_placement", self.latent_placement, ("start", "both_ends"))
         check_choice("model.latent_prediction", self.latent_prediction, LATENT_PREDICTIONS)
         check_choice("model.latent_encoder_type", self.latent_encoder_type, ("mlp",))
         check_choice("model.latent_prior_type", self.latent_prior_type, LATENT_PRIOR_TYPES)

@@ -162,6 +162,7 @@ class JointRWKVBlock(_TwoStreamBlock):
             cfg.gate_lora_rank,
             cfg.wkv_impl,
             cfg.wkv_chunk_size,
+            latent_both_ends=cfg.latent_placement == "both_ends",
         )
         self.channel_mix = nn.ModuleDict({s: ChannelMix(cfg.d_model, cfg.ffn_mult) for s in STREAMS})
 

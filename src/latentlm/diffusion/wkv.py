@@ -505,8 +505,11 @@ class JointTimeMix(nn.Module):
     """MMDiT-style joint time mix: each stream has its own projections, one scan runs over both.
 
     The joint sequence is ``[latent tokens; text tokens]``, so latent tokens and text tokens exchange
-    information in both directions inside a single bidirectional WKV.  ``chunk_size=0`` uses
-    ``DEFAULT_CHUNK_SIZE`` (capped at the joint length).
+    information in both directions inside a single bidirectional WKV.  There the text reads the latent
+    only through the forward scan, at a distance that grows along the sentence; with ``latent_both_ends``
+    the sequence is ``[latent; text; latent]`` (the same latent projections twice, the two copies' outputs
+    averaged), so both scans reach every text token from the latent at its own distance from the nearer
+    end.  ``chunk_size=0`` uses ``DEFAULT_CHUNK_SIZE`` (capped at the joint length).
     """
 
     def __init__(
@@ -517,12 +520,14 @@ class JointTimeMix(nn.Module):
         gate_lora_rank: int = 32,
         impl: str = "chunked",
         chunk_size: int = 0,
+        latent_both_ends: bool = False,
     ) -> None:
         super().__init__()
         self.text = TimeMixStream(d_model, num_heads, decay_lora_rank, gate_lora_rank)
         self.latent = TimeMixStream(d_model, num_heads, decay_lora_rank, gate_lora_rank)
         self.impl = impl
         self.chunk_size = chunk_size
+        self.latent_both_ends = latent_both_ends
 
     def forward(self, x_text: torch.Tensor, x_latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mix both streams.
@@ -534,7 +539,9 @@ class JointTimeMix(nn.Module):
             (text output (B, T, D), latent output (B, M, D)).
         """
         B, M, D = x_latent.shape
-        L = M + x_text.shape[1]
+        T = x_text.shape[1]
+        tail = M if self.latent_both_ends else 0
+        L = M + T + tail
         H, K = self.text.num_heads, self.text.head_dim
         (rkv_l, log_w_l, g_l), (rkv_t, log_w_t, g_t) = (
             self.latent.project(x_latent),
@@ -544,20 +551,26 @@ class JointTimeMix(nn.Module):
         # The joint sequence, already padded to whole chunks for the chunk form (zero r, k, v and log
         # decay after the end change nothing before it), so the scan does not pad r, k, v again.
         pad = (-L) % min(chunk, L) if self.impl != "naive" else 0
-        rkv = torch.cat([rkv_l, rkv_t, rkv_t.new_zeros(3, B, pad, D)], dim=2).view(3, B, L + pad, H, K)
-        r, k, v = rkv.transpose(2, 3)  # each (B, H, L + pad, K)
-        log_w = torch.cat([log_w_l, log_w_t, log_w_t.new_zeros(B, pad, D)], dim=1)
+        ends = [rkv_l] if tail else []
+        rkv = torch.cat([rkv_l, rkv_t, *ends, rkv_t.new_zeros(3, B, pad, D)], dim=2)
+        r, k, v = rkv.view(3, B, L + pad, H, K).transpose(2, 3)  # each (B, H, L + pad, K)
+        ends = [log_w_l] if tail else []
+        log_w = torch.cat([log_w_l, log_w_t, *ends, log_w_t.new_zeros(B, pad, D)], dim=1)
         log_w = log_w.view(B, L + pad, H, K).transpose(1, 2)  # (B, H, L + pad, K)
+        bonus_l, bonus_t = self.latent.time_faaaa.unsqueeze(1), self.text.time_faaaa.unsqueeze(1)  # (H, 1, K)
         u = torch.cat(
             [
-                self.latent.time_faaaa.unsqueeze(1).expand(H, M, K),
-                self.text.time_faaaa.unsqueeze(1).expand(H, L - M + pad, K),
+                bonus_l.expand(H, M, K),
+                bonus_t.expand(H, T, K),
+                bonus_l.expand(H, tail, K),
+                bonus_t.expand(H, pad, K),
             ],
             dim=1,
         )  # (H, L + pad, K): each stream's bonus
         y = bidirectional_wkv(r, k, v, log_w, u, impl=self.impl, chunk_size=chunk)[:, :, :L]  # (B, H, L, K)
         normed = normalize_heads(y.transpose(1, 2), self.text.ln_x.eps)  # (B, L, D)
-        return self.text.finish(normed[:, M:], g_t), self.latent.finish(normed[:, :M], g_l)
+        latent = normed[:, :M] if not tail else 0.5 * (normed[:, :M] + normed[:, M + T :])  # (B, M, D)
+        return self.text.finish(normed[:, M : M + T], g_t), self.latent.finish(latent, g_l)
 
 
 class _SquaredReLU(torch.autograd.Function):
