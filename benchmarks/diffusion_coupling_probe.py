@@ -16,7 +16,10 @@ one-step T2L estimate (the model's posterior mean at t = 1) next to the 32-step 
 recall@1 and cosine gap (paired minus random pairs) over L2T, T2L and one-step T2L, and the Stage II
 probe with the lowest VAE bound minus text-only bound; the JSON's ``chosen`` field holds them.
 
-Results: benchmarks/results/diffusion_coupling_probe.json (through save_results).
+Each Stage I probe also reports its dev-row text bounds with the clean latent and with the null one,
+and their difference (``dev_latent_gain_per_token``: how much the latent tells the text denoiser).
+
+Results: benchmarks/results/diffusion_coupling_probe.json (``--name`` for another file).
 """
 
 from __future__ import annotations
@@ -135,6 +138,7 @@ def main() -> None:
         "--stage2-seconds", type=float, default=90.0, help="training budget per Stage II probe"
     )
     parser.add_argument("--skip-stage1-train", action="store_true", help="reuse the probes' saved models")
+    parser.add_argument("--name", default="diffusion_coupling_probe", help="results file name")
     args = parser.parse_args()
     guidance = [float(x) for x in args.guidance.split(",")]
     results = {}
@@ -151,6 +155,13 @@ def main() -> None:
         model = load_trained_model(cfg.run_dir, LatentDiffusionLM)
         encoder = encoder or load_sentence_encoder(model.config.encoder)
         results[name] = {"overrides": extra, "train": train} | dev_recall(task, model, encoder, guidance)
+        # How much the clean latent lowers the text bound on the dev rows (nats per token).
+        bounds = heldout_nelbo(model, Subset(task.val_dataset, list(DEV)), num_draws=4, seed=1)
+        results[name]["dev_bounds"] = bounds
+        results[name]["dev_latent_gain_per_token"] = (
+            bounds["nelbo_per_token"] - bounds["nelbo_given_latent_per_token"]
+        )
+        print(f"[probe] {name}: dev bounds {bounds}", flush=True)
         results[name]["seconds"] = time.perf_counter() - start
     first_name, _, first_overrides = args.probe[0].partition("=")
     first = Path(args.out) / first_name
@@ -163,7 +174,7 @@ def main() -> None:
     chosen = choose(results, guidance)
     print(f"[probe] chosen on the dev rows: {chosen}", flush=True)
     save_results(
-        "diffusion_coupling_probe",
+        args.name,
         {
             "chosen": chosen,
             "description": f"dev-split probes (held-out rows {DEV.start}-{DEV.stop - 1}), "
