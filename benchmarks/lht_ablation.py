@@ -16,8 +16,8 @@ boundaries enter at the same layers); `--routers` runs only the candidates. Gold
 
     python3 benchmarks/lht_ablation.py [--seeds 0 1 2] [--steps 150] [--workers 2] [--pick-routers]
     python3 benchmarks/lht_ablation.py --routers --seeds 10
-    python3 benchmarks/lht_ablation.py --steps 1500 --router ratio_26_deep --only learned random \
-        sliding_window gold --name lht_ablation_1500steps     # a longer budget, an earlier router choice
+    python3 benchmarks/lht_ablation.py --steps 1000 --router ratio_26_deep --only learned random \
+        sliding_window gold --name lht_ablation_1000steps     # a longer budget, an earlier router choice
 
 Results: benchmarks/results/lht_ablation.json (rows: variant, seed, heldout_ppl, f1_l1_sentences,
 f1_l1_random), or lht_routers.json; written after every finished run.

@@ -392,7 +392,11 @@ def diffusion_quality(q: dict) -> str:
 
 def diffusion_section(results: Results) -> str:
     parts = []
-    for name, render in (("diffusion_wkv", diffusion_wkv), ("diffusion_quality", diffusion_quality)):
+    for name, render in (
+        ("diffusion_wkv", diffusion_wkv),
+        ("diffusion_quality", diffusion_quality),
+        ("diffusion_quality_15min", diffusion_quality),
+    ):
         data = results.load(name)
         parts.append(f"### {name}\n\n{render(data) if data else NOT_RUN}\n")
     return "\n".join(parts)
@@ -561,6 +565,7 @@ def lht_section(results: Results) -> str:
     for title, name, render in (
         ("speed", "lht_speed", lht_speed),
         ("ablation", "lht_ablation", lht_ablation),
+        ("ablation, 1,000 steps", "lht_ablation_1000steps", lht_ablation),
         ("router candidates", "lht_routers", lht_ablation),
         ("quality", "lht_quality", lht_quality),
         ("quality, second seed", "lht_quality_seed1", lht_quality),
