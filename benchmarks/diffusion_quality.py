@@ -301,11 +301,11 @@ def main() -> None:
         "load_average_at_end": list(os.getloadavg()),
     }
     merged["description"] = (
-        "CPU-hour recipe (configs/diffusion/cpu_hour.yaml) on pydocs sentences with MiniLM latents, "
-        "REDUCED BUDGET: Stage I and the AR baseline trained for --stage1-minutes each, Stage II for "
-        "--stage2-minutes (see stage1_train / ar_train / stage2_train for steps and seconds), because "
-        "the helpers share 2 cores through one lock (heavy jobs of <= 20 min); --set: settings chosen on "
-        "dev rows by benchmarks/diffusion_coupling_probe.py; generative perplexity by SmolLM2-135M"
+        "CPU-hour recipe (configs/diffusion/cpu_hour.yaml) on pydocs sentences with MiniLM latents; "
+        "Stage I and the AR baseline trained for --stage1-minutes of wall-clock each (step counts "
+        "calibrated to it; stage1_train / ar_train / stage2_train give steps and seconds), Stage II for "
+        "--stage2-minutes; torch threads: machine.torch_threads; --set: settings chosen on dev rows by "
+        "benchmarks/diffusion_coupling_probe.py; generative perplexity by SmolLM2-135M"
     )
     save_results(args.name, merged)
 
