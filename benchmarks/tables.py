@@ -359,6 +359,11 @@ def diffusion_quality(q: dict) -> str:
         ["T2L recall@1, likelihood (PMI)", _sig(q.get("t2l_recall_at_1_likelihood")), ""],
         ["gen. ppl, joint samples", _sig(q.get("gen_ppl_joint"), 4), "<= 2x AR"],
         ["gen. ppl, AR baseline (matched entropy)", _sig(q.get("gen_ppl_ar"), 4), ""],
+        [
+            "gen. ppl, AR baseline's best held-out checkpoint",
+            _sig(q.get("gen_ppl_ar_best_checkpoint"), 4),
+            "",
+        ],
         ["gen. ppl, reference sentences", _sig(q.get("gen_ppl_reference"), 4), ""],
         ["Stage II KL at the end (nats/sentence)", _sig(q.get("kl_final"), 4), "finite, bounded"],
         ["Stage II VAE bound (nats/token)", _sig(q.get("vae_bound"), 4), "< text bound"],
