@@ -42,6 +42,8 @@ def test_seed_overrides_parse():
     ]
     with pytest.raises(ConfigError, match="latent_pred_from"):
         load_config(DiffusionConfig, None, ["model.latent_pred_from=middle"])
+    with pytest.raises(ConfigError, match="model.latent_placement"):
+        load_config(DiffusionConfig, None, ["model.latent_placement=middle"])
     with pytest.raises(ConfigError, match="unknown config key"):
         load_config(DiffusionConfig, None, ["train.num_epoch=3"])
 
