@@ -400,7 +400,7 @@ def diffusion_section(results: Results) -> str:
     for name, render in (
         ("diffusion_wkv", diffusion_wkv),
         ("diffusion_quality", diffusion_quality),
-        ("diffusion_quality_15min", diffusion_quality),
+        ("diffusion_quality_3.5min", diffusion_quality),
     ):
         data = results.load(name)
         parts.append(f"### {name}\n\n{render(data) if data else NOT_RUN}\n")
