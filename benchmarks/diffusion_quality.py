@@ -141,7 +141,9 @@ def phase_eval(args, out: Path) -> dict:
 
     stage1_dir, stage2_dir = out / "stage1", out / "stage2"
     start = time.perf_counter()
-    cfg1 = load_finished_run(stage1_dir, DiffusionConfig)
+    # --set's evaluation-time settings (e.g. a guidance scale chosen on the dev rows) apply to Stage I too.
+    evaluation = [o for o in EXTRA if o.startswith(("sampling.", "eval."))]
+    cfg1 = load_finished_run(stage1_dir, DiffusionConfig, evaluation)
     m1 = run_evaluation(DiffusionTask(cfg1), stage1_dir)
     seconds = {"stage1_eval": time.perf_counter() - start}
     cfg2 = _load(
