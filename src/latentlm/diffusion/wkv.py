@@ -551,11 +551,10 @@ class JointTimeMix(nn.Module):
         # The joint sequence, already padded to whole chunks for the chunk form (zero r, k, v and log
         # decay after the end change nothing before it), so the scan does not pad r, k, v again.
         pad = (-L) % min(chunk, L) if self.impl != "naive" else 0
-        ends = [rkv_l] if tail else []
-        rkv = torch.cat([rkv_l, rkv_t, *ends, rkv_t.new_zeros(3, B, pad, D)], dim=2)
+        tail_rkv, tail_log_w = ([rkv_l], [log_w_l]) if tail else ([], [])
+        rkv = torch.cat([rkv_l, rkv_t, *tail_rkv, rkv_t.new_zeros(3, B, pad, D)], dim=2)
         r, k, v = rkv.view(3, B, L + pad, H, K).transpose(2, 3)  # each (B, H, L + pad, K)
-        ends = [log_w_l] if tail else []
-        log_w = torch.cat([log_w_l, log_w_t, *ends, log_w_t.new_zeros(B, pad, D)], dim=1)
+        log_w = torch.cat([log_w_l, log_w_t, *tail_log_w, log_w_t.new_zeros(B, pad, D)], dim=1)
         log_w = log_w.view(B, L + pad, H, K).transpose(1, 2)  # (B, H, L + pad, K)
         bonus_l, bonus_t = self.latent.time_faaaa.unsqueeze(1), self.text.time_faaaa.unsqueeze(1)  # (H, 1, K)
         u = torch.cat(

@@ -178,6 +178,7 @@ def embed_sequences(model, tokenizer, kind: str, sequences: TokenSequences, cfg:
     total = sequences.num_tokens
     # The same hidden states without a causal LM's vocabulary projection (a quarter of SmolLM2's flops).
     backbone = getattr(model, "base_model", model)
+    device = next(model.parameters()).device
     sums: torch.Tensor | None = None
     counts = torch.zeros(total)
     bar = progress(total=len(rows), desc=f"teacher {cfg.name}")
@@ -191,7 +192,6 @@ def embed_sequences(model, tokenizer, kind: str, sequences: TokenSequences, cfg:
             input_ids[b, : len(ids)] = torch.tensor(ids)
             attention[b, : len(ids)] = 1
             owners[b, : len(ids)] = torch.tensor(owner)
-        device = next(model.parameters()).device
         out = backbone(
             input_ids=input_ids.to(device), attention_mask=attention.to(device), output_hidden_states=True
         )
