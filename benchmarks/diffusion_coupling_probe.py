@@ -13,7 +13,8 @@ one-step T2L estimate (the model's posterior mean at t = 1) next to the 32-step 
 (to choose the KL warm-up / free-bits settings).
 
 ``choose`` then picks, on the dev rows only: the Stage I probe and CFG scale with the largest sum of
-recall@1 and cosine gap (paired minus random pairs) over L2T, T2L and one-step T2L, and the Stage II
+recall@1 and cosine gap (paired minus random pairs) over L2T, T2L and one-step T2L, T2L's own CFG scale
+(``sampling.latent_guidance_scale``) by the T2L terms alone, and the Stage II
 probe with the lowest VAE bound minus text-only bound; the JSON's ``chosen`` field holds them.
 
 Each Stage I probe also reports its dev-row text bounds with the clean latent and with the null one,
@@ -110,7 +111,20 @@ def choose(results: dict, guidance: list[float]) -> dict:
 
     stage1 = {k: v for k, v in results.items() if not k.startswith("stage2_")}
     name, scale = max(((n, g) for n in stage1 for g in guidance), key=lambda ng: score(stage1[ng[0]], ng[1]))
-    chosen = {"stage1_probe": name, "stage1_overrides": stage1[name]["overrides"], "guidance_scale": scale}
+    # T2L's own scale, on the chosen probe by the T2L terms alone (sampling.latent_guidance_scale).
+    t2l_names = ("t2l", "t2l_one_step")
+    t2l_scale = max(
+        guidance,
+        key=lambda g: sum(
+            stage1[name][f"{n}@cfg{g}"] + stage1[name][f"{n}_cosine_gap@cfg{g}"] for n in t2l_names
+        ),
+    )
+    chosen = {
+        "stage1_probe": name,
+        "stage1_overrides": stage1[name]["overrides"],
+        "guidance_scale": scale,
+        "latent_guidance_scale": t2l_scale,
+    }
     stage2 = {k: v for k, v in results.items() if k.startswith("stage2_")}
     if stage2:
         gap = {

@@ -75,12 +75,19 @@ def test_cli_help_lists_fields_with_docstrings(capsys):
         ("batch_size=0", "batch_size: must be >= 1, got 0"),
         ("eval.num_samples=0", "eval.num_samples: must be >= 1"),
         ("loss.free_bits=-1", "loss.free_bits: must be >= 0"),
+        ("sampling.latent_guidance_scale=-2", "sampling.latent_guidance_scale: must be >= 0"),
     ],
 )
 def test_out_of_range_fields_are_refused_with_exit_2(override, message, capsys):
     assert main(["train", override]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_t2l_guidance_falls_back_to_the_shared_scale():
+    assert load_config(DiffusionConfig, None, ["sampling.guidance_scale=8"]).sampling.t2l_guidance == 8.0
+    both = ["sampling.guidance_scale=8", "sampling.latent_guidance_scale=16"]
+    assert load_config(DiffusionConfig, None, both).sampling.t2l_guidance == 16.0
 
 
 def test_bad_data_is_a_one_line_error_naming_the_file(tiny_overrides, tiny_data, capsys):

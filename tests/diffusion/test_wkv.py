@@ -283,3 +283,18 @@ def test_token_shift_gradient_and_short_sequences(T):
     expected = 0.5 * (padded[:, :-2] + padded[:, 2:])
     torch.testing.assert_close(bidirectional_token_shift(x), expected, rtol=1e-12, atol=1e-12)
     assert torch.autograd.gradcheck(bidirectional_token_shift, (x,))
+
+
+def test_chunk_form_keeps_float32_precision_on_long_sequences():
+    """The (N, N) chunk-carry weights sum each exponent over its own chunks, so a long float32 sequence with
+    slow and floor-level decays matches the float64 step-by-step scan to float32 rounding."""
+    g = torch.Generator().manual_seed(3)
+    B, H, T, K = 1, 2, 2048, 8
+    r, k, v = (torch.randn(B, H, T, K, generator=g, dtype=torch.float64) for _ in range(3))
+    log_w = -torch.rand(B, H, T, K, generator=g, dtype=torch.float64) * 0.05
+    log_w[..., :2] = -5.0  # channels at the decay floor: prefix sums reach -10,240
+    u = torch.randn(H, 1, K, generator=g, dtype=torch.float64)
+    expected = bidirectional_wkv(r, k, v, log_w, u, impl="naive")
+    got = bidirectional_wkv(*(x.float() for x in (r, k, v, log_w, u)), impl="chunked", chunk_size=32)
+    scale = expected.abs().max()
+    assert float((got.double() - expected).abs().max() / scale) < 2e-5

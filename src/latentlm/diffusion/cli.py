@@ -111,7 +111,7 @@ def sample(run_dir: Path, overrides: list[str]) -> Path:
             model,
             ids,
             num_steps=s.num_steps,
-            guidance_scale=s.guidance_scale,
+            guidance_scale=s.t2l_guidance,
             prediction=model.config.latent_prediction,
             generator=g,
         )

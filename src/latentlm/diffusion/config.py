@@ -325,6 +325,9 @@ class SamplingConfig:
     """Nucleus sampling mass (1: off)."""
     guidance_scale: float = 1.0
     """Classifier-free guidance scale (1: plain conditional)."""
+    latent_guidance_scale: float = 0.0
+    """CFG scale of T2L sampling (latent from text; 0: ``guidance_scale``), since the best scale of each
+    direction differs."""
     float64: bool = True
     """Compute the token logits, softmax and Gumbel noise in float64 (float32 biases rare tokens)."""
     num_samples: int = 8
@@ -339,8 +342,14 @@ class SamplingConfig:
         for name in ("num_steps", "num_samples"):
             check_range(f"sampling.{name}", getattr(self, name), 1)
         check_range("sampling.top_k", self.top_k, 0)
+        check_range("sampling.latent_guidance_scale", self.latent_guidance_scale, 0)
         check_range("sampling.temperature", self.temperature, 0, low_open=True)
         check_range("sampling.top_p", self.top_p, 0, 1, low_open=True)
+
+    @property
+    def t2l_guidance(self) -> float:
+        """The CFG scale of T2L sampling."""
+        return self.latent_guidance_scale or self.guidance_scale
 
     def text_kwargs(self) -> dict:
         """Keyword arguments of the text samplers (`sample_text_from_latent`, `sample_joint`)."""

@@ -603,7 +603,7 @@ def run_evaluation(task, run_dir: str | Path, model: LatentDiffusionLM | None = 
                 model,
                 ids,
                 num_steps=s.num_steps,
-                guidance_scale=s.guidance_scale,
+                guidance_scale=s.t2l_guidance,
                 prediction=mcfg.latent_prediction,
                 generator=g,
             ),
@@ -617,7 +617,8 @@ def run_evaluation(task, run_dir: str | Path, model: LatentDiffusionLM | None = 
             _check("latent norm retention (T2L)", 0.5 < norm_ratio < 2.0, f"|z_hat| / |z| = {norm_ratio:.4g}")
         )
         metrics["t2l"] = {k: v for k, v in t2l.items() if not isinstance(v, list)} | {
-            "norm_ratio": norm_ratio
+            "norm_ratio": norm_ratio,
+            "guidance_scale": s.t2l_guidance,
         }
         # One DDIM step from t = 1: the model's estimate of E[z | text] (no sampling noise).
         z_mean = _batched(
@@ -625,7 +626,7 @@ def run_evaluation(task, run_dir: str | Path, model: LatentDiffusionLM | None = 
                 model,
                 ids,
                 num_steps=1,
-                guidance_scale=s.guidance_scale,
+                guidance_scale=s.t2l_guidance,
                 prediction=mcfg.latent_prediction,
                 generator=g,
             ),
@@ -644,7 +645,9 @@ def run_evaluation(task, run_dir: str | Path, model: LatentDiffusionLM | None = 
         )
         l2t_texts = model.decode(l2t_ids, tokenizer)
         l2t = latent_retrieval_metrics(encode(l2t_texts), true_raw, cfg.eval.seed)
-        metrics["l2t"] = {k: v for k, v in l2t.items() if not isinstance(v, list)}
+        metrics["l2t"] = {k: v for k, v in l2t.items() if not isinstance(v, list)} | {
+            "guidance_scale": s.guidance_scale
+        }
         sampled_texts["l2t"] = l2t_texts
         if cfg.eval.likelihood_draws:
             say("likelihood retrieval (PMI from the bounds)")
@@ -712,8 +715,8 @@ def run_evaluation(task, run_dir: str | Path, model: LatentDiffusionLM | None = 
     report.text(
         f"{len(val)} held-out sentences; sampling with {s.num_steps} steps in "
         f"{metrics['sampling']['sampling_precision']}, temperature {s.temperature}, top-k {s.top_k}, "
-        f"top-p {s.top_p}, CFG scale {s.guidance_scale}; generative perplexity judged by "
-        f"{metrics['sampling']['judge']}."
+        f"top-p {s.top_p}, CFG scale {s.guidance_scale} (T2L {s.t2l_guidance}); generative perplexity "
+        f"judged by {metrics['sampling']['judge']}."
     )
     if not metrics["nelbo_finite"]:
         report.text("**The held-out NELBO bound overflowed** (recorded as inf): the bound is vacuous.")
