@@ -286,8 +286,8 @@ def test_token_shift_gradient_and_short_sequences(T):
 
 
 def test_chunk_form_keeps_float32_precision_on_long_sequences():
-    """The (N, N) chunk-carry weights sum each exponent over its own chunks, so a long float32 sequence with
-    slow and floor-level decays matches the float64 step-by-step scan to float32 rounding."""
+    """A long float32 sequence with slow and floor-level decays (the chunk form's exponent range and the
+    carried states) matches the float64 step-by-step scan to float32 rounding."""
     g = torch.Generator().manual_seed(3)
     B, H, T, K = 1, 2, 2048, 8
     r, k, v = (torch.randn(B, H, T, K, generator=g, dtype=torch.float64) for _ in range(3))

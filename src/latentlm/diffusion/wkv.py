@@ -18,9 +18,9 @@ so that position ``s != t`` contributes ``r_t^T diag(prod_{j strictly between s 
 Two implementations of the past-only scan are given and tested equal in float64:
 ``wkv_naive`` (one step per token, ``T`` sequential steps) and ``wkv_chunked`` (the gated-linear-
 attention chunk form, Yang et al. 2024: inside a chunk the decayed scores are one matmul, between
-chunks a recurrence over ``N = T / C`` states, itself unrolled into an (N, N) matmul: no sequential
-loop).  On CUDA, ``impl="fla"`` uses the ``flash-linear-attention`` kernels when that optional package
-is installed (RWKV-6 chunk kernel with zero bonus), else the chunked form.
+chunks a recurrence over ``N = T / C`` states; all heavy work is matmuls and only ``N`` steps are
+sequential).  On CUDA, ``impl="fla"`` uses the ``flash-linear-attention`` kernels when that optional
+package is installed (RWKV-6 chunk kernel with zero bonus), else the chunked form.
 """
 
 from __future__ import annotations
@@ -108,8 +108,7 @@ def wkv_chunked(
       ``y_t += sum_{s<t} (r_t e^{A_{t-1}}) . (k_s e^{-A_s}) v_s``
       (the product of the two factors is ``e^{A_{t-1} - A_s} <= 1``: the decay between s and t);
     * what a chunk adds to the state: ``(k e^{-A} e^{A_C})^T v`` (a (K, C) @ (C, V) matmul);
-    * inter-chunk: the recurrence over the N chunk states, solved as one matmul (``_carry_weights``),
-      then ``y_t += (r_t e^{A_{t-1}}) S_n``.
+    * inter-chunk: a recurrence over the N chunk states, then ``y_t += (r_t e^{A_{t-1}}) S_n``.
 
     Only two exponentials of full size are taken.  The factors ``e^{A}`` and ``e^{-A}`` stay normal
     numbers while the total decay inside a chunk is below the dtype's exponent range minus 10 (float32:
@@ -147,10 +146,16 @@ def wkv_chunked(
     causal = torch.ones(C, C, dtype=torch.bool, device=r.device).tril(-1)
     y = scores.masked_fill(~causal, 0.0) @ v  # (B, H, N, C, V)
 
-    # Inter-chunk: what each chunk adds to the state, the states entering each chunk, their read-out.
+    # Inter-chunk: what each chunk adds to the state, a recurrence over chunks, then its read-out.
     total = cum[:, :, :, -1:]  # (B, H, N, 1, K)
     chunk_kv = (k_grown * total.exp()).transpose(-1, -2) @ v  # (B, H, N, K, V)
-    entering = _carry(_carry_weights(total), chunk_kv)  # (B, H, N, K, V)
+    chunk_decay = total.squeeze(3).exp()  # (B, H, N, K)
+    states = []
+    state = r.new_zeros(B, H, K, V)
+    for n in range(N):
+        states.append(state)
+        state = chunk_decay[:, :, n].unsqueeze(-1) * state + chunk_kv[:, :, n]
+    entering = torch.stack(states, dim=2)  # (B, H, N, K, V)
     y = y + r_decayed @ entering
     return y.reshape(B, H, N * C, V)[:, :, :T]
 
@@ -189,9 +194,9 @@ def bidirectional_wkv_chunked(
     ``tril(rE1 (kE2)^T) + triu(rE2 (kE1)^T)`` carries both directions through a single ``@ v``; the
     bonus ``(r . u k) v`` is added per token.  Between chunks: chunk n passes its keys/values on as
     ``F_n = (kE2 e^{a_n})^T v`` to the right and ``G_n = (kE1)^T v`` to the left (``a_n`` = the chunk's
-    total log decay), and a left-to-right and a right-to-left recurrence over the N chunk states (solved
-    as matmuls, ``_carry_weights``) give what enters each chunk from either side.  Same result as
-    ``forward + backward + bonus`` of two ``wkv_naive`` scans.
+    total log decay), and a left-to-right and a right-to-left recurrence over the N chunk states
+    (``_entering_states``) give what enters each chunk from either side.  Same result as ``forward +
+    backward + bonus`` of two ``wkv_naive`` scans.
 
     Args:
         r, k, v, log_w, u: as in ``bidirectional_wkv``.
@@ -228,38 +233,32 @@ def bidirectional_wkv_chunked(
     to_end = total.exp()
     passed_right = (k2 * to_end).transpose(-1, -2) @ v  # F: (B, H, N, K, V)
     passed_left = k1.transpose(-1, -2) @ v  # G: (B, H, N, K, V)
-    weights = _carry_weights(total)
-    from_left, from_right = _carry(weights, passed_right), _carry(weights.transpose(-1, -2), passed_left)
+    from_left, from_right = _entering_states(total, passed_right, passed_left)
     y = (
         (scores @ v).addcmul_(bonus, v).add_(r1 @ from_left).add_((r2 * to_end) @ from_right)
     )  # (B, H, N, C, V)
     return y.reshape(B, H, N * C, V)[:, :, :T]
 
 
-def _carry_weights(total: torch.Tensor) -> torch.Tensor:
-    """How much of what chunk m passes on reaches chunk n, per key channel: ``W[n, m] = exp(a_{m+1} + ...
-    + a_{n-1})`` for m < n, else 0 (``total``: (B, H, N, 1, K), each chunk's total log decay a_n).
-
-    The chunk states ``S_{n+1} = e^{a_n} S_n + F_n`` are then ``S = W F`` (entering from the left) and
-    ``R_{n-1} = e^{a_n} R_n + G_n`` are ``R = W^T G`` (from the right): batched (N, N) matmuls instead of
-    N small sequential steps each way, forward and backward, which is where the chunk form's time went at
-    long lengths.  Each exponent is summed over exactly its own chunks (a masked reversed cumulative sum),
-    not taken as the difference of two long prefix sums, so it keeps full relative precision at any length.
-
-    Returns:
-        (B, H, K, N, N).
-    """
-    log_decay = total.squeeze(3).transpose(2, 3)  # (B, H, K, N): a_n
-    N = log_decay.shape[-1]
-    before = torch.ones(N, N, dtype=torch.bool, device=total.device).tril(-1)  # [n, m]: m < n
-    terms = log_decay.unsqueeze(-2).masked_fill(~before, 0.0)  # (B, H, K, N, N): [n, j] = a_j for j < n
-    exponents = F.pad(terms.flip(-1).cumsum(-1).flip(-1)[..., 1:], (0, 1))  # [n, m] = sum_{m<j<n} a_j
-    return exponents.exp().masked_fill(~before, 0.0)
-
-
-def _carry(weights: torch.Tensor, passed: torch.Tensor) -> torch.Tensor:
-    """``weights`` (B, H, K, N, N) applied over the chunks of ``passed`` (B, H, N, K, V): (B, H, N, K, V)."""
-    return (weights @ passed.transpose(2, 3)).transpose(2, 3)
+def _entering_states(
+    total: torch.Tensor, passed_right: torch.Tensor, passed_left: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """States entering each chunk from the left and from the right, (B, H, N, K, V) each, by a
+    left-to-right and a right-to-left recurrence over the chunks: ``S_{n+1} = e^{a_n} S_n + F_n``
+    (``total``: (B, H, N, 1, K), each chunk's total log decay a_n; ``passed_right`` / ``passed_left``:
+    F_n / G_n, (B, H, N, K, V)).  The inputs are unbound once: indexing one chunk at a time would make
+    the backward pass allocate a full-size zero gradient per step (what made the earlier loop slow)."""
+    decays = total.squeeze(3).exp().unsqueeze(-1).unbind(2)  # N x (B, H, K, 1)
+    entering = []
+    for passed, order in ((passed_right, range(len(decays))), (passed_left, reversed(range(len(decays))))):
+        steps = passed.unbind(2)
+        state = torch.zeros_like(steps[0])
+        states = [state] * len(decays)
+        for n in order:
+            states[n] = state
+            state = decays[n] * state + steps[n]
+        entering.append(torch.stack(states, dim=2))  # (B, H, N, K, V)
+    return entering[0], entering[1]
 
 
 def fla_available(device: torch.device) -> bool:
