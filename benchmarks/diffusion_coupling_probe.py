@@ -17,6 +17,12 @@ recall@1 and cosine gap (paired minus random pairs) over L2T, T2L and one-step T
 (``sampling.latent_guidance_scale``) by the T2L terms alone, and the Stage II
 probe with the lowest VAE bound minus text-only bound; the JSON's ``chosen`` field holds them.
 
+``--joint-orders together,latent_first,latent_first@8`` scores unconditional joint samples of the first
+probe's model for each ``sampling.joint_order`` (``@g``: ``sampling.joint_guidance_scale`` g):
+eval.num_samples samples drawn with seed 1 (the benchmark draws with eval.seed 0), their SmolLM2
+generative perplexity and unigram entropy; ``chosen`` takes the one with the lowest generative
+perplexity (the benchmark then matches the AR baseline's entropy to the samples').
+
 Each Stage I probe also reports its dev-row text bounds with the clean latent and with the null one,
 and their difference (``dev_latent_gain_per_token``: how much the latent tells the text denoiser).
 
@@ -38,9 +44,9 @@ from latentlm.core.lifecycle import load_trained_model
 from latentlm.core.run import RunDir
 from latentlm.diffusion.config import DiffusionConfig
 from latentlm.diffusion.data import load_sentence_encoder
-from latentlm.diffusion.evaluate import heldout_nelbo, latent_retrieval_metrics
+from latentlm.diffusion.evaluate import heldout_nelbo, latent_retrieval_metrics, text_sample_metrics
 from latentlm.diffusion.model import LatentDiffusionLM
-from latentlm.diffusion.sampling import sample_latent_from_text, sample_text_from_latent
+from latentlm.diffusion.sampling import sample_joint, sample_latent_from_text, sample_text_from_latent
 from latentlm.diffusion.task import DiffusionTask, train_for_seconds
 
 CONFIG = "configs/diffusion/cpu_hour.yaml"
@@ -74,6 +80,29 @@ def dev_recall(task: DiffusionTask, model, encoder, guidance: list[float]) -> di
         print(
             f"[probe] cfg {scale}: " + str({k: v for k, v in out.items() if "example" not in k}), flush=True
         )
+    return out
+
+
+def joint_order_probe(cfg: DiffusionConfig, model, orders: list[str]) -> dict:
+    """Generative perplexity (SmolLM2) and unigram entropy of unconditional joint samples per order,
+    drawn with seed 1 (not the benchmark's eval.seed 0)."""
+    from latentlm.teachers import load_causal_lm, load_tokenizer
+
+    judge, tokenizer = load_causal_lm(cfg.eval.judge_model), load_tokenizer(model.config.tokenizer)
+    out = {}
+    for spec in orders:
+        order, _, scale = spec.partition("@")
+        ids, _ = sample_joint(
+            model.eval(),
+            cfg.eval.num_samples,
+            prediction=model.config.latent_prediction,
+            generator=torch.Generator().manual_seed(1),
+            order=order,
+            guidance_scale=float(scale or 1.0),
+            **cfg.sampling.text_kwargs(),
+        )
+        out[spec] = text_sample_metrics(model.decode(ids, tokenizer), tokenizer, judge)
+        print(f"[probe] joint samples {spec}: {out[spec]}", flush=True)
     return out
 
 
@@ -152,6 +181,7 @@ def main() -> None:
         "--stage2-seconds", type=float, default=90.0, help="training budget per Stage II probe"
     )
     parser.add_argument("--skip-stage1-train", action="store_true", help="reuse the probes' saved models")
+    parser.add_argument("--joint-orders", default="", help="e.g. together,latent_first: score each order")
     parser.add_argument("--name", default="diffusion_coupling_probe", help="results file name")
     args = parser.parse_args()
     guidance = [float(x) for x in args.guidance.split(",")]
@@ -179,6 +209,13 @@ def main() -> None:
         results[name]["seconds"] = time.perf_counter() - start
     first_name, _, first_overrides = args.probe[0].partition("=")
     first = Path(args.out) / first_name
+    joint_orders = None
+    if args.joint_orders:
+        overrides = [f"run_dir={first}", *(o for o in first_overrides.split(",") if o)]
+        model = load_trained_model(first, LatentDiffusionLM)
+        joint_orders = joint_order_probe(
+            load_config(DiffusionConfig, CONFIG, overrides), model, args.joint_orders.split(",")
+        )
     for spec in args.stage2:
         name, _, overrides = spec.partition("=")
         extra = [o for o in f"{first_overrides},{overrides}".split(",") if o]
@@ -186,6 +223,10 @@ def main() -> None:
             first, f"stage2_{name}", extra, args.stage2_seconds, Path(args.out)
         )
     chosen = choose(results, guidance)
+    if joint_orders:
+        best = min(joint_orders, key=lambda o: joint_orders[o]["generative_perplexity"])
+        order, _, scale = best.partition("@")
+        chosen |= {"joint_order": order, "joint_guidance_scale": float(scale or 1.0)}
     print(f"[probe] chosen on the dev rows: {chosen}", flush=True)
     save_results(
         args.name,
@@ -195,6 +236,7 @@ def main() -> None:
             f"{args.seconds:.0f} s of training each (REDUCED BUDGET: short probes to choose settings, "
             "not results)",
             "probes": results,
+            "joint_orders": joint_orders,
         },
     )
 

@@ -76,6 +76,7 @@ def test_cli_help_lists_fields_with_docstrings(capsys):
         ("eval.num_samples=0", "eval.num_samples: must be >= 1"),
         ("loss.free_bits=-1", "loss.free_bits: must be >= 0"),
         ("sampling.latent_guidance_scale=-2", "sampling.latent_guidance_scale: must be >= 0"),
+        ("sampling.joint_guidance_scale=4", "sampling.joint_guidance_scale: applies to joint_order=latent"),
     ],
 )
 def test_out_of_range_fields_are_refused_with_exit_2(override, message, capsys):
@@ -168,6 +169,8 @@ def test_real_precompute_train_eval(tmp_path, data_dir):
         "judge": "smollm2",
         "sampling_precision": "float64",
         "sampling_steps": 4,
+        "joint_order": "together",
+        "joint_guidance_scale": 1.0,
         "temperature": 1.0,
         "top_k": 0,
         "top_p": 1.0,
@@ -175,8 +178,10 @@ def test_real_precompute_train_eval(tmp_path, data_dir):
     assert (run_dir / "eval" / "report.md").is_file() and (
         run_dir / "eval" / "plots" / "t2l_cosine.png"
     ).is_file()
-    assert main(["sample", f"run_dir={run_dir}", "sampling.mode=joint", "sampling.num_samples=2"]) == 0
-    assert len((run_dir / "samples_joint.jsonl").read_text().splitlines()) == 2
+    for order in ("together", "latent_first"):
+        joint = ["sampling.mode=joint", "sampling.num_samples=2", f"sampling.joint_order={order}"]
+        assert main(["sample", f"run_dir={run_dir}", *joint]) == 0
+        assert len((run_dir / "samples_joint.jsonl").read_text().splitlines()) == 2
 
 
 @pytest.mark.real_model

@@ -107,6 +107,32 @@ def test_samplers_shapes_no_mask_and_reproducible():
         sample_latent_from_text(model, ids, latent_dim=9)
 
 
+@pytest.mark.parametrize("guidance", [1.0, 3.0])
+def test_latent_first_joint_sample_is_the_latent_marginal_then_l2t(guidance):
+    """``order="latent_first"`` == the unconditional latent (T2L at guidance 0: the null-text branch
+    alone, from the same noise) followed by L2T of that latent (with the same guidance) with the
+    generator continuing."""
+    model = _tiny_model()
+    ids, z = sample_joint(
+        model,
+        3,
+        num_steps=5,
+        generator=torch.Generator().manual_seed(4),
+        order="latent_first",
+        guidance_scale=guidance,
+    )
+    g = torch.Generator().manual_seed(4)
+    any_text = torch.zeros(3, 7, dtype=torch.long)
+    z_marginal = sample_latent_from_text(model, any_text, num_steps=5, guidance_scale=0.0, generator=g)
+    torch.testing.assert_close(z, z_marginal, rtol=0, atol=1e-6)
+    expected = sample_text_from_latent(model, z_marginal, num_steps=5, guidance_scale=guidance, generator=g)
+    assert torch.equal(ids, expected)
+    with pytest.raises(ValueError, match="order"):
+        sample_joint(model, 1, order="text_first")
+    with pytest.raises(ValueError, match="latent_first' only"):
+        sample_joint(model, 1, guidance_scale=2.0)
+
+
 def test_single_step_text_sampling_is_a_full_draw():
     """With one step every position is drawn from p(x0 | all masked): check token frequencies."""
     model = _tiny_model()

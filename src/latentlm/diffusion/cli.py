@@ -119,7 +119,13 @@ def sample(run_dir: Path, overrides: list[str]) -> Path:
         records = [{"text": r, "latent": row} for r, row in zip(refs, z.tolist(), strict=True)]
     else:
         ids, _ = sample_joint(
-            model, s.num_samples, prediction=model.config.latent_prediction, generator=g, **s.text_kwargs()
+            model,
+            s.num_samples,
+            prediction=model.config.latent_prediction,
+            generator=g,
+            order=s.joint_order,
+            guidance_scale=s.joint_guidance_scale,
+            **s.text_kwargs(),
         )
         records = [{"sample": t} for t in model.decode(ids)]
     out = Path(run_dir) / f"samples_{s.mode}.jsonl"

@@ -49,6 +49,7 @@ SEQUENCE_MIXERS = ("rwkv", "attention")
 LATENT_PRED_FROM = ("text", "prefix", "both")
 LATENT_PREDICTIONS = ("v", "eps")
 LATENT_PRIOR_TYPES = ("fixed_gaussian", "learned_gaussian")
+JOINT_ORDERS = ("together", "latent_first")
 WKV_IMPLS = ("chunked", "naive", "fla")
 
 
@@ -334,11 +335,20 @@ class SamplingConfig:
     """Samples written by `latentlm diffusion sample`."""
     mode: str = "l2t"
     """`sample` command: l2t (text from held-out latents) | t2l (latents from held-out text) | joint."""
+    joint_order: str = "together"
+    """Unconditional joint samples (``eval``, ``sample`` mode joint): together (text and latent denoised
+    at the same time) | latent_first (the latent alone, then the text given it; UniDiffuser-style)."""
+    joint_guidance_scale: float = 1.0
+    """CFG scale of the text stage of latent_first joint samples (1: none, a plain sample of the joint)."""
     seed: int = 0
     """Sampling seed."""
 
     def __post_init__(self):
         check_choice("sampling.mode", self.mode, ("l2t", "t2l", "joint"))
+        check_choice("sampling.joint_order", self.joint_order, JOINT_ORDERS)
+        check_range("sampling.joint_guidance_scale", self.joint_guidance_scale, 0)
+        if self.joint_order == "together" and self.joint_guidance_scale != 1.0:
+            raise ValueError("sampling.joint_guidance_scale: applies to joint_order=latent_first only")
         for name in ("num_steps", "num_samples"):
             check_range(f"sampling.{name}", getattr(self, name), 1)
         check_range("sampling.top_k", self.top_k, 0)

@@ -528,6 +528,8 @@ def judge_description(cfg) -> dict:
         "judge": cfg.eval.judge_model or "none",
         "sampling_precision": "float64" if s.float64 else "float32",
         "sampling_steps": s.num_steps,
+        "joint_order": s.joint_order,
+        "joint_guidance_scale": s.joint_guidance_scale,
         "temperature": s.temperature,
         "top_k": s.top_k,
         "top_p": s.top_p,
@@ -696,7 +698,13 @@ def run_evaluation(task, run_dir: str | Path, model: LatentDiffusionLM | None = 
     else:
         say("joint sampling")
         uncond_ids, _ = sample_joint(
-            model, cfg.eval.num_samples, prediction=mcfg.latent_prediction, generator=g, **s.text_kwargs()
+            model,
+            cfg.eval.num_samples,
+            prediction=mcfg.latent_prediction,
+            generator=g,
+            order=s.joint_order,
+            guidance_scale=s.joint_guidance_scale,
+            **s.text_kwargs(),
         )
         kind = "joint"
     sampled_texts[kind] = model.decode(uncond_ids, tokenizer)

@@ -10,7 +10,8 @@
   ``float64=False`` samples in float32, as most diffusion LM code does, for comparisons.
 * ``sample_latent_from_text`` (T2L): deterministic DDIM on the cosine schedule with classifier-free
   guidance ``pred = uncond + s * (cond - uncond)``, the null condition being fully masked text.
-* ``sample_joint``: both modalities from noise on one time grid.
+* ``sample_joint``: both modalities from noise, on one time grid (``order="together"``) or the latent
+  first and then the text given it (``"latent_first"``).
 
 All samplers take the ``LatentDiffusionLM`` (or its ``rwkv`` denoiser) and return latents in the
 model's (standardised) latent space.
@@ -21,6 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from latentlm.diffusion.config import JOINT_ORDERS
 from latentlm.diffusion.objectives import predicted_clean_latent
 from latentlm.diffusion.schedules import CosineGaussianSchedule, LogLinearMaskingSchedule
 
@@ -287,12 +289,26 @@ def sample_joint(
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
     float64: bool = True,
+    order: str = "together",
+    guidance_scale: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unconditional joint generation: text and latent denoised together from pure noise.
+    """Unconditional joint generation from pure noise.
+
+    ``order="together"``: text and latent are denoised at the same time t.  ``"latent_first"``: ancestral
+    sampling through the other corner of the joint model's (t_text, t_latent) square, as UniDiffuser
+    does: the latent is denoised alone with the text fully masked (t_text = 1, the model's latent
+    marginal, which condition dropout trains), then the text is sampled given that clean latent
+    (``sample_text_from_latent``, with ``guidance_scale``; 1 = none, a plain sample of the joint).  Both
+    draw from the same joint model; they differ in how early the text is committed while the latent is
+    still noisy.
 
     Returns:
         (ids (B, seq_len), latents (B, d)).
     """
+    if order not in JOINT_ORDERS:
+        raise ValueError(f"sample_joint: order must be one of {JOINT_ORDERS}, got {order!r}")
+    if order == "together" and guidance_scale != 1.0:
+        raise ValueError("sample_joint: guidance applies to order='latent_first' only")
     denoiser = _denoiser(model)
     cfg = denoiser.config
     if latent_dim is not None and latent_dim != cfg.latent_dim:
@@ -302,6 +318,15 @@ def sample_joint(
     x_t = torch.full((batch_size, seq_len), cfg.mask_token_id, dtype=torch.long, device=device)
     z_t = torch.randn(batch_size, cfg.latent_dim, generator=generator).to(device)
     grid = _time_grid(num_steps, device)
+    if order == "latent_first":
+        ones = torch.ones(batch_size, device=device)
+        for t, s in zip(grid[:-1].tolist(), grid[1:].tolist(), strict=True):
+            out = denoiser(x_t, z_t, ones, torch.full((batch_size,), t, device=device))
+            z_t = _ddim_step(out.latent_output, z_t, t, s, latent_schedule, prediction)
+        ids = sample_text_from_latent(
+            model, z_t, seq_len, num_steps, temperature, top_k, top_p, guidance_scale, generator, float64
+        )
+        return ids, z_t
     for t, s in zip(grid[:-1].tolist(), grid[1:].tolist(), strict=True):
         t_vec = torch.full((batch_size,), t, device=device)
         out = denoiser(x_t, z_t, t_vec, t_vec)
