@@ -15,6 +15,8 @@ autoregressive baseline for the same wall-clock on the same sentences. `eval` ev
 trains and evaluates Stage II from it (KL warm-up + free bits), and samples the AR baseline at the
 temperature whose unigram entropy matches the joint samples'. `ar` (after `eval`) trains the AR
 baseline again with early stopping on held-out NLL and scores its best checkpoint the same way.
+`eval --reuse-stage2` evaluates again with the Stage II model already in --out (after a change of
+sampling settings), its training record kept from the results file.
 `speed` measures the RWKV and attention denoisers side by side at T in {128, 512, 2048}. Every phase
 merges its results into benchmarks/results/diffusion_quality.json (``--name``: another file; plots next
 to it).
@@ -42,6 +44,7 @@ from latentlm.diffusion.evaluate import run_evaluation, text_sample_metrics
 from latentlm.diffusion.model import LatentDiffusionLM
 from latentlm.diffusion.sampling import sample_text_from_latent
 from latentlm.diffusion.task import AutoregressiveTask, DiffusionTask, train_for_seconds
+from latentlm.metrics.generation import generative_perplexity
 
 CONFIG = "configs/diffusion/cpu_hour.yaml"
 EXTRA: list[str] = []
@@ -94,7 +97,21 @@ def _ar_at_matched_entropy(
         "gen_ppl": judged["generative_perplexity"],
         "gen_ppl_temperature_1": at_one["generative_perplexity"],
         "entropy_by_temperature": {r["temperature"]: r["unigram_entropy_bits"] for r in rows},
+        **{k: judged[k] for k in ("mean_words", "distinct_1", "distinct_2")},
         "examples": best["texts"][:5],
+        "texts": best["texts"],
+    }
+
+
+FIRST_WORDS = 12
+"""Length-controlled generative perplexity: every sample cut to its first 12 words (the held-out
+sentences' mean is 12.6), so that longer or repetitive samples do not buy a lower per-token figure."""
+
+
+def _first_words_perplexity(sets: dict[str, list[str]], judge) -> dict[str, float]:
+    return {
+        name: generative_perplexity([" ".join(t.split()[:FIRST_WORDS]) for t in texts], *judge)
+        for name, texts in sets.items()
     }
 
 
@@ -130,7 +147,7 @@ def phase_ar(args, out: Path) -> dict:
             "heldout_nll_per_token": curve,
             "selection": "lowest held-out NLL per token over the evaluations (the held-out sentences, "
             "which include the 64 scored rows: this favours the baseline)",
-            **scored,
+            **{k: v for k, v in scored.items() if k != "texts"},
         },
     }
 
@@ -158,7 +175,12 @@ def phase_eval(args, out: Path) -> dict:
             "train.lr=0.001",
         ],
     )
-    stage2 = train_for_seconds(DiffusionTask(cfg2, RunDir(cfg2.run_dir)), cfg2, 60 * args.stage2_minutes)
+    reused = None
+    if args.reuse_stage2:  # its training record stays in the results file from the run that trained it
+        previous = json.loads((RESULTS / f"{args.name}.json").read_text())
+        stage2, reused = previous["stage2_train"], previous["phases"]["eval"]["command"]
+    else:
+        stage2 = train_for_seconds(DiffusionTask(cfg2, RunDir(cfg2.run_dir)), cfg2, 60 * args.stage2_minutes)
     start = time.perf_counter()
     m2 = run_evaluation(DiffusionTask(load_finished_run(stage2_dir, DiffusionConfig)), stage2_dir)
     seconds["stage2_eval"] = time.perf_counter() - start
@@ -170,6 +192,16 @@ def phase_eval(args, out: Path) -> dict:
         cfg1.eval.num_samples,
         judge,
         cfg1.eval.seed,
+    )
+    ar_texts = ar.pop("texts")
+    rows = [json.loads(line) for line in (stage1_dir / "eval" / "samples.jsonl").read_text().splitlines()]
+    first_words = _first_words_perplexity(
+        {
+            "joint": [r["sample"] for r in rows if r["kind"] == "joint"],
+            "ar": ar_texts,
+            "reference": [r["reference"] for r in rows if r["kind"] == "l2t"],
+        },
+        judge,
     )
     ar_eval = _curve(out / "ar", "eval/nll_per_token")
     kl_curve = _curve(stage2_dir, "eval/kl_per_sentence")
@@ -205,6 +237,10 @@ def phase_eval(args, out: Path) -> dict:
         "gen_ppl_reference": m1["samples"]["reference"].get("generative_perplexity"),
         "gen_ppl_prior_stage2": m2["samples"]["prior_l2t"].get("generative_perplexity"),
         "gen_ppl_settings": m1["sampling"] | {"ar_temperature_at_matched_entropy": ar["temperature"]},
+        f"gen_ppl_first_{FIRST_WORDS}_words": first_words,
+        "joint_sample_stats": {
+            k: joint[k] for k in ("unigram_entropy_bits", "distinct_1", "distinct_2", "mean_words")
+        },
         "kl_final": nelbo2["kl_per_sentence"],
         "kl_max_during_training": max((v for _, v in kl_curve), default=None),
         "vae_bound": nelbo2["vae_nelbo_per_token"],
@@ -228,6 +264,7 @@ def phase_eval(args, out: Path) -> dict:
         "stage2": {k: m2[k] for k in ("nelbo", "reconstruction", "samples", "checks_passed", "checks_total")},
         "ar": ar | {"heldout_nll_per_token": ar_eval[-1][1] if ar_eval else None},
         "stage2_train": stage2,
+        "stage2_trained_by": reused or "this evaluation",
         "curves": curves,
         "eval_seconds": seconds,
     }
@@ -320,6 +357,9 @@ def main() -> None:
     parser.add_argument("--out", default="runs/diffusion_quality", help="run folders of the phases")
     parser.add_argument("--stage1-minutes", type=float, default=7.0, help="Stage I (and AR) training budget")
     parser.add_argument("--stage2-minutes", type=float, default=4.0, help="Stage II training budget")
+    parser.add_argument(
+        "--reuse-stage2", action="store_true", help="eval phase: evaluate the Stage II model in --out again"
+    )
     parser.add_argument("--unfreeze-after", type=int, default=50, help="Stage II: denoiser unfreezes here")
     parser.add_argument("--kl-warmup", type=int, default=100, help="Stage II: KL warm-up steps")
     parser.add_argument("--lengths", default="128,512,2048", help="speed phase: sequence lengths")

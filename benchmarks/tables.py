@@ -365,6 +365,10 @@ def diffusion_quality(q: dict) -> str:
             "",
         ],
         ["gen. ppl, reference sentences", _sig(q.get("gen_ppl_reference"), 4), ""],
+        *(
+            [f"gen. ppl, first 12 words only: {name}", _sig(value, 4), ""]
+            for name, value in q.get("gen_ppl_first_12_words", {}).items()
+        ),
         ["Stage II KL at the end (nats/sentence)", _sig(q.get("kl_final"), 4), "finite, bounded"],
         ["Stage II VAE bound (nats/token)", _sig(q.get("vae_bound"), 4), "< text bound"],
         ["Stage II text-only bound (nats/token)", _sig(q.get("text_bound"), 4), ""],
