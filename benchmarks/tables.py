@@ -189,6 +189,7 @@ def hmm_section(results: Results) -> str:
     parts = []
     for name, render in (
         ("hmm_recipes", hmm_recipes),
+        ("hmm_recipes_distilled6k", hmm_recipes),
         ("hmm_throughput", hmm_throughput),
         ("hmm_matrix", hmm_matrix),
         ("hmm_throughput_adjacent", hmm_throughput),
@@ -405,6 +406,7 @@ def diffusion_section(results: Results) -> str:
         ("diffusion_wkv", diffusion_wkv),
         ("diffusion_quality", diffusion_quality),
         ("diffusion_quality_3.5min", diffusion_quality),
+        ("diffusion_quality_latent_first_cfg8", diffusion_quality),
     ):
         data = results.load(name)
         parts.append(f"### {name}\n\n{render(data) if data else NOT_RUN}\n")
