@@ -12,10 +12,13 @@ one-step T2L estimate (the model's posterior mean at t = 1) next to the 32-step 
 ``--stage2-seconds`` each and scores the VAE bound, the text-only bound and the KL on the same dev rows
 (to choose the KL warm-up / free-bits settings).
 
+``--vae-times 0,0.5,0.9`` scores each Stage II probe's VAE bound with its latent read at each latent time
+tau (``eval.vae_latent_time``); ``--stage2-run PATH`` scores a finished Stage II run the same way.
+
 ``choose`` then picks, on the dev rows only: the Stage I probe and CFG scale with the largest sum of
 recall@1 and cosine gap (paired minus random pairs) over L2T, T2L and one-step T2L, T2L's own CFG scale
 (``sampling.latent_guidance_scale``) by the T2L terms alone, and the Stage II
-probe with the lowest VAE bound minus text-only bound; the JSON's ``chosen`` field holds them.
+probe and tau with the lowest VAE bound minus text-only bound; the JSON's ``chosen`` field holds them.
 
 ``--joint-orders together,latent_first,latent_first@8`` scores unconditional joint samples of the first
 probe's model for each ``sampling.joint_order`` (``@g``: ``sampling.joint_guidance_scale`` g):
@@ -108,7 +111,23 @@ def joint_order_probe(cfg: DiffusionConfig, model, orders: list[str]) -> dict:
     return out
 
 
-def stage2_probe(stage1_dir: Path, name: str, extra: list[str], seconds: float, out: Path) -> dict:
+def dev_vae_bounds(task: DiffusionTask, model, vae_times: list[float]) -> dict:
+    """Dev-row bounds of a Stage II model with the VAE latent read at each latent time tau."""
+    dev = Subset(task.val_dataset, list(DEV))
+    by_time = {
+        str(tau): heldout_nelbo(model, dev, num_draws=4, seed=1, vae_latent_time=tau) for tau in vae_times
+    }
+    for tau, bounds in by_time.items():
+        print(
+            f"[probe] tau {tau}: VAE {bounds['vae_nelbo_per_token']:.4f}, "
+            f"text {bounds['nelbo_per_token']:.4f}"
+        )
+    return by_time
+
+
+def stage2_probe(
+    stage1_dir: Path, name: str, extra: list[str], seconds: float, out: Path, vae_times: list[float]
+) -> dict:
     """Stage II from ``stage1_dir`` with the benchmark's settings plus ``extra``; dev-row bounds."""
     cfg = load_config(
         DiffusionConfig,
@@ -128,9 +147,8 @@ def stage2_probe(stage1_dir: Path, name: str, extra: list[str], seconds: float, 
     task = DiffusionTask(cfg, RunDir(cfg.run_dir))
     train = train_for_seconds(task, cfg, seconds, evals=1)
     model = load_trained_model(cfg.run_dir, LatentDiffusionLM).eval()
-    bounds = heldout_nelbo(model, Subset(task.val_dataset, list(DEV)), num_draws=4, seed=1)
-    print(f"[probe] stage II {name}: {bounds}", flush=True)
-    return {"overrides": extra, "train": train, "dev_bounds": bounds}
+    by_time = dev_vae_bounds(task, model, vae_times)
+    return {"overrides": extra, "train": train, "dev_bounds_by_vae_time": by_time}
 
 
 def choose(results: dict, guidance: list[float]) -> dict:
@@ -158,16 +176,19 @@ def choose(results: dict, guidance: list[float]) -> dict:
     }
     stage2 = {k: v for k, v in results.items() if k.startswith("stage2_")}
     if stage2:
+        # VAE bound minus text-only bound per (probe, latent time tau); the lowest wins.
         gap = {
-            k: v["dev_bounds"]["vae_nelbo_per_token"] - v["dev_bounds"]["nelbo_per_token"]
+            (k, tau): b["vae_nelbo_per_token"] - b["nelbo_per_token"]
             for k, v in stage2.items()
+            for tau, b in v["dev_bounds_by_vae_time"].items()
         }
-        best = min(gap, key=gap.get)
+        best, tau = min(gap, key=gap.get)
         first_overrides = next(iter(stage1.values()))["overrides"]
         chosen |= {
             "stage2_probe": best,
-            "stage2_overrides": [o for o in stage2[best]["overrides"] if o not in first_overrides],
-            "stage2_vae_minus_text_bound": gap,
+            "stage2_overrides": [o for o in stage2[best].get("overrides", []) if o not in first_overrides],
+            "vae_latent_time": float(tau),
+            "stage2_vae_minus_text_bound": {f"{k} @ tau {t}": v for (k, t), v in gap.items()},
         }
     return chosen
 
@@ -184,9 +205,12 @@ def main() -> None:
     )
     parser.add_argument("--skip-stage1-train", action="store_true", help="reuse the probes' saved models")
     parser.add_argument("--joint-orders", default="", help="e.g. together,latent_first: score each order")
+    parser.add_argument("--vae-times", default="0", help="Stage II: latent times tau of the VAE bound scored")
+    parser.add_argument("--stage2-run", default="", help="Stage II: also score this finished Stage II run")
     parser.add_argument("--name", default="diffusion_coupling_probe", help="results file name")
     args = parser.parse_args()
     guidance = [float(x) for x in args.guidance.split(",")]
+    vae_times = [float(x) for x in args.vae_times.split(",")]
     results = {}
     encoder = None
     for spec in args.probe:
@@ -222,8 +246,15 @@ def main() -> None:
         name, _, overrides = spec.partition("=")
         extra = [o for o in f"{first_overrides},{overrides}".split(",") if o]
         results[f"stage2_{name}"] = stage2_probe(
-            first, f"stage2_{name}", extra, args.stage2_seconds, Path(args.out)
+            first, f"stage2_{name}", extra, args.stage2_seconds, Path(args.out), vae_times
         )
+    if args.stage2_run:
+        from latentlm.core.lifecycle import load_finished_run
+
+        task = DiffusionTask(load_finished_run(args.stage2_run, DiffusionConfig, ["eval.max_examples=128"]))
+        model = load_trained_model(args.stage2_run, LatentDiffusionLM).eval()
+        by_time = dev_vae_bounds(task, model, vae_times)
+        results["stage2_run"] = {"run": args.stage2_run, "dev_bounds_by_vae_time": by_time}
     chosen = choose(results, guidance)
     print(f"[probe] chosen on the dev rows: {chosen}", flush=True)
     save_results(

@@ -93,4 +93,6 @@ def test_overflowing_bound_is_recorded_not_raised(tiny_overrides, tiny_data):
     val = DirectFileDataset(tiny_data["token_dir"], tiny_data["latent_dir"], "val", True, 8)
     bounds = heldout_nelbo(model, val, num_draws=1)
     assert bounds["ppl_bound"] == math.inf and bounds["ppl_bound_overflow"] == 1.0
+    with pytest.raises(ValueError, match="vae_latent_time"):
+        heldout_nelbo(model, val, vae_latent_time=1.0)
     assert math.isfinite(bounds["nelbo_per_token"])

@@ -8,6 +8,7 @@ import torch
 from latentlm.diffusion.variational import (
     LatentPrior,
     TextLatentEncoder,
+    diffused_gaussian,
     kl_divergence,
     latent_geometry_loss,
     masked_mean,
@@ -41,6 +42,33 @@ def test_kl_closed_form_matches_monte_carlo():
     torch.testing.assert_close(
         kl_divergence(mu_q, logvar_q, torch.zeros(3).double(), torch.zeros(3).double()), textbook
     )
+
+
+def test_diffused_gaussian_is_the_forward_process_marginal():
+    """N(mu, e^logvar) through z_t = alpha z + sigma eps: sample moments match; the KL between two pushed-
+    forward Gaussians never exceeds theirs (data processing) and vanishes at alpha = 0, sigma = 1."""
+    g = torch.Generator().manual_seed(1)
+    mu, logvar = (
+        torch.randn(4, generator=g, dtype=torch.float64),
+        torch.randn(4, generator=g, dtype=torch.float64),
+    )
+    alpha, sigma = torch.tensor(0.6, dtype=torch.float64), torch.tensor(0.8, dtype=torch.float64)
+    n = 400_000
+    z = reparameterize(mu.expand(n, -1), logvar.expand(n, -1), generator=g)
+    z_t = alpha * z + sigma * torch.randn(z.shape, generator=g, dtype=torch.float64)
+    mean, log_var = diffused_gaussian(mu, logvar, alpha, sigma)
+    torch.testing.assert_close(z_t.mean(0), mean, rtol=0, atol=4 * float(z_t.std(0).max()) / math.sqrt(n))
+    torch.testing.assert_close(z_t.var(0).log(), log_var, rtol=0, atol=0.01)
+    mu_p, logvar_p = torch.zeros(4, dtype=torch.float64), torch.zeros(4, dtype=torch.float64)
+    before = kl_divergence(mu, logvar, mu_p, logvar_p)
+    for a in (0.9, 0.6, 0.2):
+        s = torch.tensor(math.sqrt(1 - a * a), dtype=torch.float64)
+        a = torch.tensor(a, dtype=torch.float64)
+        after = kl_divergence(*diffused_gaussian(mu, logvar, a, s), *diffused_gaussian(mu_p, logvar_p, a, s))
+        assert float(after) <= float(before) + 1e-12
+        before = after
+    gone = kl_divergence(*diffused_gaussian(mu, logvar, 0.0 * alpha, 1.0 + 0.0 * sigma), mu_p, logvar_p)
+    torch.testing.assert_close(gone, torch.tensor(0.0, dtype=torch.float64))
 
 
 def test_reparameterize_moments_and_gradients():

@@ -388,6 +388,10 @@ class EvalConfig:
     """Sentences per evaluation forward pass."""
     seed: int = 0
     """Evaluation seed."""
+    vae_latent_time: float = 0.0
+    """Stage II VAE bound: the latent time tau at which the denoiser reads the posterior sample (``z_tau =
+    alpha z + sigma eps``; the KL between q and the prior both pushed to tau; 0: a clean latent). Each tau
+    bounds its own latent-variable model; choose it on dev rows (``diffusion_coupling_probe.py``)."""
     likelihood_draws: int = 4
     """Likelihood-based retrieval (``l2t_likelihood`` / ``t2l_likelihood``): Monte-Carlo draws per
     candidate, shared by all queries (common random numbers); each costs ``2 (N^2 + N)`` forward rows for
@@ -397,6 +401,7 @@ class EvalConfig:
         for name in ("max_examples", "nelbo_samples", "num_samples", "batch_size"):
             check_range(f"eval.{name}", getattr(self, name), 1)
         check_range("eval.likelihood_draws", self.likelihood_draws, 0)
+        check_range("eval.vae_latent_time", self.vae_latent_time, 0, 1, high_open=True)
 
 
 @dataclass

@@ -56,7 +56,7 @@ from latentlm.diffusion.objectives import (
 )
 from latentlm.diffusion.sampling import sample_joint, sample_latent_from_text, sample_text_from_latent
 from latentlm.diffusion.schedules import sample_diffusion_times
-from latentlm.diffusion.variational import kl_divergence, reparameterize
+from latentlm.diffusion.variational import diffused_gaussian, kl_divergence, reparameterize
 from latentlm.metrics.generation import distinct_n, generative_perplexity, unigram_entropy
 from latentlm.metrics.perplexity import perplexity
 
@@ -98,8 +98,16 @@ def heldout_nelbo(
     num_draws: int = 1,
     seed: int = 0,
     batch_size: int = 32,
+    vae_latent_time: float = 0.0,
 ) -> dict[str, float]:
     """Monte-Carlo NELBO bounds on held-out sentences.
+
+    The Stage II VAE bound reads the posterior sample at latent time ``vae_latent_time`` (tau): the
+    decoder gets ``z_tau = alpha z + sigma eps`` with ``z ~ q(z | x)`` at ``t_latent = tau``, and the KL is
+    taken between q and the prior both pushed through the forward process to tau
+    (``diffused_gaussian``).  Every tau bounds the likelihood of its own latent-variable model (z_tau
+    from the pushed-forward prior, the text from the denoiser given z_tau at tau); tau = 0 reads the
+    sample as a clean latent, which a nearly collapsed encoder cannot back up.
 
     Args:
         model: the ``LatentDiffusionLM`` (eval mode; its schedules, ids and stage are used).
@@ -111,8 +119,10 @@ def heldout_nelbo(
     Returns:
         ``nelbo_per_token`` / ``ppl_bound`` (null latent), ``nelbo_given_latent_per_token`` /
         ``ppl_bound_given_latent``, ``latent_mse`` (T2L denoising loss), and for Stage II
-        ``kl_per_sentence`` and ``ppl_bound_vae`` (reconstruction NELBO + KL).
+        ``kl_per_sentence`` and ``ppl_bound_vae`` (reconstruction NELBO + KL) with ``vae_latent_time``.
     """
+    if not 0.0 <= vae_latent_time < 1.0:
+        raise ValueError(f"heldout_nelbo: vae_latent_time must be in [0, 1), got {vae_latent_time}")
     g = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
     cfg, denoiser = model.config, model.rwkv
@@ -128,9 +138,14 @@ def heldout_nelbo(
         tokens += int(keep.sum())
         sentences += B
         ones, zeros = torch.ones(B, device=device), torch.zeros(B, device=device)
+        tau = torch.full((B,), vae_latent_time, device=device) if variational else zeros
+        alpha, sigma = (x.unsqueeze(-1) for x in latent_schedule.alpha_sigma(tau))  # (B, 1) each
         if variational:
             mu, logvar, _ = model.encode_text(x0, keep)
-            sums["kl"] += float(kl_divergence(mu, logvar, *model.latent_prior(B)).sum())
+            posterior, prior = (mu, logvar), model.latent_prior(B)
+            if vae_latent_time:
+                posterior, prior = (diffused_gaussian(*q, alpha, sigma) for q in (posterior, prior))
+            sums["kl"] += float(kl_divergence(*posterior, *prior).sum())
         elif not bool(batch["has_latent"].all()):
             raise ValueError("held-out Stage I evaluation needs the external latents (data.latent_dir)")
         for _ in range(num_draws):
@@ -138,7 +153,10 @@ def heldout_nelbo(
             t = sample_diffusion_times(B, g, device=device)
             x_t, masked = apply_masking(x0, t, text_schedule, cfg.mask_token_id, g)
             z_null = torch.randn(B, latent_dim, generator=g).to(device)
-            for key, z, t_latent in (("uncond", z_null, ones), ("cond", z0, zeros)):
+            z_read = z0  # what the decoder reads: z_tau = alpha z + sigma eps at tau > 0
+            if vae_latent_time:
+                z_read = alpha * z0 + sigma * torch.randn(z0.shape, generator=g).to(device)
+            for key, z, t_latent in (("uncond", z_null, ones), ("cond", z_read, tau)):
                 hidden = denoiser(x_t, z, t, t_latent).text_hidden
                 logits = denoiser.text_logits(hidden[masked])
                 nelbo = masked_nelbo(logits, x0, masked, t, text_schedule, cfg.mask_token_id)
@@ -576,7 +594,9 @@ def run_evaluation(task, run_dir: str | Path, model: LatentDiffusionLM | None = 
         **task.vocab_report(),
     }
     say("held-out NELBO bounds")
-    metrics["nelbo"] = heldout_nelbo(model, val, cfg.eval.nelbo_samples, cfg.eval.seed, bs)
+    metrics["nelbo"] = heldout_nelbo(
+        model, val, cfg.eval.nelbo_samples, cfg.eval.seed, bs, vae_latent_time=cfg.eval.vae_latent_time
+    )
     first = next(_batches(val, min(16, len(val)), mcfg.latent_dim, "cpu"))
     checks = []
     if have_latents:

@@ -22,6 +22,7 @@ __all__ = [
     "LatentPrior",
     "LATENT_PRIOR_TYPES",
     "kl_divergence",
+    "diffused_gaussian",
     "reparameterize",
     "kl_weight_at",
     "free_bits_kl",
@@ -94,6 +95,14 @@ class LatentPrior(nn.Module):
         """Draw (B, d) latents from the prior."""
         mu, logvar = self(batch_size)
         return reparameterize(mu, logvar, generator)
+
+
+def diffused_gaussian(
+    mu: torch.Tensor, logvar: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """N(mu, exp(logvar)) pushed through the forward process ``z_t = alpha z + sigma eps``:
+    ``N(alpha mu, alpha^2 exp(logvar) + sigma^2)``, returned as (mean, log-variance)."""
+    return alpha * mu, torch.log(alpha**2 * logvar.exp() + sigma**2)
 
 
 def kl_divergence(
