@@ -158,7 +158,8 @@ def phase_eval(args, out: Path) -> dict:
 
     stage1_dir, stage2_dir = out / "stage1", out / "stage2"
     start = time.perf_counter()
-    # --set's evaluation-time settings (e.g. a guidance scale chosen on the dev rows) apply to Stage I too.
+    # --set's evaluation-time settings (a guidance scale chosen on the dev rows, eval.vae_latent_time) apply to
+    # the evaluations of both stages (their runs' saved configs hold the training-time settings).
     evaluation = [o for o in EXTRA if o.startswith(("sampling.", "eval."))]
     cfg1 = load_finished_run(stage1_dir, DiffusionConfig, evaluation)
     m1 = run_evaluation(DiffusionTask(cfg1), stage1_dir)
@@ -182,7 +183,7 @@ def phase_eval(args, out: Path) -> dict:
     else:
         stage2 = train_for_seconds(DiffusionTask(cfg2, RunDir(cfg2.run_dir)), cfg2, 60 * args.stage2_minutes)
     start = time.perf_counter()
-    m2 = run_evaluation(DiffusionTask(load_finished_run(stage2_dir, DiffusionConfig)), stage2_dir)
+    m2 = run_evaluation(DiffusionTask(load_finished_run(stage2_dir, DiffusionConfig, evaluation)), stage2_dir)
     seconds["stage2_eval"] = time.perf_counter() - start
     judge = load_causal_lm(cfg1.eval.judge_model)
     joint = m1["samples"]["joint"]
