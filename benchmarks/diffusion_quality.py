@@ -158,8 +158,8 @@ def phase_eval(args, out: Path) -> dict:
 
     stage1_dir, stage2_dir = out / "stage1", out / "stage2"
     start = time.perf_counter()
-    # --set's evaluation-time settings (a guidance scale chosen on the dev rows, eval.vae_latent_time) apply to
-    # the evaluations of both stages (their runs' saved configs hold the training-time settings).
+    # --set's evaluation-time settings (a guidance scale chosen on the dev rows, eval.vae_latent_time)
+    # apply to the evaluations of both stages (their runs' saved configs hold the training settings).
     evaluation = [o for o in EXTRA if o.startswith(("sampling.", "eval."))]
     cfg1 = load_finished_run(stage1_dir, DiffusionConfig, evaluation)
     m1 = run_evaluation(DiffusionTask(cfg1), stage1_dir)
