@@ -89,8 +89,8 @@ def dev_recall(task: DiffusionTask, model, encoder, guidance: list[float]) -> di
 
 
 def joint_order_probe(cfg: DiffusionConfig, model, orders: list[str]) -> dict:
-    """Generative perplexity (SmolLM2) and unigram entropy of unconditional joint samples per order,
-    drawn with seed 1 (not the benchmark's eval.seed 0)."""
+    """Generative perplexity (SmolLM2), unigram entropy, distinct-n and length of unconditional joint
+    samples per order, drawn with seed 1 (not the benchmark's eval.seed 0)."""
     from latentlm.teachers import load_causal_lm, load_tokenizer
 
     judge, tokenizer = load_causal_lm(cfg.eval.judge_model), load_tokenizer(model.config.tokenizer)

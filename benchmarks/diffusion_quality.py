@@ -138,6 +138,7 @@ def phase_ar(args, out: Path) -> dict:
         load_causal_lm(cfg.eval.judge_model),
         cfg.eval.seed,
     )
+    scored.pop("texts")
     curve = _curve(out / "ar_best", "eval/nll_per_token")
     return {
         "gen_ppl_ar_best_checkpoint": scored["gen_ppl"],
@@ -147,7 +148,7 @@ def phase_ar(args, out: Path) -> dict:
             "heldout_nll_per_token": curve,
             "selection": "lowest held-out NLL per token over the evaluations (the held-out sentences, "
             "which include the 64 scored rows: this favours the baseline)",
-            **{k: v for k, v in scored.items() if k != "texts"},
+            **scored,
         },
     }
 
@@ -164,23 +165,23 @@ def phase_eval(args, out: Path) -> dict:
     cfg1 = load_finished_run(stage1_dir, DiffusionConfig, evaluation)
     m1 = run_evaluation(DiffusionTask(cfg1), stage1_dir)
     seconds = {"stage1_eval": time.perf_counter() - start}
-    cfg2 = _load(
-        out,
-        "stage2",
-        [
-            "train.stage_schedule=stage2_variational",
-            "data.use_external_latents=false",
-            f"model.checkpoint_path={stage1_dir}",
-            f"train.unfreeze_after_steps={args.unfreeze_after}",
-            f"loss.kl_warmup_steps={args.kl_warmup}",
-            "train.lr=0.001",
-        ],
-    )
     reused = None
     if args.reuse_stage2:  # its training record stays in the results file from the run that trained it
         previous = json.loads((RESULTS / f"{args.name}.json").read_text())
         stage2, reused = previous["stage2_train"], previous["phases"]["eval"]["command"]
     else:
+        cfg2 = _load(
+            out,
+            "stage2",
+            [
+                "train.stage_schedule=stage2_variational",
+                "data.use_external_latents=false",
+                f"model.checkpoint_path={stage1_dir}",
+                f"train.unfreeze_after_steps={args.unfreeze_after}",
+                f"loss.kl_warmup_steps={args.kl_warmup}",
+                "train.lr=0.001",
+            ],
+        )
         stage2 = train_for_seconds(DiffusionTask(cfg2, RunDir(cfg2.run_dir)), cfg2, 60 * args.stage2_minutes)
     start = time.perf_counter()
     m2 = run_evaluation(DiffusionTask(load_finished_run(stage2_dir, DiffusionConfig, evaluation)), stage2_dir)

@@ -370,7 +370,12 @@ def diffusion_quality(q: dict) -> str:
             [f"gen. ppl, first 12 words only: {name}", _sig(value, 4), ""]
             for name, value in q.get("gen_ppl_first_12_words", {}).items()
         ),
-        ["Stage II KL at the end (nats/sentence)", _sig(q.get("kl_final"), 4), "finite, bounded"],
+        [
+            "Stage II KL at evaluation (nats/sentence; at eval.vae_latent_time)",
+            _sig(q.get("kl_final"), 4),
+            "",
+        ],
+        ["Stage II KL, maximum in training", _sig(q.get("kl_max_during_training"), 4), "finite, bounded"],
         ["Stage II VAE bound (nats/token)", _sig(q.get("vae_bound"), 4), "< text bound"],
         ["Stage II text-only bound (nats/token)", _sig(q.get("text_bound"), 4), ""],
     ]

@@ -139,11 +139,11 @@ def heldout_nelbo(
         sentences += B
         ones, zeros = torch.ones(B, device=device), torch.zeros(B, device=device)
         tau = torch.full((B,), vae_latent_time, device=device) if variational else zeros
-        alpha, sigma = (x.unsqueeze(-1) for x in latent_schedule.alpha_sigma(tau))  # (B, 1) each
         if variational:
             mu, logvar, _ = model.encode_text(x0, keep)
             posterior, prior = (mu, logvar), model.latent_prior(B)
             if vae_latent_time:
+                alpha, sigma = (x.unsqueeze(-1) for x in latent_schedule.alpha_sigma(tau))  # (B, 1) each
                 posterior, prior = (diffused_gaussian(*q, alpha, sigma) for q in (posterior, prior))
             sums["kl"] += float(kl_divergence(*posterior, *prior).sum())
         elif not bool(batch["has_latent"].all()):
@@ -153,9 +153,8 @@ def heldout_nelbo(
             t = sample_diffusion_times(B, g, device=device)
             x_t, masked = apply_masking(x0, t, text_schedule, cfg.mask_token_id, g)
             z_null = torch.randn(B, latent_dim, generator=g).to(device)
-            z_read = z0  # what the decoder reads: z_tau = alpha z + sigma eps at tau > 0
-            if vae_latent_time:
-                z_read = alpha * z0 + sigma * torch.randn(z0.shape, generator=g).to(device)
+            # What the decoder reads: z_tau = alpha z + sigma eps at tau > 0.
+            z_read = noise_latent(z0, tau, latent_schedule, g)[0] if vae_latent_time else z0
             for key, z, t_latent in (("uncond", z_null, ones), ("cond", z_read, tau)):
                 hidden = denoiser(x_t, z, t, t_latent).text_hidden
                 logits = denoiser.text_logits(hidden[masked])
