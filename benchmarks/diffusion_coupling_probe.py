@@ -21,7 +21,8 @@ recall@1 and cosine gap (paired minus random pairs) over L2T, T2L and one-step T
 probe and tau with the lowest VAE bound minus text-only bound; the JSON's ``chosen`` field holds them.
 
 ``--joint-orders together,latent_first,latent_first@8`` scores unconditional joint samples of the first
-probe's model for each ``sampling.joint_order`` (``@g``: ``sampling.joint_guidance_scale`` g):
+probe's model for each ``sampling.joint_order`` (``@g``: ``sampling.joint_guidance_scale`` g;
+``+confidence``: ``sampling.unmask_order`` confidence):
 eval.num_samples samples drawn with seed 1 (the benchmark draws with eval.seed 0), their SmolLM2
 generative perplexity, unigram entropy, distinct-n and length. They are reported, not chosen from: the
 lowest generative perplexity came from guided samples that repeat a few topic words in sentences 60 %
@@ -96,7 +97,9 @@ def joint_order_probe(cfg: DiffusionConfig, model, orders: list[str]) -> dict:
     judge, tokenizer = load_causal_lm(cfg.eval.judge_model), load_tokenizer(model.config.tokenizer)
     out = {}
     for spec in orders:
-        order, _, scale = spec.partition("@")
+        spec_order, _, unmask_order = spec.partition("+")
+        order, _, scale = spec_order.partition("@")
+        kwargs = cfg.sampling.text_kwargs() | ({"unmask_order": unmask_order} if unmask_order else {})
         ids, _ = sample_joint(
             model.eval(),
             cfg.eval.num_samples,
@@ -104,7 +107,7 @@ def joint_order_probe(cfg: DiffusionConfig, model, orders: list[str]) -> dict:
             generator=torch.Generator().manual_seed(1),
             order=order,
             guidance_scale=float(scale or 1.0),
-            **cfg.sampling.text_kwargs(),
+            **kwargs,
         )
         out[spec] = text_sample_metrics(model.decode(ids, tokenizer), tokenizer, judge)
         print(f"[probe] joint samples {spec}: {out[spec]}", flush=True)

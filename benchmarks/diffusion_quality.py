@@ -61,7 +61,8 @@ def phase_train(args, out: Path) -> dict:
     task1 = DiffusionTask(cfg1, RunDir(cfg1.run_dir))
     stage1 = train_for_seconds(task1, cfg1, 60 * args.stage1_minutes)
     cfg_ar = _load(out, "ar", [])
-    ar = train_for_seconds(AutoregressiveTask(cfg_ar, RunDir(cfg_ar.run_dir)), cfg_ar, stage1["seconds"])
+    ar_seconds = 60 * args.ar_minutes if args.ar_minutes else stage1["seconds"]
+    ar = train_for_seconds(AutoregressiveTask(cfg_ar, RunDir(cfg_ar.run_dir)), cfg_ar, ar_seconds)
     return {
         "stage1_train": stage1,
         "ar_train": ar,
@@ -125,6 +126,10 @@ def phase_ar(args, out: Path) -> dict:
     from latentlm.teachers import load_causal_lm
 
     saved = json.loads((RESULTS / f"{args.name}.json").read_text())
+    if "stage1" not in saved:
+        raise SystemExit(
+            f"{RESULTS / f'{args.name}.json'}: no Stage I evaluation yet; run --phase eval first"
+        )
     overrides = ["train.best_metric=nll_per_token", f"train.early_stop_patience={args.ar_patience}"]
     cfg = _load(out, "ar_best", overrides)
     task = AutoregressiveTask(cfg, RunDir(cfg.run_dir))
@@ -358,6 +363,13 @@ def main() -> None:
     parser.add_argument("--phase", choices=["train", "eval", "speed", "ar"], required=True)
     parser.add_argument("--out", default="runs/diffusion_quality", help="run folders of the phases")
     parser.add_argument("--stage1-minutes", type=float, default=7.0, help="Stage I (and AR) training budget")
+    parser.add_argument(
+        "--ar-minutes",
+        type=float,
+        default=0.0,
+        help="train phase: the AR baseline's budget (0: Stage I's wall-clock; less only helps it, since it "
+        "overfits these sentences within minutes; the ar phase always gets Stage I's)",
+    )
     parser.add_argument("--stage2-minutes", type=float, default=4.0, help="Stage II training budget")
     parser.add_argument(
         "--reuse-stage2", action="store_true", help="eval phase: evaluate the Stage II model in --out again"

@@ -151,3 +151,72 @@ def test_single_step_text_sampling_is_a_full_draw():
     allowed = torch.isfinite(filter_logits(logits[0], top_p=0.8))
     for pos in range(7):
         assert allowed[pos, ids[:, pos]].all()
+
+
+class _LogitsAreHidden(torch.nn.Module):
+    """A stand-in denoiser head whose hidden states are already vocabulary logits."""
+
+    def __init__(self, mask_id):
+        super().__init__()
+        self.config = type("Config", (), {"mask_token_id": mask_id})()
+
+    def text_logits(self, hidden, float64=True):
+        return hidden.double() if float64 else hidden.float()
+
+
+def test_confidence_order_reveals_the_most_probable_draws():
+    """``unmask_order="confidence"``: per row, as many positions as ``chosen`` holds are revealed,
+    the masked ones whose drawn token has the highest (tempered, top-k) probability; brute force."""
+    from latentlm.diffusion.sampling import _fill_positions
+
+    mask_id, V = 5, 6
+    gen = torch.Generator().manual_seed(3)
+    hidden = torch.randn(2, 6, V, generator=gen) * 3  # (B, T, V) logits
+    x_t = torch.tensor([[mask_id, 1, mask_id, mask_id, mask_id, 2], [mask_id] * 6])
+    chosen = torch.tensor(
+        [[True, False, False, False, False, False], [True, True, False, True, False, False]]
+    )
+    head = _LogitsAreHidden(mask_id)
+    out = _fill_positions(
+        head,
+        x_t,
+        chosen,
+        hidden,
+        None,
+        1.0,
+        0.7,
+        3,
+        1.0,
+        torch.Generator().manual_seed(9),
+        True,
+        "confidence",
+    )
+    masked = x_t == mask_id
+    logits = hidden[masked].double()
+    logits[:, mask_id] = float("-inf")
+    draws = sample_categorical(logits, 0.7, 3, 1.0, torch.Generator().manual_seed(9))
+    flat = iter(zip(draws.tolist(), filter_logits(logits / 0.7, 3).softmax(-1).tolist(), strict=True))
+    for b in range(2):
+        scored = [(probs[tok], pos, tok) for pos in range(6) if masked[b, pos] for tok, probs in [next(flat)]]
+        keep = sorted(scored, reverse=True)[: int(chosen[b].sum())]
+        expected = x_t[b].clone()
+        for _, pos, tok in keep:
+            expected[pos] = tok
+        assert torch.equal(out[b], expected)
+    assert (out != mask_id).sum(1).tolist() == [3, 3]  # row 0 had 2 revealed already, + 1
+
+
+def test_confidence_order_samples_whole_sequences():
+    model = _tiny_model()
+    ids = sample_text_from_latent(
+        model,
+        torch.randn(3, 5),
+        num_steps=4,
+        generator=torch.Generator().manual_seed(0),
+        unmask_order="confidence",
+    )
+    assert ids.shape == (3, 7) and not (ids == 12).any()
+    text, _ = sample_joint(
+        model, 2, num_steps=3, generator=torch.Generator().manual_seed(0), unmask_order="confidence"
+    )
+    assert not (text == 12).any()

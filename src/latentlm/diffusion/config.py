@@ -50,6 +50,7 @@ LATENT_PRED_FROM = ("text", "prefix", "both")
 LATENT_PREDICTIONS = ("v", "eps")
 LATENT_PRIOR_TYPES = ("fixed_gaussian", "learned_gaussian")
 JOINT_ORDERS = ("together", "latent_first")
+UNMASK_ORDERS = ("random", "confidence")
 WKV_IMPLS = ("chunked", "naive", "fla")
 
 
@@ -340,11 +341,15 @@ class SamplingConfig:
     at the same time) | latent_first (the latent alone, then the text given it; UniDiffuser-style)."""
     joint_guidance_scale: float = 1.0
     """CFG scale of the text stage of latent_first joint samples (1: none, a plain sample of the joint)."""
+    unmask_order: str = "random"
+    """Which masked positions a text step reveals: random (MDLM's ancestral sampler) | confidence (as
+    many as the schedule reveals, those whose drawn token is most probable; MaskGIT / LLaDA)."""
     seed: int = 0
     """Sampling seed."""
 
     def __post_init__(self):
         check_choice("sampling.mode", self.mode, ("l2t", "t2l", "joint"))
+        check_choice("sampling.unmask_order", self.unmask_order, UNMASK_ORDERS)
         check_choice("sampling.joint_order", self.joint_order, JOINT_ORDERS)
         check_range("sampling.joint_guidance_scale", self.joint_guidance_scale, 0)
         if self.joint_order == "together" and self.joint_guidance_scale != 1.0:
@@ -369,6 +374,7 @@ class SamplingConfig:
             "top_k": self.top_k,
             "top_p": self.top_p,
             "float64": self.float64,
+            "unmask_order": self.unmask_order,
         }
 
 

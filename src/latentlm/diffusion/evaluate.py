@@ -547,6 +547,7 @@ def judge_description(cfg) -> dict:
         "sampling_steps": s.num_steps,
         "joint_order": s.joint_order,
         "joint_guidance_scale": s.joint_guidance_scale,
+        "unmask_order": s.unmask_order,
         "temperature": s.temperature,
         "top_k": s.top_k,
         "top_p": s.top_p,

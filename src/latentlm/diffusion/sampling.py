@@ -8,6 +8,8 @@
   Gumbel-max trick; with ``float64=True`` (the default, and what ``eval`` uses) the logits, the softmax
   of top-p and the Gumbel noise are float64 (float32 noise biases low-probability tokens);
   ``float64=False`` samples in float32, as most diffusion LM code does, for comparisons.
+  ``unmask_order="confidence"`` reveals as many positions per step, but those whose drawn token is
+  most probable (MaskGIT / LLaDA's low-confidence remasking) instead of random ones.
 * ``sample_latent_from_text`` (T2L): deterministic DDIM on the cosine schedule with classifier-free
   guidance ``pred = uncond + s * (cond - uncond)``, the null condition being fully masked text.
 * ``sample_joint``: both modalities from noise, on one time grid (``order="together"``) or the latent
@@ -129,19 +131,40 @@ def _fill_positions(
     top_p: float,
     generator: torch.Generator | None,
     float64: bool = True,
+    unmask_order: str = "random",
 ) -> torch.Tensor:
-    """Draw tokens at the ``chosen`` positions from SUBS p(x_0 | x_t) (mask never drawn; CFG on logits).
+    """Reveal tokens drawn from SUBS p(x_0 | x_t) (mask never drawn; CFG on the logits).
 
-    Only the chosen positions get vocabulary logits, which keeps sampling cheap for large vocabularies.
+    ``unmask_order="random"``: the ``chosen`` positions are revealed, and only they get vocabulary
+    logits, which keeps sampling cheap for large vocabularies.  ``"confidence"``: a token is drawn at
+    every masked position, and in each row as many as ``chosen`` holds are revealed, those whose drawn
+    token has the highest probability under the sampling distribution (MaskGIT / LLaDA's
+    low-confidence remasking; the count per step keeps the schedule's distribution).
     """
     if not chosen.any():
         return x_t
-    logits = denoiser.text_logits(hidden[chosen], float64=float64)  # (N, V)
+    mask_id = denoiser.config.mask_token_id
+    candidates = chosen if unmask_order == "random" else x_t == mask_id
+    logits = denoiser.text_logits(hidden[candidates], float64=float64)  # (N, V)
     if uncond_hidden is not None:
-        logits = _guided(logits, denoiser.text_logits(uncond_hidden[chosen], float64=float64), guidance_scale)
-    logits[:, denoiser.config.mask_token_id] = float("-inf")
+        logits = _guided(
+            logits, denoiser.text_logits(uncond_hidden[candidates], float64=float64), guidance_scale
+        )
+    logits[:, mask_id] = float("-inf")
+    draws = sample_categorical(logits, temperature, top_k, top_p, generator, float64)  # (N,)
     x_t = x_t.clone()
-    x_t[chosen] = sample_categorical(logits, temperature, top_k, top_p, generator, float64)
+    if unmask_order == "random":
+        x_t[chosen] = draws
+        return x_t
+    dtype = torch.float64 if float64 else torch.float32
+    log_probs = filter_logits(logits.to(dtype) / temperature, top_k, top_p).log_softmax(-1)
+    confidence = torch.full(x_t.shape, float("-inf"), dtype=dtype, device=x_t.device)
+    confidence[candidates] = log_probs.gather(-1, draws.unsqueeze(-1)).squeeze(-1)
+    rank = confidence.argsort(dim=1, descending=True).argsort(dim=1)  # (B, T) 0 = most confident
+    reveal = rank < chosen.sum(dim=1, keepdim=True)
+    proposal = x_t.clone()
+    proposal[candidates] = draws
+    x_t[reveal] = proposal[reveal]
     return x_t
 
 
@@ -179,6 +202,7 @@ def sample_text_from_latent(
     guidance_scale: float = 1.0,
     generator: torch.Generator | None = None,
     float64: bool = True,
+    unmask_order: str = "random",
 ) -> torch.Tensor:
     """L2T: text ids conditioned on clean latents.
 
@@ -189,6 +213,7 @@ def sample_text_from_latent(
         num_steps: denoising steps.
         temperature, top_k, top_p: token sampling controls.
         float64: logits and categorical draws in float64 (see the module docstring).
+        unmask_order: random | confidence: which masked positions each step reveals (``_fill_positions``).
         guidance_scale: CFG scale on the logits (1: conditional only; the null condition is a
             fully noised latent).
         generator: torch generator for reproducible samples.
@@ -228,6 +253,7 @@ def sample_text_from_latent(
             top_p,
             generator,
             float64,
+            unmask_order,
         )
     return x_t
 
@@ -291,6 +317,7 @@ def sample_joint(
     float64: bool = True,
     order: str = "together",
     guidance_scale: float = 1.0,
+    unmask_order: str = "random",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Unconditional joint generation from pure noise.
 
@@ -324,7 +351,17 @@ def sample_joint(
             out = denoiser(x_t, z_t, ones, torch.full((batch_size,), t, device=device))
             z_t = _ddim_step(out.latent_output, z_t, t, s, latent_schedule, prediction)
         ids = sample_text_from_latent(
-            model, z_t, seq_len, num_steps, temperature, top_k, top_p, guidance_scale, generator, float64
+            model,
+            z_t,
+            seq_len,
+            num_steps,
+            temperature,
+            top_k,
+            top_p,
+            guidance_scale,
+            generator,
+            float64,
+            unmask_order,
         )
         return ids, z_t
     for t, s in zip(grid[:-1].tolist(), grid[1:].tolist(), strict=True):
@@ -332,7 +369,18 @@ def sample_joint(
         out = denoiser(x_t, z_t, t_vec, t_vec)
         chosen = _positions_to_unmask(x_t, cfg.mask_token_id, t, s, text_schedule, generator)
         x_t = _fill_positions(
-            denoiser, x_t, chosen, out.text_hidden, None, 1.0, temperature, top_k, top_p, generator, float64
+            denoiser,
+            x_t,
+            chosen,
+            out.text_hidden,
+            None,
+            1.0,
+            temperature,
+            top_k,
+            top_p,
+            generator,
+            float64,
+            unmask_order,
         )
         z_t = _ddim_step(out.latent_output, z_t, t, s, latent_schedule, prediction)
     return x_t, z_t
