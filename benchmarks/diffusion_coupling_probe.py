@@ -20,14 +20,15 @@ recall@1 and cosine gap (paired minus random pairs) over L2T, T2L and one-step T
 (``sampling.latent_guidance_scale``) by the T2L terms alone, and the Stage II
 probe and tau with the lowest VAE bound minus text-only bound; the JSON's ``chosen`` field holds them.
 
-``--joint-orders together,latent_first,latent_first@8`` scores unconditional joint samples of the first
-probe's model for each ``sampling.joint_order`` (``@g``: ``sampling.joint_guidance_scale`` g;
-``+confidence``: ``sampling.unmask_order`` confidence):
-eval.num_samples samples drawn with seed 1 (the benchmark draws with eval.seed 0), their SmolLM2
-generative perplexity, unigram entropy, distinct-n and length. They are reported, not chosen from: the
-lowest generative perplexity came from guided samples that repeat a few topic words in sentences 60 %
-longer than the AR baseline's (set-level unigram entropy does not see repetition inside a sample), so
-the benchmark keeps the plain joint sample (``together``, no guidance).
+``--joint-orders together,latent_first,latent_first@8`` scores unconditional joint samples of every
+probe's model, with the probe's sampling settings (e.g. ``sampling.num_steps``), for each
+``sampling.joint_order`` (``@g``: ``sampling.joint_guidance_scale`` g; ``+confidence``:
+``sampling.unmask_order`` confidence): eval.num_samples samples drawn with seed 1 (the benchmark
+draws with eval.seed 0), their SmolLM2 generative perplexity, unigram entropy, distinct-n and length.
+They are reported, not chosen from: the lowest generative perplexity came from guided samples that
+repeat a few topic words in sentences 60 % longer than the AR baseline's (set-level unigram entropy
+does not see repetition inside a sample), so the benchmark keeps the plain joint sample
+(``together``, no guidance).
 
 Each Stage I probe also reports its dev-row text bounds with the clean latent and with the null one,
 and their difference (``dev_latent_gain_per_token``: how much the latent tells the text denoiser).
@@ -235,16 +236,11 @@ def main() -> None:
             bounds["nelbo_per_token"] - bounds["nelbo_given_latent_per_token"]
         )
         print(f"[probe] {name}: dev bounds {bounds}", flush=True)
+        if args.joint_orders:
+            results[name]["joint_orders"] = joint_order_probe(cfg, model, args.joint_orders.split(","))
         results[name]["seconds"] = time.perf_counter() - start
     first_name, _, first_overrides = args.probe[0].partition("=")
     first = Path(args.out) / first_name
-    joint_orders = None
-    if args.joint_orders:
-        overrides = [f"run_dir={first}", *(o for o in first_overrides.split(",") if o)]
-        model = load_trained_model(first, LatentDiffusionLM)
-        joint_orders = joint_order_probe(
-            load_config(DiffusionConfig, CONFIG, overrides), model, args.joint_orders.split(",")
-        )
     for spec in args.stage2:
         name, _, overrides = spec.partition("=")
         extra = [o for o in f"{first_overrides},{overrides}".split(",") if o]
@@ -268,7 +264,6 @@ def main() -> None:
             f"{args.seconds:.0f} s of training each (REDUCED BUDGET: short probes to choose settings, "
             "not results)",
             "probes": results,
-            "joint_orders": joint_orders,
         },
     )
 
