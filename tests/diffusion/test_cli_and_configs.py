@@ -171,6 +171,7 @@ def test_real_precompute_train_eval(tmp_path, data_dir):
         "sampling_steps": 4,
         "joint_order": "together",
         "joint_guidance_scale": 1.0,
+        "unmask_order": "random",
         "temperature": 1.0,
         "top_k": 0,
         "top_p": 1.0,
