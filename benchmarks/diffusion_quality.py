@@ -281,10 +281,13 @@ def _median(values: list[float]) -> float:
     return sorted(values)[len(values) // 2]
 
 
-def _speed_rows(lengths: list[int], tokens_per_batch: int, sample_steps: int, repeats: int) -> list[dict]:
+def _speed_rows(
+    lengths: list[int], tokens_per_batch: int, sample_steps: int, repeats: int, compiled: bool = False
+) -> list[dict]:
     """Training and sampling tokens/s of the RWKV and the attention denoiser, measured side by side: after
     a warm-up, their steps alternate (so a change of machine load hits both) and each gets the median
-    of ``repeats`` timings."""
+    of ``repeats`` timings. ``compiled``: both denoisers through ``torch.compile`` (the warm-up step
+    compiles them; the output layer and the loss stay eager)."""
     cfg = load_config(DiffusionConfig, CONFIG, EXTRA)
     base = DiffusionTask(cfg).model_config
     rows = []
@@ -298,6 +301,8 @@ def _speed_rows(lengths: list[int], tokens_per_batch: int, sample_steps: int, re
         for name in ("rwkv", "attention"):
             torch.manual_seed(0)
             model = LatentDiffusionLM(dataclasses.replace(base, sequence_mixer=name, seq_len=T))
+            if compiled:
+                model.rwkv.compile()
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
             def step(i: int, model=model, optimizer=optimizer, ids=ids, latent=latent) -> None:
@@ -329,6 +334,7 @@ def _speed_rows(lengths: list[int], tokens_per_batch: int, sample_steps: int, re
             row = {
                 "T": T,
                 "mode": mode,
+                "compiled": compiled,
                 "batch_size": B,
                 "rwkv_tokens_per_s": rates["rwkv"],
                 "attention_tokens_per_s": rates["attention"],
@@ -344,7 +350,9 @@ def _speed_rows(lengths: list[int], tokens_per_batch: int, sample_steps: int, re
 def phase_speed(args, out: Path) -> dict:
     lengths = [int(x) for x in args.lengths.split(",")]
     return {
-        "speed_rows": _speed_rows(lengths, args.tokens_per_batch, args.sample_steps, args.repeats),
+        "speed_rows": _speed_rows(
+            lengths, args.tokens_per_batch, args.sample_steps, args.repeats, args.compile
+        ),
         "speed_settings": {
             "model": "cpu_hour.yaml model (d_model 128, 3 layers, 4 heads, ffn_mult 3), both mixers, "
             "float32, 1 thread; parameter counts per row (within 0.5 % up to T = 512; attention's learned "
@@ -380,6 +388,7 @@ def main() -> None:
     parser.add_argument("--tokens-per-batch", type=int, default=4096, help="speed phase: B = this // T")
     parser.add_argument("--sample-steps", type=int, default=8, help="speed phase: L2T denoising steps")
     parser.add_argument("--repeats", type=int, default=5, help="speed phase: timed steps per model")
+    parser.add_argument("--compile", action="store_true", help="speed phase: both denoisers torch.compile'd")
     parser.add_argument("--ar-evals", type=int, default=24, help="ar phase: held-out evaluations")
     parser.add_argument("--ar-patience", type=int, default=4, help="ar phase: early-stopping patience")
     parser.add_argument("--set", nargs="*", default=[], help="config overrides for every run (smoke tests)")
