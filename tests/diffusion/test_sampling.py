@@ -220,3 +220,5 @@ def test_confidence_order_samples_whole_sequences():
         model, 2, num_steps=3, generator=torch.Generator().manual_seed(0), unmask_order="confidence"
     )
     assert not (text == 12).any()
+    with pytest.raises(ValueError, match="unmask_order"):
+        sample_text_from_latent(model, torch.randn(1, 5), num_steps=2, unmask_order="left_to_right")

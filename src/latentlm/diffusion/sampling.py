@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from latentlm.diffusion.config import JOINT_ORDERS
+from latentlm.diffusion.config import JOINT_ORDERS, UNMASK_ORDERS
 from latentlm.diffusion.objectives import predicted_clean_latent
 from latentlm.diffusion.schedules import CosineGaussianSchedule, LogLinearMaskingSchedule
 
@@ -141,6 +141,8 @@ def _fill_positions(
     token has the highest probability under the sampling distribution (MaskGIT / LLaDA's
     low-confidence remasking; the count per step keeps the schedule's distribution).
     """
+    if unmask_order not in UNMASK_ORDERS:
+        raise ValueError(f"unmask_order: must be one of {UNMASK_ORDERS}, got {unmask_order!r}")
     if not chosen.any():
         return x_t
     mask_id = denoiser.config.mask_token_id
