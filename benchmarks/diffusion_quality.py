@@ -362,6 +362,7 @@ def phase_speed(args, out: Path) -> dict:
             "sample": f"L2T with {args.sample_steps} steps (float64 categorical draws), alternating, "
             f"median of {max(1, args.repeats // 2)}",
             "tokens_per_batch": args.tokens_per_batch,
+            "torch_compile": "both denoisers (output layer and loss eager)" if args.compile else "no",
         },
     }
 

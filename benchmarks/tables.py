@@ -383,26 +383,32 @@ def diffusion_quality(q: dict) -> str:
     if "gen_ppl_settings" in q:
         parts.append(f"\nGenerative perplexity settings: {json.dumps(q['gen_ppl_settings'])}\n")
     if "speed_rows" in q:
-        rows = [
-            [
-                r["T"],
-                r["mode"],
-                r["batch_size"],
-                f"{r['rwkv_tokens_per_s']:.0f}",
-                f"{r['attention_tokens_per_s']:.0f}",
-                f"{r['ratio_rwkv_over_attention']:.2f}",
-            ]
-            for r in q["speed_rows"]
-        ]
-        machine = q.get("phases", {}).get("speed", {}).get("machine")
-        parts.append(
-            f"\n**RWKV vs attention denoiser** ({json.dumps(q['speed_settings'])}"
-            + (f"; {_machine_line(machine)}" if machine else "")
-            + ")\n"
-        )
-        header = ["T", "mode", "batch", "rwkv tok/s", "attention tok/s", "ratio"]
-        parts.append(markdown_table(header, rows))
+        parts.append(diffusion_speed(q))
     return "\n".join(parts)
+
+
+def diffusion_speed(q: dict) -> str:
+    """The RWKV vs attention rows of a diffusion_quality speed phase."""
+    rows = [
+        [
+            r["T"],
+            r["mode"],
+            "yes" if r.get("compiled") else "no",
+            r["batch_size"],
+            f"{r['rwkv_tokens_per_s']:.0f}",
+            f"{r['attention_tokens_per_s']:.0f}",
+            f"{r['ratio_rwkv_over_attention']:.2f}",
+        ]
+        for r in q["speed_rows"]
+    ]
+    machine = q.get("phases", {}).get("speed", {}).get("machine")
+    head = (
+        f"\n**RWKV vs attention denoiser** ({json.dumps(q['speed_settings'])}"
+        + (f"; {_machine_line(machine)}" if machine else "")
+        + ")\n"
+    )
+    header = ["T", "mode", "torch.compile", "batch", "rwkv tok/s", "attention tok/s", "ratio"]
+    return head + "\n" + markdown_table(header, rows)
 
 
 def diffusion_section(results: Results) -> str:
@@ -410,6 +416,8 @@ def diffusion_section(results: Results) -> str:
     for name, render in (
         ("diffusion_wkv", diffusion_wkv),
         ("diffusion_quality", diffusion_quality),
+        ("diffusion_speed_compiled", diffusion_speed),
+        ("diffusion_quality_15min", diffusion_quality),
         ("diffusion_quality_3.5min", diffusion_quality),
         ("diffusion_quality_latent_first_cfg8", diffusion_quality),
     ):
