@@ -28,6 +28,7 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -127,9 +128,11 @@ def phase_ar(args, out: Path) -> dict:
 
     saved = json.loads((RESULTS / f"{args.name}.json").read_text())
     if "stage1" not in saved:
-        raise SystemExit(
-            f"{RESULTS / f'{args.name}.json'}: no Stage I evaluation yet; run --phase eval first"
+        print(
+            f"{RESULTS / f'{args.name}.json'}: no Stage I evaluation yet; run --phase eval first",
+            file=sys.stderr,
         )
+        raise SystemExit(2)
     overrides = ["train.best_metric=nll_per_token", f"train.early_stop_patience={args.ar_patience}"]
     cfg = _load(out, "ar_best", overrides)
     task = AutoregressiveTask(cfg, RunDir(cfg.run_dir))
@@ -405,8 +408,7 @@ def main() -> None:
     merged = {k: v for k, v in merged.items() if k not in ("machine", "command", "commit", "load_average")}
     merged.update(result)
     merged.setdefault("phases", {})[args.phase] = {
-        "command": "python3 benchmarks/diffusion_quality.py "
-        + " ".join(f"{a}" for a in __import__("sys").argv[1:]),
+        "command": "python3 benchmarks/diffusion_quality.py " + " ".join(sys.argv[1:]),
         "seconds": time.perf_counter() - started,
         "load_average_at_end": list(os.getloadavg()),
     }
