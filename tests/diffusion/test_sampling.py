@@ -184,12 +184,10 @@ def test_confidence_order_reveals_the_most_probable_draws():
         hidden,
         None,
         1.0,
-        0.7,
-        3,
-        1.0,
         torch.Generator().manual_seed(9),
-        True,
-        "confidence",
+        temperature=0.7,
+        top_k=3,
+        unmask_order="confidence",
     )
     masked = x_t == mask_id
     logits = hidden[masked].double()

@@ -126,10 +126,11 @@ def _fill_positions(
     hidden: torch.Tensor,
     uncond_hidden: torch.Tensor | None,
     guidance_scale: float,
-    temperature: float,
-    top_k: int,
-    top_p: float,
     generator: torch.Generator | None,
+    *,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
     float64: bool = True,
     unmask_order: str = "random",
 ) -> torch.Tensor:
@@ -168,6 +169,17 @@ def _fill_positions(
     proposal[candidates] = draws
     x_t[reveal] = proposal[reveal]
     return x_t
+
+
+def _draw_settings(temperature: float, top_k: int, top_p: float, float64: bool, unmask_order: str) -> dict:
+    """The token-draw keywords the text samplers pass on to ``_fill_positions`` unchanged."""
+    return {
+        "temperature": temperature,
+        "top_k": top_k,
+        "top_p": top_p,
+        "float64": float64,
+        "unmask_order": unmask_order,
+    }
 
 
 def _ddim_step(
@@ -234,6 +246,7 @@ def sample_text_from_latent(
     x_t = torch.full((B, seq_len), cfg.mask_token_id, dtype=torch.long, device=device)
     zeros, ones = torch.zeros(B, device=device), torch.ones(B, device=device)
     null_latent = torch.randn(latent.shape, generator=generator).to(device) if guidance_scale != 1.0 else None
+    draw = _draw_settings(temperature, top_k, top_p, float64, unmask_order)
     z_clean = latent_schedule.alpha_sigma(zeros)[0].unsqueeze(-1) * latent
     grid = _time_grid(num_steps, device)
     for t, s in zip(grid[:-1].tolist(), grid[1:].tolist(), strict=True):
@@ -243,20 +256,7 @@ def sample_text_from_latent(
         t_vec = torch.full((B,), t, device=device)
         hidden = denoiser(x_t, z_clean, t_vec, zeros).text_hidden
         uncond = denoiser(x_t, null_latent, t_vec, ones).text_hidden if null_latent is not None else None
-        x_t = _fill_positions(
-            denoiser,
-            x_t,
-            chosen,
-            hidden,
-            uncond,
-            guidance_scale,
-            temperature,
-            top_k,
-            top_p,
-            generator,
-            float64,
-            unmask_order,
-        )
+        x_t = _fill_positions(denoiser, x_t, chosen, hidden, uncond, guidance_scale, generator, **draw)
     return x_t
 
 
@@ -347,43 +347,21 @@ def sample_joint(
     x_t = torch.full((batch_size, seq_len), cfg.mask_token_id, dtype=torch.long, device=device)
     z_t = torch.randn(batch_size, cfg.latent_dim, generator=generator).to(device)
     grid = _time_grid(num_steps, device)
+    draw = _draw_settings(temperature, top_k, top_p, float64, unmask_order)
     if order == "latent_first":
         ones = torch.ones(batch_size, device=device)
         for t, s in zip(grid[:-1].tolist(), grid[1:].tolist(), strict=True):
             out = denoiser(x_t, z_t, ones, torch.full((batch_size,), t, device=device))
             z_t = _ddim_step(out.latent_output, z_t, t, s, latent_schedule, prediction)
         ids = sample_text_from_latent(
-            model,
-            z_t,
-            seq_len,
-            num_steps,
-            temperature,
-            top_k,
-            top_p,
-            guidance_scale,
-            generator,
-            float64,
-            unmask_order,
+            model, z_t, seq_len, num_steps, guidance_scale=guidance_scale, generator=generator, **draw
         )
         return ids, z_t
     for t, s in zip(grid[:-1].tolist(), grid[1:].tolist(), strict=True):
         t_vec = torch.full((batch_size,), t, device=device)
         out = denoiser(x_t, z_t, t_vec, t_vec)
         chosen = _positions_to_unmask(x_t, cfg.mask_token_id, t, s, text_schedule, generator)
-        x_t = _fill_positions(
-            denoiser,
-            x_t,
-            chosen,
-            out.text_hidden,
-            None,
-            1.0,
-            temperature,
-            top_k,
-            top_p,
-            generator,
-            float64,
-            unmask_order,
-        )
+        x_t = _fill_positions(denoiser, x_t, chosen, out.text_hidden, None, 1.0, generator, **draw)
         z_t = _ddim_step(out.latent_output, z_t, t, s, latent_schedule, prediction)
     return x_t, z_t
 
