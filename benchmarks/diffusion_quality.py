@@ -36,6 +36,7 @@ import torch
 
 from latentlm.core.bench import RESULTS, save_results
 from latentlm.core.config import load_config
+from latentlm.core.engine import adamw
 from latentlm.core.lifecycle import load_trained_model
 from latentlm.core.report import line_plot
 from latentlm.core.run import RunDir
@@ -306,7 +307,7 @@ def _speed_rows(
             model = LatentDiffusionLM(dataclasses.replace(base, sequence_mixer=name, seq_len=T))
             if compiled:
                 model.rwkv.compile()
-            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+            optimizer = adamw(model.parameters(), lr=1e-4)  # the trainer's (fused) AdamW
 
             def step(i: int, model=model, optimizer=optimizer, ids=ids, latent=latent) -> None:
                 model(ids, latent, generator=torch.Generator().manual_seed(i)).loss.backward()
@@ -360,7 +361,7 @@ def phase_speed(args, out: Path) -> dict:
             "model": "cpu_hour.yaml model (d_model 128, 3 layers, 4 heads, ffn_mult 3), both mixers, "
             "float32, 1 thread; parameter counts per row (within 0.5 % up to T = 512; attention's learned "
             "positions add T x d_model)",
-            "train": f"AdamW steps of the diffusion loss, the two models' steps alternating, median of "
+            "train": f"fused AdamW steps (the trainer's) of the diffusion loss, the two models' steps alternating, median of "
             f"{args.repeats} after a warm-up; B = tokens_per_batch // T",
             "sample": f"L2T with {args.sample_steps} steps (float64 categorical draws), alternating, "
             f"median of {max(1, args.repeats // 2)}",

@@ -16,7 +16,7 @@ from latentlm.diffusion.evaluate import (
     t2l_pmi_scores,
 )
 from latentlm.diffusion.model import DenoiserOutput, LatentDiffusionLM
-from latentlm.diffusion.objectives import latent_elbo_term, predicted_clean_latent
+from latentlm.diffusion.objectives import latent_elbo_term, predicted_clean_latent, subs_target_log_probs
 from latentlm.diffusion.schedules import CosineGaussianSchedule
 
 V, MASK, T, D_LATENT, N = 11, 10, 6, 5, 4
@@ -168,6 +168,9 @@ class _OracleDenoiser(nn.Module):
 
     def text_logits(self, text_hidden, float64=False):
         return text_hidden @ self.embedding.T
+
+    def masked_token_nll(self, text_hidden, targets):
+        return -subs_target_log_probs(self.text_logits(text_hidden), targets, MASK)
 
 
 def test_an_oracle_of_the_pairing_retrieves_every_pair():

@@ -3,12 +3,15 @@
 import itertools
 import math
 
+import pytest
 import torch
+import torch.nn.functional as F
 
 from latentlm.diffusion.objectives import (
     apply_masking,
     gaussian_latent_loss,
     latent_target,
+    linear_cross_entropy,
     mdlm_loss,
     noise_latent,
     perplexity_bound,
@@ -133,21 +136,34 @@ def test_perplexity_bound():
     assert math.isclose(perplexity_bound(2.0 * 10, 10), math.exp(2.0))
 
 
-def test_overwriting_the_logits_gives_the_same_values_and_gradients():
-    """``overwrite_logits=True`` (the [MASK] column set in place, no copy) == the copying path, and equals
-    a softmax over the vocabulary without [MASK] computed by hand."""
+@pytest.mark.parametrize("excluded", [2, None])
+def test_linear_cross_entropy_equals_autograd_of_the_logits_and_a_softmax_by_hand(excluded):
+    """The fused output layer + cross-entropy == ``F.cross_entropy`` of the logits (the excluded column
+    at -inf), values and both gradients (float64), and == a softmax without the excluded word by hand."""
     g = torch.Generator().manual_seed(0)
     weight = torch.randn(6, 4, generator=g, dtype=torch.float64, requires_grad=True)
-    hidden = torch.randn(5, 4, generator=g, dtype=torch.float64)
+    hidden = torch.randn(5, 4, generator=g, dtype=torch.float64, requires_grad=True)
     targets = torch.tensor([0, 1, 3, 4, 5])
-    mask_id = 2
-    results = []
-    for overwrite in (False, True):
-        log_p = subs_target_log_probs(hidden @ weight.T, targets, mask_id, overwrite_logits=overwrite)
-        results.append((log_p, *torch.autograd.grad(log_p.sum(), weight)))
-    for a, b in zip(*results, strict=True):
+    row_grad = torch.randn(5, generator=g, dtype=torch.float64)  # a weighted sum, as in the NELBO
+    fused = linear_cross_entropy(hidden, weight, targets, excluded)
+    logits = hidden @ weight.T
+    without = logits.index_fill(1, torch.tensor([excluded]), float("-inf")) if excluded is not None else logits
+    plain = F.cross_entropy(without, targets, reduction="none")
+    for a, b in zip(
+        (fused, *torch.autograd.grad((fused * row_grad).sum(), (hidden, weight))),
+        (plain, *torch.autograd.grad((plain * row_grad).sum(), (hidden, weight))),
+        strict=True,
+    ):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-    logits = (hidden @ weight.T).detach()
-    keep = [i for i in range(6) if i != mask_id]
-    by_hand = logits[torch.arange(5), targets] - logits[:, keep].exp().sum(-1).log()
-    torch.testing.assert_close(results[1][0].detach(), by_hand.float(), rtol=1e-6, atol=1e-6)  # float32 loss
+    keep = [i for i in range(6) if i != excluded]
+    logits = logits.detach()
+    by_hand = logits[:, keep].exp().sum(-1).log() - logits[torch.arange(5), targets]
+    torch.testing.assert_close(fused.detach(), by_hand, rtol=1e-12, atol=1e-12)
+
+
+def test_linear_cross_entropy_refuses_a_second_backward():
+    hidden = torch.randn(3, 2, requires_grad=True)
+    loss = linear_cross_entropy(hidden, torch.randn(4, 2), torch.tensor([0, 1, 3])).sum()
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="only once"):
+        loss.backward()

@@ -17,6 +17,7 @@ from torch import nn
 
 from latentlm.core.pretrained import PretrainedMixin
 from latentlm.diffusion.config import ModelConfig
+from latentlm.diffusion.objectives import linear_cross_entropy
 from latentlm.diffusion.sampling import decode_samples, sample_categorical
 
 __all__ = ["AutoregressiveLM", "ARLMOutput", "real_token_mask"]
@@ -31,12 +32,11 @@ def real_token_mask(ids: torch.Tensor, sep_token_id: int) -> torch.Tensor:
 
 @dataclass
 class ARLMOutput:
-    """``loss``: mean CE per real token; ``nll_sum`` / ``num_tokens`` for exact aggregation; ``logits``."""
+    """``loss``: mean CE per real token; ``nll_sum`` / ``num_tokens`` for exact aggregation."""
 
     loss: torch.Tensor
     nll_sum: torch.Tensor
     num_tokens: torch.Tensor
-    logits: torch.Tensor
 
 
 class CausalBlock(nn.Module):
@@ -85,25 +85,29 @@ class AutoregressiveLM(PretrainedMixin, nn.Module):
         self.final_norm = nn.LayerNorm(D)
         self.register_buffer("original_ids", torch.arange(config.vocab_size))
 
-    def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Next-token logits (B, T, V) for inputs (B, T) (position t predicts token t + 1)."""
+    def hidden(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Final hidden states (B, T, D) for inputs (B, T) (position t predicts token t + 1)."""
         T = input_ids.shape[1]
         h = self.token_embedding(input_ids) + self.position[:T]  # (B, T, D)
         for block in self.blocks:
             h = block(h)
-        return self.final_norm(h) @ self.token_embedding.weight.T
+        return self.final_norm(h)
+
+    def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Next-token logits (B, T, V) for inputs (B, T)."""
+        return self.hidden(input_ids) @ self.token_embedding.weight.T
 
     def forward(self, input_ids: torch.Tensor) -> ARLMOutput:
-        """Cross-entropy of the real tokens of (B, L) rows, each predicted from [SEP] + its prefix."""
+        """Cross-entropy of the real tokens of (B, L) rows, each predicted from [SEP] + its prefix (the
+        output layer only at the real tokens)."""
         B = input_ids.shape[0]
         start = input_ids.new_full((B, 1), self.config.sep_token_id)
         inputs = torch.cat([start, input_ids[:, :-1]], dim=1)  # (B, L): shifted right
-        logits = self.logits(inputs)
-        nll = F.cross_entropy(logits.transpose(1, 2), input_ids, reduction="none")  # (B, L)
         real = real_token_mask(input_ids, self.config.sep_token_id)
-        nll_sum = (nll * real).sum()
+        nll = linear_cross_entropy(self.hidden(inputs)[real], self.token_embedding.weight, input_ids[real])
+        nll_sum = nll.sum()
         num_tokens = real.sum()
-        return ARLMOutput(nll_sum / num_tokens.clamp_min(1), nll_sum, num_tokens, logits)
+        return ARLMOutput(nll_sum / num_tokens.clamp_min(1), nll_sum, num_tokens)
 
     @torch.no_grad()
     def sample_ids(

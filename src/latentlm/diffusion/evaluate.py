@@ -157,8 +157,7 @@ def heldout_nelbo(
             z_read = noise_latent(z0, tau, latent_schedule, g)[0] if vae_latent_time else z0
             for key, z, t_latent in (("uncond", z_null, ones), ("cond", z_read, tau)):
                 hidden = denoiser(x_t, z, t, t_latent).text_hidden
-                logits = denoiser.text_logits(hidden[masked])
-                nelbo = masked_nelbo(logits, x0, masked, t, text_schedule, cfg.mask_token_id)
+                nelbo = masked_nelbo(denoiser.masked_token_nll(hidden[masked], x0[masked]), masked, t, text_schedule)
                 sums[key] += float(nelbo.sum()) / num_draws
             t_latent = sample_diffusion_times(B, g, device=device)
             z_t, eps = noise_latent(z0, t_latent, latent_schedule, g)
@@ -342,8 +341,7 @@ def _text_nelbo(model, x0, masked, t, z, t_latent) -> torch.Tensor:
     latents ``z`` (B, d) at latent times ``t_latent`` (B,)."""
     cfg, denoiser = model.config, model.rwkv
     hidden = denoiser(x0.masked_fill(masked, cfg.mask_token_id), z, t, t_latent).text_hidden
-    logits = denoiser.text_logits(hidden[masked])
-    return masked_nelbo(logits, x0, masked, t, model.text_schedule, cfg.mask_token_id, overwrite_logits=True)
+    return masked_nelbo(denoiser.masked_token_nll(hidden[masked], x0[masked]), masked, t, model.text_schedule)
 
 
 def _latent_nelbo(model, x, t_text, z0, t, eps) -> torch.Tensor:

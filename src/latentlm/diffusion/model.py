@@ -32,7 +32,13 @@ from torch import nn
 
 from latentlm.core.pretrained import PretrainedMixin
 from latentlm.diffusion.config import STAGE1_MODES, ModelConfig
-from latentlm.diffusion.objectives import apply_masking, gaussian_latent_loss, masked_nelbo, noise_latent
+from latentlm.diffusion.objectives import (
+    apply_masking,
+    gaussian_latent_loss,
+    linear_cross_entropy,
+    masked_nelbo,
+    noise_latent,
+)
 from latentlm.diffusion.sampling import decode_samples, sample_joint, sample_text_from_latent
 from latentlm.diffusion.schedules import (
     CosineGaussianSchedule,
@@ -292,6 +298,13 @@ class TwoStreamDenoiser(nn.Module):
             features.append(embedded[:, : cfg.prefix_length].mean(1))
         return DenoiserOutput(final["text"], self.latent_head(torch.cat(features, dim=-1)))
 
+    def masked_token_nll(self, text_hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """``-log p_theta(x_0 = target | x_t)`` under SUBS (the [MASK] word excluded) from the (N, D)
+        hidden states of N masked positions and their (N,) clean ids; (N,)."""
+        return linear_cross_entropy(
+            text_hidden, self.token_embedding.weight, targets, excluded=self.config.mask_token_id
+        )
+
     def text_logits(self, text_hidden: torch.Tensor, float64: bool = False) -> torch.Tensor:
         """Vocabulary logits from (..., D) hidden states (output embedding tied to the input one).
 
@@ -440,16 +453,8 @@ class LatentDiffusionLM(PretrainedMixin, nn.Module):
         text_rows = t_text > 0
         latent_rows = (t_latent > 0) & (mode != "l2t")
         if mode != "t2l" and masked.any():
-            logits = self.rwkv.text_logits(hidden.text_hidden[masked])
-            nelbo = masked_nelbo(
-                logits,
-                x0,
-                masked,
-                t_text,
-                self.text_schedule,
-                self.config.mask_token_id,
-                overwrite_logits=True,
-            )
+            nll = self.rwkv.masked_token_nll(hidden.text_hidden[masked], x0[masked])
+            nelbo = masked_nelbo(nll, masked, t_text, self.text_schedule)
             out.text_nelbo_per_example = nelbo
             out.text_nelbo = nelbo.sum() / (L * text_rows.sum().clamp_min(1))
             out.loss = out.loss + out.text_nelbo

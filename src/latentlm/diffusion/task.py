@@ -37,7 +37,7 @@ from accelerate import PartialState
 from torch import nn
 
 from latentlm.core.checkpoint import load_tensors, verify_manifest
-from latentlm.core.engine import StepOutput, Task, TrainState
+from latentlm.core.engine import StepOutput, Task, TrainState, adamw
 from latentlm.core.lifecycle import train_task
 from latentlm.core.run import RunDir
 from latentlm.diffusion.autoregressive import AutoregressiveLM
@@ -426,7 +426,7 @@ def step_rate(task: DiffusionTask | AutoregressiveTask, steps: int = 8) -> float
     model = task.build_model()
     if isinstance(task, DiffusionTask):  # time the regime after Stage II's unfreeze step
         task._apply_unfreeze_policy(model, 10**9)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    optimizer = adamw([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     dataset = task.train_dataset()
 
     def step(i: int) -> None:
