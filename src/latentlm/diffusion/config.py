@@ -78,7 +78,8 @@ class ModelConfig:
     """chunked (matmul chunk form) | naive (one step per token; reference) | fla (flash-linear-attention
     kernels on CUDA when installed, else chunked)."""
     wkv_chunk_size: int = 0
-    """Chunk length of the chunked WKV (0: 32, or the whole sequence when shorter)."""
+    """Longest chunk of the chunked WKV: the joint sequence is cut into equal chunks of at most this many
+    tokens (0: 32)."""
     latent_modulation: bool = False
     """Also add a linear map of the (noisy) latent to every block's adaLN conditioning vector (global,
     DiT-style conditioning), besides the latent tokens the scan mixes in."""

@@ -197,8 +197,8 @@ def bidirectional_wkv_chunked(
     ``F_n = (kE2 e^{a_n})^T v`` to the right and ``G_n = (kE1)^T v`` to the left (``a_n`` = the chunk's
     total log decay), and a left-to-right and a right-to-left recurrence over the N chunk states
     (``_entering_states``) give what enters each chunk from either side.  Same result as ``forward +
-    backward + bonus`` of two ``wkv_naive`` scans.  The pairs s != t are one autograd function
-    (``_ChunkedPairs``) with a hand-written backward.
+    backward + bonus`` of two ``wkv_naive`` scans.  After the bonus, one autograd function
+    (``_ChunkedScan``) with a hand-written backward.
 
     Args:
         r, k, v, log_w, u: as in ``bidirectional_wkv``.
@@ -216,38 +216,40 @@ def bidirectional_wkv_chunked(
     C, pad, chunks, cum = found
     B, H, T, K = r.shape
     V = v.shape[-1]
-    bonus = (r * u * k).sum(-1, keepdim=True)  # (B, H, T, 1): weight of the current token
+    bonus = (r * u * k).sum(-1)  # (B, H, T): weight of the current token
     if pad:
         r, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (r, k, v))
+        bonus = F.pad(bonus, (0, pad))
     N = (T + pad) // C
     r, k = (x.reshape(B, H, N, C, K) for x in (r, k))  # (B, H, N, C, K)
-    y = _ChunkedPairs.apply(r, k, v.reshape(B, H, N, C, V), chunks, cum)  # (B, H, N, C, V)
-    return y.view(B, H, N * C, V)[:, :, :T].addcmul(bonus, v[:, :, :T])
+    y = _ChunkedScan.apply(r, k, v.reshape(B, H, N, C, V), chunks, cum, bonus.view(B, H, N, C))
+    return y.view(B, H, N * C, V)[:, :, :T]  # y: (B, H, N, C, V)
 
 
-class _ChunkedPairs(torch.autograd.Function):
-    """The pairs s != t of ``bidirectional_wkv_chunked`` (the bonus is added outside), with a
-    hand-written backward.
+class _ChunkedScan(torch.autograd.Function):
+    """``bidirectional_wkv_chunked`` after the per-token bonus is formed, with a hand-written backward.
 
     Autograd's backward of the same formulas allocates a gradient for every factor and product and sums
     them, about 1.6x the time of this backward on our CPU: here each full-size gradient is formed once,
     and the decay gradients come from the saved products (``d/dA (r e^{A}) = r e^{A}``).
 
     Forward (per chunk, see ``bidirectional_wkv_chunked``): ``e1 = e^{A_{t-1}}``, ``e2 = e^{-A_t}``,
-    ``e3 = e^{a - A_t}``; ``r1 = r e1`` and so on; scores ``tril(r1 k2^T) + triu(r2 k1^T)``; the chunk
-    passes ``F = k3^T v`` to the right and ``G = k1^T v`` to the left; ``y = scores v + r1 L + r3 R``
-    with L / R the states entering from the left / right (``_entering_states``).
+    ``e3 = e^{a - A_t}``; ``r1 = r e1`` and so on; scores ``tril(r1 k2^T) + triu(r2 k1^T)`` with the
+    bonus on the diagonal; the chunk passes ``F = k3^T v`` to the right and ``G = k1^T v`` to the left;
+    ``y = scores v + r1 L + r3 R`` with L / R the states entering from the left / right
+    (``_entering_states``).
 
     Inputs: r, k (B, H, N, C, K); v (B, H, N, C, V); chunks: the per-token log decays and cum their
-    inclusive cumsum inside each chunk, (B, H, N, C, K) each.  Output: (B, H, N, C, V).
+    inclusive cumsum inside each chunk, (B, H, N, C, K) each; bonus (B, H, N, C).  Output: (B, H, N, C, V).
     """
 
     @staticmethod
-    def forward(ctx, r, k, v, chunks, cum):
+    def forward(ctx, r, k, v, chunks, cum, bonus):
         e1, e2 = (cum - chunks).exp_(), cum.neg().exp_()  # e^{A_{t-1}}, e^{-A_t}
         r1, k1, r2, k2 = r * e1, k * e1, r * e2, k * e2
         scores = (r1 @ k2.transpose(-1, -2)).tril_(-1)  # forward direction, s < t: (B, H, N, C, C)
         scores.add_((r2 @ k1.transpose(-1, -2)).triu_(1))  # backward direction, s > t
+        scores.diagonal(dim1=-2, dim2=-1).copy_(bonus)  # s = t
         y = scores @ v  # (B, H, N, C, V)
         if r.shape[2] == 1:
             ctx.save_for_backward(v, e1, e2, r1, k1, r2, k2, scores)
@@ -268,6 +270,7 @@ class _ChunkedPairs(torch.autograd.Function):
         v, e1, e2, r1, k1, r2, k2, scores, *carried = ctx.saved_tensors
         grad_scores = grad_y @ v.transpose(-1, -2)  # (B, H, N, C, C)
         grad_v = scores.transpose(-1, -2) @ grad_y
+        grad_bonus = grad_scores.diagonal(dim1=-2, dim2=-1).clone()
         grad_fwd = grad_scores.tril(-1)
         grad_bwd = grad_scores.triu_(1)
         grad_r1, grad_k2 = grad_fwd @ k2, grad_fwd.transpose(-1, -2) @ r1
@@ -293,7 +296,7 @@ class _ChunkedPairs(torch.autograd.Function):
         grad_r.addcmul_(grad_r1, e1)
         grad_k.addcmul_(grad_k1, e1)
         through_e1 = torch.mul(grad_r1, r1).addcmul_(grad_k1, k1)  # d loss / d log e1 = A_t - log w_t
-        return grad_r, grad_k, grad_v, through_e1.neg(), grad_cum.add_(through_e1)
+        return grad_r, grad_k, grad_v, through_e1.neg(), grad_cum.add_(through_e1), grad_bonus
 
 
 def _entering_states(
@@ -597,7 +600,8 @@ class JointTimeMix(nn.Module):
     only through the forward scan, at a distance that grows along the sentence; with ``latent_both_ends``
     the sequence is ``[latent; text; latent]`` (the same latent projections twice, the two copies' outputs
     averaged), so both scans reach every text token from the latent at its own distance from the nearer
-    end.  ``chunk_size=0`` uses ``DEFAULT_CHUNK_SIZE`` (capped at the joint length).
+    end.  The joint sequence is cut into equal chunks of at most ``chunk_size`` tokens (0:
+    ``DEFAULT_CHUNK_SIZE``).
     """
 
     def __init__(
@@ -635,10 +639,11 @@ class JointTimeMix(nn.Module):
             self.latent.project(x_latent),
             self.text.project(x_text),
         )
-        chunk = self.chunk_size or DEFAULT_CHUNK_SIZE
+        # Chunks of equal length near the chosen one (36 tokens: 2 x 18, not 2 x 32 with 28 of padding).
+        chunk = math.ceil(L / math.ceil(L / (self.chunk_size or DEFAULT_CHUNK_SIZE)))
         # The joint sequence, already padded to whole chunks for the chunk form (zero r, k, v and log
         # decay after the end change nothing before it), so the scan does not pad r, k, v again.
-        pad = (-L) % min(chunk, L) if self.impl != "naive" else 0
+        pad = (-L) % chunk if self.impl != "naive" else 0
         # Concatenated straight into head-major order, so that the scan's reshapes into chunks are views.
         rkv_l, rkv_t = (x.view(3, B, -1, H, K).transpose(2, 3) for x in (rkv_l, rkv_t))  # (3, B, H, ., K)
         log_w_l, log_w_t = (x.view(B, -1, H, K).transpose(1, 2) for x in (log_w_l, log_w_t))  # (B, H, ., K)
