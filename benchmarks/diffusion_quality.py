@@ -44,7 +44,7 @@ from latentlm.diffusion.autoregressive import AutoregressiveLM
 from latentlm.diffusion.config import DiffusionConfig
 from latentlm.diffusion.evaluate import run_evaluation, text_sample_metrics
 from latentlm.diffusion.model import LatentDiffusionLM
-from latentlm.diffusion.sampling import sample_text_from_latent
+from latentlm.diffusion.sampling import sample_joint, sample_text_from_latent
 from latentlm.diffusion.task import AutoregressiveTask, DiffusionTask, train_for_seconds
 from latentlm.metrics.generation import generative_perplexity
 
@@ -106,6 +106,48 @@ def _ar_at_matched_entropy(
     }
 
 
+JOINT_TEMPERATURES = (1.0, 0.975, 0.95, 0.925, 0.9)
+"""Temperatures of the joint samples when their entropy must come down to the AR baseline's."""
+
+
+def _joint_at_matched_entropy(stage1_dir: Path, cfg: DiffusionConfig, target_entropy: float, judge) -> dict:
+    """Joint samples of the Stage I model at the temperature whose sample entropy is nearest
+    ``target_entropy`` (the AR baseline's at temperature 1, when the joint samples' is higher: entropy is
+    matched by cooling whichever model's samples have more of it, never by heating one above 1). Drawn
+    like the evaluation's (its sampling settings and seed) at each of ``JOINT_TEMPERATURES``."""
+    from latentlm.teachers import load_tokenizer
+
+    model = load_trained_model(stage1_dir, LatentDiffusionLM).eval()
+    tokenizer = load_tokenizer(model.config.tokenizer)
+    s = cfg.sampling
+    rows = []
+    for temperature in JOINT_TEMPERATURES:
+        ids, _ = sample_joint(
+            model,
+            cfg.eval.num_samples,
+            prediction=model.config.latent_prediction,
+            generator=torch.Generator().manual_seed(cfg.eval.seed),
+            order=s.joint_order,
+            guidance_scale=s.joint_guidance_scale,
+            **(s.text_kwargs() | {"temperature": temperature}),
+        )
+        texts = model.decode(ids, tokenizer)
+        rows.append({"temperature": temperature, "texts": texts, **text_sample_metrics(texts, tokenizer)})
+        if rows[-1]["unigram_entropy_bits"] <= target_entropy:
+            break
+    best = min(rows, key=lambda r: abs(r["unigram_entropy_bits"] - target_entropy))
+    judged = text_sample_metrics(best["texts"], tokenizer, judge)
+    return {
+        "temperature": best["temperature"],
+        "unigram_entropy_bits": best["unigram_entropy_bits"],
+        "gen_ppl": judged["generative_perplexity"],
+        "entropy_by_temperature": {r["temperature"]: r["unigram_entropy_bits"] for r in rows},
+        **{k: judged[k] for k in ("mean_words", "distinct_1", "distinct_2")},
+        "examples": best["texts"][:5],
+        "texts": best["texts"],
+    }
+
+
 FIRST_WORDS = 12
 """Length-controlled generative perplexity: every sample cut to its first 12 words (the held-out
 sentences' mean is 12.6), so that longer or repetitive samples do not buy a lower per-token figure."""
@@ -140,9 +182,10 @@ def phase_ar(args, out: Path) -> dict:
     train = train_for_seconds(task, cfg, saved["stage1_train"]["seconds"], evals=args.ar_evals)
     best_dir = out / "ar_best" / "best"
     model = load_model_weights(load_trained_model(out / "ar_best", AutoregressiveLM), best_dir)
+    joint = saved.get("joint_at_matched_entropy") or saved["stage1"]["samples"]["joint"]
     scored = _ar_at_matched_entropy(
         model,
-        saved["stage1"]["samples"]["joint"]["unigram_entropy_bits"],
+        joint["unigram_entropy_bits"],
         cfg.eval.num_samples,
         load_causal_lm(cfg.eval.judge_model),
         cfg.eval.seed,
@@ -206,9 +249,16 @@ def phase_eval(args, out: Path) -> dict:
     )
     ar_texts = ar.pop("texts")
     rows = [json.loads(line) for line in (stage1_dir / "eval" / "samples.jsonl").read_text().splitlines()]
+    joint_texts = [r["sample"] for r in rows if r["kind"] == "joint"]
+    ar_entropy_at_1 = ar["entropy_by_temperature"][1.0]
+    matched = {"temperature": 1.0, "gen_ppl": joint.get("generative_perplexity"), "texts": joint_texts}
+    if joint["unigram_entropy_bits"] > ar_entropy_at_1:  # the joint samples come down to the AR's entropy
+        matched = _joint_at_matched_entropy(stage1_dir, cfg1, ar_entropy_at_1, judge)
+    joint_matched_texts = matched.pop("texts")
     first_words = _first_words_perplexity(
         {
-            "joint": [r["sample"] for r in rows if r["kind"] == "joint"],
+            "joint": joint_texts,
+            "joint_at_matched_entropy": joint_matched_texts,
             "ar": ar_texts,
             "reference": [r["reference"] for r in rows if r["kind"] == "l2t"],
         },
@@ -243,11 +293,19 @@ def phase_eval(args, out: Path) -> dict:
             "num_draws": cfg1.eval.likelihood_draws,
         },
         "num_candidates": m1["num_heldout"],
-        "gen_ppl_joint": joint.get("generative_perplexity"),
+        "gen_ppl_joint": matched["gen_ppl"],
         "gen_ppl_ar": ar["gen_ppl"],
+        "gen_ppl_joint_temperature_1": joint.get("generative_perplexity"),
+        "gen_ppl_matching": "both sample sets at the lower of the two unigram entropies at temperature 1: "
+        "the AR samples cooled to the joint samples' entropy, or the joint samples cooled to the AR's",
+        "joint_at_matched_entropy": matched,
         "gen_ppl_reference": m1["samples"]["reference"].get("generative_perplexity"),
         "gen_ppl_prior_stage2": m2["samples"]["prior_l2t"].get("generative_perplexity"),
-        "gen_ppl_settings": m1["sampling"] | {"ar_temperature_at_matched_entropy": ar["temperature"]},
+        "gen_ppl_settings": m1["sampling"]
+        | {
+            "ar_temperature_at_matched_entropy": ar["temperature"],
+            "joint_temperature_at_matched_entropy": matched["temperature"],
+        },
         f"gen_ppl_first_{FIRST_WORDS}_words": first_words,
         "joint_sample_stats": {
             k: joint[k] for k in ("unigram_entropy_bits", "distinct_1", "distinct_2", "mean_words")
