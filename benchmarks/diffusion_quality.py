@@ -419,8 +419,8 @@ def phase_speed(args, out: Path) -> dict:
             "model": "cpu_hour.yaml model (d_model 128, 3 layers, 4 heads, ffn_mult 3), both mixers, "
             "float32, 1 thread; parameter counts per row (within 0.5 % up to T = 512; attention's learned "
             "positions add T x d_model)",
-            "train": f"fused AdamW steps (the trainer's) of the diffusion loss, the two models' steps alternating, median of "
-            f"{args.repeats} after a warm-up; B = tokens_per_batch // T",
+            "train": f"fused AdamW steps (the trainer's) of the diffusion loss, the two models' steps "
+            f"alternating, median of {args.repeats} after a warm-up; B = tokens_per_batch // T",
             "sample": f"L2T with {args.sample_steps} steps (float64 categorical draws), alternating, "
             f"median of {max(1, args.repeats // 2)}",
             "tokens_per_batch": args.tokens_per_batch,

@@ -17,7 +17,6 @@ from latentlm.diffusion.objectives import (
     perplexity_bound,
     predicted_clean_latent,
     subs_log_probs,
-    subs_target_log_probs,
 )
 from latentlm.diffusion.schedules import (
     CosineGaussianSchedule,
@@ -147,7 +146,9 @@ def test_linear_cross_entropy_equals_autograd_of_the_logits_and_a_softmax_by_han
     row_grad = torch.randn(5, generator=g, dtype=torch.float64)  # a weighted sum, as in the NELBO
     fused = linear_cross_entropy(hidden, weight, targets, excluded)
     logits = hidden @ weight.T
-    without = logits.index_fill(1, torch.tensor([excluded]), float("-inf")) if excluded is not None else logits
+    without = (
+        logits.index_fill(1, torch.tensor([excluded]), float("-inf")) if excluded is not None else logits
+    )
     plain = F.cross_entropy(without, targets, reduction="none")
     for a, b in zip(
         (fused, *torch.autograd.grad((fused * row_grad).sum(), (hidden, weight))),

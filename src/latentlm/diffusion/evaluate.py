@@ -157,7 +157,9 @@ def heldout_nelbo(
             z_read = noise_latent(z0, tau, latent_schedule, g)[0] if vae_latent_time else z0
             for key, z, t_latent in (("uncond", z_null, ones), ("cond", z_read, tau)):
                 hidden = denoiser(x_t, z, t, t_latent).text_hidden
-                nelbo = masked_nelbo(denoiser.masked_token_nll(hidden[masked], x0[masked]), masked, t, text_schedule)
+                nelbo = masked_nelbo(
+                    denoiser.masked_token_nll(hidden[masked], x0[masked]), masked, t, text_schedule
+                )
                 sums[key] += float(nelbo.sum()) / num_draws
             t_latent = sample_diffusion_times(B, g, device=device)
             z_t, eps = noise_latent(z0, t_latent, latent_schedule, g)

@@ -254,7 +254,8 @@ class _ChunkedScan(torch.autograd.Function):
             # read-out, what a chunk passes on and their gradients are one matmul each.
             rr, kk = r.new_empty(B, H, N, C, 2 * K), k.new_empty(B, H, N, C, 2 * K)
             (r1, r3), (k3, k1) = rr.split(K, -1), kk.split(K, -1)
-            torch.mul(r, e1, out=r1), torch.mul(r, e3, out=r3), torch.mul(k, e3, out=k3), torch.mul(k, e1, out=k1)
+            for out, x, factor in ((r1, r, e1), (r3, r, e3), (k3, k, e3), (k1, k, e1)):
+                torch.mul(x, factor, out=out)
         else:
             r1, k1 = r * e1, k * e1
         r2, k2 = r * e2, k * e2
@@ -289,7 +290,9 @@ class _ChunkedScan(torch.autograd.Function):
             K = e3.shape[-1]
             grad_r1_, grad_r3 = (grad_y @ entering.transpose(-1, -2)).split(K, -1)  # through r1 L + r3 R
             grad_r1 += grad_r1_
-            grad_passed, grad_decay = _entering_states_backward(decay, entering, rr.transpose(-1, -2) @ grad_y)
+            grad_passed, grad_decay = _entering_states_backward(
+                decay, entering, rr.transpose(-1, -2) @ grad_y
+            )
             grad_k3, grad_k1_ = (v @ grad_passed.transpose(-1, -2)).split(K, -1)  # through [F; G]
             grad_k1 += grad_k1_
             grad_v.add_(kk @ grad_passed)
@@ -650,7 +653,9 @@ class JointTimeMix(nn.Module):
         rkv_l, rkv_t = (x.view(3, B, -1, H, K).transpose(2, 3) for x in (rkv_l, rkv_t))  # (3, B, H, ., K)
         log_w_l, log_w_t = (x.view(B, -1, H, K).transpose(1, 2) for x in (log_w_l, log_w_t))  # (B, H, ., K)
         tail_rkv, tail_log_w = ([rkv_l], [log_w_l]) if tail else ([], [])
-        r, k, v = torch.cat([rkv_l, rkv_t, *tail_rkv, rkv_t.new_zeros(3, B, H, pad, K)], dim=3)  # (B, H, L + pad, K)
+        r, k, v = torch.cat(
+            [rkv_l, rkv_t, *tail_rkv, rkv_t.new_zeros(3, B, H, pad, K)], dim=3
+        )  # (B, H, L + pad, K)
         log_w = torch.cat([log_w_l, log_w_t, *tail_log_w, log_w_t.new_zeros(B, H, pad, K)], dim=2)
         bonus_l, bonus_t = self.latent.time_faaaa.unsqueeze(1), self.text.time_faaaa.unsqueeze(1)  # (H, 1, K)
         u = torch.cat(
