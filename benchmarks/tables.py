@@ -358,8 +358,13 @@ def diffusion_quality(q: dict) -> str:
         ["T2L recall@1, posterior-mean estimate", _sig(q.get("t2l_recall_at_1_posterior_mean")), ""],
         ["L2T recall@1, likelihood (PMI)", _sig(q.get("l2t_recall_at_1_likelihood")), ""],
         ["T2L recall@1, likelihood (PMI)", _sig(q.get("t2l_recall_at_1_likelihood")), ""],
-        ["gen. ppl, joint samples", _sig(q.get("gen_ppl_joint"), 4), "<= 2x AR"],
+        ["gen. ppl, joint samples (matched entropy)", _sig(q.get("gen_ppl_joint"), 4), "<= 2x AR"],
         ["gen. ppl, AR baseline (matched entropy)", _sig(q.get("gen_ppl_ar"), 4), ""],
+        *(
+            [["gen. ppl, joint samples at temperature 1", _sig(q["gen_ppl_joint_temperature_1"], 4), ""]]
+            if "gen_ppl_joint_temperature_1" in q
+            else []
+        ),
         [
             "gen. ppl, AR baseline's best held-out checkpoint",
             _sig(q.get("gen_ppl_ar_best_checkpoint"), 4),
