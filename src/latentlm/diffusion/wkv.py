@@ -245,30 +245,23 @@ class _ChunkedScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, r, k, v, chunks, cum, bonus):
-        B, H, N, C, K = r.shape
         e1, e2 = (cum - chunks).exp_(), cum.neg().exp_()  # e^{A_{t-1}}, e^{-A_t}
-        if N > 1:
-            decay = cum[:, :, :, -1:].exp()  # (B, H, N, 1, K): e^{a_n}, a chunk's total decay
-            e3 = e2 * decay  # e^{a_n - A_t}
-            # [r1 | r3] and [k3 | k1] side by side, so that for both directions at once the state
-            # read-out, what a chunk passes on and their gradients are one matmul each.
-            rr, kk = r.new_empty(B, H, N, C, 2 * K), k.new_empty(B, H, N, C, 2 * K)
-            (r1, r3), (k3, k1) = rr.split(K, -1), kk.split(K, -1)
-            for out, x, factor in ((r1, r, e1), (r3, r, e3), (k3, k, e3), (k1, k, e1)):
-                torch.mul(x, factor, out=out)
-        else:
-            r1, k1 = r * e1, k * e1
-        r2, k2 = r * e2, k * e2
+        r1, k1, r2, k2 = r * e1, k * e1, r * e2, k * e2
         scores = (r1 @ k2.transpose(-1, -2)).tril_(-1)  # forward direction, s < t: (B, H, N, C, C)
         scores.add_((r2 @ k1.transpose(-1, -2)).triu_(1))  # backward direction, s > t
         scores.diagonal(dim1=-2, dim2=-1).copy_(bonus)  # s = t
         y = scores @ v  # (B, H, N, C, V)
-        if N == 1:
+        if r.shape[2] == 1:
             ctx.save_for_backward(v, e1, e2, r1, k1, r2, k2, scores)
             return y
-        entering = _entering_states(decay, kk.transpose(-1, -2) @ v)  # [L; R] from [F; G]: (B, H, N, 2K, V)
-        y.add_(rr @ entering)  # r1 L + r3 R
-        ctx.save_for_backward(v, e1, e2, r1, k1, r2, k2, scores, e3, rr, kk, decay, entering)
+        decay = cum[:, :, :, -1:].exp()  # (B, H, N, 1, K): e^{a_n}, a chunk's total decay
+        e3 = e2 * decay  # e^{a_n - A_t}
+        r3, k3 = r * e3, k * e3
+        passed_right = k3.transpose(-1, -2) @ v  # F: (B, H, N, K, V)
+        passed_left = k1.transpose(-1, -2) @ v  # G: (B, H, N, K, V)
+        from_left, from_right = _entering_states(decay, passed_right, passed_left)
+        y.add_(r1 @ from_left).add_(r3 @ from_right)
+        ctx.save_for_backward(v, e1, e2, r1, k1, r2, k2, scores, e3, r3, k3, decay, from_left, from_right)
         return y
 
     @staticmethod
@@ -286,17 +279,15 @@ class _ChunkedScan(torch.autograd.Function):
         grad_k = torch.mul(grad_k2, e2)
         grad_cum = torch.mul(grad_r2, r2).addcmul_(grad_k2, k2).neg_()  # d loss / d A_t through e2
         if carried:  # more than one chunk
-            e3, rr, kk, decay, entering = carried
-            K = e3.shape[-1]
-            grad_r1_, grad_r3 = (grad_y @ entering.transpose(-1, -2)).split(K, -1)  # through r1 L + r3 R
-            grad_r1 += grad_r1_
-            grad_passed, grad_decay = _entering_states_backward(
-                decay, entering, rr.transpose(-1, -2) @ grad_y
+            e3, r3, k3, decay, from_left, from_right = carried
+            grad_r1 += grad_y @ from_left.transpose(-1, -2)
+            grad_r3 = grad_y @ from_right.transpose(-1, -2)
+            grad_right, grad_left, grad_decay = _entering_states_backward(
+                decay, from_left, from_right, r1.transpose(-1, -2) @ grad_y, r3.transpose(-1, -2) @ grad_y
             )
-            grad_k3, grad_k1_ = (v @ grad_passed.transpose(-1, -2)).split(K, -1)  # through [F; G]
-            grad_k1 += grad_k1_
-            grad_v.add_(kk @ grad_passed)
-            r3, k3 = rr[..., K:], kk[..., :K]
+            grad_k3 = v @ grad_right.transpose(-1, -2)
+            grad_k1 += v @ grad_left.transpose(-1, -2)
+            grad_v.add_(k3 @ grad_right).add_(k1 @ grad_left)
             grad_r.addcmul_(grad_r3, e3)
             grad_k.addcmul_(grad_k3, e3)
             through_e3 = torch.mul(grad_r3, r3).addcmul_(grad_k3, k3)  # d loss / d log e3, log e3 = a - A_t
@@ -308,53 +299,57 @@ class _ChunkedScan(torch.autograd.Function):
         return grad_r, grad_k, grad_v, through_e1.neg(), grad_cum.add_(through_e1), grad_bonus
 
 
-def _entering_states(decay: torch.Tensor, passed: torch.Tensor) -> torch.Tensor:
-    """States entering each chunk from the left and from the right, by a left-to-right and a
-    right-to-left recurrence over the chunks: ``L_{n+1} = e^{a_n} L_n + F_n`` and
-    ``R_{n-1} = e^{a_n} R_n + G_n`` from zero.
-
-    Args:
-        decay: (B, H, N, 1, K), each chunk's e^{a_n}.
-        passed: [F; G] stacked on the key axis, (B, H, N, 2K, V).
-
-    Returns:
-        [L; R], (B, H, N, 2K, V).
-    """
-    K, N = decay.shape[-1], passed.shape[2]
+def _entering_states(
+    decay: torch.Tensor, passed_right: torch.Tensor, passed_left: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """States entering each chunk from the left and from the right, (B, H, N, K, V) each, by a
+    left-to-right and a right-to-left recurrence over the chunks: ``L_{n+1} = e^{a_n} L_n + F_n`` and
+    ``R_{n-1} = e^{a_n} R_n + G_n`` from zero (``decay``: (B, H, N, 1, K), each chunk's e^{a_n};
+    ``passed_right`` / ``passed_left``: F_n / G_n, (B, H, N, K, V))."""
     decays = decay.transpose(-1, -2).unbind(2)  # N x (B, H, K, 1)
-    entering = torch.empty_like(passed)
-    (left, right), (to_right, to_left) = entering.split(K, -2), passed.split(K, -2)  # (B, H, N, K, V) each
-    left[:, :, 0].zero_()
-    right[:, :, N - 1].zero_()
-    for n in range(N - 1):
-        torch.addcmul(to_right[:, :, n], decays[n], left[:, :, n], out=left[:, :, n + 1])
-        m = N - 1 - n
-        torch.addcmul(to_left[:, :, m], decays[m], right[:, :, m], out=right[:, :, m - 1])
-    return entering
+    entering = []
+    for passed, order in ((passed_right, range(len(decays))), (passed_left, reversed(range(len(decays))))):
+        steps = passed.unbind(2)
+        state = torch.zeros_like(steps[0])
+        states = [state] * len(decays)
+        for n in order:
+            states[n] = state
+            state = decays[n] * state + steps[n]
+        entering.append(torch.stack(states, dim=2))  # (B, H, N, K, V)
+    return entering[0], entering[1]
 
 
 def _entering_states_backward(
-    decay: torch.Tensor, entering: torch.Tensor, grad_entering: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Backward of ``_entering_states``: the gradients of [F; G] (B, H, N, 2K, V) and of the decays
-    (B, H, N, 1, K) from those of [L; R] (B, H, N, 2K, V), by the two recurrences run the other way:
-    with ``lam_n = gL_n + e^{a_n} lam_{n+1}``, ``dF_n = lam_{n+1}``; with
-    ``rho_n = gR_n + e^{a_n} rho_{n-1}``, ``dG_n = rho_{n-1}`` (F_{N-1} and G_0 reach nothing)."""
-    K, N = decay.shape[-1], entering.shape[2]
+    decay: torch.Tensor,
+    from_left: torch.Tensor,
+    from_right: torch.Tensor,
+    grad_left: torch.Tensor,
+    grad_right: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Backward of ``_entering_states``: given the gradients of the entering states (B, H, N, K, V),
+    the gradients of F_n and G_n (B, H, N, K, V) and of the decays (B, H, N, 1, K), by the two
+    recurrences run the other way: with ``lam_n = gL_n + e^{a_n} lam_{n+1}``, ``dF_n = lam_{n+1}``;
+    with ``rho_n = gR_n + e^{a_n} rho_{n-1}``, ``dG_n = rho_{n-1}``."""
     decays = decay.transpose(-1, -2).unbind(2)  # N x (B, H, K, 1)
-    grad_passed = torch.empty_like(entering)
-    (grad_left, grad_right), (grad_f, grad_g) = grad_entering.split(K, -2), grad_passed.split(K, -2)
-    grad_f[:, :, N - 1].zero_()
-    grad_g[:, :, 0].zero_()
-    grad_f[:, :, N - 2].copy_(grad_left[:, :, N - 1])
-    grad_g[:, :, 1].copy_(grad_right[:, :, 0])
-    for n in range(N - 2, 0, -1):
-        torch.addcmul(grad_left[:, :, n], decays[n], grad_f[:, :, n], out=grad_f[:, :, n - 1])
-        m = N - 1 - n
-        torch.addcmul(grad_right[:, :, m], decays[m], grad_g[:, :, m], out=grad_g[:, :, m + 1])
-    # d L_{n+1} / d e^{a_n} = L_n (and R_{n-1} / e^{a_n} = R_n), summed over the value axis.
-    through = (grad_passed * entering).sum(-1)  # (B, H, N, 2K)
-    return grad_passed, (through[..., :K] + through[..., K:]).unsqueeze(-2)
+    N = len(decays)
+    grad_decay = torch.zeros_like(decay.transpose(-1, -2))  # (B, H, N, K, 1)
+    grads = []
+    for states, grad_states, order in (
+        (from_left, grad_left, range(N - 1, -1, -1)),
+        (from_right, grad_right, range(N)),
+    ):
+        states, grad_states = states.unbind(2), grad_states.unbind(2)
+        grad_passed = [torch.zeros_like(states[0])] * N
+        carried = None  # total gradient of the state the previous chunk in this order entered with
+        for n in order:
+            if carried is not None:
+                grad_passed[n] = carried  # F_n (or G_n) reaches that state with weight 1
+                grad_decay[:, :, n] += (carried * states[n]).sum(-1, keepdim=True)
+                carried = grad_states[n] + decays[n] * carried
+            else:
+                carried = grad_states[n]
+        grads.append(torch.stack(grad_passed, dim=2))
+    return grads[0], grads[1], grad_decay.transpose(-1, -2)
 
 
 def fla_available(device: torch.device) -> bool:
