@@ -421,6 +421,7 @@ def diffusion_section(results: Results) -> str:
     for name, render in (
         ("diffusion_wkv", diffusion_wkv),
         ("diffusion_quality", diffusion_quality),
+        ("diffusion_quality_45min_b", diffusion_quality),
         ("diffusion_speed_compiled", diffusion_speed),
         ("diffusion_quality_15min", diffusion_quality),
         ("diffusion_quality_3.5min", diffusion_quality),
