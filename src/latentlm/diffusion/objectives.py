@@ -114,10 +114,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, excluded):
-        logits = hidden @ weight.T  # (N, V)
-        if excluded is not None:
-            logits[:, excluded] = float("-inf")
-        log_probs = logits.log_softmax(-1)
+        # One dtype for forward and backward (the backward runs outside autocast): under bf16 autocast the
+        # head computes in float32, and autograd casts the gradients back to the inputs' dtypes.
+        with torch.autocast(hidden.device.type, enabled=False):
+            dtype = torch.promote_types(hidden.dtype, weight.dtype)
+            hidden, weight = hidden.to(dtype), weight.to(dtype)
+            logits = hidden @ weight.T  # (N, V)
+            if excluded is not None:
+                logits[:, excluded] = float("-inf")
+            log_probs = logits.log_softmax(-1)
         del logits
         ctx.save_for_backward(hidden, weight, targets, log_probs)
         ctx.consumed = False

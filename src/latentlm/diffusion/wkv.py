@@ -25,6 +25,7 @@ package is installed (RWKV-6 chunk kernel with zero bonus), else the chunked for
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -245,6 +246,14 @@ class _ChunkedScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, r, k, v, chunks, cum, bonus):
+        # One dtype for forward and backward (the backward runs outside autocast): under bf16 autocast the
+        # scan computes in float32, and autograd casts the gradients back to the inputs' dtypes.
+        with torch.autocast(r.device.type, enabled=False):
+            dtype = functools.reduce(torch.promote_types, (x.dtype for x in (r, k, v, chunks, cum, bonus)))
+            return _ChunkedScan._forward(ctx, *(x.to(dtype) for x in (r, k, v, chunks, cum, bonus)))
+
+    @staticmethod
+    def _forward(ctx, r, k, v, chunks, cum, bonus):
         e1, e2 = (cum - chunks).exp_(), cum.neg().exp_()  # e^{A_{t-1}}, e^{-A_t}
         r1, k1, r2, k2 = r * e1, k * e1, r * e2, k * e2
         scores = (r1 @ k2.transpose(-1, -2)).tril_(-1)  # forward direction, s < t: (B, H, N, C, C)
