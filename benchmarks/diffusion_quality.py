@@ -91,14 +91,21 @@ def _ar_at_matched_entropy(
         ids = model.sample_ids(num, temperature=temperature, generator=torch.Generator().manual_seed(seed))
         texts = model.decode(ids, tokenizer)
         rows.append({"temperature": temperature, "texts": texts, **text_sample_metrics(texts, tokenizer)})
+    at_one = text_sample_metrics(rows[0]["texts"], tokenizer, judge)
+    return _nearest_entropy(rows, target_entropy, tokenizer, judge) | {
+        "gen_ppl_temperature_1": at_one["generative_perplexity"]
+    }
+
+
+def _nearest_entropy(rows: list[dict], target_entropy: float, tokenizer, judge) -> dict:
+    """The sample set of ``rows`` (one per temperature: its texts and unigram entropy) whose entropy is
+    nearest ``target_entropy``, judged, with the entropy of every temperature tried."""
     best = min(rows, key=lambda r: abs(r["unigram_entropy_bits"] - target_entropy))
     judged = text_sample_metrics(best["texts"], tokenizer, judge)
-    at_one = text_sample_metrics(rows[0]["texts"], tokenizer, judge)
     return {
         "temperature": best["temperature"],
         "unigram_entropy_bits": best["unigram_entropy_bits"],
         "gen_ppl": judged["generative_perplexity"],
-        "gen_ppl_temperature_1": at_one["generative_perplexity"],
         "entropy_by_temperature": {r["temperature"]: r["unigram_entropy_bits"] for r in rows},
         **{k: judged[k] for k in ("mean_words", "distinct_1", "distinct_2")},
         "examples": best["texts"][:5],
@@ -135,17 +142,7 @@ def _joint_at_matched_entropy(stage1_dir: Path, cfg: DiffusionConfig, target_ent
         rows.append({"temperature": temperature, "texts": texts, **text_sample_metrics(texts, tokenizer)})
         if rows[-1]["unigram_entropy_bits"] <= target_entropy:
             break
-    best = min(rows, key=lambda r: abs(r["unigram_entropy_bits"] - target_entropy))
-    judged = text_sample_metrics(best["texts"], tokenizer, judge)
-    return {
-        "temperature": best["temperature"],
-        "unigram_entropy_bits": best["unigram_entropy_bits"],
-        "gen_ppl": judged["generative_perplexity"],
-        "entropy_by_temperature": {r["temperature"]: r["unigram_entropy_bits"] for r in rows},
-        **{k: judged[k] for k in ("mean_words", "distinct_1", "distinct_2")},
-        "examples": best["texts"][:5],
-        "texts": best["texts"],
-    }
+    return _nearest_entropy(rows, target_entropy, tokenizer, judge)
 
 
 FIRST_WORDS = 12

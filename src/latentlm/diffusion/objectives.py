@@ -160,13 +160,17 @@ def linear_cross_entropy(
 
 
 def masked_nelbo(
-    target_nll: torch.Tensor, masked: torch.Tensor, t: torch.Tensor, schedule: LogLinearMaskingSchedule
+    target_nll: torch.Tensor | None,
+    masked: torch.Tensor,
+    t: torch.Tensor,
+    schedule: LogLinearMaskingSchedule,
 ) -> torch.Tensor:
     """NELBO per sequence from ``-log p(x_0 | x_t)`` at the masked positions.
 
     Args:
         target_nll: (N,) at the N masked positions of ``masked`` in row-major order
-            (``linear_cross_entropy`` of the hidden states there, or ``-subs_target_log_probs``).
+            (``linear_cross_entropy`` of the hidden states there, or ``-subs_target_log_probs``);
+            None when nothing is masked.
         masked: (B, T) bool.
         t: times, (B,).
         schedule: masking schedule.
@@ -207,9 +211,7 @@ def mdlm_loss(
         (nelbo (B,) in nats: ``(1/t) * sum over masked positions of -log p``, masked (B, T) bool).
     """
     x_t, masked = apply_masking(x0, t, schedule, mask_id, generator, maskable)
-    if not masked.any():
-        return masked_nelbo(x0.new_zeros(0, dtype=torch.float32), masked, t, schedule), masked
-    nll = -subs_target_log_probs(denoise_fn(x_t, masked), x0[masked], mask_id)
+    nll = -subs_target_log_probs(denoise_fn(x_t, masked), x0[masked], mask_id) if masked.any() else None
     return masked_nelbo(nll, masked, t, schedule), masked
 
 

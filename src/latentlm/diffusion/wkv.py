@@ -224,7 +224,7 @@ def bidirectional_wkv_chunked(
     N = (T + pad) // C
     r, k = (x.reshape(B, H, N, C, K) for x in (r, k))  # (B, H, N, C, K)
     y = _ChunkedScan.apply(r, k, v.reshape(B, H, N, C, V), chunks, cum, bonus.view(B, H, N, C))
-    return y.view(B, H, N * C, V)[:, :, :T]  # y: (B, H, N, C, V)
+    return y.view(B, H, N * C, V)[:, :, :T]  # (B, H, N, C, V) -> (B, H, T, V)
 
 
 class _ChunkedScan(torch.autograd.Function):
