@@ -46,7 +46,7 @@ import torch
 from latentlm.core.bench import RESULTS, data_dir, machine, save_results
 from latentlm.core.config import config_from_dict
 from latentlm.core.run import RunDir
-from latentlm.hmm.config import DistillConfig, HMMConfig, HMMRunConfig, LVDConfig
+from latentlm.hmm.config import TEACHER_DTYPES, DistillConfig, HMMConfig, HMMRunConfig, LVDConfig
 from latentlm.hmm.distill import sample_corpus
 from latentlm.hmm.evaluate import heldout_metrics
 from latentlm.hmm.lvd import closed_form_estimate, default_cache_dir
@@ -94,7 +94,7 @@ def distilled_corpus(args) -> str:
     teacher; the held-out split (the last 10 %) is fresh samples. Records the sampling rate."""
     if args is None or args.teacher == "minilm":
         raise ValueError("--corpus distilled: samples from a causal LM; pass --teacher smollm2")
-    cfg = DistillConfig(num_sequences=args.distill_sequences, max_new_tokens=48, batch_size=128, seed=0)
+    cfg = DistillConfig(num_sequences=args.distill_sequences, max_new_tokens=48, batch_size=256, seed=0)
     cache = default_cache_dir(LVDConfig())
     cache.mkdir(parents=True, exist_ok=True)
     started, began = time.perf_counter(), time.time()
@@ -514,6 +514,12 @@ def main() -> None:
     )
     parser.add_argument("--teacher", default="minilm", help="lvd.teacher.name (minilm, smollm2, ...)")
     parser.add_argument(
+        "--teacher-dtype",
+        default="float32",
+        choices=TEACHER_DTYPES,
+        help="lvd.teacher.dtype for the embeddings",
+    )
+    parser.add_argument(
         "--teacher-position",
         default="token",
         choices=("token", "previous"),
@@ -545,7 +551,14 @@ def main() -> None:
                 "heldout_fraction": 0.1,
                 "dev_fraction": args.dev_fraction,
             },
-            "lvd": {"teacher": {"name": args.teacher, "position": args.teacher_position, "batch_size": 64}},
+            "lvd": {
+                "teacher": {
+                    "name": args.teacher,
+                    "position": args.teacher_position,
+                    "dtype": args.teacher_dtype,
+                    "batch_size": 64,
+                }
+            },
             "eval": {"batch_size": 128},
         }
         probe = config_from_dict(HMMRunConfig, base, source=NAME)

@@ -1,66 +1,18 @@
-"""Top-k / top-p filtering vs brute force, Gumbel sampling frequencies, and the three samplers."""
+"""The three diffusion samplers (token draws: tests/core/test_sampling.py)."""
 
 import math
 
 import pytest
 import torch
 
+from latentlm.core.sampling import filter_logits, sample_categorical
 from latentlm.diffusion.config import ModelConfig
 from latentlm.diffusion.model import LatentDiffusionLM
 from latentlm.diffusion.sampling import (
-    filter_logits,
-    sample_categorical,
     sample_joint,
     sample_latent_from_text,
     sample_text_from_latent,
 )
-
-
-def _nucleus_brute_force(probs, top_p):
-    order = sorted(range(len(probs)), key=lambda i: -probs[i])
-    kept, mass = [], 0.0
-    for i in order:
-        kept.append(i)
-        mass += probs[i]
-        if mass >= top_p:
-            break
-    return set(kept)
-
-
-@pytest.mark.parametrize("top_p", [0.3, 0.6, 0.9, 0.999])
-def test_top_p_matches_brute_force(top_p):
-    g = torch.Generator().manual_seed(0)
-    logits = torch.randn(20, 11, generator=g, dtype=torch.float64)
-    filtered = filter_logits(logits, top_p=top_p)
-    for row in range(20):
-        expected = _nucleus_brute_force(logits[row].softmax(-1).tolist(), top_p)
-        assert set(torch.isfinite(filtered[row]).nonzero().flatten().tolist()) == expected
-
-
-def test_top_k_and_samples_stay_inside():
-    g = torch.Generator().manual_seed(1)
-    logits = torch.randn(4, 9, generator=g, dtype=torch.float64)
-    draws = sample_categorical(logits.expand(5000, 4, 9), top_k=3, generator=g)
-    for row in range(4):
-        top3 = set(logits[row].topk(3).indices.tolist())
-        assert set(draws[:, row].tolist()) <= top3
-        assert len(set(draws[:, row].tolist())) == 3  # all three reachable
-    draws_p = sample_categorical(logits.expand(5000, 4, 9), top_p=0.5, generator=g)
-    for row in range(4):
-        assert set(draws_p[:, row].tolist()) <= _nucleus_brute_force(logits[row].softmax(-1).tolist(), 0.5)
-
-
-def test_gumbel_frequencies_match_tempered_softmax():
-    g = torch.Generator().manual_seed(2)
-    logits = torch.tensor([1.0, 0.0, -1.0, 2.0], dtype=torch.float64)
-    n = 200_000
-    draws = sample_categorical(logits.expand(n, -1), temperature=0.7, top_k=3, generator=g)
-    freq = torch.bincount(draws, minlength=4).double() / n
-    kept = filter_logits(logits / 0.7, top_k=3)
-    expected = kept.softmax(-1)
-    stderr = (expected * (1 - expected) / n).sqrt().max()
-    torch.testing.assert_close(freq, expected, atol=5 * float(stderr), rtol=0)
-    assert freq[2] == 0.0  # outside the top-3
 
 
 def _tiny_model():

@@ -10,7 +10,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from latentlm.hmm.config import DataConfig, DistillConfig, TeacherConfig
 from latentlm.hmm.data import build_corpus
-from latentlm.hmm.distill import sample_corpus, sample_texts
+from latentlm.hmm.distill import sample_continuations, sample_corpus, sample_texts
 from latentlm.hmm.teacher import embed_sequences
 
 WORDS = ["<pad>", "<unk>", "<eos>", "the", "cat", "dog", "sat", "ran", "on", "mat", "."]
@@ -50,10 +50,45 @@ def test_sampling_is_seeded_and_non_empty(tiny_lm):
     assert all(word in WORDS for text in first for word in text.split())
 
 
+def test_top_1_sampling_equals_greedy_generate(tiny_lm):
+    """The cached loop feeds the right positions: with top_k=1 it reproduces ``generate``'s greedy rows."""
+    model, tokenizer = tiny_lm
+    cfg = DistillConfig(num_sequences=3, max_new_tokens=7, top_k=1)
+    prompt = tokenizer("the cat", add_special_tokens=False)["input_ids"]
+    rows = sample_continuations(model, prompt, 3, cfg, eos_id=None)
+    greedy = model.generate(
+        input_ids=torch.tensor([prompt] * 3),
+        attention_mask=torch.ones(3, 2, dtype=torch.long),
+        do_sample=False,
+        max_new_tokens=7,
+        min_new_tokens=7,
+        pad_token_id=0,
+    )[:, 2:]
+    assert rows == greedy.tolist()
+
+
+def test_first_draw_frequencies_match_the_teacher_softmax(tiny_lm):
+    model, tokenizer = tiny_lm
+    n, cfg = 20_000, DistillConfig(max_new_tokens=1, temperature=0.8)
+    torch.manual_seed(0)
+    draws = torch.tensor(sample_continuations(model, [2], n, cfg, eos_id=None)).flatten()
+    with torch.no_grad():
+        expected = (model(input_ids=torch.tensor([[2]])).logits[0, -1].double() / 0.8).softmax(-1)
+    freq = torch.bincount(draws, minlength=len(WORDS)).double() / n
+    stderr = (expected * (1 - expected) / n).sqrt().max()
+    torch.testing.assert_close(freq, expected, atol=5 * float(stderr), rtol=0)
+
+
+def test_rows_are_cut_after_their_first_eos(tiny_lm):
+    model, _ = tiny_lm
+    rows = sample_continuations(model, [2], 64, DistillConfig(max_new_tokens=12), eos_id=2)
+    assert all(2 not in row[:-1] for row in rows) and any(row[-1] == 2 for row in rows)
+
+
 def test_sampled_corpus_is_cached(tiny_lm, tmp_path, monkeypatch):
     calls = []
 
-    def fake_load(name):
+    def fake_load(name, dtype):
         calls.append(name)
         return tiny_lm
 

@@ -16,9 +16,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from latentlm.core.pretrained import PretrainedMixin
+from latentlm.core.sampling import sample_categorical
 from latentlm.diffusion.config import ModelConfig
 from latentlm.diffusion.objectives import linear_cross_entropy
-from latentlm.diffusion.sampling import decode_samples, sample_categorical
+from latentlm.diffusion.sampling import decode_samples
 
 __all__ = ["AutoregressiveLM", "ARLMOutput", "real_token_mask"]
 

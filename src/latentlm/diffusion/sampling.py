@@ -24,13 +24,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from latentlm.core.sampling import filter_logits, sample_categorical
 from latentlm.diffusion.config import JOINT_ORDERS, UNMASK_ORDERS
 from latentlm.diffusion.objectives import predicted_clean_latent
 from latentlm.diffusion.schedules import CosineGaussianSchedule, LogLinearMaskingSchedule
 
 __all__ = [
-    "filter_logits",
-    "sample_categorical",
     "sample_text_from_latent",
     "sample_latent_from_text",
     "sample_joint",
@@ -40,62 +39,6 @@ __all__ = [
 
 def _denoiser(model: nn.Module) -> nn.Module:
     return model.rwkv if hasattr(model, "rwkv") else model
-
-
-def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Set logits outside the top-k set and outside the top-p nucleus to ``-inf``.
-
-    The nucleus is the smallest set of most likely tokens whose probability reaches ``top_p``
-    (the most likely token is always kept).
-
-    Args:
-        logits: (..., V).
-        top_k: keep the k largest (0: off).
-        top_p: nucleus mass in (0, 1] (1: off).
-
-    Returns:
-        filtered logits, same shape.
-    """
-    if top_k and top_k < logits.shape[-1]:
-        kth = logits.topk(top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        probs = sorted_logits.softmax(-1)
-        mass_before = probs.cumsum(-1) - probs  # probability of strictly more likely tokens
-        drop_sorted = mass_before >= top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
-
-
-def sample_categorical(
-    logits: torch.Tensor,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    generator: torch.Generator | None = None,
-    float64: bool = True,
-) -> torch.Tensor:
-    """Draw one index per row by Gumbel-max (in float64 unless ``float64=False``).
-
-    Args:
-        logits: (..., V) (``-inf`` entries are never drawn).
-        temperature: divides the logits (> 0).
-        top_k, top_p: see ``filter_logits``.
-        generator: torch generator (CPU).
-
-    Returns:
-        (...) long indices.
-    """
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    dtype = torch.float64 if float64 else torch.float32
-    scaled = filter_logits(logits.to(dtype) / temperature, top_k, top_p)
-    uniform = torch.rand(scaled.shape, generator=generator, dtype=dtype).to(scaled.device)
-    uniform = uniform.clamp(torch.finfo(dtype).tiny, 1.0 - torch.finfo(dtype).eps)
-    gumbel = -torch.log(-torch.log(uniform))
-    return (scaled + gumbel).argmax(-1)
 
 
 def _time_grid(num_steps: int, device) -> torch.Tensor:

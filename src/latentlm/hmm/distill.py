@@ -14,6 +14,7 @@ import torch
 
 from latentlm.core.checkpoint import atomic_write_text
 from latentlm.core.run import progress
+from latentlm.core.sampling import sample_categorical
 from latentlm.data.cache import content_hash
 from latentlm.hmm.config import DistillConfig
 
@@ -32,18 +33,7 @@ def sample_texts(model, tokenizer, cfg: DistillConfig) -> list[str]:
     bar = progress(total=cfg.num_sequences, desc="sampling from teacher")
     for begin in range(0, cfg.num_sequences, cfg.batch_size):
         size = min(cfg.batch_size, cfg.num_sequences - begin)
-        input_ids = torch.tensor([prompt_ids] * size)
-        out = model.generate(
-            input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            do_sample=True,
-            temperature=cfg.temperature,
-            top_k=cfg.top_k or None,
-            top_p=1.0,
-            max_new_tokens=cfg.max_new_tokens,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        for row in out[:, len(prompt_ids) :]:
+        for row in sample_continuations(model, prompt_ids, size, cfg, tokenizer.eos_token_id):
             text = " ".join(tokenizer.decode(row, skip_special_tokens=True).split())
             if text:
                 texts.append(text)
@@ -55,6 +45,35 @@ def sample_texts(model, tokenizer, cfg: DistillConfig) -> list[str]:
     return texts
 
 
+def sample_continuations(
+    model, prompt_ids: list[int], size: int, cfg: DistillConfig, eos_id: int | None
+) -> list[list[int]]:
+    """Ancestral sampling of ``size`` continuations of one prompt, each cut after its first EOS.
+
+    A key-value-cached loop that computes the last position's logits only and draws by inverse CDF in
+    float64 (one uniform per row): on a 49k vocabulary that is several times faster than
+    ``generate``'s multinomial, which draws an exponential per vocabulary entry.
+    """
+    device = next(model.parameters()).device
+    step_ids = torch.tensor([prompt_ids] * size, device=device)  # (size, prompt)
+    finished = torch.zeros(size, dtype=torch.bool, device=device)
+    past, drawn = None, []
+    for _ in range(cfg.max_new_tokens):
+        out = model(input_ids=step_ids, past_key_values=past, use_cache=True, logits_to_keep=1)
+        past = out.past_key_values
+        next_ids = sample_categorical(
+            out.logits[:, -1], cfg.temperature, cfg.top_k, method="inverse_cdf"
+        )  # (size,)
+        drawn.append(next_ids)
+        if eos_id is not None:
+            finished |= next_ids == eos_id
+            if bool(finished.all()):
+                break
+        step_ids = next_ids[:, None]  # (size, 1)
+    rows = torch.stack(drawn, 1).tolist()  # (size, steps)
+    return [row[: row.index(eos_id) + 1] if eos_id in row else row for row in rows]
+
+
 def sample_corpus(teacher_name: str, cfg: DistillConfig, cache_dir: Path) -> Path:
     """Sample (or reuse) the distilled corpus; returns the path of its one-sequence-a-line file."""
     key = content_hash("distill", teacher_name, vars(cfg))
@@ -63,7 +82,8 @@ def sample_corpus(teacher_name: str, cfg: DistillConfig, cache_dir: Path) -> Pat
         from latentlm.teachers import load_causal_lm
 
         try:
-            model, tokenizer = load_causal_lm(teacher_name)
+            model, tokenizer = load_causal_lm(teacher_name, dtype=getattr(torch, cfg.dtype))
+            model.set_attn_implementation("eager")  # one query a step: faster than the CPU flash kernel
         except FileNotFoundError as err:
             raise ValueError(f"lvd.teacher.name: {err}") from err
         atomic_write_text(path, "\n".join(sample_texts(model, tokenizer, cfg)) + "\n")

@@ -71,7 +71,7 @@ def load_teacher(cfg: TeacherConfig):
     loader = teachers.load_causal_lm if kind == "causal_lm" else teachers.load_encoder
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     try:
-        model, tokenizer = loader(cfg.name, device=device)
+        model, tokenizer = loader(cfg.name, dtype=getattr(torch, cfg.dtype), device=device)
     except OSError as err:
         raise ValueError(f"lvd.teacher.name: cannot load {cfg.name!r} as a {kind}: {err}") from err
     return model, tokenizer, kind

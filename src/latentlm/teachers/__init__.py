@@ -48,12 +48,14 @@ def load_tokenizer(name: str):
     return AutoTokenizer.from_pretrained(folder, local_files_only=True)
 
 
-def load_encoder(name: str = "minilm", device: str | torch.device = "cpu"):
+def load_encoder(
+    name: str = "minilm", dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+):
     """A frozen bidirectional encoder and its tokenizer: `(model, tokenizer)`."""
     from transformers import AutoModel
 
     source = resolve_model(name)
-    model = AutoModel.from_pretrained(source.path, **_local(source))
+    model = AutoModel.from_pretrained(source.path, dtype=dtype, **_local(source))
     return _freeze(model).to(device), load_tokenizer(name)
 
 
