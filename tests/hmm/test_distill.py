@@ -1,5 +1,7 @@
 """Distillation and teacher-tokenizer embeddings with a tiny in-process causal LM (no download)."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -121,3 +123,32 @@ def test_teacher_tokenizer_embeddings_use_hidden_states_and_eos(tiny_lm, tmp_pat
         hidden = model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states[-1][0]
     got = torch.from_numpy(emb[corpus.train.offsets[1] : corpus.train.offsets[2]].astype(np.float32))
     torch.testing.assert_close(got, hidden, atol=2e-3, rtol=2e-3)
+
+
+@pytest.mark.parametrize(
+    ("make", "field"),
+    [
+        (lambda: DistillConfig(dtype="float16"), "distill.dtype"),
+        (lambda: TeacherConfig(dtype="half"), "lvd.teacher.dtype"),
+    ],
+)
+def test_teacher_precision_is_checked_at_start_up(make, field):
+    with pytest.raises(ValueError, match=f"{field}: must be one of"):
+        make()
+
+
+def test_bfloat16_teacher_states_stay_close_to_float32(tiny_lm, tmp_path):
+    """``lvd.teacher.dtype=bfloat16`` changes the pooled states only by bfloat16 rounding."""
+    model, tokenizer = tiny_lm
+    path = tmp_path / "c.txt"
+    path.write_text("the cat sat on the mat .\nthe dog ran .\n")
+    corpus = build_corpus(
+        DataConfig(path=str(path), format="lines", tokenizer="teacher", heldout_fraction=0.0),
+        teacher_tokenizer=tokenizer,
+    )
+    cfg = TeacherConfig(name="tiny", batch_size=2, position="previous")
+    exact = embed_sequences(model, tokenizer, "causal_lm", corpus.train, cfg)
+    low = embed_sequences(copy.deepcopy(model).to(torch.bfloat16), tokenizer, "causal_lm", corpus.train, cfg)
+    assert low.dtype == np.float16 and low.shape == exact.shape
+    scale = np.abs(exact).max()
+    np.testing.assert_allclose(low.astype(np.float32), exact.astype(np.float32), atol=0.05 * scale, rtol=0)
