@@ -57,10 +57,10 @@ def sample_continuations(
     device = next(model.parameters()).device
     step_ids = torch.tensor([prompt_ids] * size, device=device)  # (size, prompt)
     finished = torch.zeros(size, dtype=torch.bool, device=device)
-    past, drawn = None, []
+    cache, drawn = None, []
     for _ in range(cfg.max_new_tokens):
-        out = model(input_ids=step_ids, past_key_values=past, use_cache=True, logits_to_keep=1)
-        past = out.past_key_values
+        out = model(input_ids=step_ids, cache=cache, use_cache=True, logits_to_keep=1)
+        cache = out.cache
         next_ids = sample_categorical(
             out.logits[:, -1], cfg.temperature, cfg.top_k, method="inverse_cdf"
         )  # (size,)
