@@ -55,7 +55,14 @@ QUICKSTART = {
         "seed": 0,
     },
     "em": {"batch_tokens": 0, "pseudocount": 0.01},
-    "distill": {"num_sequences": 240, "max_new_tokens": 40, "batch_size": 60, "seed": 0, "compare": True},
+    "distill": {
+        "num_sequences": 240,
+        "max_new_tokens": 40,
+        "batch_size": 120,
+        "dtype": "bfloat16",
+        "seed": 0,
+        "compare": True,
+    },
     "compare": {
         "label": "lvd_closed_form_em",
         "baseline_label": "random_em",
