@@ -47,7 +47,8 @@ def sample_categorical(
     float64: bool = True,
     method: str = "gumbel",
 ) -> torch.Tensor:
-    """Draw one index per row (in float64 unless ``float64=False``).
+    """Draw one index per row (Gumbel-max in float64 unless ``float64=False``; ``inverse_cdf`` always
+    uses float32 weights with float64 sums and ignores ``float64``).
 
     Args:
         logits: (..., V) (``-inf`` entries are never drawn).
