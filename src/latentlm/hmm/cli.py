@@ -1,6 +1,6 @@
 """``latentlm hmm <command>``: train, eval, compare, distill, quickstart.
 
-latentlm hmm quickstart                              # closed-form LVD -> EM vs random -> EM, < 2 min
+latentlm hmm quickstart                              # closed-form LVD -> AdamW vs random -> AdamW, < 2 min
 latentlm hmm train    configs/hmm/tiny.yaml          # smallest real run (PTB under $LATENTLM_DATA)
 latentlm hmm train    configs/hmm/gelato.yaml model.num_states=1024
 latentlm hmm compare  configs/hmm/gelato.yaml        # the config's recipe vs compare.baseline, same budget
@@ -46,15 +46,15 @@ QUICKSTART = {
         "teacher": {"name": "smollm2", "batch_size": 32},
     },
     "train": {
-        "optimizer": "em",
-        "max_steps": 60,
-        "grad_clip": 0.0,
-        "log_every": 1,
-        "eval_every": 1,
+        "optimizer": "adamw",
+        "lr": 0.1,
+        "max_steps": 300,
+        "grad_clip": 1.0,
+        "log_every": 10,
+        "eval_every": 10,
         "best_metric": "dev_ppl",
         "seed": 0,
     },
-    "em": {"batch_tokens": 0, "pseudocount": 0.01},
     "distill": {
         "num_sequences": 240,
         "max_new_tokens": 40,
@@ -64,8 +64,8 @@ QUICKSTART = {
         "compare": True,
     },
     "compare": {
-        "label": "lvd_closed_form_em",
-        "baseline_label": "random_em",
+        "label": "lvd_closed_form_adamw",
+        "baseline_label": "random_adamw",
         "baseline": ["lvd.enabled=false"],
     },
 }
