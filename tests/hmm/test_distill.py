@@ -105,14 +105,18 @@ def test_sampled_corpus_is_cached(tiny_lm, tmp_path, monkeypatch):
     assert other != path and calls == ["tiny", "tiny"]  # keyed by teacher and sampling settings
 
 
-def test_teacher_tokenizer_embeddings_use_hidden_states_and_eos(tiny_lm, tmp_path):
-    model, tokenizer = tiny_lm
+def _two_sentence_corpus(tokenizer, tmp_path):
     path = tmp_path / "c.txt"
     path.write_text("the cat sat on the mat .\nthe dog ran .\n")
-    corpus = build_corpus(
+    return build_corpus(
         DataConfig(path=str(path), format="lines", tokenizer="teacher", heldout_fraction=0.0),
         teacher_tokenizer=tokenizer,
     )
+
+
+def test_teacher_tokenizer_embeddings_use_hidden_states_and_eos(tiny_lm, tmp_path):
+    model, tokenizer = tiny_lm
+    corpus = _two_sentence_corpus(tokenizer, tmp_path)
     assert corpus.vocab[:3] == ["<pad>", "<unk>", "<eos>"] and "cat" in corpus.vocab
     emb = embed_sequences(
         model, tokenizer, "causal_lm", corpus.train, TeacherConfig(name="tiny", batch_size=1)
@@ -140,12 +144,7 @@ def test_teacher_precision_is_checked_at_start_up(make, field):
 def test_bfloat16_teacher_states_stay_close_to_float32(tiny_lm, tmp_path):
     """``lvd.teacher.dtype=bfloat16`` changes the pooled states only by bfloat16 rounding."""
     model, tokenizer = tiny_lm
-    path = tmp_path / "c.txt"
-    path.write_text("the cat sat on the mat .\nthe dog ran .\n")
-    corpus = build_corpus(
-        DataConfig(path=str(path), format="lines", tokenizer="teacher", heldout_fraction=0.0),
-        teacher_tokenizer=tokenizer,
-    )
+    corpus = _two_sentence_corpus(tokenizer, tmp_path)
     cfg = TeacherConfig(name="tiny", batch_size=2, position="previous")
     exact = embed_sequences(model, tokenizer, "causal_lm", corpus.train, cfg)
     low = embed_sequences(copy.deepcopy(model).to(torch.bfloat16), tokenizer, "causal_lm", corpus.train, cfg)
