@@ -77,6 +77,9 @@ def test_cli_help_lists_fields_with_docstrings(capsys):
         ("loss.free_bits=-1", "loss.free_bits: must be >= 0"),
         ("sampling.latent_guidance_scale=-2", "sampling.latent_guidance_scale: must be >= 0"),
         ("sampling.joint_guidance_scale=4", "sampling.joint_guidance_scale: applies to joint_order=latent"),
+        ("sampling.remasking=conf", "sampling.remasking: must be one of none, cap, loop"),
+        ("sampling.remask_eta=1.5", "sampling.remask_eta: must be in [0, 1], got 1.5"),
+        ("sampling.loop_alpha_on=1", "sampling.loop_alpha_on: must be in (0, 1), got 1"),
     ],
 )
 def test_out_of_range_fields_are_refused_with_exit_2(override, message, capsys):

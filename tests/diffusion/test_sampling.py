@@ -9,10 +9,12 @@ from latentlm.core.sampling import filter_logits, sample_categorical
 from latentlm.diffusion.config import ModelConfig
 from latentlm.diffusion.model import LatentDiffusionLM
 from latentlm.diffusion.sampling import (
+    _step_positions,
     sample_joint,
     sample_latent_from_text,
     sample_text_from_latent,
 )
+from latentlm.diffusion.schedules import LogLinearMaskingSchedule, RemaskingSchedule
 
 
 def _tiny_model():
@@ -172,3 +174,74 @@ def test_confidence_order_samples_whole_sequences():
     assert not (text == 12).any()
     with pytest.raises(ValueError, match="unmask_order"):
         sample_text_from_latent(model, torch.randn(1, 5), num_steps=2, unmask_order="left_to_right")
+
+
+REMASKERS = [
+    RemaskingSchedule(),
+    RemaskingSchedule("cap", eta=0.05),
+    RemaskingSchedule("cap", eta=1.0),
+    RemaskingSchedule("loop", eta=0.1, t_on=0.6, t_off=0.1, alpha_on=0.8),
+]
+
+
+@pytest.mark.parametrize("schedule", REMASKERS, ids=["none", "cap", "cap_1", "loop"])
+def test_remasking_keeps_the_forward_marginals(schedule):
+    """Closed form: with P(masked at t) = 1 - alpha_t, one step gives
+    P(masked at s) = (1 - alpha_t)(1 - reveal) + alpha_t sigma = 1 - alpha_s on every step of the grid,
+    every probability lies in [0, 1], and nothing is masked at the end."""
+    grid = torch.linspace(1.0, 0.0, 41).tolist()
+    masked = 1.0 - schedule.alpha(grid[0])
+    for t, s in zip(grid[:-1], grid[1:], strict=True):
+        time, reveal, sigma = schedule.step(t, s)
+        assert 0.0 <= reveal <= 1.0 and 0.0 <= sigma <= 1.0 and 0.0 <= time <= 1.0
+        masked = masked * (1.0 - reveal) + (1.0 - masked) * sigma
+        assert masked == pytest.approx(1.0 - schedule.alpha(s), abs=1e-6)
+    assert masked == pytest.approx(0.0, abs=1e-12)
+    if schedule.strategy == "none":  # MDLM's step and time
+        alpha = LogLinearMaskingSchedule().alpha
+        t, s = 0.5, 0.45
+        assert schedule.step(t, s) == (
+            t,
+            (float(alpha(torch.tensor(s))) - float(alpha(torch.tensor(t))))
+            / (1.0 - float(alpha(torch.tensor(t)))),
+            0.0,
+        )
+    if schedule.strategy == "loop":  # during the loop the denoiser sees the mask rate 1 - alpha_on
+        time, reveal, sigma = schedule.step(0.4, 0.38)
+        assert sigma == 0.1 and time == pytest.approx(0.2 / (1 - 1e-3))
+        assert reveal == pytest.approx(0.1 * 0.8 / 0.2)
+
+
+def test_remasking_steps_match_the_schedule_by_monte_carlo():
+    """``_step_positions`` over 20,000 positions: the masked fraction follows 1 - alpha(s) (loop),
+    and revealed tokens are masked again only during the loop."""
+    schedule = RemaskingSchedule("loop", eta=0.1, t_on=0.6, t_off=0.1, alpha_on=0.8)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.full((2000, 10), 9)
+    grid = torch.linspace(1.0, 0.0, 21).tolist()
+    for t, s in zip(grid[:-1], grid[1:], strict=True):
+        _, reveal, remask = _step_positions(x, 9, t, s, schedule, gen)
+        assert not (reveal & remask).any()
+        if not schedule.t_off < t <= schedule.t_on:
+            assert not remask.any()
+        x = x.masked_fill(reveal, 0).masked_fill(remask, 9)
+        assert (x == 9).float().mean().item() == pytest.approx(1.0 - schedule.alpha(s), abs=0.012)
+    assert not (x == 9).any()
+
+
+def test_samplers_with_remasking_end_unmasked_and_none_is_mdlm():
+    model = _tiny_model()
+    latent = torch.randn(3, 5)
+    default = sample_text_from_latent(model, latent, num_steps=6, generator=torch.Generator().manual_seed(0))
+    none = sample_text_from_latent(
+        model, latent, num_steps=6, generator=torch.Generator().manual_seed(0), remasking=RemaskingSchedule()
+    )
+    assert torch.equal(default, none)
+    for schedule in REMASKERS[1:]:
+        ids = sample_text_from_latent(
+            model, latent, num_steps=12, generator=torch.Generator().manual_seed(0), remasking=schedule
+        )
+        text, z = sample_joint(
+            model, 3, num_steps=12, generator=torch.Generator().manual_seed(0), remasking=schedule
+        )
+        assert not (ids == 12).any() and not (text == 12).any() and torch.isfinite(z).all()

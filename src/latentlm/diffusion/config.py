@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from latentlm.core.config import check_choice, check_range
 from latentlm.core.engine import TrainConfig
+from latentlm.diffusion.schedules import REMASKING, RemaskingSchedule
 
 __all__ = [
     "ModelConfig",
@@ -345,11 +346,28 @@ class SamplingConfig:
     unmask_order: str = "random"
     """Which masked positions a text step reveals: random (MDLM's ancestral sampler) | confidence (as
     many as the schedule reveals, those whose drawn token is most probable; MaskGIT / LLaDA)."""
+    remasking: str = "none"
+    """Text steps that mask revealed tokens again (ReMDM, Wang et al. 2025): none (MDLM) | cap (each
+    revealed token with probability min(remask_eta, the schedule's ceiling)) | loop (hold the clean
+    fraction at loop_alpha_on over (loop_t_off, loop_t_on] and remask remask_eta of it every step)."""
+    remask_eta: float = 0.02
+    """Remasking probability of a revealed token per step (cap: its ceiling)."""
+    loop_t_on: float = 0.55
+    """Loop: the time the loop starts (counting down from 1)."""
+    loop_t_off: float = 0.05
+    """Loop: the time the loop ends."""
+    loop_alpha_on: float = 0.9
+    """Loop: the fraction of clean tokens held during the loop."""
     seed: int = 0
     """Sampling seed."""
 
     def __post_init__(self):
         check_choice("sampling.mode", self.mode, ("l2t", "t2l", "joint"))
+        check_choice("sampling.remasking", self.remasking, REMASKING)
+        try:
+            self.remasking_schedule()
+        except ValueError as err:
+            raise ValueError(f"sampling.{err}") from None
         check_choice("sampling.unmask_order", self.unmask_order, UNMASK_ORDERS)
         check_choice("sampling.joint_order", self.joint_order, JOINT_ORDERS)
         check_range("sampling.joint_guidance_scale", self.joint_guidance_scale, 0)
@@ -376,7 +394,14 @@ class SamplingConfig:
             "top_p": self.top_p,
             "float64": self.float64,
             "unmask_order": self.unmask_order,
+            "remasking": self.remasking_schedule(),
         }
+
+    def remasking_schedule(self) -> RemaskingSchedule:
+        """The reverse text process of these settings."""
+        return RemaskingSchedule(
+            self.remasking, self.remask_eta, self.loop_t_on, self.loop_t_off, self.loop_alpha_on
+        )
 
 
 @dataclass

@@ -541,6 +541,9 @@ def _batched(fn, rows: torch.Tensor, batch_size: int) -> torch.Tensor:
 def judge_description(cfg) -> dict:
     """What a generative perplexity was measured with: judge, sampling precision and steps."""
     s = cfg.sampling
+    remasking = {} if s.remasking == "none" else {"remask_eta": s.remask_eta}
+    if s.remasking == "loop":
+        remasking |= {"loop_t_on": s.loop_t_on, "loop_t_off": s.loop_t_off, "loop_alpha_on": s.loop_alpha_on}
     return {
         "judge": cfg.eval.judge_model or "none",
         "sampling_precision": "float64" if s.float64 else "float32",
@@ -548,6 +551,8 @@ def judge_description(cfg) -> dict:
         "joint_order": s.joint_order,
         "joint_guidance_scale": s.joint_guidance_scale,
         "unmask_order": s.unmask_order,
+        "remasking": s.remasking,
+        **remasking,
         "temperature": s.temperature,
         "top_k": s.top_k,
         "top_p": s.top_p,

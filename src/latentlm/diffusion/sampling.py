@@ -10,6 +10,8 @@
   ``float64=False`` samples in float32, as most diffusion LM code does, for comparisons.
   ``unmask_order="confidence"`` reveals as many positions per step, but those whose drawn token is
   most probable (MaskGIT / LLaDA's low-confidence remasking) instead of random ones.
+  ``remasking`` (a ``RemaskingSchedule``, ReMDM's cap or loop) also masks revealed tokens again so
+  that later steps redraw them with more context; the per-step mask rate keeps the forward marginals.
 * ``sample_latent_from_text`` (T2L): deterministic DDIM on the cosine schedule with classifier-free
   guidance ``pred = uncond + s * (cond - uncond)``, the null condition being fully masked text.
 * ``sample_joint``: both modalities from noise, on one time grid (``order="together"``) or the latent
@@ -27,7 +29,7 @@ from torch import nn
 from latentlm.core.sampling import filter_logits, sample_categorical
 from latentlm.diffusion.config import JOINT_ORDERS, UNMASK_ORDERS
 from latentlm.diffusion.objectives import predicted_clean_latent
-from latentlm.diffusion.schedules import CosineGaussianSchedule, LogLinearMaskingSchedule
+from latentlm.diffusion.schedules import CosineGaussianSchedule, RemaskingSchedule
 
 __all__ = [
     "sample_text_from_latent",
@@ -47,19 +49,15 @@ def _time_grid(num_steps: int, device) -> torch.Tensor:
     return torch.linspace(1.0, 0.0, num_steps + 1, device=device)
 
 
-def _positions_to_unmask(
-    x_t: torch.Tensor,
-    mask_id: int,
-    t: float,
-    s: float,
-    schedule: LogLinearMaskingSchedule,
-    generator: torch.Generator | None,
-) -> torch.Tensor:
-    """MDLM ancestral step t -> s: a masked position unmasks with prob (alpha_s - alpha_t) / (1 - alpha_t)."""
-    alpha_t, alpha_s = (float(schedule.alpha(torch.tensor(v))) for v in (t, s))
-    unmask_prob = 1.0 if s == 0.0 else (alpha_s - alpha_t) / (1.0 - alpha_t)
-    coin = torch.rand(x_t.shape, generator=generator, dtype=torch.float64).to(x_t.device) < unmask_prob
-    return (x_t == mask_id) & coin
+def _step_positions(
+    x_t: torch.Tensor, mask_id: int, t: float, s: float, schedule: RemaskingSchedule, generator
+) -> tuple[float, torch.Tensor, torch.Tensor]:
+    """``(denoiser time, positions to reveal, positions to mask again)`` of the step t -> s: one coin
+    per position (the two sets are disjoint), so ``remasking="none"`` draws what MDLM's sampler draws."""
+    time, reveal_prob, remask_prob = schedule.step(t, s)
+    coin = torch.rand(x_t.shape, generator=generator, dtype=torch.float64).to(x_t.device)  # (B, T)
+    masked = x_t == mask_id
+    return time, masked & (coin < reveal_prob), ~masked & (coin < remask_prob)
 
 
 def _fill_positions(
@@ -160,6 +158,7 @@ def sample_text_from_latent(
     generator: torch.Generator | None = None,
     float64: bool = True,
     unmask_order: str = "random",
+    remasking: RemaskingSchedule | None = None,
 ) -> torch.Tensor:
     """L2T: text ids conditioned on clean latents.
 
@@ -171,6 +170,7 @@ def sample_text_from_latent(
         temperature, top_k, top_p: token sampling controls.
         float64: logits and categorical draws in float64 (see the module docstring).
         unmask_order: random | confidence: which masked positions each step reveals (``_fill_positions``).
+        remasking: the reverse process step by step (default: MDLM's, no remasking).
         guidance_scale: CFG scale on the logits (1: conditional only; the null condition is a
             fully noised latent).
         generator: torch generator for reproducible samples.
@@ -185,7 +185,8 @@ def sample_text_from_latent(
         raise ValueError(f"latent has size {latent.shape[1]}, the model expects {cfg.latent_dim}")
     B, device = latent.shape[0], latent.device
     seq_len = seq_len or cfg.seq_len
-    text_schedule, latent_schedule = LogLinearMaskingSchedule(), CosineGaussianSchedule()
+    remasking = remasking or RemaskingSchedule()
+    latent_schedule = CosineGaussianSchedule()
     x_t = torch.full((B, seq_len), cfg.mask_token_id, dtype=torch.long, device=device)
     zeros, ones = torch.zeros(B, device=device), torch.ones(B, device=device)
     null_latent = torch.randn(latent.shape, generator=generator).to(device) if guidance_scale != 1.0 else None
@@ -193,13 +194,13 @@ def sample_text_from_latent(
     z_clean = latent_schedule.alpha_sigma(zeros)[0].unsqueeze(-1) * latent
     grid = _time_grid(num_steps, device)
     for t, s in zip(grid[:-1].tolist(), grid[1:].tolist(), strict=True):
-        chosen = _positions_to_unmask(x_t, cfg.mask_token_id, t, s, text_schedule, generator)
-        if not chosen.any():
-            continue
-        t_vec = torch.full((B,), t, device=device)
-        hidden = denoiser(x_t, z_clean, t_vec, zeros).text_hidden
-        uncond = denoiser(x_t, null_latent, t_vec, ones).text_hidden if null_latent is not None else None
-        x_t = _fill_positions(denoiser, x_t, chosen, hidden, uncond, guidance_scale, generator, **draw)
+        time, chosen, remask = _step_positions(x_t, cfg.mask_token_id, t, s, remasking, generator)
+        if chosen.any():
+            t_vec = torch.full((B,), time, device=device)
+            hidden = denoiser(x_t, z_clean, t_vec, zeros).text_hidden
+            uncond = denoiser(x_t, null_latent, t_vec, ones).text_hidden if null_latent is not None else None
+            x_t = _fill_positions(denoiser, x_t, chosen, hidden, uncond, guidance_scale, generator, **draw)
+        x_t = x_t.masked_fill(remask, cfg.mask_token_id)
     return x_t
 
 
@@ -263,6 +264,7 @@ def sample_joint(
     order: str = "together",
     guidance_scale: float = 1.0,
     unmask_order: str = "random",
+    remasking: RemaskingSchedule | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Unconditional joint generation from pure noise.
 
@@ -286,7 +288,8 @@ def sample_joint(
     if latent_dim is not None and latent_dim != cfg.latent_dim:
         raise ValueError(f"latent_dim={latent_dim} but the model's latent size is {cfg.latent_dim}")
     seq_len = seq_len or cfg.seq_len
-    text_schedule, latent_schedule = LogLinearMaskingSchedule(), CosineGaussianSchedule()
+    remasking = remasking or RemaskingSchedule()
+    latent_schedule = CosineGaussianSchedule()
     x_t = torch.full((batch_size, seq_len), cfg.mask_token_id, dtype=torch.long, device=device)
     z_t = torch.randn(batch_size, cfg.latent_dim, generator=generator).to(device)
     grid = _time_grid(num_steps, device)
@@ -297,14 +300,22 @@ def sample_joint(
             out = denoiser(x_t, z_t, ones, torch.full((batch_size,), t, device=device))
             z_t = _ddim_step(out.latent_output, z_t, t, s, latent_schedule, prediction)
         ids = sample_text_from_latent(
-            model, z_t, seq_len, num_steps, guidance_scale=guidance_scale, generator=generator, **draw
+            model,
+            z_t,
+            seq_len,
+            num_steps,
+            guidance_scale=guidance_scale,
+            generator=generator,
+            remasking=remasking,
+            **draw,
         )
         return ids, z_t
     for t, s in zip(grid[:-1].tolist(), grid[1:].tolist(), strict=True):
+        time, chosen, remask = _step_positions(x_t, cfg.mask_token_id, t, s, remasking, generator)
         t_vec = torch.full((batch_size,), t, device=device)
-        out = denoiser(x_t, z_t, t_vec, t_vec)
-        chosen = _positions_to_unmask(x_t, cfg.mask_token_id, t, s, text_schedule, generator)
+        out = denoiser(x_t, z_t, torch.full_like(t_vec, time), t_vec)
         x_t = _fill_positions(denoiser, x_t, chosen, out.text_hidden, None, 1.0, generator, **draw)
+        x_t = x_t.masked_fill(remask, cfg.mask_token_id)
         z_t = _ddim_step(out.latent_output, z_t, t, s, latent_schedule, prediction)
     return x_t, z_t
 

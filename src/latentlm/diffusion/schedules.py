@@ -2,6 +2,8 @@
 
 * Text: absorbing-state (masking) diffusion with the MDLM **log-linear** schedule
   ``alpha_t = 1 - (1 - eps) t`` (probability that a token is still clean at time ``t``).
+* Text sampling: ``RemaskingSchedule`` is the reverse process step by step, MDLM's ancestral sampler
+  or ReMDM's remasking (Wang et al. 2025), which lets a revealed token be masked again and redrawn.
 * Latent: Gaussian diffusion with the **cosine** schedule ``alpha_t = cos(pi/2 * s(t))``,
   ``sigma_t = sin(pi/2 * s(t))`` where ``s`` maps ``[0, 1]`` into ``[t_min, t_max]`` so that neither
   ``alpha`` nor ``sigma`` is exactly zero (variance preserving: ``alpha^2 + sigma^2 = 1``).
@@ -14,7 +16,14 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["LogLinearMaskingSchedule", "CosineGaussianSchedule", "sample_diffusion_times"]
+__all__ = [
+    "LogLinearMaskingSchedule",
+    "RemaskingSchedule",
+    "CosineGaussianSchedule",
+    "sample_diffusion_times",
+]
+
+REMASKING = ("none", "cap", "loop")
 
 
 @dataclass(frozen=True)
@@ -38,6 +47,76 @@ class LogLinearMaskingSchedule:
     def loss_weight(self, t: torch.Tensor) -> torch.Tensor:
         """Continuous-time NELBO weight ``-alpha'_t / (1 - alpha_t)``, which is exactly ``1 / t``."""
         return 1.0 / t
+
+
+@dataclass(frozen=True)
+class RemaskingSchedule:
+    """The reverse text process of one sampling step ``t -> s`` (ReMDM, Wang et al. 2025).
+
+    With clean-token probability ``alpha`` and remasking probability ``sigma``, a revealed token is
+    masked again with probability ``sigma`` and a masked one revealed with
+    ``(alpha_s - (1 - sigma) alpha_t) / (1 - alpha_t)``, so a token is masked at ``s`` with probability
+    ``1 - alpha_s`` whatever ``sigma`` is (the marginals of the forward process are kept).
+
+    * ``none``: ``sigma = 0``, MDLM's ancestral sampler (revealed tokens never change).
+    * ``cap``: ``sigma = min(eta, (1 - alpha_s) / alpha_t)``.
+    * ``loop``: ``alpha`` goes from 0 to ``alpha_on`` over ``t in [1, t_on]``, stays at ``alpha_on``
+      while a fraction ``eta`` of the revealed tokens is masked and redrawn at every step in
+      ``(t_off, t_on]``, then goes to 1 over ``[t_off, 0]``; ``sigma = 0`` outside the loop.
+
+    Attributes:
+        strategy: none | cap | loop.
+        eta: remasking probability of a revealed token per step (cap: its ceiling).
+        t_on, t_off: the loop's time window (``0 <= t_off < t_on <= 1``).
+        alpha_on: clean-token probability held during the loop.
+        masking: the training schedule (it maps ``alpha`` back to the time the denoiser is given).
+    """
+
+    strategy: str = "none"
+    eta: float = 0.02
+    t_on: float = 0.55
+    t_off: float = 0.05
+    alpha_on: float = 0.9
+    masking: LogLinearMaskingSchedule = LogLinearMaskingSchedule()
+
+    def __post_init__(self) -> None:
+        if self.strategy not in REMASKING:
+            raise ValueError(f"remasking: must be one of {REMASKING}, got {self.strategy!r}")
+        if not 0.0 <= self.eta <= 1.0:
+            raise ValueError(f"remask_eta: must be in [0, 1], got {self.eta}")
+        if not 0.0 <= self.t_off < self.t_on <= 1.0:
+            raise ValueError(
+                f"loop_t_off, loop_t_on: need 0 <= t_off < t_on <= 1, got {self.t_off}, {self.t_on}"
+            )
+        if not 0.0 < self.alpha_on < 1.0:
+            raise ValueError(f"loop_alpha_on: must be in (0, 1), got {self.alpha_on}")
+        if self.strategy == "loop" and self.eta * self.alpha_on > 1.0 - self.alpha_on:
+            raise ValueError(f"remask_eta: at most (1 - alpha_on) / alpha_on in a loop, got {self.eta}")
+
+    def alpha(self, t: float) -> float:
+        """Probability that a token is clean at grid time t along this sampler's path."""
+        if self.strategy != "loop":
+            return float(self.masking.alpha(torch.tensor(t)))
+        if t > self.t_on:
+            return (1.0 - t) * self.alpha_on / (1.0 - self.t_on)
+        if t <= self.t_off:
+            return 1.0 - t * (1.0 - self.alpha_on) / self.t_off
+        return self.alpha_on
+
+    def step(self, t: float, s: float) -> tuple[float, float, float]:
+        """``(denoiser time, P(reveal | masked), P(mask again | revealed))`` of the step t -> s."""
+        alpha_t, alpha_s = self.alpha(t), self.alpha(s)
+        if self.strategy == "cap":
+            sigma = min(self.eta, (1.0 - alpha_s) / alpha_t) if alpha_t > 0 else self.eta
+        elif self.strategy == "loop" and self.t_off < t <= self.t_on:
+            sigma = self.eta
+        else:
+            sigma = 0.0
+        reveal = 1.0 if s == 0.0 else (alpha_s - (1.0 - sigma) * alpha_t) / (1.0 - alpha_t)
+        if self.strategy == "none":
+            return t, reveal, sigma
+        time = min(1.0, (1.0 - alpha_t) / (1.0 - self.masking.eps))  # the time whose mask rate is 1 - alpha_t
+        return time, reveal, sigma
 
 
 @dataclass(frozen=True)
