@@ -13,7 +13,8 @@ autoregressive baseline for the same wall-clock on the same sentences. `eval` ev
 (held-out NELBO, T2L / L2T recall@1 among 64 held-out candidates, by generation and by likelihood
 (PMI from the model's bounds, ``eval.likelihood_draws`` draws), joint samples judged by SmolLM2),
 trains and evaluates Stage II from it (KL warm-up + free bits), and samples the AR baseline at the
-temperature whose unigram entropy matches the joint samples'. `ar` (after `eval`) trains the AR
+temperature whose unigram entropy matches the joint samples'; every sample set also gets its
+memorisation (verbatim training sentences, share of word 4-grams seen in training). `ar` (after `eval`) trains the AR
 baseline again with early stopping on held-out NLL and scores its best checkpoint the same way.
 `eval --reuse-stage2` evaluates again with the Stage II model already in --out (after a change of
 sampling settings), its training record kept from the results file.
@@ -44,9 +45,9 @@ from latentlm.diffusion.autoregressive import AutoregressiveLM
 from latentlm.diffusion.config import DiffusionConfig
 from latentlm.diffusion.evaluate import run_evaluation, text_sample_metrics
 from latentlm.diffusion.model import LatentDiffusionLM
-from latentlm.diffusion.sampling import sample_joint, sample_text_from_latent
+from latentlm.diffusion.sampling import decode_samples, sample_joint, sample_text_from_latent
 from latentlm.diffusion.task import AutoregressiveTask, DiffusionTask, train_for_seconds
-from latentlm.metrics.generation import generative_perplexity
+from latentlm.metrics.generation import copied_fraction, generative_perplexity, ngram_overlap
 
 CONFIG = "configs/diffusion/cpu_hour.yaml"
 EXTRA: list[str] = []
@@ -157,6 +158,29 @@ def _first_words_perplexity(sets: dict[str, list[str]], judge) -> dict[str, floa
     }
 
 
+def _training_texts(token_dir: str | Path) -> list[str]:
+    """The training sentences decoded the way samples are (for the memorisation measures)."""
+    import numpy as np
+
+    from latentlm.teachers import load_tokenizer
+
+    meta = json.loads((Path(token_dir) / "meta.json").read_text())
+    ids = torch.from_numpy(np.load(Path(token_dir) / "train.npy").astype(np.int64))  # (N, seq_len)
+    return decode_samples(load_tokenizer(meta["tokenizer"]), ids, meta["sep_token_id"], meta["pad_token_id"])
+
+
+def _memorisation(sets: dict[str, list[str]], training: list[str]) -> dict[str, dict[str, float]]:
+    """Per sample set: the fraction that repeats a training sentence verbatim and the share of its word
+    4-grams found in the training sentences (an overfit AR model's low judge perplexity comes from here)."""
+    return {
+        name: {
+            "copied_fraction": copied_fraction(texts, training),
+            "word_4gram_overlap": ngram_overlap(texts, training, 4),
+        }
+        for name, texts in sets.items()
+    }
+
+
 def phase_ar(args, out: Path) -> dict:
     """The AR baseline once more for Stage I's wall-clock, evaluated --ar-evals times, keeping the
     checkpoint with the lowest held-out NLL (``best/``) and stopping after --ar-patience evaluations
@@ -187,7 +211,8 @@ def phase_ar(args, out: Path) -> dict:
         load_causal_lm(cfg.eval.judge_model),
         cfg.eval.seed,
     )
-    scored.pop("texts")
+    texts = scored.pop("texts")
+    memorisation = _memorisation({"ar": texts}, _training_texts(cfg.data.token_dir))["ar"]
     curve = _curve(out / "ar_best", "eval/nll_per_token")
     return {
         "gen_ppl_ar_best_checkpoint": scored["gen_ppl"],
@@ -197,6 +222,7 @@ def phase_ar(args, out: Path) -> dict:
             "heldout_nll_per_token": curve,
             "selection": "lowest held-out NLL per token over the evaluations (the held-out sentences, "
             "which include the 64 scored rows: this favours the baseline)",
+            "memorisation": memorisation,
             **scored,
         },
     }
@@ -252,15 +278,14 @@ def phase_eval(args, out: Path) -> dict:
     if joint["unigram_entropy_bits"] > ar_entropy_at_1:  # the joint samples come down to the AR's entropy
         matched = _joint_at_matched_entropy(stage1_dir, cfg1, ar_entropy_at_1, judge)
     joint_matched_texts = matched.pop("texts")
-    first_words = _first_words_perplexity(
-        {
-            "joint": joint_texts,
-            "joint_at_matched_entropy": joint_matched_texts,
-            "ar": ar_texts,
-            "reference": [r["reference"] for r in rows if r["kind"] == "l2t"],
-        },
-        judge,
-    )
+    sample_sets = {
+        "joint": joint_texts,
+        "joint_at_matched_entropy": joint_matched_texts,
+        "ar": ar_texts,
+        "reference": [r["reference"] for r in rows if r["kind"] == "l2t"],
+    }
+    first_words = _first_words_perplexity(sample_sets, judge)
+    memorisation = _memorisation(sample_sets, _training_texts(cfg1.data.token_dir))
     ar_eval = _curve(out / "ar", "eval/nll_per_token")
     kl_curve = _curve(stage2_dir, "eval/kl_per_sentence")
     curves = {
@@ -304,6 +329,7 @@ def phase_eval(args, out: Path) -> dict:
             "joint_temperature_at_matched_entropy": matched["temperature"],
         },
         f"gen_ppl_first_{FIRST_WORDS}_words": first_words,
+        "memorisation": memorisation,
         "joint_sample_stats": {
             k: joint[k] for k in ("unigram_entropy_bits", "distinct_1", "distinct_2", "mean_words")
         },

@@ -1,4 +1,4 @@
-"""Generation metrics against hand computation: judge perplexity, unigram entropy, distinct-n."""
+"""Generation metrics against hand computation: judge perplexity, entropy, distinct-n, memorisation."""
 
 import math
 
@@ -6,7 +6,14 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from latentlm.metrics.generation import distinct_n, generative_perplexity, sequence_nlls, unigram_entropy
+from latentlm.metrics.generation import (
+    copied_fraction,
+    distinct_n,
+    generative_perplexity,
+    ngram_overlap,
+    sequence_nlls,
+    unigram_entropy,
+)
 
 
 class _CharTokenizer:
@@ -50,3 +57,15 @@ def test_unigram_entropy_and_distinct_n_by_hand():
     assert distinct_n([["a", "a", "a"]], 2) == 0.5
     with pytest.raises(ValueError):
         distinct_n(samples, 0)
+
+
+def test_memorisation_measures_by_hand():
+    training = ["the cat sat", "a  dog ran far"]
+    texts = ["the cat sat", "a dog ran far", "the cat ran", ""]
+    assert copied_fraction(texts, training) == 2 / 4  # whitespace-normalised equality
+    # word bigrams of the texts: (the cat) (cat sat) | (a dog) (dog ran) (ran far) | (the cat) (cat ran)
+    assert ngram_overlap(texts, training, 2) == pytest.approx(6 / 7)
+    assert ngram_overlap(texts, training, 4) == pytest.approx(1.0)  # only "a dog ran far"
+    assert ngram_overlap(["one two"], training, 3) == 0.0 and copied_fraction([], training) == 0.0
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        ngram_overlap(texts, training, 0)

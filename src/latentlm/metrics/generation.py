@@ -1,4 +1,4 @@
-"""Metrics of generated text: judge-LM perplexity, unigram entropy and distinct-n.
+"""Metrics of generated text: judge-LM perplexity, unigram entropy, distinct-n and memorisation.
 
 * ``generative_perplexity``: perplexity of samples under a frozen causal LM (the "judge"; SmolLM2 in
   the diffusion system), the standard quality proxy for non-autoregressive LMs (MDLM, SEDD).  Each
@@ -6,13 +6,16 @@
 * ``unigram_entropy``: entropy (bits) of the pooled token distribution of the samples; very low values
   flag repetitive, degenerate samples that a judge LM can still rate as likely.
 * ``distinct_n``: unique n-grams / all n-grams over the samples (Li et al. 2016).
+* ``copied_fraction`` / ``ngram_overlap``: samples that repeat a training text verbatim, and the share of
+  their word n-grams found in the training texts; a model that memorises its training sentences
+  earns a low judge perplexity without generalising, so the two are read beside it.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 
@@ -84,3 +87,24 @@ def distinct_n(token_lists: Sequence[Sequence], n: int) -> float:
         raise ValueError(f"distinct_n: n must be >= 1, got {n}")
     grams = [tuple(tokens[i : i + n]) for tokens in token_lists for i in range(len(tokens) - n + 1)]
     return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def copied_fraction(texts: Sequence[str], training: Iterable[str]) -> float:
+    """Fraction of ``texts`` equal to a training text (whitespace-normalised): verbatim memorisation,
+    which lowers generative perplexity without generalising (0 for no texts)."""
+    seen = {" ".join(t.split()) for t in training}
+    return sum(" ".join(t.split()) in seen for t in texts) / len(texts) if texts else 0.0
+
+
+def ngram_overlap(texts: Sequence[str], training: Iterable[str], n: int) -> float:
+    """Fraction of the word n-grams of ``texts`` that occur in the training texts (0 when there is none)."""
+    if n < 1:
+        raise ValueError(f"ngram_overlap: n must be >= 1, got {n}")
+
+    def grams(text: str) -> list[tuple[str, ...]]:
+        words = text.split()
+        return [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+
+    seen = {g for t in training for g in grams(t)}
+    sample = [g for t in texts for g in grams(t)]
+    return sum(g in seen for g in sample) / len(sample) if sample else 0.0
