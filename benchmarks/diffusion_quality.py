@@ -14,8 +14,9 @@ autoregressive baseline for the same wall-clock on the same sentences. `eval` ev
 (PMI from the model's bounds, ``eval.likelihood_draws`` draws), joint samples judged by SmolLM2),
 trains and evaluates Stage II from it (KL warm-up + free bits), and samples the AR baseline at the
 temperature whose unigram entropy matches the joint samples'; every sample set also gets its
-memorisation (verbatim training sentences, share of word 4-grams seen in training). `ar` (after `eval`) trains the AR
-baseline again with early stopping on held-out NLL and scores its best checkpoint the same way.
+memorisation (verbatim training sentences, share of word 4-grams seen in training). `ar` (after
+`eval`) trains the AR baseline again with early stopping on held-out NLL and scores its best
+checkpoint the same way.
 `eval --reuse-stage2` evaluates again with the Stage II model already in --out (after a change of
 sampling settings), its training record kept from the results file.
 `speed` measures the RWKV and attention denoisers side by side at T in {128, 512, 2048}. Every phase
@@ -203,7 +204,8 @@ def phase_ar(args, out: Path) -> dict:
     train = train_for_seconds(task, cfg, saved["stage1_train"]["seconds"], evals=args.ar_evals)
     best_dir = out / "ar_best" / "best"
     model = load_model_weights(load_trained_model(out / "ar_best", AutoregressiveLM), best_dir)
-    joint = saved.get("joint_at_matched_entropy") or saved["stage1"]["samples"]["joint"]
+    # the joint samples as compared: cooled to the AR's entropy, or (temperature 1) as drawn
+    joint = saved["stage1"]["samples"]["joint"] | saved.get("joint_at_matched_entropy", {})
     scored = _ar_at_matched_entropy(
         model,
         joint["unigram_entropy_bits"],
@@ -274,7 +276,12 @@ def phase_eval(args, out: Path) -> dict:
     rows = [json.loads(line) for line in (stage1_dir / "eval" / "samples.jsonl").read_text().splitlines()]
     joint_texts = [r["sample"] for r in rows if r["kind"] == "joint"]
     ar_entropy_at_1 = ar["entropy_by_temperature"][1.0]
-    matched = {"temperature": 1.0, "gen_ppl": joint.get("generative_perplexity"), "texts": joint_texts}
+    matched = {
+        "temperature": 1.0,
+        "gen_ppl": joint.get("generative_perplexity"),
+        "unigram_entropy_bits": joint["unigram_entropy_bits"],
+        "texts": joint_texts,
+    }
     if joint["unigram_entropy_bits"] > ar_entropy_at_1:  # the joint samples come down to the AR's entropy
         matched = _joint_at_matched_entropy(stage1_dir, cfg1, ar_entropy_at_1, judge)
     joint_matched_texts = matched.pop("texts")
