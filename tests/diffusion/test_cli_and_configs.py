@@ -175,6 +175,7 @@ def test_real_precompute_train_eval(tmp_path, data_dir):
         "joint_order": "together",
         "joint_guidance_scale": 1.0,
         "unmask_order": "random",
+        "remasking": "none",
         "temperature": 1.0,
         "top_k": 0,
         "top_p": 1.0,
