@@ -55,7 +55,12 @@ from latentlm.core.lifecycle import load_trained_model
 from latentlm.core.run import RunDir
 from latentlm.diffusion.config import DiffusionConfig
 from latentlm.diffusion.data import load_sentence_encoder
-from latentlm.diffusion.evaluate import heldout_nelbo, latent_retrieval_metrics, text_sample_metrics
+from latentlm.diffusion.evaluate import (
+    ar_samples_by_temperature,
+    heldout_nelbo,
+    latent_retrieval_metrics,
+    text_sample_metrics,
+)
 from latentlm.diffusion.model import LatentDiffusionLM
 from latentlm.diffusion.sampling import sample_joint, sample_latent_from_text, sample_text_from_latent
 from latentlm.diffusion.task import DiffusionTask, train_for_seconds
@@ -119,9 +124,6 @@ def joint_order_probe(cfg: DiffusionConfig, model, orders: list[str]) -> dict:
     return out
 
 
-AR_TEMPERATURES = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7)
-
-
 def ar_dev_samples(run: str, num: int, judge_name: str) -> list[dict]:
     """The AR baseline's samples at each temperature (seed 1, like the joint probes): unigram entropy
     and SmolLM2 generative perplexity, to compare each joint sampler with at matched entropy."""
@@ -130,13 +132,10 @@ def ar_dev_samples(run: str, num: int, judge_name: str) -> list[dict]:
 
     model = load_trained_model(run, AutoregressiveLM).eval()
     judge, tokenizer = load_causal_lm(judge_name), load_tokenizer(model.config.tokenizer)
-    rows = []
-    for temperature in AR_TEMPERATURES:
-        ids = model.sample_ids(num, temperature=temperature, generator=torch.Generator().manual_seed(1))
-        rows.append(
-            {"temperature": temperature} | text_sample_metrics(model.decode(ids, tokenizer), tokenizer, judge)
-        )
-        print(f"[probe] AR at temperature {temperature}: {rows[-1]}", flush=True)
+    rows = ar_samples_by_temperature(model, num, 1, tokenizer, judge)
+    for row in rows:
+        del row["texts"]
+        print(f"[probe] AR at temperature {row['temperature']}: {row}", flush=True)
     return rows
 
 

@@ -44,7 +44,7 @@ from latentlm.core.report import line_plot
 from latentlm.core.run import RunDir
 from latentlm.diffusion.autoregressive import AutoregressiveLM
 from latentlm.diffusion.config import DiffusionConfig
-from latentlm.diffusion.evaluate import run_evaluation, text_sample_metrics
+from latentlm.diffusion.evaluate import ar_samples_by_temperature, run_evaluation, text_sample_metrics
 from latentlm.diffusion.model import LatentDiffusionLM
 from latentlm.diffusion.sampling import decode_samples, sample_joint, sample_text_from_latent
 from latentlm.diffusion.task import AutoregressiveTask, DiffusionTask, train_for_seconds
@@ -88,11 +88,7 @@ def _ar_at_matched_entropy(
     from latentlm.teachers import load_tokenizer
 
     tokenizer = load_tokenizer(model.config.tokenizer)
-    rows = []
-    for temperature in (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7):
-        ids = model.sample_ids(num, temperature=temperature, generator=torch.Generator().manual_seed(seed))
-        texts = model.decode(ids, tokenizer)
-        rows.append({"temperature": temperature, "texts": texts, **text_sample_metrics(texts, tokenizer)})
+    rows = ar_samples_by_temperature(model, num, seed, tokenizer)
     at_one = text_sample_metrics(rows[0]["texts"], tokenizer, judge)
     return _nearest_entropy(rows, target_entropy, tokenizer, judge) | {
         "gen_ppl_temperature_1": at_one["generative_perplexity"]

@@ -497,6 +497,23 @@ def text_sample_metrics(texts: list[str], tokenizer, judge=None) -> dict[str, fl
     return result
 
 
+AR_TEMPERATURES = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7)
+"""Temperatures at which the AR baseline is sampled to match another sample set's unigram entropy."""
+
+
+def ar_samples_by_temperature(model, num: int, seed: int, tokenizer, judge=None) -> list[dict]:
+    """An ``AutoregressiveLM``'s samples at each of ``AR_TEMPERATURES``, all drawn with one seed: the
+    temperature, the texts and their ``text_sample_metrics`` (judged when a judge is given)."""
+    rows = []
+    for temperature in AR_TEMPERATURES:
+        ids = model.sample_ids(num, temperature=temperature, generator=torch.Generator().manual_seed(seed))
+        texts = model.decode(ids, tokenizer)
+        rows.append(
+            {"temperature": temperature, "texts": texts, **text_sample_metrics(texts, tokenizer, judge)}
+        )
+    return rows
+
+
 def _training_curves(report: Report, run: RunDir) -> None:
     records = run.read_metrics()
     series = {}
