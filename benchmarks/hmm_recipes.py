@@ -3,11 +3,12 @@
 For each corpus and K, on the same tokenised corpus, splits and model size:
 
 * ``random_adamw``: random init, AdamW on −log P(O) (batch --adamw-batch sequences, constant lr);
-* ``random_em``: random init, full-batch EM, one EM iteration per epoch;
+* ``random_em``: random init, full-batch EM, one EM iteration per epoch (with --em-batch-tokens N:
+  stepwise EM, one update per mini-batch of about N tokens, counts scaled to the training split);
 * ``lvd_adamw``: the seed's LVD: AdamW on −log P(O, S) with the stored teacher states for the first
   --lvd-adamw-epochs epochs of tokens, then AdamW on −log P(O) (same lr and batch);
-* ``lvd_closed_form_em``: the closed-form count estimate of log P(O, S), then full-batch EM with the
-  same pseudocount in every M-step (configs/hmm/gelato.yaml);
+* ``lvd_closed_form_em``: the closed-form count estimate of log P(O, S), then EM (full-batch, or
+  stepwise as for ``random_em``) with the same pseudocount in every M-step (configs/hmm/gelato.yaml);
 * ``lvd_closed_form_adamw``: the closed-form count estimate (with the emission prior and pseudocount
   chosen for ``lvd_closed_form_em`` in the same cell), then AdamW on −log P(O) (same lr grid and batch);
 * ``hmmlearn_em``: hmmlearn ``CategoricalHMM`` (scaling), one ``fit`` iteration per epoch, up to
@@ -47,6 +48,7 @@ from latentlm.core.bench import RESULTS, data_dir, machine, save_results
 from latentlm.core.config import config_from_dict
 from latentlm.core.run import RunDir
 from latentlm.hmm.config import TEACHER_DTYPES, DistillConfig, HMMConfig, HMMRunConfig, LVDConfig
+from latentlm.hmm.data import token_chunks
 from latentlm.hmm.distill import sample_corpus
 from latentlm.hmm.evaluate import heldout_metrics
 from latentlm.hmm.lvd import closed_form_estimate, default_cache_dir
@@ -129,6 +131,13 @@ def parse_em_candidate(label: str) -> tuple[str, float]:
     return prior, float(alpha)
 
 
+def em_steps_per_epoch(corpus, args) -> int:
+    """EM updates per epoch: 1 (full batch) or the number of stepwise mini-batches (as the task cuts them)."""
+    if not args.em_batch_tokens:
+        return 1
+    return len(token_chunks(np.diff(corpus.train.offsets), args.em_batch_tokens, multiple_of=1, seed=0))
+
+
 def recipe_config(
     base: dict, recipe: str, k: int, args, corpus, value: str, init: str = "uniform:0.01"
 ) -> HMMRunConfig:
@@ -139,16 +148,22 @@ def recipe_config(
     values["model"] = {"num_states": k, "parameterization": "dense"}
     stop = {"best_metric": "dev_ppl", "early_stop_patience": args.patience, "checkpoint_every": 0}
     if recipe.endswith("_em"):
+        steps_per_epoch = em_steps_per_epoch(corpus, args)
         values["train"] = {
             "optimizer": "em",
             "grad_clip": 0.0,
-            "max_steps": args.epochs,
-            "eval_every": 1,
-            "log_every": 1,
+            "max_steps": args.epochs * steps_per_epoch,
+            "eval_every": steps_per_epoch,
+            "log_every": max(1, steps_per_epoch // 4),
             **stop,
         }
         prior, alpha = parse_em_candidate(value)
-        values["em"] = {"batch_tokens": 0, "pseudocount": alpha, "emission_prior": prior}
+        values["em"] = {
+            "batch_tokens": args.em_batch_tokens,
+            "step_decay": args.em_step_decay,
+            "pseudocount": alpha,
+            "emission_prior": prior,
+        }
     else:
         steps_per_epoch = len(corpus.train) // args.adamw_batch
         values["batch_size"] = args.adamw_batch
@@ -216,6 +231,12 @@ def train_candidates(base, recipe, k, args, corpus, states, corpus_name, candida
         )
     chosen = select_setting({value: run["kept"]["dev_ppl"] for value, run in runs.items()})
     return {"chosen": chosen, "runs": runs}
+
+
+def em_batch(cfg: HMMRunConfig) -> str:
+    if not cfg.em.batch_tokens:
+        return "full"
+    return f"stepwise, {cfg.em.batch_tokens} tokens, step size (k + 2) ** -{cfg.em.step_decay:g}"
 
 
 def initial_ppl(
@@ -440,7 +461,7 @@ def run_cell(base, corpus_name, corpus, states, lvd_prepare, k, recipe, args, ro
                 "lvd_prepare_seconds": lvd_prepare if cfg.lvd.enabled else 0.0,
                 "settings": {name: out["chosen"], "max_epochs": args.epochs, "patience": args.patience}
                 | ({"count_estimate": init} if recipe == "lvd_closed_form_adamw" else {})
-                | {"batch_size": cfg.batch_size if cfg.train.optimizer == "adamw" else "full"},
+                | {"batch_size": cfg.batch_size if cfg.train.optimizer == "adamw" else em_batch(cfg)},
             }
         )
         if recipe in ("random_em", "random_adamw", "lvd_closed_form_em"):
@@ -529,6 +550,13 @@ def main() -> None:
         "--distill-sequences", type=int, default=2048, help="--corpus distilled: sequences of 48 tokens"
     )
     parser.add_argument("--adamw-batch", type=int, default=32)
+    parser.add_argument(
+        "--em-batch-tokens",
+        type=int,
+        default=0,
+        help="EM recipes: em.batch_tokens (0: full-batch EM, one update an epoch; N: stepwise EM)",
+    )
+    parser.add_argument("--em-step-decay", type=float, default=0.7, help="stepwise EM: em.step_decay")
     parser.add_argument(
         "--lvd-adamw-epochs", type=float, default=2.0, help="lvd_adamw: epochs on log P(O, S)"
     )

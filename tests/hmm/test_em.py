@@ -226,6 +226,26 @@ def test_stepwise_em_takes_one_step_per_mini_batch(tmp_path, tiny_corpus_file):
     assert state.step == 3 and state.tokens_seen == sum(sizes[int(i)] for i in order[:3])
 
 
+def test_stepwise_em_counts_are_scaled_to_the_training_split(tmp_path, tiny_corpus_file):
+    # One update with step size 1: normalise(G · counts(batch) + α) = EM on that batch with α / G,
+    # G = mini-batches in the split, so the pseudocount weighs as in full-batch EM.
+    cfg = run_cfg(tmp_path, tiny_corpus_file, em__batch_tokens=20, em__step_decay=0.0, train__max_steps=1)
+    corpus = build_corpus(cfg.data)
+    model, _, task = fit(cfg, corpus)
+    first = int(
+        torch.randperm(len(task.groups), generator=torch.Generator().manual_seed(cfg.train.seed * 100_003))[0]
+    )
+    reference = HMMLanguageModel(cfg.model)
+    batches = []
+    for i in task.groups[first]:
+        obs = torch.from_numpy(corpus.train.sequence(int(i)).astype(np.int64))[None]
+        batches.append((obs, torch.ones_like(obs, dtype=torch.bool)))
+    em_step(reference, batches, pseudocount=0.05 / len(task.groups))
+    assert len(task.groups) > 2
+    for a, b in zip(model.log_parameters(), reference.log_parameters(), strict=True):
+        assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_token_chunks_cover_every_sequence_once_and_split_for_processes():
     lengths = np.array([5, 3, 8, 2, 7, 1, 4])
     groups = token_chunks(lengths, 10, multiple_of=4, seed=0)

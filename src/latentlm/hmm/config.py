@@ -236,7 +236,8 @@ class EMConfig:
 
     batch_tokens: int = 0
     """Tokens per EM update: 0 = full-batch EM (one step = one pass over the whole training split);
-    N > 0 = stepwise EM (Liang & Klein 2009) on mini-batches of about N tokens (per process)."""
+    N > 0 = stepwise EM (Liang & Klein 2009) on mini-batches of about N tokens (per process), each
+    mini-batch's counts scaled up to the training split's size."""
     step_decay: float = 0.7
     """Stepwise EM: the step size of update k is (k + 2) ** -step_decay; in [0.5, 1] for convergence
     (0: step size 1, each update replaces the statistics by the mini-batch's)."""

@@ -14,7 +14,9 @@ E-step, :mod:`latentlm.hmm.forward`). :class:`EM` reads those counts from ``.gra
 Full-batch EM is gradient accumulation over every chunk of the training split followed by one step
 with ``η = 1``. The engine divides the loss by ``grad_accum`` and DDP averages gradients over the
 processes, so the optimizer multiplies the gradients back by ``count_scale = grad_accum × world size``
-to recover the summed counts. The statistics and the step counter live in the optimizer state, so a
+to recover the summed counts; stepwise EM's task passes the number of mini-batches in the training
+split, which puts each mini-batch's counts in corpus units (the pseudocount then weighs as in full-batch
+EM). The statistics and the step counter live in the optimizer state, so a
 checkpoint resumes EM exactly.
 """
 
@@ -30,7 +32,8 @@ class EM(torch.optim.Optimizer):
         params: log-probability tables, each normalised along its last axis.
         pseudocount: α > 0 added to the statistics before normalising.
         step_decay: stepwise EM's step-size exponent (0: step size 1).
-        count_scale: factor that turns a gradient into counts (grad_accum × world size).
+        count_scale: factor that turns a gradient into counts (grad_accum × world size; stepwise EM:
+            up to the training split's size).
     """
 
     def __init__(self, params, pseudocount: float, step_decay: float = 0.0, count_scale: float = 1.0):

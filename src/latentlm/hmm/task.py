@@ -17,7 +17,8 @@ Optimizer (``train.optimizer``): ``adamw``, or ``em`` (dense only): the task han
 :class:`~latentlm.hmm.em.EM` optimizer and micro-batches of whole token chunks; the loss has the value
 of the per-token −log P(O) and the gradient of the summed −log P(O), i.e. minus the expected counts.
 Full-batch EM (``em.batch_tokens: 0``) accumulates every chunk of the training split into one step
-(one step = one epoch); stepwise EM takes one step per mini-batch of ``em.batch_tokens`` tokens.
+(one step = one epoch); stepwise EM takes one step per mini-batch of ``em.batch_tokens`` tokens, its
+counts scaled to the size of the training split (so ``em.pseudocount`` weighs the same in both).
 """
 
 from __future__ import annotations
@@ -146,7 +147,10 @@ class HMMTask(Task):
         if cfg.optimizer != "em":
             return super().build_optimizer(groups, cfg)
         step_decay = self.cfg.em.step_decay if self.cfg.em.batch_tokens else 0.0
-        return EM(groups, self.cfg.em.pseudocount, step_decay, count_scale=cfg.grad_accum * _world_size())
+        # Counts in corpus units, so the pseudocount means the same at any batch size: full-batch EM undoes
+        # the engine's mean over its grad_accum × world micro-batches (one per chunk); stepwise EM scales
+        # one step's chunks (one per process, averaged by DDP) up to the whole training split.
+        return EM(groups, self.cfg.em.pseudocount, step_decay, count_scale=len(self.groups))
 
     def train_dataset(self) -> Dataset:
         if self.em:
