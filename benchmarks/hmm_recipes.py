@@ -161,6 +161,7 @@ def recipe_config(
         values["em"] = {
             "batch_tokens": args.em_batch_tokens,
             "step_decay": args.em_step_decay,
+            "warm_start": args.em_warm_start,
             "pseudocount": alpha,
             "emission_prior": prior,
         }
@@ -236,7 +237,8 @@ def train_candidates(base, recipe, k, args, corpus, states, corpus_name, candida
 def em_batch(cfg: HMMRunConfig) -> str:
     if not cfg.em.batch_tokens:
         return "full"
-    return f"stepwise, {cfg.em.batch_tokens} tokens, step size (k + 2) ** -{cfg.em.step_decay:g}"
+    warm = ", statistics started at the LVD counts" if cfg.em.warm_start and cfg.lvd.enabled else ""
+    return f"stepwise, {cfg.em.batch_tokens} tokens, step size (k + 2) ** -{cfg.em.step_decay:g}{warm}"
 
 
 def initial_ppl(
@@ -557,6 +559,9 @@ def main() -> None:
         help="EM recipes: em.batch_tokens (0: full-batch EM, one update an epoch; N: stepwise EM)",
     )
     parser.add_argument("--em-step-decay", type=float, default=0.7, help="stepwise EM: em.step_decay")
+    parser.add_argument(
+        "--em-warm-start", action="store_true", help="stepwise EM: em.warm_start (from the LVD counts)"
+    )
     parser.add_argument(
         "--lvd-adamw-epochs", type=float, default=2.0, help="lvd_adamw: epochs on log P(O, S)"
     )

@@ -140,6 +140,28 @@ def test_stepwise_statistics_follow_liang_and_klein():
             assert_close(got.exp(), (s + alpha) / (s + alpha).sum(-1, keepdim=True), rtol=1e-9, atol=1e-12)
 
 
+def test_stepwise_statistics_can_start_at_given_counts():
+    obs, mask = toy_batch(seed=2)
+    model = em_model(seed=1)
+    alpha, decay = 0.2, 0.7
+    optimizer = EM(model.parameters(), pseudocount=alpha, step_decay=decay)
+    start = [
+        torch.rand(t.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4)) * 5
+        for t in model.log_parameters()
+    ]
+    for table, counts in zip(model.parameters(), start, strict=True):
+        optimizer.start_statistics(table, counts)
+    counts = enumerated_counts(model.log_parameters(), obs, mask)
+    accumulate(model, [(obs, mask)])
+    optimizer.step()
+    eta = 2**-decay  # the first update: (1 − η) · start + η · counts
+    for got, s0, c in zip(model.log_parameters(), start, counts, strict=True):
+        stats = (1 - eta) * s0 + eta * c + alpha
+        assert_close(got.exp(), stats / stats.sum(-1, keepdim=True), rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="updated already"):
+        optimizer.start_statistics(next(model.parameters()), start[0])
+
+
 def test_em_optimizer_rejects_bad_settings():
     params = [torch.nn.Parameter(torch.zeros(2))]
     with pytest.raises(ValueError, match="em.pseudocount"):

@@ -241,6 +241,9 @@ class EMConfig:
     step_decay: float = 0.7
     """Stepwise EM: the step size of update k is (k + 2) ** -step_decay; in [0.5, 1] for convergence
     (0: step size 1, each update replaces the statistics by the mini-batch's)."""
+    warm_start: bool = False
+    """Stepwise EM after the closed-form LVD phase: start the running statistics at the count estimate's
+    counts (the statistics the starting tables were made from) instead of zeros."""
     pseudocount: float = 0.01
     """Added to the expected counts before normalising (a Dirichlet prior); must be > 0. It competes with
     the counts of each state's row, so a small corpus with a large vocabulary wants a small value."""

@@ -54,6 +54,16 @@ class EM(torch.optim.Optimizer):
         """``η_k = (k + 2) ** −step_decay`` for the k-th update (k = 0, 1, ...)."""
         return float((k + 2) ** -step_decay)
 
+    def start_statistics(self, table: torch.Tensor, counts: torch.Tensor) -> None:
+        """Start ``table``'s running statistics at ``counts`` instead of zeros (before the first step)."""
+        if self.state[table]:
+            raise ValueError("EM.start_statistics: the statistics have been updated already")
+        if counts.shape != table.shape:
+            raise ValueError(
+                f"EM.start_statistics: counts {tuple(counts.shape)} for a table {tuple(table.shape)}"
+            )
+        self.state[table] = {"step": 0, "statistics": counts.to(table, copy=True)}
+
     @torch.no_grad()
     def step(self, closure=None):  # noqa: D102
         if closure is not None:

@@ -128,28 +128,19 @@ def prepare_latent_states(corpus: Corpus, num_states: int, cfg: LVDConfig) -> La
     return LatentStates(states, corpus.train.offsets, embeddings_key, states_key)
 
 
-def closed_form_estimate(
-    corpus: Corpus,
-    states: LatentStates,
-    num_states: int,
-    pseudocount: float,
-    chunk_sequences: int = 4096,
-    emission_prior: str = "uniform",
-):
-    """The ``closed_form`` LVD phase: the exact maximiser of ``Σ log P(O, S) + α Σ log θ``.
+def closed_form_counts(corpus: Corpus, states: LatentStates, num_states: int, chunk_sequences: int = 4096):
+    """Counts of first states ``(K,)``, transitions ``(K, K)`` and emissions ``(K, V)`` (float64) in the
+    stored teacher paths of the training split: the sufficient statistics of ``log P(O, S)``.
 
-    One streaming pass over the stored states counts first states, transitions and emissions (chunks of
-    ``chunk_sequences`` sequences); under several processes each counts its share of the sequences and
-    the counts are all-reduced, so every process ends with the same tables.
-
-    Returns:
-        Normalised :class:`~latentlm.hmm.model.HMMParameters` (float32 log-probabilities).
+    One streaming pass over the stored states (chunks of ``chunk_sequences`` sequences); under several
+    processes each counts its share of the sequences and the counts are all-reduced, so every process
+    ends with the same counts.
     """
     import torch
     import torch.distributed as dist
 
     from latentlm.hmm.data import pad_batch
-    from latentlm.hmm.estimate import normalise_counts, state_counts, unigram_prior
+    from latentlm.hmm.estimate import state_counts
 
     distributed = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
@@ -177,6 +168,28 @@ def closed_form_estimate(
             moved = tensor.to(device)
             dist.all_reduce(moved)
             tensor.copy_(moved.cpu())
-    prior = unigram_prior(corpus.train.ids, vocab_size) if emission_prior == "unigram" else None
-    params = normalise_counts(*totals, pseudocount, prior)
+    return tuple(totals)
+
+
+def closed_form_estimate(
+    corpus: Corpus,
+    states: LatentStates,
+    num_states: int,
+    pseudocount: float,
+    chunk_sequences: int = 4096,
+    emission_prior: str = "uniform",
+    counts: tuple | None = None,
+):
+    """The ``closed_form`` LVD phase: the exact maximiser of ``Σ log P(O, S) + α Σ log θ``, i.e. the
+    :func:`closed_form_counts` (or the given ``counts``) plus the pseudocount, normalised.
+
+    Returns:
+        Normalised :class:`~latentlm.hmm.model.HMMParameters` (float32 log-probabilities).
+    """
+    from latentlm.hmm.estimate import normalise_counts, unigram_prior
+
+    if counts is None:
+        counts = closed_form_counts(corpus, states, num_states, chunk_sequences)
+    prior = unigram_prior(corpus.train.ids, len(corpus.vocab)) if emission_prior == "unigram" else None
+    params = normalise_counts(*counts, pseudocount, prior)
     return type(params)(*(p.float() for p in params))

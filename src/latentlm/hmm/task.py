@@ -40,7 +40,7 @@ from latentlm.hmm.data import ChunkDataset, Corpus, SequenceDataset, build_corpu
 from latentlm.hmm.em import EM
 from latentlm.hmm.estimate import unigram_prior
 from latentlm.hmm.evaluate import heldout_metrics, sample_strings, write_run_report
-from latentlm.hmm.lvd import LatentStates, closed_form_estimate, prepare_latent_states
+from latentlm.hmm.lvd import LatentStates, closed_form_counts, closed_form_estimate, prepare_latent_states
 from latentlm.hmm.model import HMMLanguageModel
 
 
@@ -116,6 +116,7 @@ class HMMTask(Task):
         model.vocabulary = self.corpus.vocabulary
         if self.closed_form:
             started = time.perf_counter()
+            self.lvd_counts = closed_form_counts(self.corpus, self.states, self.cfg.model.num_states)
             model.load_log_probabilities(
                 closed_form_estimate(
                     self.corpus,
@@ -123,8 +124,11 @@ class HMMTask(Task):
                     self.cfg.model.num_states,
                     self.cfg.lvd.pseudocount,
                     emission_prior=self.cfg.lvd.emission_prior,
+                    counts=self.lvd_counts,
                 )
             )
+            dense = model.parameterization
+            self.lvd_tables = (dense.start_logits, dense.transition_logits, dense.emission_logits)
             self.lvd_seconds = time.perf_counter() - started
         if self.em:
             model.parameterization.count_gradients = True
@@ -150,7 +154,13 @@ class HMMTask(Task):
         # Counts in corpus units, so the pseudocount means the same at any batch size: full-batch EM undoes
         # the engine's mean over its grad_accum × world micro-batches (one per chunk); stepwise EM scales
         # one step's chunks (one per process, averaged by DDP) up to the whole training split.
-        return EM(groups, self.cfg.em.pseudocount, step_decay, count_scale=len(self.groups))
+        optimizer = EM(groups, self.cfg.em.pseudocount, step_decay, count_scale=len(self.groups))
+        if self.cfg.em.warm_start and self.closed_form and self.cfg.em.batch_tokens:
+            # Stepwise EM continues from the count estimate's statistics (corpus units, like its own), so
+            # the first mini-batch moves the tables by its step size instead of replacing them.
+            for table, counts in zip(self.lvd_tables, self.lvd_counts, strict=True):
+                optimizer.start_statistics(table, counts)
+        return optimizer
 
     def train_dataset(self) -> Dataset:
         if self.em:
