@@ -83,6 +83,9 @@ def test_train_candidates_score_each_em_setting_by_its_dev_best_em_iteration(tmp
         patience=5,
         adamw_batch=2,
         lvd_adamw_epochs=1,
+        em_batch_tokens=0,
+        em_step_decay=0.7,
+        em_warm_start=False,
         out=str(tmp_path / "runs"),
     )
     candidates = ["uniform:0.001", "uniform:0.3", "unigram:3"]
