@@ -11,6 +11,7 @@ from benchmarks.hmm_recipes import (
     em_candidates,
     kept_point,
     parse_em_candidate,
+    recipe_config,
     reused_setting,
     select_setting,
     train_candidates,
@@ -22,6 +23,7 @@ from latentlm.hmm.data import build_corpus
 from latentlm.hmm.estimate import em_step, unigram_prior
 from latentlm.hmm.evaluate import heldout_metrics
 from latentlm.hmm.model import HMMLanguageModel
+from latentlm.hmm.task import HMMTask
 
 
 @pytest.fixture
@@ -111,3 +113,12 @@ def test_train_candidates_score_each_em_setting_by_its_dev_best_em_iteration(tmp
         assert kept["epoch"] == best + 1
     assert out["chosen"] == min(expected, key=lambda a: expected[a][0])
     assert len({round(v[0], 2) for v in expected.values()}) == 3  # the candidates are told apart
+
+
+def test_stepwise_em_recipes_evaluate_once_an_epoch_of_the_tasks_mini_batches(base, corpus):
+    args = SimpleNamespace(epochs=3, patience=2, em_batch_tokens=20, em_step_decay=0.7, em_warm_start=False)
+    cfg = recipe_config(base, "random_em", 3, args, corpus, "uniform:0.01")
+    cfg.model.vocab_size = len(corpus.vocab)
+    groups = len(HMMTask(cfg, corpus, None).groups)
+    assert groups > 2 and cfg.em.batch_tokens == 20
+    assert (cfg.train.eval_every, cfg.train.max_steps) == (groups, 3 * groups)
