@@ -14,7 +14,7 @@ from latentlm.hmm.config import HMMConfig, HMMRunConfig
 from latentlm.hmm.data import build_corpus, token_chunks
 from latentlm.hmm.em import EM
 from latentlm.hmm.estimate import count_estimate, em_step
-from latentlm.hmm.lvd import LatentStates, closed_form_estimate
+from latentlm.hmm.lvd import LatentStates, closed_form_counts, closed_form_estimate
 from latentlm.hmm.model import HMMLanguageModel
 from latentlm.hmm.task import HMMTask
 
@@ -268,6 +268,40 @@ def test_stepwise_em_counts_are_scaled_to_the_training_split(tmp_path, tiny_corp
         assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+def test_warm_stepwise_em_starts_from_the_lvd_counts_on_the_engine(tmp_path, tiny_corpus_file):
+    cfg = run_cfg(
+        tmp_path,
+        tiny_corpus_file,
+        lvd__enabled=True,
+        lvd__phase="closed_form",
+        lvd__pseudocount=0.05,
+        em__batch_tokens=20,
+        em__warm_start=True,
+        train__max_steps=1,
+    )
+    corpus = build_corpus(cfg.data)
+    k = cfg.model.num_states
+    rng = np.random.default_rng(0)
+    states = LatentStates(
+        rng.integers(0, k, corpus.train.num_tokens).astype(np.int32), corpus.train.offsets, "e", "s"
+    )
+    model, _, task = fit(cfg, corpus, states)
+    # The expected counts of the first mini-batch under the LVD tables, scaled to the split (G batches).
+    reference = em_model(k=k, v=len(corpus.vocab))
+    reference.load_log_probabilities(closed_form_estimate(corpus, states, k, 0.05))
+    first = int(
+        torch.randperm(len(task.groups), generator=torch.Generator().manual_seed(cfg.train.seed * 100_003))[0]
+    )
+    for i in task.groups[first]:
+        obs = torch.from_numpy(corpus.train.sequence(int(i)).astype(np.int64))[None]
+        accumulate(reference, [(obs, torch.ones_like(obs, dtype=torch.bool))])
+    eta = 2**-cfg.em.step_decay
+    lvd = closed_form_counts(corpus, states, k)
+    for got, table, start in zip(model.log_parameters(), reference.parameters(), lvd, strict=True):
+        stats = (1 - eta) * start + eta * len(task.groups) * -table.grad + 0.05
+        assert_close(got.double().exp(), stats / stats.sum(-1, keepdim=True), rtol=1e-4, atol=1e-6)
+
+
 def test_token_chunks_cover_every_sequence_once_and_split_for_processes():
     lengths = np.array([5, 3, 8, 2, 7, 1, 4])
     groups = token_chunks(lengths, 10, multiple_of=4, seed=0)
@@ -326,6 +360,7 @@ def test_closed_form_lvd_is_the_maximiser_of_the_penalised_joint(tmp_path, tiny_
         ({"lvd__pseudocount": -1.0}, "lvd.pseudocount"),
         ({"model__parameterization": "neural"}, "train.optimizer"),
         ({"em__batch_tokens": 10, "data__max_length": 16}, "em.batch_tokens"),
+        ({"em__warm_start": True, "em__batch_tokens": 20}, "em.warm_start"),
         ({"train__grad_clip": 1.0}, "train.grad_clip"),
         ({"lvd__enabled": True, "lvd__phase": "adamw"}, "lvd.phase"),
         ({"train__optimizer": "sgd"}, "train.optimizer"),

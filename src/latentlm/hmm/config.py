@@ -381,3 +381,8 @@ class HMMRunConfig:
                     f"em.batch_tokens: {self.em.batch_tokens} is smaller than one sequence "
                     f"(data.max_length={self.data.max_length}); use at least that, or 0 for full batch"
                 )
+        if self.em.warm_start and not (self.train.optimizer == "em" and self.em.batch_tokens and lvd_closed):
+            raise ValueError(
+                "em.warm_start: starts stepwise EM's statistics at the LVD counts, so it needs "
+                "train.optimizer=em, em.batch_tokens > 0 and lvd.phase=closed_form"
+            )
