@@ -1,6 +1,6 @@
 """``latentlm hmm <command>``: train, eval, compare, distill, quickstart.
 
-latentlm hmm quickstart                              # closed-form LVD -> AdamW vs random -> AdamW, < 2 min
+latentlm hmm quickstart                              # closed-form LVD -> EM vs random -> EM, < 2 min
 latentlm hmm train    configs/hmm/tiny.yaml          # smallest real run (PTB under $LATENTLM_DATA)
 latentlm hmm train    configs/hmm/gelato.yaml model.num_states=1024
 latentlm hmm compare  configs/hmm/gelato.yaml        # the config's recipe vs compare.baseline, same budget
@@ -29,7 +29,6 @@ from latentlm.hmm.task import prepare_corpus, prepare_states, recipe_name, train
 # configs/ folder; configs/hmm/quickstart.yaml holds the same values (a test keeps them equal).
 QUICKSTART = {
     "run_dir": "runs/hmm-quickstart",
-    "batch_size": 16,
     "model": {"num_states": 32, "parameterization": "dense"},
     "data": {
         "format": "lines",
@@ -46,15 +45,15 @@ QUICKSTART = {
         "teacher": {"name": "smollm2", "batch_size": 32},
     },
     "train": {
-        "optimizer": "adamw",
-        "lr": 0.1,
+        "optimizer": "em",
         "max_steps": 300,
-        "grad_clip": 1.0,
+        "grad_clip": 0.0,
         "log_every": 10,
         "eval_every": 10,
         "best_metric": "dev_ppl",
         "seed": 0,
     },
+    "em": {"batch_tokens": 512, "step_decay": 0.7, "pseudocount": 0.01},
     "distill": {
         "num_sequences": 240,
         "max_new_tokens": 40,
@@ -64,8 +63,8 @@ QUICKSTART = {
         "compare": True,
     },
     "compare": {
-        "label": "lvd_closed_form_adamw",
-        "baseline_label": "random_adamw",
+        "label": "lvd_closed_form_em",
+        "baseline_label": "random_em",
         "baseline": ["lvd.enabled=false"],
     },
 }
@@ -204,7 +203,7 @@ main = system_cli(
             config=HMMRunConfig,
         ),
         Command(
-            "quickstart", quickstart, "closed-form LVD -> EM vs random -> EM on a SmolLM2-distilled corpus"
+            "quickstart", quickstart, "closed-form LVD -> stepwise EM vs random -> stepwise EM, SmolLM2-distilled corpus"
         ),
     ],
 )
