@@ -203,7 +203,9 @@ main = system_cli(
             config=HMMRunConfig,
         ),
         Command(
-            "quickstart", quickstart, "closed-form LVD -> stepwise EM vs random -> stepwise EM, SmolLM2-distilled corpus"
+            "quickstart",
+            quickstart,
+            "closed-form LVD -> stepwise EM vs random -> stepwise EM, SmolLM2-distilled corpus",
         ),
     ],
 )
