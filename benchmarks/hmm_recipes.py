@@ -48,12 +48,11 @@ from latentlm.core.bench import RESULTS, data_dir, machine, save_results
 from latentlm.core.config import config_from_dict
 from latentlm.core.run import RunDir
 from latentlm.hmm.config import TEACHER_DTYPES, DistillConfig, HMMConfig, HMMRunConfig, LVDConfig
-from latentlm.hmm.data import token_chunks
 from latentlm.hmm.distill import sample_corpus
 from latentlm.hmm.evaluate import heldout_metrics
 from latentlm.hmm.lvd import closed_form_estimate, default_cache_dir
 from latentlm.hmm.model import HMMLanguageModel, HMMParameters
-from latentlm.hmm.task import prepare_corpus, prepare_states, train_run
+from latentlm.hmm.task import em_chunks, prepare_corpus, prepare_states, train_run
 
 RECIPES = (
     "lvd_closed_form_em",
@@ -131,13 +130,6 @@ def parse_em_candidate(label: str) -> tuple[str, float]:
     return prior, float(alpha)
 
 
-def em_steps_per_epoch(corpus, args) -> int:
-    """EM updates per epoch: 1 (full batch) or the number of stepwise mini-batches (as the task cuts them)."""
-    if not args.em_batch_tokens:
-        return 1
-    return len(token_chunks(np.diff(corpus.train.offsets), args.em_batch_tokens, multiple_of=1, seed=0))
-
-
 def recipe_config(
     base: dict, recipe: str, k: int, args, corpus, value: str, init: str = "uniform:0.01"
 ) -> HMMRunConfig:
@@ -148,15 +140,7 @@ def recipe_config(
     values["model"] = {"num_states": k, "parameterization": "dense"}
     stop = {"best_metric": "dev_ppl", "early_stop_patience": args.patience, "checkpoint_every": 0}
     if recipe.endswith("_em"):
-        steps_per_epoch = em_steps_per_epoch(corpus, args)
-        values["train"] = {
-            "optimizer": "em",
-            "grad_clip": 0.0,
-            "max_steps": args.epochs * steps_per_epoch,
-            "eval_every": steps_per_epoch,
-            "log_every": max(1, steps_per_epoch // 4),
-            **stop,
-        }
+        values["train"] = {"optimizer": "em", "grad_clip": 0.0, **stop}  # steps: below, once chunked
         prior, alpha = parse_em_candidate(value)
         values["em"] = {
             "batch_tokens": args.em_batch_tokens,
@@ -184,7 +168,13 @@ def recipe_config(
     if recipe == "lvd_adamw":
         pretrain = round(args.lvd_adamw_epochs * corpus.train.num_tokens)
         values["lvd"].update({"phase": "adamw", "pretrain_tokens": pretrain})
-    return config_from_dict(HMMRunConfig, values, source=f"{NAME}:{recipe}")
+    cfg = config_from_dict(HMMRunConfig, values, source=f"{NAME}:{recipe}")
+    if cfg.train.optimizer == "em":  # one evaluation an epoch: 1 full-batch update, or every mini-batch
+        steps_per_epoch = len(em_chunks(cfg, corpus)) if cfg.em.batch_tokens else 1
+        cfg.train.max_steps = args.epochs * steps_per_epoch
+        cfg.train.eval_every = steps_per_epoch
+        cfg.train.log_every = max(1, steps_per_epoch // 4)
+    return cfg
 
 
 def select_setting(scores: dict[float, float]) -> float:

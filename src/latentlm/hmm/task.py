@@ -80,6 +80,14 @@ def lvd_prefix_lengths(lengths: torch.Tensor, remaining: int) -> torch.Tensor:
     return (remaining - before).clamp(min=0).minimum(lengths)
 
 
+def em_chunks(cfg: HMMRunConfig, corpus: Corpus) -> list[np.ndarray]:
+    """EM's chunks of the training split: stepwise mini-batches of ``em.batch_tokens`` tokens (one update
+    each), or full-batch micro-batches of ``em.chunk_tokens``; a multiple of the number of processes."""
+    chunk = cfg.em.batch_tokens or cfg.em.chunk_tokens
+    world = _world_size(cfg.train.cpu)
+    return token_chunks(np.diff(corpus.train.offsets), chunk, multiple_of=world, seed=cfg.train.seed)
+
+
 class HMMTask(Task):
     """The engine task of ``latentlm hmm train``: LVD phase, clean switch, marginal phase; AdamW or EM."""
 
@@ -99,12 +107,7 @@ class HMMTask(Task):
         self.started = time.perf_counter()
         self.stepping = False
         self.eval_seconds = 0.0  # time spent evaluating, left out of train_seconds_so_far
-        self.groups: list[np.ndarray] = []
-        if self.em:
-            lengths = np.diff(corpus.train.offsets)
-            chunk = cfg.em.batch_tokens or cfg.em.chunk_tokens
-            world = _world_size(cfg.train.cpu)
-            self.groups = token_chunks(lengths, chunk, multiple_of=world, seed=cfg.train.seed)
+        self.groups: list[np.ndarray] = em_chunks(cfg, corpus) if self.em else []
         self.batch_size = 1 if self.em else cfg.batch_size
 
     def em_grad_accum(self) -> int:
