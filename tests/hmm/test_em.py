@@ -162,6 +162,30 @@ def test_stepwise_statistics_can_start_at_given_counts():
         optimizer.start_statistics(next(model.parameters()), start[0])
 
 
+def test_stepwise_statistics_stay_exact_over_many_sparse_steps_and_rescales():
+    """The lazily scaled statistics (decay = one scalar, counts added to touched columns only, scale
+    folded back below RESCALE_BELOW) give the eager update ``(1 − η) μ + η · counts`` at every step."""
+    gen = torch.Generator().manual_seed(0)
+    table = torch.nn.Parameter(torch.zeros(3, 7, dtype=torch.float64))
+    weights = torch.rand(7, dtype=torch.float64, generator=gen) * 7
+    alpha, decay, scale = 0.05, 0.2, 4.0
+    optimizer = EM([{"params": [table], "pseudocount_weights": weights}], alpha, decay, count_scale=scale)
+    stats, rescales = torch.zeros(3, 7, dtype=torch.float64), 0
+    for k in range(300):
+        columns = torch.randperm(7, generator=gen)[: 1 + k % 3]  # a mini-batch touches 1-3 words
+        counts = torch.zeros(3, 7, dtype=torch.float64)
+        counts[:, columns] = torch.rand(3, len(columns), dtype=torch.float64, generator=gen)
+        table.grad = -counts / scale
+        eta = (k + 2) ** -decay
+        stats = (1 - eta) * stats + eta * counts
+        before = optimizer.state[table].get("scale", 1.0)
+        optimizer.step()
+        rescales += optimizer.state[table]["scale"] > before
+        smoothed = stats + alpha * weights
+        assert_close(table.detach().exp(), smoothed / smoothed.sum(-1, keepdim=True), rtol=1e-10, atol=0)
+    assert rescales >= 1  # Π (1 − η_k) < 1e-20 within 300 steps at decay 0.2
+
+
 def test_em_optimizer_rejects_bad_settings():
     params = [torch.nn.Parameter(torch.zeros(2))]
     with pytest.raises(ValueError, match="em.pseudocount"):

@@ -420,8 +420,11 @@ class Trainer:
         names = [name for name, p in model.named_parameters() if p.numel()]
         if not names:
             return []
-        peaks = torch.stack([p.detach().abs().amax().float() for p in model.parameters() if p.numel()])
-        bad = (~torch.isfinite(peaks)).nonzero().flatten().tolist()
+        # min and max propagate NaN and ±inf: one read of each parameter, no temporary of its size
+        extremes = torch.stack(
+            [torch.stack(torch.aminmax(p.detach())).float() for p in model.parameters() if p.numel()]
+        )  # (P, 2)
+        bad = (~torch.isfinite(extremes).all(1)).nonzero().flatten().tolist()
         return [names[i] for i in bad]
 
     def _all_finite(self, problems: list[str]) -> bool:

@@ -45,13 +45,27 @@ class DenseParameterization(nn.Module):
         self.start_logits = nn.Parameter(torch.randn(k, generator=generator) * std)
         self.transition_logits = nn.Parameter(torch.randn(k, k, generator=generator) * std)
         self.emission_logits = nn.Parameter(torch.randn(k, v, generator=generator) * std)
-        self.count_gradients = False
+        self._count_gradients = False
+
+    @property
+    def count_gradients(self) -> bool:
+        """EM mode: the tables hold normalised log-probabilities and are used as they are, so the gradient
+        of log P(O) with respect to each table is exactly its expected counts (what EM's M-step needs).
+        Switching it on normalises the tables once; EM's M-step keeps them normalised (no softmax pass
+        over K × V per step)."""
+        return self._count_gradients
+
+    @count_gradients.setter
+    def count_gradients(self, on: bool) -> None:
+        if on:
+            with torch.no_grad():
+                for table in self._tables():
+                    table.copy_(table.log_softmax(-1))
+        self._count_gradients = on
 
     def forward(self) -> HMMParameters:
         if self.count_gradients:
-            # Same normalised values, but the normaliser is a constant: the gradient of log P(O) with
-            # respect to each table is then exactly the expected counts (what EM's M-step needs).
-            return HMMParameters(*(t - t.logsumexp(-1, keepdim=True).detach() for t in self._tables()))
+            return HMMParameters(*self._tables())
         return HMMParameters(*(t.log_softmax(-1) for t in self._tables()))
 
     def _tables(self) -> tuple[Tensor, Tensor, Tensor]:
