@@ -157,6 +157,27 @@ def test_padding_does_not_change_result():
     assert_close(forward_log_likelihood(start, trans, emit, obs, mask)[1:2], single)
 
 
+def test_rows_in_any_length_order_match_enumeration():
+    """Rows run longest first inside; log P(O), posteriors and weighted gradients come back per caller row."""
+    params = [p.requires_grad_() for p in random_params(seed=16)]
+    obs, _, _ = batch(seed=17)
+    lengths = torch.tensor([2, 1, T])  # not longest first
+    mask = torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)
+    weights = torch.tensor([0.7, -1.3, 2.0], dtype=torch.float64)
+    log_likelihood = forward_log_likelihood(*params, obs, mask)
+    (log_likelihood * weights).sum().backward()
+    ours = [p.grad.clone() for p in params]
+    for p in params:
+        p.grad = None
+    brute = brute_force(*params, obs, lengths)
+    assert_close(log_likelihood, torch.stack([r[0] for r in brute]))
+    (torch.stack([r[0] for r in brute]) * weights).sum().backward()
+    for mine, ref in zip(ours, [p.grad for p in params], strict=True):
+        assert_close(mine, ref)
+    post = posterior_marginals(*(p.detach() for p in params), obs, mask)
+    assert_close(post, torch.stack([r[1] for r in brute]).detach())
+
+
 def test_no_underflow_on_long_unlikely_sequences():
     start, trans, emit = random_params(seed=16)
     emit = emit.clone()

@@ -21,7 +21,10 @@ The gradient of ``log P(O)`` with respect to the log parameters is the vector of
 α's (``(T, B, K)``, i.e. ``O(B·K)`` per step) are kept between the two passes.
 
 Padding: ``mask`` is ``(B, T)`` bool, ``True`` on real tokens; every row must be a non-empty prefix
-(right padding). Padded steps leave the recursion unchanged and contribute nothing.
+(right padding). Rows are processed longest first (sorted internally, results returned in the caller's
+order), so the sequences still running at a step are a prefix of the rows and each step's GEMM and
+element-wise work cover only them: padding costs no compute (a batch of random sentences is often half
+padding).
 """
 
 from __future__ import annotations
@@ -98,23 +101,26 @@ def _shifted_emission_table(log_emission: Tensor, words: Tensor) -> tuple[Tensor
 
 @dataclass
 class _ForwardPass:
-    """What the scaled forward pass leaves for the backward pass."""
+    """What the scaled forward pass leaves for the backward pass (rows in length order, see `order`)."""
 
-    log_likelihood: Tensor  # (B,)
+    log_likelihood: Tensor  # (B,), in the caller's row order
     alphas: Tensor | None  # (T, B, K) scaled α, rows sum to one
     scales: Tensor  # (T, B) normaliser c_t (1 on padded steps)
+    order: Tensor | None = None  # (B,) the caller's row of each sorted row; None: already sorted
 
 
 def _scaled_forward(
     start: Tensor, transition: Tensor, table: Tensor, shift: Tensor, obs: Tensor, mask: Tensor, keep: bool
 ) -> _ForwardPass:
-    # Per step: one gather of the B emission rows into a reused buffer, one GEMM written in place
-    # (into α_t when kept, else into the other half of a ping-pong pair), and three in-place
-    # element-wise calls (⊙ e_t, row sum into c_t, ÷ c_t). No per-step allocation of (B, K) tensors,
-    # no (T, B, K) emission tensor, and no log/exp inside the loop (one log of all c_t at the end).
+    # Rows are sorted by length (longest first), so the sequences still running at step t are the first
+    # `active[t]` rows: every per-step call works on that prefix and padding costs nothing.
+    # Per step: one gather of the emission rows into a reused buffer, one GEMM written in place (into
+    # α_t when kept, else into the other half of a ping-pong pair), and three in-place element-wise
+    # calls (⊙ e_t, row sum into c_t, ÷ c_t). No per-step allocation, no (T, B, K) emission tensor,
+    # and no log/exp inside the loop (one log of all c_t at the end).
     batch, length = obs.shape
     num_states = start.shape[0]
-    full_steps = mask.all(dim=0).tolist()
+    active = mask.sum(dim=0).tolist()  # sequences still running at each step
     steps_obs = obs.t().contiguous()  # (T, B)
     factory = {"dtype": start.dtype, "device": start.device}
     alphas = torch.empty(length, batch, num_states, **factory) if keep else None
@@ -127,27 +133,16 @@ def _scaled_forward(
     torch.sum(alpha, dim=1, out=scales[0])
     alpha.div_(scales[0].unsqueeze(1))
     for t in range(1, length):
-        torch.index_select(table, 0, steps_obs[t], out=emission)
-        if full_steps[t]:
-            new = alphas[t] if keep else buffers[t % 2]
-            torch.mm(alpha, transition, out=new)
-            new.mul_(emission)
-            torch.sum(new, dim=1, out=scales[t])
-            new.div_(scales[t].unsqueeze(1))
-            alpha = new
-        else:
-            new = torch.mm(alpha, transition)
-            new.mul_(emission)
-            scale = new.sum(dim=1, keepdim=True)
-            new.div_(scale)
-            step_mask = mask[:, t : t + 1]
-            scales[t] = torch.where(step_mask, scale, torch.ones_like(scale)).squeeze(1)
-            if keep:
-                torch.where(step_mask, new, alpha, out=alphas[t])
-                alpha = alphas[t]
-            else:
-                # Written into the buffer α_{t-1} does not occupy, so α stays a buffer row.
-                alpha = torch.where(step_mask, new, alpha, out=buffers[t % 2])
+        n = active[t]
+        new = alphas[t] if keep else buffers[t % 2]
+        torch.index_select(table, 0, steps_obs[t, :n], out=emission[:n])
+        torch.mm(alpha[:n], transition, out=new[:n])
+        new[:n].mul_(emission[:n])
+        torch.sum(new[:n], dim=1, out=scales[t, :n])
+        new[:n].div_(scales[t, :n].unsqueeze(1))
+        if keep and n < batch:
+            new[n:] = alpha[n:]  # finished rows carry their last α (the backward masks them out)
+        alpha = new
     emission_shift = torch.where(
         mask, shift[obs], torch.zeros((), dtype=shift.dtype, device=shift.device)
     ).sum(dim=1)
@@ -183,59 +178,62 @@ def _scaled_backward(
     weights: Tensor,
     keep_posteriors: bool,
 ) -> ExpectedCounts:
+    """Expected counts of the rows of `fwd` (sorted by length; `weights` and the returned posteriors are
+    in the caller's row order)."""
     length, batch, num_states = fwd.alphas.shape
     vocab_size = table.shape[0]
     dtype = transition.dtype
-    full_steps = mask.all(dim=0).tolist()
+    factory = {"dtype": dtype, "device": transition.device}
+    active = mask.sum(dim=0).tolist()  # sequences still running at each step: a prefix of the rows
+    if fwd.order is not None:
+        weights = weights[fwd.order]
     # β̂_T = w_b: the recursion is linear in β, so the per-sequence weights (the incoming gradient)
     # are folded in at the end and every count comes out already weighted.
     beta = weights.to(dtype).unsqueeze(1).expand(batch, num_states).contiguous()  # (B, K)
-    emission_t = torch.zeros(vocab_size, num_states, dtype=dtype, device=transition.device)  # (V, K)
-    messages = torch.empty(
-        length, batch, num_states, dtype=dtype, device=transition.device
-    )  # (T, B, K), u_t (row 0 is never written nor read)
-    posteriors = (
-        torch.empty(length, batch, num_states, dtype=dtype, device=transition.device)
-        if keep_posteriors
-        else None
-    )
+    emission_t = torch.zeros(vocab_size, num_states, **factory)  # (V, K)
+    messages = torch.empty(length, batch, num_states, **factory)  # (T, B, K), u_t (row 0 unused)
+    posteriors = torch.zeros(length, batch, num_states, **factory) if keep_posteriors else None
     steps_obs = obs.t().contiguous()  # (T, B)
-    emission = torch.empty(batch, num_states, dtype=dtype, device=transition.device)  # (B, K) e_t
-    gamma = torch.empty(batch, num_states, dtype=dtype, device=transition.device)  # (B, K)
-    betas = torch.empty(2, batch, num_states, dtype=dtype, device=transition.device)  # ping-pong β̂'s
+    emission = torch.empty(batch, num_states, **factory)  # (B, K) e_t
+    gamma = torch.empty(batch, num_states, **factory)  # (B, K)
+    betas = torch.empty(2, batch, num_states, **factory)  # ping-pong β̂'s
     inverse_scales = fwd.scales.reciprocal().unsqueeze(2)  # (T, B, 1)
     transition_t = transition.t()
     for t in range(length - 1, 0, -1):
-        torch.mul(fwd.alphas[t], beta, out=gamma)  # (B, K) = w_b P(s_t | O)
-        step_mask = None if full_steps[t] else mask[:, t : t + 1]
-        if step_mask is not None:
-            gamma.mul_(step_mask)
+        n = active[t]
+        torch.mul(fwd.alphas[t, :n], beta[:n], out=gamma[:n])  # (n, K) = w_b P(s_t | O)
         if keep_posteriors:
-            posteriors[t] = gamma
-        emission_t.index_add_(0, obs[:, t], gamma)
-        torch.index_select(table, 0, steps_obs[t], out=emission)
-        message = torch.mul(emission, beta, out=messages[t])  # (B, K) u_t = e_t β̂_t / c_t
-        message.mul_(inverse_scales[t])
-        if step_mask is not None:
-            message.mul_(step_mask)
-        new_beta = torch.mm(message, transition_t, out=betas[t % 2])  # (B, K) β̂_{t-1} = A u_t
-        beta = new_beta if step_mask is None else torch.where(step_mask, new_beta, beta)
+            posteriors[t, :n] = gamma[:n]
+        emission_t.index_add_(0, steps_obs[t, :n], gamma[:n])
+        torch.index_select(table, 0, steps_obs[t, :n], out=emission[:n])
+        message = messages[t]
+        torch.mul(emission[:n], beta[:n], out=message[:n])  # (n, K) u_t = e_t β̂_t / c_t
+        message[:n].mul_(inverse_scales[t, :n])
+        message[n:] = 0.0  # rows that have not started send nothing (the transition GEMM reads all)
+        new_beta = betas[t % 2]
+        torch.mm(message[:n], transition_t, out=new_beta[:n])  # (n, K) β̂_{t-1} = A u_t
+        new_beta[n:] = beta[n:]  # ... and keep β̂ = w until their last step
+        beta = new_beta
     gamma = fwd.alphas[0] * beta
     if keep_posteriors:
         posteriors[0] = gamma
-    emission_t.index_add_(0, obs[:, 0], gamma)
+    emission_t.index_add_(0, steps_obs[0], gamma)
     # Σ_t α̂_{t-1}ᵀ u_t as one (K, T·B) @ (T·B, K) GEMM, then ⊙ A gives the expected transitions.
     if length > 1:
         previous = fwd.alphas[:-1].reshape(-1, num_states)
         transition_counts = torch.mm(previous.t(), messages[1:].reshape(-1, num_states)) * transition
     else:
         transition_counts = torch.zeros_like(transition)
+    if keep_posteriors:
+        posteriors = posteriors.transpose(0, 1)  # (B, T, K)
+        if fwd.order is not None:
+            posteriors = posteriors[torch.argsort(fwd.order)]
     return ExpectedCounts(
         start=gamma.sum(dim=0),
         transition=transition_counts,
         emission=emission_t.t(),
         log_likelihood=fwd.log_likelihood,
-        posteriors=posteriors.transpose(0, 1) if keep_posteriors else None,
+        posteriors=posteriors,
     )
 
 
@@ -249,10 +247,18 @@ def _forward_pass(log_start, log_transition, log_emission, obs, mask, keep):
     # Only the emission columns of the words in this batch are exponentiated: O(K·U), U ≤ min(V, B·T).
     words, local_obs = torch.unique(obs, return_inverse=True)  # (U,), (B, T) ids into `words`
     table, shift = _shifted_emission_table(log_emission, words)  # (U, K), (U,)
+    lengths = mask.sum(dim=1)
+    order = None
+    if bool((lengths[1:] > lengths[:-1]).any()):  # longest first, so running rows form a prefix
+        order = torch.argsort(lengths, descending=True, stable=True)
+        local_obs, mask = local_obs[order], mask[order]
     fwd = _scaled_forward(start, transition, table, shift, local_obs, mask, keep)
-    num_transitions = (mask.sum(dim=1) - 1).to(log_start.dtype)
+    if order is not None:
+        fwd.order = order
+        fwd.log_likelihood = torch.empty_like(fwd.log_likelihood).index_copy_(0, order, fwd.log_likelihood)
+    num_transitions = (lengths - 1).to(log_start.dtype)
     fwd.log_likelihood = fwd.log_likelihood + start_shift + num_transitions * transition_shift
-    return fwd, transition, table, words, local_obs
+    return fwd, transition, table, words, local_obs, mask
 
 
 def _full_emission_counts(counts: ExpectedCounts, words: Tensor, vocab_size: int) -> ExpectedCounts:
@@ -270,7 +276,7 @@ class ForwardLogLikelihood(torch.autograd.Function):
     def forward(ctx, log_start, log_transition, log_emission, obs, mask):  # noqa: D102
         with torch.no_grad():
             keep = any(ctx.needs_input_grad[:3])
-            fwd, transition, table, words, local_obs = _forward_pass(
+            fwd, transition, table, words, local_obs, mask = _forward_pass(
                 log_start.detach(), log_transition.detach(), log_emission.detach(), obs, mask, keep
             )
         if keep:
@@ -333,7 +339,7 @@ def expected_counts(
     if weights is None:
         weights = torch.ones(obs.shape[0], dtype=log_transition.dtype, device=obs.device)
     with torch.no_grad():
-        fwd, transition, table, words, local_obs = _forward_pass(
+        fwd, transition, table, words, local_obs, mask = _forward_pass(
             log_start.detach(), log_transition.detach(), log_emission.detach(), obs, mask, True
         )
         counts = _scaled_backward(transition, table, local_obs, mask, fwd, weights, posteriors)
