@@ -22,6 +22,9 @@ share the cores).
 ``--em-chunks`` chunks of B sequences, each normalising the tables with a constant normaliser
 (``count_gradients``) and running forward–backward (the E-step counts land in ``.grad``), then one
 :class:`latentlm.hmm.em.EM` M-step; its GFLOP/s count 6·K² per token like forward+backward.
+``ours_stepwise_em`` is ``--em-chunks`` stepwise-EM updates as the trainer runs them with
+``em.batch_tokens: 512``: 8 sequences (512 tokens) through forward–backward on the model's count-mode
+tables, then one stepwise M-step each (so the M-step's share of a small mini-batch shows).
 
     python benchmarks/hmm_throughput.py [--quick]
 """
@@ -124,6 +127,28 @@ def _em_epoch(log_start, log_trans, log_emit, obs, chunks: int):
     return run, chunks * obs.numel()
 
 
+def _stepwise_em(log_start, log_trans, log_emit, obs, chunks: int):
+    """``chunks`` stepwise-EM updates as the trainer runs them (``em.batch_tokens: 512``): 8 sequences of
+    the batch (512 tokens) through forward–backward on the model's count-mode tables, then one M-step."""
+    from latentlm.hmm.config import HMMConfig
+    from latentlm.hmm.em import EM
+    from latentlm.hmm.model import HMMLanguageModel, HMMParameters
+
+    model = HMMLanguageModel(HMMConfig(num_states=log_trans.shape[0], vocab_size=log_emit.shape[1]))
+    model.load_log_probabilities(HMMParameters(log_start, log_trans, log_emit))
+    model.parameterization.count_gradients = True
+    optimizer = EM(model.parameters(), pseudocount=0.001, step_decay=0.7, count_scale=chunks)
+    batches = [obs[:8].roll(i, dims=1) for i in range(chunks)]
+
+    def run():
+        for batch in batches:
+            (-model.log_likelihood(batch).sum()).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    return run, chunks * batches[0].numel()
+
+
 def _measure(method, log_start, log_trans, log_emit, obs, states, peer_seconds, em_chunks) -> dict:
     from latentlm.hmm.forward import forward_log_likelihood, joint_log_likelihood
 
@@ -147,12 +172,15 @@ def _measure(method, log_start, log_trans, log_emit, obs, states, peer_seconds, 
 
         if method == "ours_em_epoch":
             run, tokens = _em_epoch(log_start, log_trans, log_emit, obs, em_chunks)
+        elif method == "ours_stepwise_em":
+            run, tokens = _stepwise_em(log_start, log_trans, log_emit, obs, em_chunks)
         base = rss_mib()
         seconds, cpu_seconds = _timed(run)
         # The machine is shared: the GEMM rate of this step's shape, measured right after, is the
         # reference that saw the same load.
         k = log_start.shape[0]
-        a, b = torch.randn(batch, k), torch.randn(k, k)
+        rows = 8 if method == "ours_stepwise_em" else batch  # the step's own GEMM shape (rows, K) @ (K, K)
+        a, b = torch.randn(rows, k), torch.randn(k, k)
         gemm_wall, gemm_cpu = _timed(lambda: torch.mm(a, b))
         return {
             "seconds": seconds,
@@ -160,8 +188,8 @@ def _measure(method, log_start, log_trans, log_emit, obs, states, peer_seconds, 
             "tokens": tokens,
             "tokens_per_s": tokens / seconds,
             "peak_mib": max(0.0, peak_mib() - base),
-            "shape_gemm_gflops": 2 * batch * k * k / gemm_wall / 1e9,
-            "shape_gemm_gflops_cpu": 2 * batch * k * k / gemm_cpu / 1e9,
+            "shape_gemm_gflops": 2 * rows * k * k / gemm_wall / 1e9,
+            "shape_gemm_gflops_cpu": 2 * rows * k * k / gemm_cpu / 1e9,
             "tokens_per_cpu_s": tokens / cpu_seconds,
         }
     if method.startswith("hmmlearn"):
@@ -262,7 +290,7 @@ def main() -> None:
         for batch in batches:
             methods = ["ours_forward", "ours_forward_backward", "ours_joint"]
             if batch == batches[0]:
-                methods.append("ours_em_epoch")
+                methods += ["ours_em_epoch", "ours_stepwise_em"]
             if not args.ours_only:
                 methods += [
                     "hmmlearn_scaling_forward",
