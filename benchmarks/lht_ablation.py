@@ -222,6 +222,12 @@ def main() -> None:
     )
     parser.add_argument("--name", default="lht_ablation", help="results file (the ablation's)")
     parser.add_argument(
+        "--hierarchy-override",
+        nargs="*",
+        default=[],
+        help="config overrides added to every variant, like --router's (e.g. model.edges.same_unit=false)",
+    )
+    parser.add_argument(
         "--dev-fraction", type=float, default=0.1, help="share of training documents to choose routers on"
     )
     parser.add_argument("--cache-dir", default=".cache/latentlm/lht")
@@ -304,7 +310,7 @@ def main() -> None:
             print(f"chosen router settings: {chosen}", flush=True)
         if args.router and not chosen:
             chosen = {"router": args.router, "overrides": ROUTERS[args.router], "by": "--router"}
-        router = ROUTERS[chosen["router"]] if chosen else []
+        router = [*(ROUTERS[chosen["router"]] if chosen else []), *args.hierarchy_override]
         kept = None
         if args.keep_others and not args.routers:
             kept = kept_rows(names, steps, router)
