@@ -18,10 +18,11 @@ the GEMM rate of the step's own shape ``(B, K) @ (K, K)``, timed in the same pro
 measurement, by wall clock and by process CPU time (the CPU-time ratio is less disturbed when other jobs
 share the cores).
 
-``ours_em_epoch`` is one full-batch EM epoch as the trainer runs it (``train.optimizer: em``):
-``--em-chunks`` chunks of B sequences, each normalising the tables with a constant normaliser
-(``count_gradients``) and running forward–backward (the E-step counts land in ``.grad``), then one
-:class:`latentlm.hmm.em.EM` M-step; its GFLOP/s count 6·K² per token like forward+backward.
+``ours_em_epoch`` is one full-batch EM epoch (``train.optimizer: em``): ``--em-chunks`` chunks of B
+sequences, each normalising the tables with a detached normaliser (as the trainer's count mode did
+before it began using the EM-normalised tables as they are) and running forward–backward (the E-step
+counts land in ``.grad``), then one :class:`latentlm.hmm.em.EM` M-step; its GFLOP/s count 6·K² per token
+like forward+backward.
 ``ours_stepwise_em`` is ``--em-chunks`` stepwise-EM updates as the trainer runs them with
 ``em.batch_tokens: 512``: 8 sequences (512 tokens) through forward–backward on the model's count-mode
 tables, then one stepwise M-step each (so the M-step's share of a small mini-batch shows).

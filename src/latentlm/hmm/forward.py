@@ -227,7 +227,7 @@ def _scaled_backward(
     if keep_posteriors:
         posteriors = posteriors.transpose(0, 1)  # (B, T, K)
         if fwd.order is not None:
-            posteriors = posteriors[torch.argsort(fwd.order)]
+            posteriors = _unsorted(posteriors, fwd.order)
     return ExpectedCounts(
         start=gamma.sum(dim=0),
         transition=transition_counts,
@@ -235,6 +235,11 @@ def _scaled_backward(
         log_likelihood=fwd.log_likelihood,
         posteriors=posteriors,
     )
+
+
+def _unsorted(rows: Tensor, order: Tensor) -> Tensor:
+    """Rows computed in `order` (row i belongs to the caller's row order[i]) back in the caller's order."""
+    return torch.empty_like(rows).index_copy_(0, order, rows)
 
 
 def _forward_pass(log_start, log_transition, log_emission, obs, mask, keep):
@@ -255,7 +260,7 @@ def _forward_pass(log_start, log_transition, log_emission, obs, mask, keep):
     fwd = _scaled_forward(start, transition, table, shift, local_obs, mask, keep)
     if order is not None:
         fwd.order = order
-        fwd.log_likelihood = torch.empty_like(fwd.log_likelihood).index_copy_(0, order, fwd.log_likelihood)
+        fwd.log_likelihood = _unsorted(fwd.log_likelihood, order)
     num_transitions = (lengths - 1).to(log_start.dtype)
     fwd.log_likelihood = fwd.log_likelihood + start_shift + num_transitions * transition_shift
     return fwd, transition, table, words, local_obs, mask
