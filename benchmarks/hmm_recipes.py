@@ -18,11 +18,12 @@ For each corpus and K, on the same tokenised corpus, splits and model size:
 The corpus is cut into training units, a development split (the last --dev-fraction of the training
 units, ``data.dev_fraction``: its words unseen in the rest are ``<unk>``, as held-out words are) and the
 held-out split (the last 10% of the file). Every recipe trains on the training split for at most
---epochs epochs, is scored on dev and held-out after every epoch, and stops once dev perplexity has not
-improved for --patience epochs; the kept model is the epoch with the lowest dev perplexity, and
-``heldout_ppl`` is the held-out perplexity of that model. Settings are chosen the same way: each
-candidate (the pseudocount of the count estimate and every M-step for the EM recipes, the lr for the
-AdamW recipes) trains with early stopping and the lowest dev perplexity wins (ties: the first listed).
+--epochs epochs, is scored on dev and held-out --evals-per-epoch times an epoch (default once), and
+stops once dev perplexity has not improved for --patience evaluations; the kept model is the evaluation
+with the lowest dev perplexity, and ``heldout_ppl`` is the held-out perplexity of that model. Settings
+are chosen the same way: each candidate (the pseudocount of the count estimate and every M-step for the
+EM recipes, the lr for the AdamW recipes) trains with early stopping and the lowest dev perplexity wins
+(ties: the first listed).
 Candidates are tried at the K listed in --select-states (default: every K); at a larger K the setting
 chosen at the largest selected K below it for the same corpus and recipe is reused (``selection`` of
 the row says which). ``epochs`` is the epoch of the kept model, ``epochs_run`` how many ran,
@@ -95,7 +96,13 @@ def distilled_corpus(args) -> str:
     teacher; the held-out split (the last 10 %) is fresh samples. Records the sampling rate."""
     if args is None or args.teacher == "minilm":
         raise ValueError("--corpus distilled: samples from a causal LM; pass --teacher smollm2")
-    cfg = DistillConfig(num_sequences=args.distill_sequences, max_new_tokens=48, batch_size=256, seed=0)
+    cfg = DistillConfig(
+        num_sequences=args.distill_sequences,
+        max_new_tokens=48,
+        batch_size=args.distill_batch,
+        dtype=args.distill_dtype,
+        seed=0,
+    )
     cache = default_cache_dir(LVDConfig())
     cache.mkdir(parents=True, exist_ok=True)
     started, began = time.perf_counter(), time.time()
@@ -139,6 +146,7 @@ def recipe_config(
     values = json.loads(json.dumps(base))
     values["model"] = {"num_states": k, "parameterization": "dense"}
     stop = {"best_metric": "dev_ppl", "early_stop_patience": args.patience, "checkpoint_every": 0}
+    evals = getattr(args, "evals_per_epoch", 1)
     if recipe.endswith("_em"):
         values["train"] = {"optimizer": "em", "grad_clip": 0.0, **stop}  # steps: below, once chunked
         prior, alpha = parse_em_candidate(value)
@@ -155,7 +163,7 @@ def recipe_config(
         values["train"] = {
             "lr": float(value),
             "max_steps": args.epochs * steps_per_epoch,
-            "eval_every": steps_per_epoch,
+            "eval_every": max(1, steps_per_epoch // evals),
             "log_every": max(1, steps_per_epoch // 4),
             **stop,
         }
@@ -169,10 +177,10 @@ def recipe_config(
         pretrain = round(args.lvd_adamw_epochs * corpus.train.num_tokens)
         values["lvd"].update({"phase": "adamw", "pretrain_tokens": pretrain})
     cfg = config_from_dict(HMMRunConfig, values, source=f"{NAME}:{recipe}")
-    if cfg.train.optimizer == "em":  # one evaluation an epoch: 1 full-batch update, or every mini-batch
+    if cfg.train.optimizer == "em":  # an epoch: 1 full-batch update, or one update per mini-batch
         steps_per_epoch = len(em_chunks(cfg, corpus)) if cfg.em.batch_tokens else 1
         cfg.train.max_steps = args.epochs * steps_per_epoch
-        cfg.train.eval_every = steps_per_epoch
+        cfg.train.eval_every = max(1, steps_per_epoch // evals)
         cfg.train.log_every = max(1, steps_per_epoch // 4)
     return cfg
 
@@ -452,6 +460,7 @@ def run_cell(base, corpus_name, corpus, states, lvd_prepare, k, recipe, args, ro
                 "train_seconds_total": chosen["curve"][-1]["train_seconds"],
                 "lvd_prepare_seconds": lvd_prepare if cfg.lvd.enabled else 0.0,
                 "settings": {name: out["chosen"], "max_epochs": args.epochs, "patience": args.patience}
+                | {"evals_per_epoch": getattr(args, "evals_per_epoch", 1)}
                 | ({"count_estimate": init} if recipe == "lvd_closed_form_adamw" else {})
                 | {"batch_size": cfg.batch_size if cfg.train.optimizer == "adamw" else em_batch(cfg)},
             }
@@ -492,7 +501,14 @@ def main() -> None:
     parser.add_argument("--states", nargs="+", type=int, default=[256, 1024])
     parser.add_argument("--epochs", type=int, default=20, help="at most this many epochs, every recipe")
     parser.add_argument(
-        "--patience", type=int, default=2, help="stop after this many epochs without a new dev best"
+        "--patience", type=int, default=2, help="stop after this many evaluations without a new dev best"
+    )
+    parser.add_argument(
+        "--evals-per-epoch",
+        type=int,
+        default=1,
+        help="dev and held-out evaluations per epoch (early stopping keeps the best of them; full-batch "
+        "EM makes one update an epoch, so it is evaluated once)",
     )
     parser.add_argument(
         "--dev-fraction", type=float, default=0.1, help="last fraction of training units used as dev"
@@ -540,6 +556,15 @@ def main() -> None:
     )
     parser.add_argument(
         "--distill-sequences", type=int, default=2048, help="--corpus distilled: sequences of 48 tokens"
+    )
+    parser.add_argument(
+        "--distill-batch", type=int, default=256, help="--corpus distilled: sequences sampled in parallel"
+    )
+    parser.add_argument(
+        "--distill-dtype",
+        default="bfloat16",
+        choices=TEACHER_DTYPES,
+        help="--corpus distilled: distill.dtype (bfloat16 is faster on the AMD EPYC, float32 on the Xeon)",
     )
     parser.add_argument("--adamw-batch", type=int, default=32)
     parser.add_argument(

@@ -122,3 +122,17 @@ def test_stepwise_em_recipes_evaluate_once_an_epoch_of_the_tasks_mini_batches(ba
     groups = len(HMMTask(cfg, corpus, None).groups)
     assert groups > 2 and cfg.em.batch_tokens == 20
     assert (cfg.train.eval_every, cfg.train.max_steps) == (groups, 3 * groups)
+
+
+def test_evals_per_epoch_split_each_epoch_of_stepwise_em_and_adamw(base, corpus):
+    em = SimpleNamespace(
+        epochs=3, patience=2, em_batch_tokens=20, em_step_decay=0.7, em_warm_start=False, evals_per_epoch=2
+    )
+    cfg = recipe_config(base, "random_em", 3, em, corpus, "uniform:0.01")
+    cfg.model.vocab_size = len(corpus.vocab)
+    groups = len(HMMTask(cfg, corpus, None).groups)
+    assert (cfg.train.eval_every, cfg.train.max_steps) == (groups // 2, 3 * groups)
+    adamw = SimpleNamespace(epochs=3, patience=2, adamw_batch=2, evals_per_epoch=2)
+    cfg = recipe_config(base, "random_adamw", 3, adamw, corpus, "0.1")
+    steps_per_epoch = len(corpus.train) // 2
+    assert (cfg.train.eval_every, cfg.train.max_steps) == (steps_per_epoch // 2, 3 * steps_per_epoch)
