@@ -188,7 +188,9 @@ def hmm_recipes(data: dict) -> str:
 def hmm_section(results: Results) -> str:
     parts = []
     for name, render in (
+        ("hmm_recipes_distilled1m_stepwise", hmm_recipes),
         ("hmm_recipes_stepwise", hmm_recipes),
+        ("hmm_recipes_ptb_cadence", hmm_recipes),
         ("hmm_recipes", hmm_recipes),
         ("hmm_recipes_distilled6k", hmm_recipes),
         ("hmm_throughput", hmm_throughput),
