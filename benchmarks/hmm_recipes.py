@@ -585,6 +585,8 @@ def main() -> None:
     parser.add_argument("--out", default="/tmp/latentlm-hmm-recipes", help="run directories")
     parser.add_argument("--name", default="hmm_recipes", help="results file benchmarks/results/<name>.json")
     args = parser.parse_args()
+    if args.evals_per_epoch < 1:
+        parser.error(f"--evals-per-epoch: must be >= 1, got {args.evals_per_epoch}")
     global NAME
     NAME = args.name
     rows, invocations, earlier = load_rows()
