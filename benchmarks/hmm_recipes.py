@@ -146,7 +146,7 @@ def recipe_config(
     values = json.loads(json.dumps(base))
     values["model"] = {"num_states": k, "parameterization": "dense"}
     stop = {"best_metric": "dev_ppl", "early_stop_patience": args.patience, "checkpoint_every": 0}
-    evals = getattr(args, "evals_per_epoch", 1)
+    evals = args.evals_per_epoch
     if recipe.endswith("_em"):
         values["train"] = {"optimizer": "em", "grad_clip": 0.0, **stop}  # steps: below, once chunked
         prior, alpha = parse_em_candidate(value)
@@ -460,7 +460,7 @@ def run_cell(base, corpus_name, corpus, states, lvd_prepare, k, recipe, args, ro
                 "train_seconds_total": chosen["curve"][-1]["train_seconds"],
                 "lvd_prepare_seconds": lvd_prepare if cfg.lvd.enabled else 0.0,
                 "settings": {name: out["chosen"], "max_epochs": args.epochs, "patience": args.patience}
-                | {"evals_per_epoch": getattr(args, "evals_per_epoch", 1)}
+                | {"evals_per_epoch": args.evals_per_epoch}
                 | ({"count_estimate": init} if recipe == "lvd_closed_form_adamw" else {})
                 | {"batch_size": cfg.batch_size if cfg.train.optimizer == "adamw" else em_batch(cfg)},
             }

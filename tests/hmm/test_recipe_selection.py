@@ -88,6 +88,7 @@ def test_train_candidates_score_each_em_setting_by_its_dev_best_em_iteration(tmp
         em_batch_tokens=0,
         em_step_decay=0.7,
         em_warm_start=False,
+        evals_per_epoch=1,
         out=str(tmp_path / "runs"),
     )
     candidates = ["uniform:0.001", "uniform:0.3", "unigram:3"]
@@ -116,7 +117,9 @@ def test_train_candidates_score_each_em_setting_by_its_dev_best_em_iteration(tmp
 
 
 def test_stepwise_em_recipes_evaluate_once_an_epoch_of_the_tasks_mini_batches(base, corpus):
-    args = SimpleNamespace(epochs=3, patience=2, em_batch_tokens=20, em_step_decay=0.7, em_warm_start=False)
+    args = SimpleNamespace(
+        epochs=3, patience=2, em_batch_tokens=20, em_step_decay=0.7, em_warm_start=False, evals_per_epoch=1
+    )
     cfg = recipe_config(base, "random_em", 3, args, corpus, "uniform:0.01")
     cfg.model.vocab_size = len(corpus.vocab)
     groups = len(HMMTask(cfg, corpus, None).groups)
