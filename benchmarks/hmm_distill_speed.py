@@ -9,7 +9,9 @@ alternating, ``--repeats`` times each:
 * ``generate_bfloat16``: the same on the bfloat16 teacher;
 * ``loop_bfloat16``: ``latentlm.hmm.distill.sample_continuations`` (key-value-cached loop, last-position
   logits only, two-level inverse-CDF draws, eager attention) on the bfloat16 teacher, what
-  ``distill.dtype: bfloat16`` (the default) runs.
+  ``distill.dtype: bfloat16`` (the default) runs;
+* ``loop_float32``: the same loop on the float32 teacher (``distill.dtype: float32``; faster on a CPU
+  without fast bfloat16 matmuls).
 
 Reports new tokens per second (the median over repeats), each variant's ratio to ``generate_float32``
 and the minutes 1M tokens would take.
@@ -60,12 +62,15 @@ def main() -> None:
     bf16, _ = load_causal_lm(args.teacher, dtype=torch.bfloat16)
     loop = load_causal_lm(args.teacher, dtype=torch.bfloat16)[0]
     loop.set_attn_implementation("eager")  # as sample_corpus runs it
+    fp32_loop = load_causal_lm(args.teacher, dtype=torch.float32)[0]
+    fp32_loop.set_attn_implementation("eager")
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     cfg = DistillConfig(max_new_tokens=args.tokens)
     variants = {
         "generate_float32": lambda: generate(fp32, start, args.batch, args.tokens),
         "generate_bfloat16": lambda: generate(bf16, start, args.batch, args.tokens),
         "loop_bfloat16": lambda: sample_continuations(loop, [start], args.batch, cfg, eos_id=None),
+        "loop_float32": lambda: sample_continuations(fp32_loop, [start], args.batch, cfg, eos_id=None),
     }
     seconds: dict[str, list[float]] = {name: [] for name in variants}
     torch.manual_seed(0)
