@@ -16,7 +16,9 @@ Achieved GFLOP/s use 2·K² FLOPs per token for the forward and 6·K² for forwa
 reported as a fraction of this machine's best measured fp32 GEMM rate (measured in the same run) and of
 the GEMM rate of the step's own shape ``(B, K) @ (K, K)``, timed in the same process right after the
 measurement, by wall clock and by process CPU time (the CPU-time ratio is less disturbed when other jobs
-share the cores).
+share the cores). ``fraction_of_shape_gemm_paired`` (``--pairs``) alternates one of our calls with as many
+same-shape GEMMs as it counts FLOPs and takes the median of the per-pair ratios: on a VM whose speed
+drifts between moments, the least disturbed of these fractions.
 
 ``ours_em_epoch`` is one full-batch EM epoch (``train.optimizer: em``): ``--em-chunks`` chunks of B
 sequences, each normalising the tables with a detached normaliser (as the trainer's count mode did
@@ -81,12 +83,16 @@ def make_problem(k: int, batch: int, seed: int = 0):
     return log_start, log_trans, log_emit, obs, states
 
 
-def _child(method: str, k: int, batch: int, peer_seconds: float, threads: int, em_chunks: int, queue) -> None:
+def _child(
+    method: str, k: int, batch: int, peer_seconds: float, threads: int, em_chunks: int, pairs: int, queue
+) -> None:
     torch.set_num_threads(threads)
     log_start, log_trans, log_emit, obs, states = make_problem(k, batch)
     result = {"method": method, "K": k, "batch": batch}
     try:
-        result.update(_measure(method, log_start, log_trans, log_emit, obs, states, peer_seconds, em_chunks))
+        result.update(
+            _measure(method, log_start, log_trans, log_emit, obs, states, peer_seconds, em_chunks, pairs)
+        )
     except Exception as err:  # a peer failing (e.g. out of memory) is a result, not a crash
         result["error"] = f"{type(err).__name__}: {err}"[:300]
     queue.put(result)
@@ -106,6 +112,27 @@ def _timed(fn) -> tuple[float, float]:
         walls.append(time.perf_counter() - start)
         cpus.append(time.process_time() - cpu_start)
     return min(walls), min(cpus)
+
+
+def _paired_fraction(run, gemm, gemms_per_call: int, pairs: int) -> dict:
+    """The fraction of the same-shape GEMM rate from ``pairs`` alternations of one timed ``run()`` and
+    ``gemms_per_call`` timed ``gemm()`` calls (the same FLOPs, as counted): the median of the per-pair
+    ratios (GEMM time / call time), so that both sides of each ratio see the same moment's load."""
+    ratios = []
+    for _ in range(pairs):
+        start = time.perf_counter()
+        run()
+        call = time.perf_counter() - start
+        start = time.perf_counter()
+        for _ in range(gemms_per_call):
+            gemm()
+        ratios.append((time.perf_counter() - start) / call)
+    ratios.sort()
+    return {
+        "fraction_of_shape_gemm_paired": float(np.median(ratios)),
+        "paired_ratios_min_max": [ratios[0], ratios[-1]],
+        "pairs": pairs,
+    }
 
 
 def _em_epoch(log_start, log_trans, log_emit, obs, chunks: int):
@@ -150,7 +177,7 @@ def _stepwise_em(log_start, log_trans, log_emit, obs, chunks: int):
     return run, chunks * batches[0].numel()
 
 
-def _measure(method, log_start, log_trans, log_emit, obs, states, peer_seconds, em_chunks) -> dict:
+def _measure(method, log_start, log_trans, log_emit, obs, states, peer_seconds, em_chunks, pairs) -> dict:
     from latentlm.hmm.forward import forward_log_likelihood, joint_log_likelihood
 
     batch = obs.shape[0]
@@ -183,7 +210,12 @@ def _measure(method, log_start, log_trans, log_emit, obs, states, peer_seconds, 
         rows = 8 if method == "ours_stepwise_em" else batch  # the step's own GEMM shape (rows, K) @ (K, K)
         a, b = torch.randn(rows, k), torch.randn(k, k)
         gemm_wall, gemm_cpu = _timed(lambda: torch.mm(a, b))
+        paired = {}
+        if pairs and method != "ours_joint":
+            flops = (2 if method == "ours_forward" else 6) * k * k * tokens  # per call, as the GFLOP/s count
+            paired = _paired_fraction(run, lambda: torch.mm(a, b), round(flops / (2 * rows * k * k)), pairs)
         return {
+            **paired,
             "seconds": seconds,
             "cpu_seconds": cpu_seconds,
             "tokens": tokens,
@@ -245,11 +277,14 @@ def _measure(method, log_start, log_trans, log_emit, obs, states, peer_seconds, 
     }
 
 
-def measure(method: str, k: int, batch: int, peer_seconds: float, timeout: float, em_chunks: int) -> dict:
+def measure(
+    method: str, k: int, batch: int, peer_seconds: float, timeout: float, em_chunks: int, pairs: int
+) -> dict:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(
-        target=_child, args=(method, k, batch, peer_seconds, torch.get_num_threads(), em_chunks, queue)
+        target=_child,
+        args=(method, k, batch, peer_seconds, torch.get_num_threads(), em_chunks, pairs, queue),
     )
     proc.start()
     proc.join(timeout)
@@ -278,6 +313,12 @@ def main() -> None:
     parser.add_argument("--note", default="", help="free text stored in the results' setup")
     parser.add_argument(
         "--em-chunks", type=int, default=2, help="chunks of one batch per timed EM epoch (first batch only)"
+    )
+    parser.add_argument(
+        "--pairs",
+        type=int,
+        default=9,
+        help="alternations of one of our calls and the same FLOPs of same-shape GEMMs (0: off)",
     )
     args = parser.parse_args()
     if args.threads:
@@ -316,7 +357,7 @@ def main() -> None:
             for method in methods:
                 if method.startswith("hmmlearn") and batch != batches[0]:
                     continue  # hmmlearn scores one sequence at a time: batch size does not matter
-                row = measure(method, k, batch, args.peer_seconds, args.timeout, args.em_chunks)
+                row = measure(method, k, batch, args.peer_seconds, args.timeout, args.em_chunks, args.pairs)
                 if "tokens_per_s" in row:
                     flops = (2 if method.endswith("forward") else 6) * k * k
                     if method != "ours_joint":
