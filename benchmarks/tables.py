@@ -59,6 +59,7 @@ def hmm_throughput(data: dict) -> str:
         f"best fp32 GEMM measured in the run: {data['gemm']['best_gflops']} GFLOP/s.",
         "",
     ]
+    paired = any("fraction_of_shape_gemm_paired" in row for row in data["rows"])  # runs with --pairs
     rows = []
     for row in data["rows"]:
         note = (
@@ -76,14 +77,17 @@ def hmm_throughput(data: dict) -> str:
                 _num(row.get("fraction_of_gemm"), 3),
                 _num(row.get("shape_gemm_gflops"), 1),
                 _num(row.get("fraction_of_shape_gemm"), 2),
+                *([_num(row.get("fraction_of_shape_gemm_paired"), 2)] if paired else []),
                 _num(row.get("peak_mib"), 0),
                 note,
             ]
         )
     header = ["K", "batch", "method", "tokens/s", "GFLOP/s", "/ best GEMM", "same-shape GEMM GFLOP/s"]
-    lines.append(markdown_table([*header, "/ same-shape", "peak MiB", "note"], rows))
+    header += ["/ same-shape", *(["/ same-shape, paired (median)"] if paired else [])]
+    lines.append(markdown_table([*header, "peak MiB", "note"], rows))
     speedups = [[r["K"], r["peer"], f"{r['ours_over_peer']:.1f}×"] for r in data.get("forward_speedup", [])]
-    lines += ["", markdown_table(["K", "peer", "ours / peer (forward tokens/s, batch 64)"], speedups)]
+    if speedups:  # runs with --ours-only have no peers
+        lines += ["", markdown_table(["K", "peer", "ours / peer (forward tokens/s, batch 64)"], speedups)]
     return "\n".join(lines)
 
 
@@ -198,6 +202,8 @@ def hmm_section(results: Results) -> str:
         ("hmm_throughput_adjacent", hmm_throughput),
         ("hmm_throughput_before_speedup", hmm_throughput),
         ("hmm_throughput_speed", hmm_throughput),
+        ("hmm_throughput_xeon_before", hmm_throughput),
+        ("hmm_throughput_xeon_after", hmm_throughput),
         ("hmm_quality_tinyshakespeare", hmm_quality),
         ("hmm_quality_ptb", hmm_quality),
     ):
