@@ -121,6 +121,12 @@ def test_early_stop_on_plateau(tmp_path):
     assert state.step == 7
     records = RunDir(tmp_path).read_metrics()
     assert any(r.get("train/early_stop") == 1 and r["step"] == 7 for r in records)
+    # Training the stopped run again resumes its checkpoint and trains no further.
+    _, again = _train(
+        tmp_path, 100, task=_Plateau(), eval_every=1, best_metric="score", early_stop_patience=4
+    )
+    assert again.step == 7
+    assert max(r["step"] for r in RunDir(tmp_path).read_metrics()) == 7
     assert RunDir(tmp_path).latest_checkpoint().name == "step_7"
 
 

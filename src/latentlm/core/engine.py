@@ -283,7 +283,8 @@ class Trainer:
         window_tokens, window_start = 0, time.perf_counter()
         batches = self._batches(dataset, steps_per_epoch)
         clock = time.perf_counter()
-        timed_out = self._out_of_time()  # a resumed run that had used up max_minutes trains no further
+        # A resumed run that had used up max_minutes, or had stopped early, trains no further.
+        timed_out = self._out_of_time() or (self.state.step > 0 and self._plateaued())
         if cfg.eval_at_start and self.state.step == 0:
             self._evaluate(model, wrapped)
 
