@@ -284,13 +284,13 @@ class Trainer:
         batches = self._batches(dataset, steps_per_epoch)
         clock = time.perf_counter()
         # A resumed run that had used up max_minutes, or had stopped early, trains no further.
-        timed_out = self._out_of_time() or (self.state.step > 0 and self._plateaued())
+        stopped = self._out_of_time() or (self.state.step > 0 and self._plateaued())
         if cfg.eval_at_start and self.state.step == 0:
             self._evaluate(model, wrapped)
 
         wrapped.train()
         try:
-            while self.state.step < cfg.max_steps and not timed_out:
+            while self.state.step < cfg.max_steps and not stopped:
                 task.on_step_start(model, self.state)
                 applied = self._optimizer_step(wrapped, model, optimizer, batches)
                 if applied is None:  # a non-finite step, skipped (train.nonfinite=skip)
