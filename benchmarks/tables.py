@@ -204,6 +204,8 @@ def hmm_section(results: Results) -> str:
         ("hmm_throughput_speed", hmm_throughput),
         ("hmm_throughput_xeon_before", hmm_throughput),
         ("hmm_throughput_xeon_after", hmm_throughput),
+        ("hmm_throughput_xeon_before2", hmm_throughput),
+        ("hmm_throughput_xeon_after2", hmm_throughput),
         ("hmm_quality_tinyshakespeare", hmm_quality),
         ("hmm_quality_ptb", hmm_quality),
     ):
