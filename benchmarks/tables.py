@@ -197,6 +197,7 @@ def hmm_section(results: Results) -> str:
         ("hmm_recipes_ptb_cadence", hmm_recipes),
         ("hmm_recipes", hmm_recipes),
         ("hmm_recipes_distilled6k", hmm_recipes),
+        ("hmm_recipes_distilled1m_batch1024", hmm_recipes),
         ("hmm_throughput", hmm_throughput),
         ("hmm_matrix", hmm_matrix),
         ("hmm_throughput_adjacent", hmm_throughput),
