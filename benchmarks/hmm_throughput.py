@@ -114,6 +114,11 @@ def _timed(fn) -> tuple[float, float]:
     return min(walls), min(cpus)
 
 
+def flops_per_token(method: str, k: int) -> int:
+    """FLOPs the GFLOP/s figures count per token: 2·K² for a forward, 6·K² with the backward (EM too)."""
+    return (2 if method.endswith("forward") else 6) * k * k
+
+
 def _paired_fraction(run, gemm, gemms_per_call: int, pairs: int) -> dict:
     """The fraction of the same-shape GEMM rate from ``pairs`` alternations of one timed ``run()`` and
     ``gemms_per_call`` timed ``gemm()`` calls (the same FLOPs, as counted): the median of the per-pair
@@ -212,8 +217,8 @@ def _measure(method, log_start, log_trans, log_emit, obs, states, peer_seconds, 
         gemm_wall, gemm_cpu = _timed(lambda: torch.mm(a, b))
         paired = {}
         if pairs and method != "ours_joint":
-            flops = (2 if method == "ours_forward" else 6) * k * k * tokens  # per call, as the GFLOP/s count
-            paired = _paired_fraction(run, lambda: torch.mm(a, b), round(flops / (2 * rows * k * k)), pairs)
+            gemms = round(flops_per_token(method, k) * tokens / (2 * rows * k * k))  # the call's FLOPs
+            paired = _paired_fraction(run, lambda: torch.mm(a, b), gemms, pairs)
         return {
             **paired,
             "seconds": seconds,
@@ -359,7 +364,7 @@ def main() -> None:
                     continue  # hmmlearn scores one sequence at a time: batch size does not matter
                 row = measure(method, k, batch, args.peer_seconds, args.timeout, args.em_chunks, args.pairs)
                 if "tokens_per_s" in row:
-                    flops = (2 if method.endswith("forward") else 6) * k * k
+                    flops = flops_per_token(method, k)
                     if method != "ours_joint":
                         row["gflops"] = row["tokens_per_s"] * flops / 1e9
                         row["fraction_of_gemm"] = row["gflops"] / rate["best_gflops"]
