@@ -8,10 +8,12 @@ alternating, ``--repeats`` times each:
   ``latentlm hmm distill`` sampled before);
 * ``generate_bfloat16``: the same on the bfloat16 teacher;
 * ``loop_bfloat16``: ``latentlm.hmm.distill.sample_continuations`` (key-value-cached loop, last-position
-  logits only, two-level inverse-CDF draws, eager attention) on the bfloat16 teacher, what
+  logits only, two-level inverse-CDF draws, ``grouped_query`` attention) on the bfloat16 teacher, what
   ``distill.dtype: bfloat16`` (the default) runs;
 * ``loop_float32``: the same loop on the float32 teacher (``distill.dtype: float32``; faster on a CPU
-  without fast bfloat16 matmuls).
+  without fast bfloat16 matmuls);
+* ``loop_float32_eager``: the float32 loop with transformers' eager attention, which copies the
+  key-value cache once per step to repeat its heads (how the loop ran before ``grouped_query``).
 
 Reports new tokens per second (the median over repeats), each variant's ratio to ``generate_float32``
 and the minutes 1M tokens would take.
@@ -31,6 +33,7 @@ from latentlm.core.bench import save_results
 from latentlm.hmm.config import DistillConfig
 from latentlm.hmm.distill import sample_continuations
 from latentlm.teachers import load_causal_lm
+from latentlm.teachers.attention import GROUPED_QUERY
 
 
 def generate(model, start: int, batch: int, tokens: int) -> None:
@@ -60,17 +63,23 @@ def main() -> None:
 
     fp32, tokenizer = load_causal_lm(args.teacher, dtype=torch.float32)
     bf16, _ = load_causal_lm(args.teacher, dtype=torch.bfloat16)
-    loop = load_causal_lm(args.teacher, dtype=torch.bfloat16)[0]
-    loop.set_attn_implementation("eager")  # as sample_corpus runs it
-    fp32_loop = load_causal_lm(args.teacher, dtype=torch.float32)[0]
-    fp32_loop.set_attn_implementation("eager")
+    loops = {}
+    for name, dtype, attention in (
+        ("loop_bfloat16", torch.bfloat16, GROUPED_QUERY),  # as sample_corpus runs it
+        ("loop_float32", torch.float32, GROUPED_QUERY),
+        ("loop_float32_eager", torch.float32, "eager"),
+    ):
+        loops[name] = load_causal_lm(args.teacher, dtype=dtype)[0]
+        loops[name].set_attn_implementation(attention)
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     cfg = DistillConfig(max_new_tokens=args.tokens)
     variants = {
         "generate_float32": lambda: generate(fp32, start, args.batch, args.tokens),
         "generate_bfloat16": lambda: generate(bf16, start, args.batch, args.tokens),
-        "loop_bfloat16": lambda: sample_continuations(loop, [start], args.batch, cfg, eos_id=None),
-        "loop_float32": lambda: sample_continuations(fp32_loop, [start], args.batch, cfg, eos_id=None),
+        **{
+            name: lambda model=model: sample_continuations(model, [start], args.batch, cfg, eos_id=None)
+            for name, model in loops.items()
+        },
     }
     seconds: dict[str, list[float]] = {name: [] for name in variants}
     torch.manual_seed(0)

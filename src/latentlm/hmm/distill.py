@@ -80,10 +80,11 @@ def sample_corpus(teacher_name: str, cfg: DistillConfig, cache_dir: Path) -> Pat
     path = Path(cache_dir) / f"distilled-{key}.txt"
     if not path.is_file():
         from latentlm.teachers import load_causal_lm
+        from latentlm.teachers.attention import GROUPED_QUERY
 
         try:
             model, tokenizer = load_causal_lm(teacher_name, dtype=getattr(torch, cfg.dtype))
-            model.set_attn_implementation("eager")  # one query a step: faster than the CPU flash kernel
+            model.set_attn_implementation(GROUPED_QUERY)  # reads the cache in place (teachers.attention)
         except FileNotFoundError as err:
             raise ValueError(f"lvd.teacher.name: {err}") from err
         atomic_write_text(path, "\n".join(sample_texts(model, tokenizer, cfg)) + "\n")
