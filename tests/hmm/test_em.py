@@ -163,8 +163,9 @@ def test_stepwise_statistics_can_start_at_given_counts():
 
 
 def test_stepwise_statistics_stay_exact_over_many_sparse_steps_and_rescales():
-    """The lazily scaled statistics (decay = one scalar, counts added to touched columns only, scale
-    folded back below RESCALE_BELOW) give the eager update ``(1 − η) μ + η · counts`` at every step."""
+    """The lazily scaled statistics (decay = one scalar, counts added to touched columns only or, when
+    most columns hold counts, densely; scale folded back below RESCALE_BELOW) give the eager update
+    ``(1 − η) μ + η · counts`` at every step."""
     gen = torch.Generator().manual_seed(0)
     table = torch.nn.Parameter(torch.zeros(3, 7, dtype=torch.float64))
     weights = torch.rand(7, dtype=torch.float64, generator=gen) * 7
@@ -172,7 +173,7 @@ def test_stepwise_statistics_stay_exact_over_many_sparse_steps_and_rescales():
     optimizer = EM([{"params": [table], "pseudocount_weights": weights}], alpha, decay, count_scale=scale)
     stats, rescales = torch.zeros(3, 7, dtype=torch.float64), 0
     for k in range(300):
-        columns = torch.randperm(7, generator=gen)[: 1 + k % 3]  # a mini-batch touches 1-3 words
+        columns = torch.randperm(7, generator=gen)[: 1 + k % 7]  # 1-3 words: sparse update; 4-7: dense
         counts = torch.zeros(3, 7, dtype=torch.float64)
         counts[:, columns] = torch.rand(3, len(columns), dtype=torch.float64, generator=gen)
         table.grad = -counts / scale

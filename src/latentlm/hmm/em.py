@@ -96,19 +96,29 @@ class EM(torch.optim.Optimizer):
         """``μ ← (1 − η) μ + η · counts`` with ``μ = scale · statistics``.
 
         The decay of every entry is one multiply of the scalar ``scale``; only the columns that hold
-        counts (the words of a mini-batch, a few hundred of V) are touched in ``statistics``.
+        counts (the words of a mini-batch, a few hundred of V) are touched in ``statistics``. A table
+        whose columns mostly hold counts (the transition table) is updated densely: a column-indexed
+        add over all of a (4096, 4096) table took 23x as long as a dense one.
         """
         width = grad.shape[-1]
         grad = grad.reshape(-1, width)  # (rows, V); a 1-D table is one row
         statistics = state["statistics"].view(-1, width)  # (rows, V)
         columns = grad.sum(0).nonzero().squeeze(1)  # (U,) columns with counts
-        counts = grad.index_select(1, columns).mul_(-count_scale).clamp_(min=0.0)  # (rows, U)
+        dense = 2 * len(columns) > width
+        counts = grad.mul(-count_scale) if dense else grad.index_select(1, columns).mul_(-count_scale)
+        counts.clamp_(min=0.0)  # (rows, V) dense, else (rows, U)
         if eta == 1.0:  # (1 − η) μ + η · counts with η = 1, exactly
-            statistics.zero_().index_copy_(1, columns, counts)
+            if dense:
+                statistics.copy_(counts)
+            else:
+                statistics.zero_().index_copy_(1, columns, counts)
             state["scale"] = 1.0
             return
         scale = state.get("scale", 1.0) * (1.0 - eta)  # checkpoints from before `scale` hold μ itself
-        statistics.index_add_(1, columns, counts, alpha=eta / scale)
+        if dense:
+            statistics.add_(counts, alpha=eta / scale)
+        else:
+            statistics.index_add_(1, columns, counts, alpha=eta / scale)
         if scale < cls.RESCALE_BELOW:  # keep the stored statistics far from the dtype's range
             statistics.mul_(scale)
             scale = 1.0
