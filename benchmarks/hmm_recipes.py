@@ -154,6 +154,7 @@ def recipe_config(
             "batch_tokens": args.em_batch_tokens,
             "step_decay": args.em_step_decay,
             "warm_start": args.em_warm_start,
+            "group_by_length": args.em_group_by_length,
             "pseudocount": alpha,
             "emission_prior": prior,
         }
@@ -236,7 +237,10 @@ def em_batch(cfg: HMMRunConfig) -> str:
     if not cfg.em.batch_tokens:
         return "full"
     warm = ", statistics started at the LVD counts" if cfg.em.warm_start and cfg.lvd.enabled else ""
-    return f"stepwise, {cfg.em.batch_tokens} tokens, step size (k + 2) ** -{cfg.em.step_decay:g}{warm}"
+    grouped = ", sequences of similar length" if cfg.em.group_by_length else ""
+    return (
+        f"stepwise, {cfg.em.batch_tokens} tokens{grouped}, step size (k + 2) ** -{cfg.em.step_decay:g}{warm}"
+    )
 
 
 def initial_ppl(
@@ -576,6 +580,11 @@ def main() -> None:
     parser.add_argument("--em-step-decay", type=float, default=0.7, help="stepwise EM: em.step_decay")
     parser.add_argument(
         "--em-warm-start", action="store_true", help="stepwise EM: em.warm_start (from the LVD counts)"
+    )
+    parser.add_argument(
+        "--em-group-by-length",
+        action="store_true",
+        help="EM recipes: em.group_by_length (mini-batches of sequences of similar length)",
     )
     parser.add_argument(
         "--lvd-adamw-epochs", type=float, default=2.0, help="lvd_adamw: epochs on log P(O, S)"

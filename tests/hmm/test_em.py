@@ -224,8 +224,11 @@ def fit(cfg, corpus, states=None):
     return trainer.model, state, task
 
 
-def test_full_batch_em_on_the_engine_equals_reference_em_iterations(tmp_path, tiny_corpus_file):
-    cfg = run_cfg(tmp_path, tiny_corpus_file)
+@pytest.mark.parametrize("group_by_length", [False, True])
+def test_full_batch_em_on_the_engine_equals_reference_em_iterations(
+    tmp_path, tiny_corpus_file, group_by_length
+):
+    cfg = run_cfg(tmp_path, tiny_corpus_file, em__group_by_length=group_by_length)
     corpus = build_corpus(cfg.data)
     model, state, task = fit(cfg, corpus)
     assert len(task.groups) > 2 and cfg.train.grad_accum == len(task.groups)  # several chunks per step
@@ -334,6 +337,20 @@ def test_token_chunks_cover_every_sequence_once_and_split_for_processes():
     assert sorted(np.concatenate(groups).tolist()) == list(range(7))
     with pytest.raises(ValueError, match="too few"):
         token_chunks(np.array([3, 3]), 100, multiple_of=3)
+
+
+def test_token_chunks_by_length_hold_neighbours_in_length_order():
+    lengths = np.random.default_rng(3).integers(1, 40, size=200)
+    groups = token_chunks(lengths, 100, seed=1, by_length=True)
+    assert sorted(np.concatenate(groups).tolist()) == list(range(200))
+    for group in groups:
+        assert lengths[group].sum() <= 100 or len(group) == 1
+    # cut from the longest-first order: each group's shortest is at least the next group's longest
+    for longer, shorter in zip(groups, groups[1:], strict=False):
+        assert lengths[longer].min() >= lengths[shorter].max()
+    assert sum(int(lengths[g].max()) for g in groups) < sum(
+        int(lengths[g].max()) for g in token_chunks(lengths, 100, seed=1)
+    )  # fewer time steps an epoch than random groups
 
 
 def test_closed_form_lvd_is_the_maximiser_of_the_penalised_joint(tmp_path, tiny_corpus_file):

@@ -251,6 +251,12 @@ class EMConfig:
     """How the pseudocount is spread over each emission row: uniform | unigram (as lvd.emission_prior)."""
     chunk_tokens: int = 32768
     """Full-batch EM: tokens per micro-batch (bounds memory; the counts of all chunks are summed)."""
+    group_by_length: bool = False
+    """Make each mini-batch (or chunk) of sequences of similar length; the engine still visits them in a
+    fresh random order every epoch. A batch then runs for fewer time steps, and every time step reads
+    the whole K × K transition table: at K = 4096 a stepwise step with 512 tokens is memory-bound on
+    those reads. Full-batch EM computes the same update either way; stepwise EM's mini-batches are then
+    no longer random samples of the corpus (docs/hmm.md measures both)."""
 
     def __post_init__(self) -> None:
         if self.batch_tokens < 0:

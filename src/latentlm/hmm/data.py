@@ -360,16 +360,20 @@ class SequenceDataset(Dataset):
 
 
 def token_chunks(
-    lengths: np.ndarray, chunk_tokens: int, multiple_of: int = 1, seed: int = 0
+    lengths: np.ndarray, chunk_tokens: int, multiple_of: int = 1, seed: int = 0, by_length: bool = False
 ) -> list[np.ndarray]:
     """Split sequence indices into groups of about ``chunk_tokens`` tokens each, every sequence once.
 
     The sequences are shuffled once (``seed``) so that every group is a random sample of the corpus,
     then cut greedily by tokens; the number of groups is rounded up to a multiple of ``multiple_of``
     (one share per process) by splitting the largest groups. Within a group, sequences are sorted by
-    length so that padding stays small.
+    length so that padding stays small. ``by_length``: the shuffled sequences are sorted by length
+    (longest first, ties in shuffled order) before the cut, so each group holds sequences of similar
+    length and runs for fewer time steps.
     """
     order = np.random.default_rng(seed).permutation(len(lengths))
+    if by_length:
+        order = order[np.argsort(-lengths[order], kind="stable")]
     groups, current, tokens = [], [], 0
     for index in order:
         if current and tokens + lengths[index] > chunk_tokens:

@@ -85,7 +85,8 @@ def em_chunks(cfg: HMMRunConfig, corpus: Corpus) -> list[np.ndarray]:
     each), or full-batch micro-batches of ``em.chunk_tokens``; a multiple of the number of processes."""
     chunk = cfg.em.batch_tokens or cfg.em.chunk_tokens
     world = _world_size(cfg.train.cpu)
-    return token_chunks(np.diff(corpus.train.offsets), chunk, multiple_of=world, seed=cfg.train.seed)
+    lengths = np.diff(corpus.train.offsets)
+    return token_chunks(lengths, chunk, world, seed=cfg.train.seed, by_length=cfg.em.group_by_length)
 
 
 class HMMTask(Task):
