@@ -54,3 +54,20 @@ def test_a_run_that_never_trained_takes_any_config(tmp_path):
     RunDir(tmp_path).save_config(toy_config(tmp_path))
     train_run(toy_config(tmp_path, "model.hidden=8"))
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["model"]["hidden"] == 8
+
+
+def _drop_saved_field(run_dir, section: str, field: str) -> None:
+    """Make the saved config look like one written before `section.field` existed."""
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    del saved[section][field]
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
+
+
+def test_a_field_added_since_the_run_resumes_at_its_default_only(tmp_path):
+    train_run(toy_config(tmp_path, "train.checkpoint_every=3"))
+    _drop_saved_field(tmp_path, "model", "hidden")
+    _, state = train_run(toy_config(tmp_path, "train.checkpoint_every=3", "train.max_steps=8"))
+    assert state.step == 8  # model.hidden absent -> 16, its default: the run resumed
+    _drop_saved_field(tmp_path, "model", "hidden")
+    with pytest.raises(ConfigError, match=r"model.hidden: \(absent\) -> 8"):
+        train_run(toy_config(tmp_path, "train.checkpoint_every=3", "train.max_steps=10", "model.hidden=8"))

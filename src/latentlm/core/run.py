@@ -254,7 +254,9 @@ def check_resume_config(run: RunDir, cfg: Any) -> dict[str, list]:
     Fields listed in a config dataclass's `resumable_fields` (TrainConfig: lr, max_steps, the logging,
     evaluation and checkpoint cadence, ...) and `run_dir`/`num_threads` anywhere may change: the changes are
     appended to `config_changes.jsonl` with the step they take effect at, and the caller rewrites
-    `config.yaml`. Any other difference (architecture, data, tokenizer) is refused.
+    `config.yaml`. A field the saved config lacks (added to latentlm after the run was made) may resume
+    at its default, which by convention keeps the earlier behaviour. Any other difference (architecture,
+    data, tokenizer) is refused.
 
     Returns:
         The changed resumable fields as {dotted name: [old, new]} (empty: nothing changed).
@@ -278,6 +280,9 @@ def check_resume_config(run: RunDir, cfg: Any) -> dict[str, list]:
         key: [old.get(key, missing), new.get(key, missing)]
         for key in sorted(set(old) | set(new))
         if old.get(key, missing) != new.get(key, missing)
+    }
+    differences = {
+        k: v for k, v in differences.items() if not (v[0] is missing and v[1] == _default_of(cfg, k, missing))
     }
     resumable = _resumable_paths(cfg)
     allowed = {k: v for k, v in differences.items() if k in resumable or k.split(".")[-1] in ALWAYS_RESUMABLE}
@@ -324,6 +329,22 @@ def _resumable_paths(cfg: Any, prefix: str = "") -> set[str]:
     for item in dataclasses.fields(cfg):
         found |= _resumable_paths(getattr(cfg, item.name), f"{prefix}{item.name}.")
     return found
+
+
+def _default_of(cfg: Any, dotted: str, missing: object) -> Any:
+    """The declared default of the config field at `dotted` (`missing` if it has none)."""
+    *parents, name = dotted.split(".")
+    for parent in parents:
+        cfg = getattr(cfg, parent, None)
+    if not dataclasses.is_dataclass(cfg):
+        return missing
+    for item in dataclasses.fields(cfg):
+        if item.name == name:
+            if item.default is not dataclasses.MISSING:
+                return item.default
+            if item.default_factory is not dataclasses.MISSING:
+                return item.default_factory()
+    return missing
 
 
 def _show(value: Any, missing: object) -> str:
