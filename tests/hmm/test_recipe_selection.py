@@ -88,6 +88,7 @@ def test_train_candidates_score_each_em_setting_by_its_dev_best_em_iteration(tmp
         em_batch_tokens=0,
         em_step_decay=0.7,
         em_warm_start=False,
+        em_group_by_length=False,
         evals_per_epoch=1,
         out=str(tmp_path / "runs"),
     )
@@ -118,7 +119,13 @@ def test_train_candidates_score_each_em_setting_by_its_dev_best_em_iteration(tmp
 
 def test_stepwise_em_recipes_evaluate_once_an_epoch_of_the_tasks_mini_batches(base, corpus):
     args = SimpleNamespace(
-        epochs=3, patience=2, em_batch_tokens=20, em_step_decay=0.7, em_warm_start=False, evals_per_epoch=1
+        epochs=3,
+        patience=2,
+        em_batch_tokens=20,
+        em_step_decay=0.7,
+        em_warm_start=False,
+        em_group_by_length=False,
+        evals_per_epoch=1,
     )
     cfg = recipe_config(base, "random_em", 3, args, corpus, "uniform:0.01")
     cfg.model.vocab_size = len(corpus.vocab)
@@ -129,7 +136,13 @@ def test_stepwise_em_recipes_evaluate_once_an_epoch_of_the_tasks_mini_batches(ba
 
 def test_evals_per_epoch_split_each_epoch_of_stepwise_em_and_adamw(base, corpus):
     em = SimpleNamespace(
-        epochs=3, patience=2, em_batch_tokens=20, em_step_decay=0.7, em_warm_start=False, evals_per_epoch=2
+        epochs=3,
+        patience=2,
+        em_batch_tokens=20,
+        em_step_decay=0.7,
+        em_warm_start=False,
+        em_group_by_length=False,
+        evals_per_epoch=2,
     )
     cfg = recipe_config(base, "random_em", 3, em, corpus, "uniform:0.01")
     cfg.model.vocab_size = len(corpus.vocab)
