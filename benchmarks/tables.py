@@ -201,6 +201,8 @@ def hmm_section(results: Results) -> str:
         ("hmm_recipes_ptb4096_by_length", hmm_recipes),
         ("hmm_recipes_ptb4096_by_length_b1024", hmm_recipes),
         ("hmm_recipes_distilled4096_by_length_b1024", hmm_recipes),
+        ("hmm_recipes_ptb1024_by_length_b1024", hmm_recipes),
+        ("hmm_recipes_ptb1024_by_length_b512", hmm_recipes),
         ("hmm_throughput", hmm_throughput),
         ("hmm_matrix", hmm_matrix),
         ("hmm_throughput_adjacent", hmm_throughput),
