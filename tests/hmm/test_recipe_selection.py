@@ -73,6 +73,20 @@ def test_reused_setting_comes_from_the_largest_selected_k_below():
     assert reused_setting(rows, "a", "random_em", 64) is None
 
 
+def recipe_args(**changes) -> SimpleNamespace:
+    """The benchmark's command-line arguments a recipe config reads (stepwise EM, 3 epochs), changed."""
+    defaults = {
+        "epochs": 3,
+        "patience": 2,
+        "em_batch_tokens": 20,
+        "em_step_decay": 0.7,
+        "em_warm_start": False,
+        "em_group_by_length": False,
+        "evals_per_epoch": 1,
+    }
+    return SimpleNamespace(**{**defaults, **changes})
+
+
 def test_em_candidate_labels_round_trip():
     labels = em_candidates(["uniform", "unigram"], [0.003, 0.01])
     assert labels == ["uniform:0.003", "uniform:0.01", "unigram:0.003", "unigram:0.01"]
@@ -80,17 +94,8 @@ def test_em_candidate_labels_round_trip():
 
 
 def test_train_candidates_score_each_em_setting_by_its_dev_best_em_iteration(tmp_path, base, corpus):
-    args = SimpleNamespace(
-        epochs=3,
-        patience=5,
-        adamw_batch=2,
-        lvd_adamw_epochs=1,
-        em_batch_tokens=0,
-        em_step_decay=0.7,
-        em_warm_start=False,
-        em_group_by_length=False,
-        evals_per_epoch=1,
-        out=str(tmp_path / "runs"),
+    args = recipe_args(
+        patience=5, adamw_batch=2, lvd_adamw_epochs=1, em_batch_tokens=0, out=str(tmp_path / "runs")
     )
     candidates = ["uniform:0.001", "uniform:0.3", "unigram:3"]
     out = train_candidates(base, "random_em", 3, args, corpus, None, "toy", candidates)
@@ -118,15 +123,7 @@ def test_train_candidates_score_each_em_setting_by_its_dev_best_em_iteration(tmp
 
 
 def test_stepwise_em_recipes_evaluate_once_an_epoch_of_the_tasks_mini_batches(base, corpus):
-    args = SimpleNamespace(
-        epochs=3,
-        patience=2,
-        em_batch_tokens=20,
-        em_step_decay=0.7,
-        em_warm_start=False,
-        em_group_by_length=False,
-        evals_per_epoch=1,
-    )
+    args = recipe_args()
     cfg = recipe_config(base, "random_em", 3, args, corpus, "uniform:0.01")
     cfg.model.vocab_size = len(corpus.vocab)
     groups = len(HMMTask(cfg, corpus, None).groups)
@@ -135,15 +132,7 @@ def test_stepwise_em_recipes_evaluate_once_an_epoch_of_the_tasks_mini_batches(ba
 
 
 def test_evals_per_epoch_split_each_epoch_of_stepwise_em_and_adamw(base, corpus):
-    em = SimpleNamespace(
-        epochs=3,
-        patience=2,
-        em_batch_tokens=20,
-        em_step_decay=0.7,
-        em_warm_start=False,
-        em_group_by_length=False,
-        evals_per_epoch=2,
-    )
+    em = recipe_args(evals_per_epoch=2)
     cfg = recipe_config(base, "random_em", 3, em, corpus, "uniform:0.01")
     cfg.model.vocab_size = len(corpus.vocab)
     groups = len(HMMTask(cfg, corpus, None).groups)
