@@ -203,6 +203,7 @@ def hmm_section(results: Results) -> str:
         ("hmm_recipes_distilled4096_by_length_b1024", hmm_recipes),
         ("hmm_recipes_ptb1024_by_length_b1024", hmm_recipes),
         ("hmm_recipes_ptb1024_by_length_b512", hmm_recipes),
+        ("hmm_recipes_distilled1m_k4096", hmm_recipes),
         ("hmm_throughput", hmm_throughput),
         ("hmm_matrix", hmm_matrix),
         ("hmm_throughput_adjacent", hmm_throughput),
