@@ -86,7 +86,9 @@ def em_chunks(cfg: HMMRunConfig, corpus: Corpus) -> list[np.ndarray]:
     chunk = cfg.em.batch_tokens or cfg.em.chunk_tokens
     world = _world_size(cfg.train.cpu)
     lengths = np.diff(corpus.train.offsets)
-    return token_chunks(lengths, chunk, world, seed=cfg.train.seed, by_length=cfg.em.group_by_length)
+    return token_chunks(
+        lengths, chunk, multiple_of=world, seed=cfg.train.seed, by_length=cfg.em.group_by_length
+    )
 
 
 class HMMTask(Task):
