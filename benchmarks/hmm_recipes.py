@@ -407,12 +407,22 @@ def reused_setting(rows: list[dict], corpus: str, recipe: str, k: int) -> tuple[
     return source["selection"]["chosen"], source["K"]
 
 
+def teacher_description(args) -> str:
+    """The LVD states' source as the rows record it, e.g. ``minilm, token, layer 4, spherical k-means``."""
+    parts = [args.teacher, args.teacher_position]
+    if args.teacher_layer != -1:
+        parts.append(f"layer {args.teacher_layer}")
+    if args.kmeans_spherical:
+        parts.append("spherical k-means")
+    return ", ".join(parts)
+
+
 def run_cell(base, corpus_name, corpus, states, lvd_prepare, k, recipe, args, rows) -> dict:
     row = {
         "corpus": corpus_name,
         "K": k,
         "recipe": recipe,
-        "teacher": f"{args.teacher}, {args.teacher_position}" if recipe.startswith("lvd") else None,
+        "teacher": teacher_description(args) if recipe.startswith("lvd") else None,
         **{f"corpus_{a}": b for a, b in corpus.describe().items()},
     }
     if recipe == "hmmlearn_em":
@@ -559,6 +569,14 @@ def main() -> None:
         help="lvd.teacher.position: the token's own state, or a causal teacher's state before it (GeLaTo)",
     )
     parser.add_argument(
+        "--teacher-layer", type=int, default=-1, help="lvd.teacher.layer: the hidden layer (-1: the last)"
+    )
+    parser.add_argument(
+        "--kmeans-spherical",
+        action="store_true",
+        help="lvd.kmeans.spherical: cluster L2-normalised teacher states (cosine k-means)",
+    )
+    parser.add_argument(
         "--distill-sequences", type=int, default=2048, help="--corpus distilled: sequences of 48 tokens"
     )
     parser.add_argument(
@@ -615,8 +633,10 @@ def main() -> None:
                     "name": args.teacher,
                     "position": args.teacher_position,
                     "dtype": args.teacher_dtype,
+                    "layer": args.teacher_layer,
                     "batch_size": 64,
-                }
+                },
+                "kmeans": {"spherical": args.kmeans_spherical},
             },
             "eval": {"batch_size": 128},
         }

@@ -1,5 +1,6 @@
 """The LVD training task: exact switch, stored states reused, resume, corpus handling and errors."""
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -172,6 +173,15 @@ def test_stored_assignments_are_computed_once_and_reused(tmp_path, corpus_file, 
     assert calls == {"embed": 1, "kmeans": 1}
     np.testing.assert_array_equal(first.states, second.states)
     assert isinstance(second.states, np.memmap)
+    # A teacher setting that changes the states (precision, layer, position) or a k-means setting
+    # is a new cache entry, never a stale one.
+    for changed in ("teacher.dtype", "teacher.layer", "kmeans.spherical"):
+        other = copy.deepcopy(cfg.lvd)
+        group, field = changed.split(".")
+        setattr(getattr(other, group), field, {"dtype": "bfloat16", "layer": 2, "spherical": True}[field])
+        assert prepare_latent_states(corpus, 4, other).states_key != first.states_key, changed
+    assert calls == {"embed": 3, "kmeans": 4}
+    calls.update(embed=1, kmeans=1)
 
     # During training the task only reads the stored array: every batch's states are its slices.
     task = HMMTask(cfg, corpus, second)
@@ -203,6 +213,26 @@ def test_kmeans_recovers_separated_clusters():
     assert len(set(labels.tolist())) == 3
     projected = kmeans_assignments(points, 3, KMeansConfig(iterations=10, seed=0, pca_dim=2))
     assert len(set(zip(projected.tolist(), truth.tolist(), strict=True))) == 3
+
+
+def test_spherical_kmeans_clusters_directions_not_lengths():
+    # Three directions 37 degrees apart, each point at a random length in [1, 20]: spherical k-means
+    # recovers the directions, ignores every point's scale, and each point's state is its most
+    # cosine-similar centre (brute force over the normalised cluster means).
+    rng = np.random.default_rng(1)
+    directions = np.eye(4)[0] + 0.5 * np.eye(4)[1:]  # (3, 4)
+    truth = rng.integers(0, 3, size=600)
+    lengths = rng.uniform(1.0, 20.0, size=(600, 1))
+    points = (lengths * (directions[truth] + rng.normal(scale=0.02, size=(600, 4)))).astype(np.float32)
+    cfg = KMeansConfig(iterations=10, seed=0, spherical=True)
+    labels = kmeans_assignments(points, 3, cfg)
+    assert len(set(zip(labels.tolist(), truth.tolist(), strict=True))) == 3
+    scaled = points * rng.uniform(0.1, 10.0, size=(600, 1)).astype(np.float32)
+    np.testing.assert_array_equal(kmeans_assignments(scaled, 3, cfg), labels)
+    unit = points / np.linalg.norm(points, axis=1, keepdims=True)
+    centres = np.stack([unit[labels == c].mean(0) for c in range(3)])
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    np.testing.assert_array_equal((unit @ centres.T).argmax(1), labels)
 
 
 def test_too_many_states_for_the_embeddings_raises():

@@ -179,6 +179,9 @@ class KMeansConfig:
     """Project to this many principal components first (0: no PCA)."""
     max_points_per_centroid: int = 256
     """FAISS subsamples the training points to K times this."""
+    spherical: bool = False
+    """Cluster directions, not points: L2-normalise the embeddings (after PCA) and keep unit-norm
+    centres, so a state groups tokens by the cosine of their teacher states (spherical k-means)."""
 
     def __post_init__(self) -> None:
         if self.iterations < 1:

@@ -41,7 +41,7 @@ def kmeans_assignments(embeddings: np.ndarray, num_clusters: int, cfg: KMeansCon
     Args:
         embeddings: ``(N, d)`` float array (float16 is converted to float32).
         num_clusters: K.
-        cfg: iterations, seed, optional PCA, subsampling.
+        cfg: iterations, seed, optional PCA, subsampling, spherical (cosine) clustering.
 
     Returns:
         ``(N,)`` int32 cluster ids in ``[0, K)``.
@@ -67,12 +67,16 @@ def kmeans_assignments(embeddings: np.ndarray, num_clusters: int, cfg: KMeansCon
         pca.train(sample)
         points = pca.apply(points)
         dim = cfg.pca_dim
+    if cfg.spherical:
+        points = np.ascontiguousarray(points)
+        faiss.normalize_L2(points)  # in place; unit rows, so the nearest centre is the most cosine-similar
     kmeans = faiss.Kmeans(
         dim,
         num_clusters,
         niter=cfg.iterations,
         seed=cfg.seed,
         max_points_per_centroid=cfg.max_points_per_centroid,
+        spherical=cfg.spherical,
         verbose=False,
     )
     kmeans.train(points)
@@ -108,7 +112,13 @@ def prepare_latent_states(corpus: Corpus, num_states: int, cfg: LVDConfig) -> La
     fingerprint = corpus_fingerprint(corpus)
     teacher = cfg.teacher
     embeddings_key = "emb-" + content_hash(
-        fingerprint, teacher.name, teacher.kind, teacher.layer, teacher.max_length, teacher.position
+        fingerprint,
+        teacher.name,
+        teacher.kind,
+        teacher.layer,
+        teacher.max_length,
+        teacher.position,
+        teacher.dtype,
     )
 
     def compute_embeddings() -> dict[str, np.ndarray]:
