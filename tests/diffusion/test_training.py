@@ -1,7 +1,9 @@
 """Loss modes, freezing, the Stage II unfreeze policy and Stage I -> Stage II checkpoint start."""
 
+import json
 import math
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -297,3 +299,30 @@ def test_a_training_step_under_bf16_autocast():
     assert torch.isfinite(grads["bf16"]).all()
     cosine = torch.nn.functional.cosine_similarity(grads["bf16"], grads["float32"], dim=0)
     assert cosine > 0.99, float(cosine)
+
+
+def test_prepared_folders_made_with_other_settings_are_refused(tiny_data, tiny_overrides):
+    """`train` with data.prepare set reuses existing folders only if they were prepared that way."""
+    from latentlm.diffusion.config import PrepareConfig
+    from latentlm.diffusion.data import prepare_settings
+
+    made_by = prepare_settings(PrepareConfig(corpus="sentences.txt", seq_len=8))
+    for folder in ("token_dir", "latent_dir"):
+        meta_path = Path(tiny_data[folder]) / "meta.json"
+        meta = json.loads(meta_path.read_text())
+        meta_path.write_text(json.dumps({**meta, "prepare": made_by}))
+    same = ["data.prepare.corpus=sentences.txt", "data.prepare.seq_len=8"]
+    _task(tiny_overrides + same)  # the same settings: reused
+    with pytest.raises(
+        ValueError, match=r"tokens/meta.json: prepared with data.prepare.seq_len=8, the config asks for 64"
+    ):
+        _task(tiny_overrides + ["data.prepare.corpus=sentences.txt", "data.prepare.seq_len=64"])
+    with pytest.raises(ValueError, match=r"prepared with data.prepare.corpus='sentences.txt'"):
+        _task(tiny_overrides + ["data.prepare.corpus=other.txt", "data.prepare.seq_len=8"])
+    # Latents prepared from other sentences than the tokens ask for: named, never used.
+    latent_meta = Path(tiny_data["latent_dir"]) / "meta.json"
+    latent_meta.write_text(json.dumps({**json.loads(latent_meta.read_text()), "prepare": {"seed": 1}}))
+    with pytest.raises(
+        ValueError, match=r"latents/meta.json: prepared with data.prepare.seed=1, the config asks for 0"
+    ):
+        _task(tiny_overrides + same)

@@ -148,3 +148,30 @@ def test_generation_backs_off_when_reconstruction_is_poor(tmp_path, tiny_llama):
     assert max(cosines) < 0.99 and scales == [0.25, 0.25]
     state = json.loads((tmp_path / "backoff" / "checkpoints" / "step_2" / "state.json").read_text())
     assert "tiny_llama" in state["extra"]["recon_cos_ema"]
+
+
+def test_teacher_cache_key_changes_with_the_anchor_text_and_precision(monkeypatch, tmp_path):
+    """The KD targets depend on the anchor's trailing whitespace (it starts the answer ids) and on the
+    frozen model's precision: each is its own cache entry, never a stale one."""
+    import torch
+
+    from latentlm.wire import task as task_module
+    from latentlm.wire.data import QAItem
+
+    keys = []
+
+    def recording_cache(cache_dir, key, compute):
+        keys.append(key)
+        return {"ids": None, "logp": None}
+
+    monkeypatch.setattr(task_module, "cached_arrays", recording_cache)
+    parts = type("Parts", (), {"prefix": [1], "suffix": [2], "anchor": [3]})()
+    items = [QAItem(index=0, content="Paris is in France.", answer="Paris", answers=("Paris",))]
+    for anchor, dtype in (
+        ("Answer: ", torch.float32),
+        ("Answer:", torch.float32),
+        ("Answer: ", torch.bfloat16),
+    ):
+        lm = type("LM", (), {"name": "smollm2", "parts": parts, "anchor_text": anchor, "dtype": dtype})()
+        task_module.TeacherCache.build(lm, items, 3, 8, 16, str(tmp_path))
+    assert len(set(keys)) == 3

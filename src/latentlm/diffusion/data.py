@@ -220,6 +220,7 @@ def precompute_latents(
         else:
             tokenizer = encoder.tokenizer
     token_dir, latent_dir = Path(token_dir), Path(latent_dir)
+    made_by = prepare_settings(cfg)
     latents = {}
     truncated = 0
     for split, texts in splits.items():
@@ -245,6 +246,7 @@ def precompute_latents(
             "num_truncated": truncated,
             "corpus": str(cfg.corpus),
             "corpus_format": cfg.corpus_format,
+            "prepare": made_by,
         },
     )
     write_json(
@@ -255,9 +257,34 @@ def precompute_latents(
             "latent_dim": int(latents["train"].shape[1]),
             "mean": latents["train"].mean(0).tolist(),
             "std": (latents["train"].std(0) + 1e-6).tolist(),
+            "prepare": made_by,
         },
     )
     return {"token_dir": token_dir, "latent_dir": latent_dir}
+
+
+def prepare_settings(cfg) -> dict:
+    """The ``data.prepare`` fields that decide a prepared folder's contents (all but the encoder's
+    batch size), as its ``meta.json`` records them."""
+    return {k: v for k, v in vars(cfg).items() if k != "batch_size"}
+
+
+def check_prepared(cfg, token_dir: str | Path, latent_dir: str | Path) -> None:
+    """Refuse prepared folders that ``cfg`` (``data.prepare``) would not have made.
+
+    Raises:
+        ValueError: naming the ``meta.json`` (tokens or latents) and the first field whose recorded
+            value differs. Folders written before the settings were recorded pass unchecked.
+    """
+    for folder in (Path(token_dir), Path(latent_dir)):
+        path = folder / "meta.json"
+        made_by = read_json(path).get("prepare") if path.is_file() else None
+        for field, value in prepare_settings(cfg).items():
+            if made_by is not None and field in made_by and made_by[field] != value:
+                raise ValueError(
+                    f"{path}: prepared with data.prepare.{field}={made_by[field]!r}, the config asks for "
+                    f"{value!r}; give other data.token_dir/latent_dir folders or delete these to re-prepare"
+                )
 
 
 def _read_meta(folder: Path, kind: str) -> dict:

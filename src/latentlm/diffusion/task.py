@@ -45,6 +45,7 @@ from latentlm.diffusion.config import DiffusionConfig, ModelConfig
 from latentlm.diffusion.data import (
     CompactVocab,
     DirectFileDataset,
+    check_prepared,
     collate_batch,
     precompute_latents,
     read_latent_meta,
@@ -66,9 +67,13 @@ __all__ = [
 
 def prepare_data(cfg: DiffusionConfig) -> bool:
     """Run ``precompute-latents`` into ``data.token_dir`` / ``data.latent_dir`` when they do not exist
-    yet and ``data.prepare.corpus`` is set; returns True when it did."""
+    yet and ``data.prepare.corpus`` is set; returns True when it did. Existing folders are checked
+    against ``data.prepare`` (a clear error when they were prepared with other settings)."""
     d = cfg.data
-    if (Path(d.token_dir) / "meta.json").is_file() or not d.prepare.corpus:
+    if not d.prepare.corpus:
+        return False
+    if (Path(d.token_dir) / "meta.json").is_file():
+        check_prepared(d.prepare, d.token_dir, d.latent_dir)
         return False
     print(f"[diffusion] preparing {d.token_dir} and {d.latent_dir} from {d.prepare.corpus}", flush=True)
     precompute_latents(d.prepare, d.token_dir, d.latent_dir)

@@ -83,7 +83,8 @@ class TeacherCache:
     """Top-k log-probabilities of the first K answer steps under the text prompt, per model.
 
     Computed once with the frozen model (no adapters involved) and stored with
-    `latentlm.data.cache` under a hash of the model, prompt layout, questions and K/k.
+    `latentlm.data.cache` under a hash of the model and its precision, the prompt layout (the anchor
+    text as written), questions and K/k.
     """
 
     def __init__(self, ids: np.ndarray, logp: np.ndarray) -> None:
@@ -102,9 +103,10 @@ class TeacherCache:
     ) -> TeacherCache:
         key = "wire-teacher-" + content_hash(
             lm.name,
+            str(lm.dtype),
             lm.parts.prefix,
             lm.parts.suffix,
-            lm.parts.anchor,
+            lm.anchor_text,  # with its trailing whitespace, which starts the answer ids
             [(i.content, i.answer) for i in items],
             k_steps,
             top_k,
