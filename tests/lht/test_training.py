@@ -87,6 +87,15 @@ def test_corpus_chunks_carry_gold_boundaries(tmp_path, tokenizer):
     assert tokenizer.convert_ids_to_tokens(low) == "!" and high == len(tokenizer)
     again = build_corpus(cfg.data, tokenizer)  # from the cache
     assert [c.ids.tolist() for c in again.train] == [c.ids.tolist() for c in corpus.train]
+    entries = set((tmp_path / "cache").iterdir())
+    # An edited source file is a new cache entry, never the stale one.
+    edited = next((tmp_path / "docs").rglob("*.txt"))
+    edited.write_text(edited.read_text().replace("Another paragraph", "A different paragraph"))
+    changed = build_corpus(cfg.data, tokenizer)
+    assert len(set((tmp_path / "cache").iterdir()) - entries) == 1
+    assert [c.ids.tolist() for c in changed.train] != [c.ids.tolist() for c in corpus.train] or [
+        c.ids.tolist() for c in changed.heldout
+    ] != [c.ids.tolist() for c in corpus.heldout]
 
 
 @pytest.mark.real_model

@@ -158,8 +158,15 @@ class CorpusSplits:
     heldout: list[Chunk]
 
 
+def _source_files(source) -> list[Path]:
+    """The files of a local source (the file, or every file under the folder, in a stable order)."""
+    path = resolve_data_path(source.path, "data.sources.path")
+    return [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+
+
 def build_corpus(config: DataConfig, tokenizer) -> CorpusSplits:
-    """Read, mix, split and tokenize the configured sources (cached by content hash)."""
+    """Read, mix, split and tokenize the configured sources (cached by a hash of the settings and of
+    the local sources' bytes, so an edited corpus file is a new entry)."""
     key = content_hash(
         "lht-corpus-v3",  # v3: gold spans from latentlm.data.text (the shared splitter and reST reader)
         [vars(s) for s in config.sources],
@@ -169,7 +176,7 @@ def build_corpus(config: DataConfig, tokenizer) -> CorpusSplits:
         config.heldout_fraction,
         config.max_documents,
         config.mix_seed,
-        [str(resolve_data_path(s.path, "data.sources.path")) for s in config.sources if s.kind != "hf"],
+        *[file for s in config.sources if s.kind != "hf" for file in _source_files(s)],  # their bytes
     )
     splits = {}
 
