@@ -189,6 +189,31 @@ def hmm_recipes(data: dict) -> str:
     )
 
 
+def hmm_teacher_probe(data: dict) -> str:
+    """Every run of a probe file, the settings it replaced included (``earlier_rows``), by teacher."""
+    rows = [
+        [
+            row["corpus"],
+            row["K"],
+            row["recipe"],
+            row.get("teacher") or "–",
+            str(row.get("selection", {}).get("chosen", "–")),
+            _num(row.get("dev_ppl")),
+            _num(row["heldout_ppl"]),
+            _num(row["train_seconds"]),
+        ]
+        for row in [*data.get("earlier_rows", []), *data["rows"]]
+    ]
+    header = ["corpus", "K", "recipe", "teacher states", "setting (dev)", "dev ppl", "held-out ppl", "train s"]
+    return "\n".join(
+        [
+            f"Machine: {data['machine']['cpu']}, {data['machine']['date']}; {data['setup']}.",
+            "",
+            markdown_table(header, rows),
+        ]
+    )
+
+
 def hmm_section(results: Results) -> str:
     parts = []
     for name, render in (
@@ -204,6 +229,9 @@ def hmm_section(results: Results) -> str:
         ("hmm_recipes_ptb1024_by_length_b1024", hmm_recipes),
         ("hmm_recipes_ptb1024_by_length_b512", hmm_recipes),
         ("hmm_recipes_distilled1m_k4096", hmm_recipes),
+        ("hmm_teacher_probe", hmm_teacher_probe),
+        ("hmm_teacher_probe_distilled", hmm_teacher_probe),
+        ("hmm_recipes_ptb4096_alpha", hmm_recipes),
         ("hmm_throughput", hmm_throughput),
         ("hmm_matrix", hmm_matrix),
         ("hmm_throughput_adjacent", hmm_throughput),

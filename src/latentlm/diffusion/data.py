@@ -279,8 +279,10 @@ def check_prepared(cfg, token_dir: str | Path, latent_dir: str | Path) -> None:
     for folder in (Path(token_dir), Path(latent_dir)):
         path = folder / "meta.json"
         made_by = read_json(path).get("prepare") if path.is_file() else None
+        if made_by is None:
+            continue
         for field, value in prepare_settings(cfg).items():
-            if made_by is not None and field in made_by and made_by[field] != value:
+            if field in made_by and made_by[field] != value:
                 raise ValueError(
                     f"{path}: prepared with data.prepare.{field}={made_by[field]!r}, the config asks for "
                     f"{value!r}; give other data.token_dir/latent_dir folders or delete these to re-prepare"
