@@ -2,7 +2,8 @@
 
 They live in the package (not in `benchmarks/`) so that `python3 benchmarks/<x>.py` and
 `python -m benchmarks.<x>` both work from the repository root. Every results JSON records the command
-line, the commit, the machine and the load average when the script started.
+line, the commit (and any uncommitted code changes), the machine and the load average when the script
+started.
 """
 
 from __future__ import annotations
@@ -60,6 +61,14 @@ def machine() -> dict:
         info["git_commit"] = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True, capture_output=True
         ).stdout.strip()
+        # Code changed since that commit (results files aside): the numbers are not that commit's.
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "src", "benchmarks", "configs"],
+            cwd=REPO,
+            text=True,
+            capture_output=True,
+        ).stdout.splitlines()
+        info["git_uncommitted"] = [line[3:] for line in changed if "benchmarks/results/" not in line]
     return info
 
 
