@@ -204,7 +204,16 @@ def hmm_teacher_probe(data: dict) -> str:
         ]
         for row in [*data.get("earlier_rows", []), *data["rows"]]
     ]
-    header = ["corpus", "K", "recipe", "teacher states", "setting (dev)", "dev ppl", "held-out ppl", "train s"]
+    header = [
+        "corpus",
+        "K",
+        "recipe",
+        "teacher states",
+        "setting (dev)",
+        "dev ppl",
+        "held-out ppl",
+        "train s",
+    ]
     return "\n".join(
         [
             f"Machine: {data['machine']['cpu']}, {data['machine']['date']}; {data['setup']}.",
@@ -230,8 +239,8 @@ def hmm_section(results: Results) -> str:
         ("hmm_recipes_ptb1024_by_length_b512", hmm_recipes),
         ("hmm_recipes_distilled1m_k4096", hmm_recipes),
         ("hmm_teacher_probe", hmm_teacher_probe),
-        ("hmm_teacher_probe_distilled", hmm_teacher_probe),
         ("hmm_recipes_ptb4096_alpha", hmm_recipes),
+        ("hmm_recipes_ptb1024_alpha", hmm_recipes),
         ("hmm_throughput", hmm_throughput),
         ("hmm_matrix", hmm_matrix),
         ("hmm_throughput_adjacent", hmm_throughput),
