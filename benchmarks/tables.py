@@ -144,6 +144,10 @@ def hmm_quality(data: dict) -> str:
     )
 
 
+def _recipes_caption(data: dict) -> str:
+    return f"Machine: {data['machine']['cpu']}, {data['machine']['date']}; {data['setup']}."
+
+
 def hmm_recipes(data: dict) -> str:
     rows = [
         [
@@ -180,7 +184,7 @@ def hmm_recipes(data: dict) -> str:
     summary_header = ["cell", "closed-form LVD → EM", "best random init", "gain"]
     return "\n".join(
         [
-            f"Machine: {data['machine']['cpu']}, {data['machine']['date']}; {data['setup']}.",
+            _recipes_caption(data),
             "",
             markdown_table([*header, "epoch 0", "train s", "LVD prep s"], rows),
             "",
@@ -216,7 +220,7 @@ def hmm_teacher_probe(data: dict) -> str:
     ]
     return "\n".join(
         [
-            f"Machine: {data['machine']['cpu']}, {data['machine']['date']}; {data['setup']}.",
+            _recipes_caption(data),
             "",
             markdown_table(header, rows),
         ]

@@ -173,13 +173,16 @@ def test_stored_assignments_are_computed_once_and_reused(tmp_path, corpus_file, 
     assert calls == {"embed": 1, "kmeans": 1}
     np.testing.assert_array_equal(first.states, second.states)
     assert isinstance(second.states, np.memmap)
-    # A teacher setting that changes the states (precision, layer, position) or a k-means setting
-    # is a new cache entry, never a stale one.
-    for changed in ("teacher.dtype", "teacher.layer", "kmeans.spherical"):
+    # A teacher setting that changes the states (precision, layer) or a k-means setting is a new
+    # cache entry, never a stale one.
+    for group, field, value in (
+        ("teacher", "dtype", "bfloat16"),
+        ("teacher", "layer", 2),
+        ("kmeans", "spherical", True),
+    ):
         other = copy.deepcopy(cfg.lvd)
-        group, field = changed.split(".")
-        setattr(getattr(other, group), field, {"dtype": "bfloat16", "layer": 2, "spherical": True}[field])
-        assert prepare_latent_states(corpus, 4, other).states_key != first.states_key, changed
+        setattr(getattr(other, group), field, value)
+        assert prepare_latent_states(corpus, 4, other).states_key != first.states_key, (group, field)
     assert calls == {"embed": 3, "kmeans": 4}
     calls.update(embed=1, kmeans=1)
 

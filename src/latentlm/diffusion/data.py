@@ -276,12 +276,13 @@ def check_prepared(cfg, token_dir: str | Path, latent_dir: str | Path) -> None:
         ValueError: naming the ``meta.json`` (tokens or latents) and the first field whose recorded
             value differs. Folders written before the settings were recorded pass unchecked.
     """
+    wanted = prepare_settings(cfg)
     for folder in (Path(token_dir), Path(latent_dir)):
         path = folder / "meta.json"
         made_by = read_json(path).get("prepare") if path.is_file() else None
         if made_by is None:
             continue
-        for field, value in prepare_settings(cfg).items():
+        for field, value in wanted.items():
             if field in made_by and made_by[field] != value:
                 raise ValueError(
                     f"{path}: prepared with data.prepare.{field}={made_by[field]!r}, the config asks for "
