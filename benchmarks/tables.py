@@ -245,6 +245,7 @@ def hmm_section(results: Results) -> str:
         ("hmm_teacher_probe", hmm_teacher_probe),
         ("hmm_recipes_ptb4096_alpha", hmm_recipes),
         ("hmm_recipes_ptb1024_alpha", hmm_recipes),
+        ("hmm_recipes_distilled4096_alpha", hmm_recipes),
         ("hmm_throughput", hmm_throughput),
         ("hmm_matrix", hmm_matrix),
         ("hmm_throughput_adjacent", hmm_throughput),
