@@ -103,6 +103,8 @@ def test_sampled_corpus_is_cached(tiny_lm, tmp_path, monkeypatch):
         "tiny", DistillConfig(num_sequences=4, max_new_tokens=5, batch_size=4, seed=1), tmp_path
     )
     assert other != path and calls == ["tiny", "tiny"]  # keyed by teacher and sampling settings
+    monkeypatch.setattr("latentlm.hmm.distill.SAMPLER_VERSION", -1)  # the sampling code changed
+    assert sample_corpus("tiny", cfg, tmp_path) != path and calls == ["tiny"] * 3
 
 
 def _two_sentence_corpus(tokenizer, tmp_path):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from latentlm.teachers import encode_tokens, load_causal_lm, load_encoder, resolve_model
+from latentlm.teachers import encode_tokens, load_causal_lm, load_encoder, model_fingerprint, resolve_model
 
 
 def test_unknown_model_is_a_clear_error():
@@ -18,6 +18,22 @@ def test_hub_ids_and_local_gguf_files_resolve(tmp_path):
 
 
 @pytest.mark.real_model
+def test_fingerprint_follows_the_weight_files(tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"a" * 10)
+    before = model_fingerprint(str(folder))
+    assert before == model_fingerprint(str(folder))
+    assert before[2][:2] == ("model.safetensors", 10)
+    (folder / "model.safetensors").write_bytes(b"b" * 11)  # reinstalled or replaced weights
+    assert model_fingerprint(str(folder)) != before
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"x" * 3)
+    assert model_fingerprint(str(gguf))[2][:2] == ("m.gguf", 3)
+    assert model_fingerprint("org/model") == ["org/model", "org/model"]  # a hub id: its name
+    assert model_fingerprint("no-such-model") == ["no-such-model"]  # loading it names the problem
+
+
 def test_minilm_token_states_and_offsets():
     model, tokenizer = load_encoder("minilm")
     (out,) = encode_tokens(model, tokenizer, ["Latent states, please."])

@@ -1,8 +1,8 @@
 """A training corpus sampled from a causal-LM teacher (as GeLaTo and Ctrl-G distil GPT-2 into HMMs).
 
 :func:`sample_corpus` draws sequences from the teacher (ancestral sampling, temperature / top-k),
-decodes them and writes them one a line into a text file cached under a content hash of the teacher
-and the sampling settings. The LVD pipeline then reads that file with the teacher's tokenizer and
+decodes them and writes them one a line into a text file cached under a content hash of the teacher's
+weights (``teachers.model_fingerprint``), the sampler's version and the sampling settings. The LVD pipeline then reads that file with the teacher's tokenizer and
 takes the same teacher's hidden states as the embeddings, so a distilled run needs no dataset.
 """
 
@@ -17,6 +17,9 @@ from latentlm.core.run import progress
 from latentlm.core.sampling import sample_categorical
 from latentlm.data.cache import content_hash
 from latentlm.hmm.config import DistillConfig
+
+SAMPLER_VERSION = 1
+"""Part of the corpus cache key: bump it when a change to the sampling code changes the draws."""
 
 
 @torch.no_grad()
@@ -76,7 +79,9 @@ def sample_continuations(
 
 def sample_corpus(teacher_name: str, cfg: DistillConfig, cache_dir: Path) -> Path:
     """Sample (or reuse) the distilled corpus; returns the path of its one-sequence-a-line file."""
-    key = content_hash("distill", teacher_name, vars(cfg))
+    from latentlm.teachers import model_fingerprint
+
+    key = content_hash("distill", SAMPLER_VERSION, model_fingerprint(teacher_name), vars(cfg))
     path = Path(cache_dir) / f"distilled-{key}.txt"
     if not path.is_file():
         from latentlm.teachers import load_causal_lm

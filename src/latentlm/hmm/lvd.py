@@ -20,6 +20,7 @@ from latentlm.data.cache import cached_arrays, check_ids, content_hash
 from latentlm.hmm.config import KMeansConfig, LVDConfig
 from latentlm.hmm.data import Corpus
 from latentlm.hmm.teacher import embed_sequences, load_teacher
+from latentlm.teachers import model_fingerprint
 
 
 def default_cache_dir(cfg: LVDConfig) -> Path:
@@ -113,7 +114,7 @@ def prepare_latent_states(corpus: Corpus, num_states: int, cfg: LVDConfig) -> La
     teacher = cfg.teacher
     embeddings_key = "emb-" + content_hash(
         fingerprint,
-        teacher.name,
+        model_fingerprint(teacher.name),
         teacher.kind,
         teacher.layer,
         teacher.max_length,

