@@ -2,8 +2,9 @@
 
 :func:`sample_corpus` draws sequences from the teacher (ancestral sampling, temperature / top-k),
 decodes them and writes them one a line into a text file cached under a content hash of the teacher's
-weights (``teachers.model_fingerprint``), the sampler's version and the sampling settings. The LVD pipeline then reads that file with the teacher's tokenizer and
-takes the same teacher's hidden states as the embeddings, so a distilled run needs no dataset.
+weights (``teachers.model_fingerprint``), the sampler's version and the sampling settings. The LVD
+pipeline then reads that file with the teacher's tokenizer and takes the same teacher's hidden states as
+the embeddings, so a distilled run needs no dataset.
 """
 
 from __future__ import annotations
