@@ -18,6 +18,7 @@ from latentlm.core.run import progress
 from latentlm.core.sampling import sample_categorical
 from latentlm.data.cache import content_hash
 from latentlm.hmm.config import DistillConfig
+from latentlm.teachers import model_fingerprint
 
 SAMPLER_VERSION = 1
 """Part of the corpus cache key: bump it when a change to the sampling code changes the draws."""
@@ -80,8 +81,6 @@ def sample_continuations(
 
 def sample_corpus(teacher_name: str, cfg: DistillConfig, cache_dir: Path) -> Path:
     """Sample (or reuse) the distilled corpus; returns the path of its one-sequence-a-line file."""
-    from latentlm.teachers import model_fingerprint
-
     key = content_hash("distill", SAMPLER_VERSION, model_fingerprint(teacher_name), vars(cfg))
     path = Path(cache_dir) / f"distilled-{key}.txt"
     if not path.is_file():
