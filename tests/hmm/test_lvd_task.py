@@ -185,11 +185,10 @@ def test_stored_assignments_are_computed_once_and_reused(tmp_path, corpus_file, 
         assert prepare_latent_states(corpus, 4, other).states_key != first.states_key, (group, field)
     assert calls == {"embed": 3, "kmeans": 4}
     # So is a teacher whose weights were replaced under the same name.
-    real_fingerprint = lvd_module.model_fingerprint
-    monkeypatch.setattr(lvd_module, "model_fingerprint", lambda name: [name, "other weights"])
-    assert prepare_latent_states(corpus, 4, cfg.lvd).states_key != first.states_key
+    with monkeypatch.context() as patch:
+        patch.setattr(lvd_module, "model_fingerprint", lambda name: [name, "other weights"])
+        assert prepare_latent_states(corpus, 4, cfg.lvd).states_key != first.states_key
     assert calls == {"embed": 4, "kmeans": 5}
-    monkeypatch.setattr(lvd_module, "model_fingerprint", real_fingerprint)
     calls.update(embed=1, kmeans=1)
 
     # During training the task only reads the stored array: every batch's states are its slices.

@@ -17,7 +17,6 @@ def test_hub_ids_and_local_gguf_files_resolve(tmp_path):
     assert (source.path, source.gguf_file) == (str(tmp_path), "m.gguf")
 
 
-@pytest.mark.real_model
 def test_fingerprint_follows_the_weight_files(tmp_path):
     folder = tmp_path / "model"
     folder.mkdir()
@@ -34,6 +33,7 @@ def test_fingerprint_follows_the_weight_files(tmp_path):
     assert model_fingerprint("no-such-model") == ["no-such-model"]  # loading it names the problem
 
 
+@pytest.mark.real_model
 def test_minilm_token_states_and_offsets():
     model, tokenizer = load_encoder("minilm")
     (out,) = encode_tokens(model, tokenizer, ["Latent states, please."])

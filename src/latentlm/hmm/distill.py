@@ -13,12 +13,12 @@ from pathlib import Path
 
 import torch
 
+from latentlm import teachers
 from latentlm.core.checkpoint import atomic_write_text
 from latentlm.core.run import progress
 from latentlm.core.sampling import sample_categorical
 from latentlm.data.cache import content_hash
 from latentlm.hmm.config import DistillConfig
-from latentlm.teachers import model_fingerprint
 
 SAMPLER_VERSION = 1
 """Part of the corpus cache key: bump it when a change to the sampling code changes the draws."""
@@ -81,14 +81,13 @@ def sample_continuations(
 
 def sample_corpus(teacher_name: str, cfg: DistillConfig, cache_dir: Path) -> Path:
     """Sample (or reuse) the distilled corpus; returns the path of its one-sequence-a-line file."""
-    key = content_hash("distill", SAMPLER_VERSION, model_fingerprint(teacher_name), vars(cfg))
+    key = content_hash("distill", SAMPLER_VERSION, teachers.model_fingerprint(teacher_name), vars(cfg))
     path = Path(cache_dir) / f"distilled-{key}.txt"
     if not path.is_file():
-        from latentlm.teachers import load_causal_lm
         from latentlm.teachers.attention import GROUPED_QUERY
 
         try:
-            model, tokenizer = load_causal_lm(teacher_name, dtype=getattr(torch, cfg.dtype))
+            model, tokenizer = teachers.load_causal_lm(teacher_name, dtype=getattr(torch, cfg.dtype))
             model.set_attn_implementation(GROUPED_QUERY)  # reads the cache in place (teachers.attention)
         except FileNotFoundError as err:
             raise ValueError(f"lvd.teacher.name: {err}") from err

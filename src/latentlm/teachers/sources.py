@@ -96,7 +96,8 @@ def model_fingerprint(name: str) -> list:
         files = sorted(p for p in folder.iterdir() if p.is_file())
     else:
         return [name, source.path]
-    return [name, source.path, *[(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]]
+    stats = [(f.name, f.stat()) for f in files]
+    return [name, source.path, *[(file, stat.st_size, stat.st_mtime_ns) for file, stat in stats]]
 
 
 def fetch(name: str) -> ModelSource:
