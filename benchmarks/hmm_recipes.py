@@ -127,14 +127,17 @@ def setting_name(recipe: str) -> str:
     return "lr" if recipe.endswith("_adamw") else "emission_prior:pseudocount"
 
 
-def em_candidates(priors: list[str], pseudocounts: list[float]) -> list[str]:
-    """EM settings as labels ``<emission prior>:<pseudocount>``, e.g. ``unigram:0.01``."""
-    return [f"{prior}:{alpha:g}" for prior in priors for alpha in pseudocounts]
+def em_candidates(priors: list[str], pseudocounts: list[float], emission_pseudocounts=()) -> list[str]:
+    """EM settings as labels ``<emission prior>:<pseudocount>[:<emission pseudocount>]``, e.g.
+    ``unigram:0.01`` (one pseudocount for every table) or ``uniform:0.001:0.01``."""
+    emission = [f":{alpha:g}" for alpha in emission_pseudocounts] or [""]
+    return [f"{prior}:{alpha:g}{e}" for prior in priors for alpha in pseudocounts for e in emission]
 
 
-def parse_em_candidate(label: str) -> tuple[str, float]:
-    prior, _, alpha = label.partition(":")
-    return prior, float(alpha)
+def parse_em_candidate(label: str) -> tuple[str, float, float]:
+    """``(emission prior, pseudocount, emission pseudocount)``; the last is 0 (the same) if not given."""
+    prior, alpha, *emission = label.split(":")
+    return prior, float(alpha), float(emission[0]) if emission else 0.0
 
 
 def recipe_config(
@@ -149,13 +152,14 @@ def recipe_config(
     evals = args.evals_per_epoch
     if recipe.endswith("_em"):
         values["train"] = {"optimizer": "em", "grad_clip": 0.0, **stop}  # steps: below, once chunked
-        prior, alpha = parse_em_candidate(value)
+        prior, alpha, emission_alpha = parse_em_candidate(value)
         values["em"] = {
             "batch_tokens": args.em_batch_tokens,
             "step_decay": args.em_step_decay,
             "warm_start": args.em_warm_start,
             "group_by_length": args.em_group_by_length,
             "pseudocount": alpha,
+            "emission_pseudocount": emission_alpha,
             "emission_prior": prior,
         }
     else:
@@ -169,11 +173,17 @@ def recipe_config(
             **stop,
         }
     values["lvd"] = {**values["lvd"], "enabled": recipe.startswith("lvd")}
-    if recipe == "lvd_closed_form_em":
-        values["lvd"].update({"phase": "closed_form", "pseudocount": alpha, "emission_prior": prior})
     if recipe == "lvd_closed_form_adamw":
-        prior, alpha = parse_em_candidate(init)
-        values["lvd"].update({"phase": "closed_form", "pseudocount": alpha, "emission_prior": prior})
+        prior, alpha, emission_alpha = parse_em_candidate(init)
+    if recipe in ("lvd_closed_form_em", "lvd_closed_form_adamw"):
+        values["lvd"].update(
+            {
+                "phase": "closed_form",
+                "pseudocount": alpha,
+                "emission_pseudocount": emission_alpha,
+                "emission_prior": prior,
+            }
+        )
     if recipe == "lvd_adamw":
         pretrain = round(args.lvd_adamw_epochs * corpus.train.num_tokens)
         values["lvd"].update({"phase": "adamw", "pretrain_tokens": pretrain})
@@ -244,12 +254,24 @@ def em_batch(cfg: HMMRunConfig) -> str:
 
 
 def initial_ppl(
-    corpus, k: int, states=None, pseudocount: float = 0.01, emission_prior: str = "uniform"
+    corpus,
+    k: int,
+    states=None,
+    emission_prior: str = "uniform",
+    pseudocount: float = 0.01,
+    emission_pseudocount: float = 0.0,
 ) -> float:
     """Held-out perplexity at epoch 0: the random init, or the closed-form LVD estimate."""
     model = HMMLanguageModel(HMMConfig(num_states=k, vocab_size=len(corpus.vocab)))
     if states is not None:
-        estimate = closed_form_estimate(corpus, states, k, pseudocount, emission_prior=emission_prior)
+        estimate = closed_form_estimate(
+            corpus,
+            states,
+            k,
+            pseudocount,
+            emission_prior=emission_prior,
+            emission_pseudocount=emission_pseudocount or None,
+        )
         model.load_log_probabilities(estimate)
     return heldout_metrics(model, corpus.heldout, 128)["heldout_ppl"]
 
@@ -435,7 +457,9 @@ def run_cell(base, corpus_name, corpus, states, lvd_prepare, k, recipe, args, ro
         listed = (
             [f"{lr:g}" for lr in args.adamw_lr_candidates]
             if name == "lr"
-            else em_candidates(args.emission_priors, args.pseudocount_candidates)
+            else em_candidates(
+                args.emission_priors, args.pseudocount_candidates, args.emission_pseudocount_candidates
+            )
         )
         reuse = None if k in (args.select_states or [k]) else reused_setting(rows, corpus_name, recipe, k)
         candidates = [reuse[0]] if reuse else listed
@@ -480,9 +504,9 @@ def run_cell(base, corpus_name, corpus, states, lvd_prepare, k, recipe, args, ro
             }
         )
         if recipe in ("random_em", "random_adamw", "lvd_closed_form_em"):
-            prior, alpha = parse_em_candidate(out["chosen"]) if recipe.endswith("_em") else ("uniform", 0.01)
+            setting = parse_em_candidate(out["chosen"]) if recipe.endswith("_em") else ("uniform", 0.01, 0.0)
             lvd = recipe == "lvd_closed_form_em"
-            row["initial_ppl"] = initial_ppl(corpus, k, states if lvd else None, alpha, prior)
+            row["initial_ppl"] = initial_ppl(corpus, k, states if lvd else None, *setting)
     row.update(
         {
             "heldout_ppl": kept["heldout_ppl"],
@@ -539,6 +563,14 @@ def main() -> None:
         "--max-minutes", type=float, default=0, help="skip the remaining runs after this (0: off)"
     )
     parser.add_argument("--pseudocount-candidates", nargs="+", type=float, default=[0.003, 0.01, 0.03])
+    parser.add_argument(
+        "--emission-pseudocount-candidates",
+        nargs="*",
+        type=float,
+        default=[],
+        help="EM recipes: candidate pseudocounts of the emission rows alone, each tried with every "
+        "--pseudocount-candidates value (then the start and transition rows'); none: one pseudocount",
+    )
     parser.add_argument("--adamw-lr-candidates", nargs="+", type=float, default=[0.02, 0.05, 0.1])
     parser.add_argument(
         "--select-states",

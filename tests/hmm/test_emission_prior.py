@@ -1,5 +1,6 @@
-"""em.emission_prior / lvd.emission_prior = unigram: each emission row gets the pseudo-mass α·V spread
-like the training split's add-one unigram distribution; checked against brute force on tiny cases."""
+"""The emission rows' smoothing, checked against brute force on tiny cases: em/lvd.emission_prior =
+unigram (each emission row gets the pseudo-mass α·V spread like the training split's add-one unigram
+distribution) and em/lvd.emission_pseudocount (the emission rows' own α)."""
 
 import numpy as np
 import pytest
@@ -99,3 +100,52 @@ def test_closed_form_with_unigram_prior_is_the_smoothed_count_estimate(tmp_path,
 def test_unknown_emission_prior_is_refused_naming_the_field(tmp_path, tiny_corpus_file, field):
     with pytest.raises(ValueError, match=field.replace("__", r"\.")):
         run_cfg(tmp_path, tiny_corpus_file, **{field: "zipf"})
+
+
+def test_emission_pseudocount_smooths_the_emission_rows_alone(tmp_path, tiny_corpus_file):
+    gen = torch.Generator().manual_seed(1)
+    start, transition, emission = (
+        torch.rand(s, generator=gen, dtype=torch.float64) * 3 for s in ((2,), (2, 2), (2, 4))
+    )
+    out = normalise_counts(start, transition, emission, 0.5, emission_pseudocount=2.0)
+    assert_close(out.log_start.exp(), (start + 0.5) / (start + 0.5).sum())
+    assert_close(out.log_transition.exp(), (transition + 0.5) / (transition + 0.5).sum(-1, keepdim=True))
+    assert_close(out.log_emission.exp(), (emission + 2.0) / (emission + 2.0).sum(-1, keepdim=True))
+    prior = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)
+    spread = emission + 2.0 * 4 * prior
+    assert_close(
+        normalise_counts(start, transition, emission, 0.5, prior, 2.0).log_emission.exp(),
+        spread / spread.sum(-1, keepdim=True),
+    )
+    # The closed-form LVD phase on a corpus: lvd.emission_pseudocount reaches the estimate.
+    cfg = run_cfg(tmp_path, tiny_corpus_file)
+    corpus = build_corpus(cfg.data)
+    k = 3
+    states = LatentStates(
+        np.arange(corpus.train.num_tokens, dtype=np.int32) % k, corpus.train.offsets, "e", "s"
+    )
+    both = closed_form_estimate(corpus, states, k, 0.4, emission_pseudocount=0.05)
+    alone = closed_form_estimate(corpus, states, k, 0.4)
+    assert_close(both.log_transition, alone.log_transition)
+    assert_close(both.log_emission, closed_form_estimate(corpus, states, k, 0.05).log_emission)
+
+
+def test_em_with_emission_pseudocount_on_the_engine_equals_reference_em_steps(tmp_path, tiny_corpus_file):
+    cfg = run_cfg(tmp_path, tiny_corpus_file, em__emission_pseudocount=0.5, train__max_steps=3)
+    corpus = build_corpus(cfg.data)
+    model, _, _ = fit(cfg, corpus)
+    reference = HMMLanguageModel(cfg.model)
+    batches = []
+    for i in range(len(corpus.train)):
+        obs = torch.from_numpy(corpus.train.sequence(i).astype(np.int64))[None]  # (1, T)
+        batches.append((obs, torch.ones_like(obs, dtype=torch.bool)))
+    for _ in range(3):
+        em_step(reference, batches, pseudocount=0.05, emission_pseudocount=0.5)
+    for a, b in zip(model.log_parameters(), reference.log_parameters(), strict=True):
+        assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("field", ["em__emission_pseudocount", "lvd__emission_pseudocount"])
+def test_negative_emission_pseudocount_is_refused_naming_the_field(tmp_path, tiny_corpus_file, field):
+    with pytest.raises(ValueError, match=field.replace("__", r"\.")):
+        run_cfg(tmp_path, tiny_corpus_file, **{field: -0.1})

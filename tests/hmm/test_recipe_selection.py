@@ -90,14 +90,20 @@ def recipe_args(**changes) -> SimpleNamespace:
 def test_em_candidate_labels_round_trip():
     labels = em_candidates(["uniform", "unigram"], [0.003, 0.01])
     assert labels == ["uniform:0.003", "uniform:0.01", "unigram:0.003", "unigram:0.01"]
-    assert [parse_em_candidate(label) for label in labels[1:3]] == [("uniform", 0.01), ("unigram", 0.003)]
+    assert [parse_em_candidate(label) for label in labels[1:3]] == [
+        ("uniform", 0.01, 0.0),
+        ("unigram", 0.003, 0.0),
+    ]
+    labels = em_candidates(["uniform"], [0.001], [0.03, 0.1])
+    assert labels == ["uniform:0.001:0.03", "uniform:0.001:0.1"]
+    assert parse_em_candidate(labels[1]) == ("uniform", 0.001, 0.1)
 
 
 def test_train_candidates_score_each_em_setting_by_its_dev_best_em_iteration(tmp_path, base, corpus):
     args = recipe_args(
         patience=5, adamw_batch=2, lvd_adamw_epochs=1, em_batch_tokens=0, out=str(tmp_path / "runs")
     )
-    candidates = ["uniform:0.001", "uniform:0.3", "unigram:3"]
+    candidates = ["uniform:0.001", "uniform:0.3", "unigram:3", "uniform:0.001:0.3"]
     out = train_candidates(base, "random_em", 3, args, corpus, None, "toy", candidates)
     batches = []
     for i in range(len(corpus.train)):
@@ -105,11 +111,14 @@ def test_train_candidates_score_each_em_setting_by_its_dev_best_em_iteration(tmp
         batches.append((obs, torch.ones_like(obs, dtype=torch.bool)))
     expected = {}
     unigram = unigram_prior(corpus.train.ids, len(corpus.vocab))
-    for label, alpha, prior in zip(candidates, (0.001, 0.3, 3.0), (None, None, unigram), strict=True):
+    settings = ((0.001, None, None), (0.3, None, None), (3.0, unigram, None), (0.001, None, 0.3))
+    for label, (alpha, prior, emission_alpha) in zip(candidates, settings, strict=True):
         model = HMMLanguageModel(HMMConfig(num_states=3, vocab_size=len(corpus.vocab)))
         dev, held = [], []
         for _ in range(3):
-            em_step(model, batches, pseudocount=alpha, emission_prior=prior)
+            em_step(
+                model, batches, pseudocount=alpha, emission_prior=prior, emission_pseudocount=emission_alpha
+            )
             dev.append(heldout_metrics(model, corpus.dev, 128)["heldout_ppl"])
             held.append(heldout_metrics(model, corpus.heldout, 128)["heldout_ppl"])
         best = int(np.argmin(dev))
@@ -119,7 +128,7 @@ def test_train_candidates_score_each_em_setting_by_its_dev_best_em_iteration(tmp
         assert kept["heldout_ppl"] == pytest.approx(held[best], rel=1e-3)
         assert kept["epoch"] == best + 1
     assert out["chosen"] == min(expected, key=lambda a: expected[a][0])
-    assert len({round(v[0], 2) for v in expected.values()}) == 3  # the candidates are told apart
+    assert len({round(v[0], 2) for v in expected.values()}) == 4  # the candidates are told apart
 
 
 def test_stepwise_em_recipes_evaluate_once_an_epoch_of_the_tasks_mini_batches(base, corpus):

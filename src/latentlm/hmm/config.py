@@ -213,6 +213,10 @@ class LVDConfig:
     """closed_form phase: how the pseudocount is spread over each emission row: uniform (pseudocount
     per word) | unigram (the same mass, pseudocount × V, spread like the training split's add-one
     unigram distribution: a state with few tokens backs off to the unigram model)."""
+    emission_pseudocount: float = 0.0
+    """closed_form phase: the pseudocount of the emission rows alone (0: the same as pseudocount, which
+    then smooths the start and transition rows only). A row of K transitions and a row of V words hold
+    very different counts, so one value cannot suit both at every K."""
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     """The teacher model."""
     kmeans: KMeansConfig = field(default_factory=KMeansConfig)
@@ -230,6 +234,10 @@ class LVDConfig:
         if self.emission_prior not in EMISSION_PRIORS:
             raise ValueError(
                 f"lvd.emission_prior: must be one of {EMISSION_PRIORS}, got {self.emission_prior!r}"
+            )
+        if self.emission_pseudocount < 0:
+            raise ValueError(
+                f"lvd.emission_pseudocount: must be >= 0 (0: as pseudocount), got {self.emission_pseudocount}"
             )
 
 
@@ -252,6 +260,8 @@ class EMConfig:
     the counts of each state's row, so a small corpus with a large vocabulary wants a small value."""
     emission_prior: str = "uniform"
     """How the pseudocount is spread over each emission row: uniform | unigram (as lvd.emission_prior)."""
+    emission_pseudocount: float = 0.0
+    """The pseudocount of the emission rows alone (0: the same as pseudocount), as in the lvd section."""
     chunk_tokens: int = 32768
     """Full-batch EM: tokens per micro-batch (bounds memory; the counts of all chunks are summed)."""
     group_by_length: bool = False
@@ -271,6 +281,10 @@ class EMConfig:
         if self.emission_prior not in EMISSION_PRIORS:
             raise ValueError(
                 f"em.emission_prior: must be one of {EMISSION_PRIORS}, got {self.emission_prior!r}"
+            )
+        if self.emission_pseudocount < 0:
+            raise ValueError(
+                f"em.emission_pseudocount: must be >= 0 (0: as pseudocount), got {self.emission_pseudocount}"
             )
         if self.chunk_tokens < 1:
             raise ValueError(f"em.chunk_tokens: must be >= 1, got {self.chunk_tokens}")

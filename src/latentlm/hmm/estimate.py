@@ -43,21 +43,25 @@ def normalise_counts(
     emission: Tensor,
     pseudocount: float,
     emission_prior: Tensor | None = None,
+    emission_pseudocount: float | None = None,
 ) -> HMMParameters:
     """Log of (counts + pseudocount), normalised along the last axis of each distribution.
 
     With ``emission_prior`` (a distribution over the V words) the emission rows get ``α·V·prior``
     instead of ``α`` per word: the same pseudo-mass per row, shaped like the prior (e.g. the training
     unigram, so a state with few counts backs off towards the unigram model instead of the uniform one).
+    ``emission_pseudocount`` (``None``: ``pseudocount``) is the emission rows' own ``α``.
     """
-    if pseudocount < 0:
-        raise ValueError(f"pseudocount: must be >= 0, got {pseudocount}")
+    if emission_pseudocount is None:
+        emission_pseudocount = pseudocount
+    if min(pseudocount, emission_pseudocount) < 0:
+        raise ValueError(f"pseudocount: must be >= 0, got {pseudocount}, {emission_pseudocount}")
 
     def log_normalise(counts: Tensor, added) -> Tensor:
         counts = counts + added
         return counts.log() - counts.sum(dim=-1, keepdim=True).log()
 
-    extra = emission_pseudocounts(pseudocount, emission_prior, emission.shape[-1])
+    extra = emission_pseudocounts(emission_pseudocount, emission_prior, emission.shape[-1])
     if torch.is_tensor(extra):
         extra = extra.to(emission.dtype)
     return HMMParameters(
@@ -115,6 +119,7 @@ def em_step(
     batches: Iterable[tuple[Tensor, Tensor]],
     pseudocount: float = 0.0,
     emission_prior: Tensor | None = None,
+    emission_pseudocount: float | None = None,
 ) -> tuple[float, int]:
     """One EM iteration over ``batches`` of ``(obs, mask)``; updates a dense ``model`` in place
     (smoothing as :func:`normalise_counts`).
@@ -134,5 +139,7 @@ def em_step(
         emission += counts.emission
         total += float(counts.log_likelihood.sum())
         tokens += int(mask.sum())
-    model.load_log_probabilities(normalise_counts(start, transition, emission, pseudocount, emission_prior))
+    model.load_log_probabilities(
+        normalise_counts(start, transition, emission, pseudocount, emission_prior, emission_pseudocount)
+    )
     return total, tokens

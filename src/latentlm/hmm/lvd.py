@@ -190,9 +190,11 @@ def closed_form_estimate(
     chunk_sequences: int = 4096,
     emission_prior: str = "uniform",
     counts: tuple | None = None,
+    emission_pseudocount: float | None = None,
 ):
     """The ``closed_form`` LVD phase: the exact maximiser of ``Σ log P(O, S) + α Σ log θ``, i.e. the
-    :func:`closed_form_counts` (or the given ``counts``) plus the pseudocount, normalised.
+    :func:`closed_form_counts` (or the given ``counts``) plus the pseudocount (the emission rows':
+    ``emission_pseudocount``, ``None`` for the same), normalised.
 
     Returns:
         Normalised :class:`~latentlm.hmm.model.HMMParameters` (float32 log-probabilities).
@@ -202,5 +204,5 @@ def closed_form_estimate(
     if counts is None:
         counts = closed_form_counts(corpus, states, num_states, chunk_sequences)
     prior = unigram_prior(corpus.train.ids, len(corpus.vocab)) if emission_prior == "unigram" else None
-    params = normalise_counts(*counts, pseudocount, prior)
+    params = normalise_counts(*counts, pseudocount, prior, emission_pseudocount)
     return type(params)(*(p.float() for p in params))

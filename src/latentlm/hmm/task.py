@@ -131,6 +131,7 @@ class HMMTask(Task):
                     self.cfg.lvd.pseudocount,
                     emission_prior=self.cfg.lvd.emission_prior,
                     counts=self.lvd_counts,
+                    emission_pseudocount=self.cfg.lvd.emission_pseudocount or None,
                 )
             )
             dense = model.parameterization
@@ -141,17 +142,20 @@ class HMMTask(Task):
         return model
 
     def param_groups(self, model: nn.Module) -> list[dict] | None:
-        """EM with ``em.emission_prior: unigram``: the emission table in its own group, whose pseudocount
-        is spread as ``V × unigram`` of the training split (the same on every process)."""
-        if not self.em or self.cfg.em.emission_prior == "uniform":
+        """EM with an emission prior or pseudocount of its own: the emission table in its own group, with
+        ``em.emission_pseudocount`` and, for ``em.emission_prior: unigram``, the pseudocount spread as
+        ``V × unigram`` of the training split (the same on every process)."""
+        em = self.cfg.em
+        if not self.em or (em.emission_prior == "uniform" and not em.emission_pseudocount):
             return None
         dense = model.parameterization
-        vocab_size = len(self.corpus.vocab)
-        weights = vocab_size * unigram_prior(self.corpus.train.ids, vocab_size)  # (V,)
-        return [
-            {"params": [dense.start_logits, dense.transition_logits]},
-            {"params": [dense.emission_logits], "pseudocount_weights": weights},
-        ]
+        alpha = em.emission_pseudocount or em.pseudocount
+        emission = {"params": [dense.emission_logits], "pseudocount": alpha}
+        if em.emission_prior == "unigram":
+            vocab_size = len(self.corpus.vocab)
+            weights = vocab_size * unigram_prior(self.corpus.train.ids, vocab_size)  # (V,)
+            emission["pseudocount_weights"] = weights
+        return [{"params": [dense.start_logits, dense.transition_logits]}, emission]
 
     def build_optimizer(self, groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
         if cfg.optimizer != "em":
@@ -219,6 +223,7 @@ class HMMTask(Task):
         state.extra["switch_tokens"] = tokens
         how = (
             f"the closed-form count estimate of log P(O,S) (pseudocount {self.cfg.lvd.pseudocount}, "
+            f"emission rows {self.cfg.lvd.emission_pseudocount or self.cfg.lvd.pseudocount}, "
             f"{self.lvd_seconds:.2f} s)"
             if self.closed_form
             else f"exactly {tokens} tokens on -log P(O,S)"
