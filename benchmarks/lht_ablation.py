@@ -244,11 +244,11 @@ def main() -> None:
         from latentlm.core.bench import RESULTS
         from latentlm.core.checkpoint import read_json
 
-        saved = read_json(RESULTS / "lht_ablation.json")
+        saved = read_json(RESULTS / f"{args.name}.json")
         saved["summary"] = summarize(saved["rows"], saved["details"])
         saved["targets"] = targets(saved["summary"], saved["rows"])
         machine = saved.pop("machine")
-        save_results("lht_ablation", {**saved, "measured_on": machine})
+        save_results(args.name, {**saved, "measured_on": machine})
         return
     table = ROUTERS if args.routers else VARIANTS
     names = args.only or list(table)

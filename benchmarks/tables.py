@@ -430,6 +430,11 @@ def diffusion_quality(q: dict) -> str:
             _sig(q.get("gen_ppl_ar_best_checkpoint"), 4),
             "",
         ],
+        [
+            "gen. ppl, Stage II prior samples (prior latent -> L2T)",
+            _sig(q.get("gen_ppl_prior_stage2"), 4),
+            "",
+        ],
         ["gen. ppl, reference sentences", _sig(q.get("gen_ppl_reference"), 4), ""],
         *(
             [f"gen. ppl, first 12 words only: {name}", _sig(value, 4), ""]
@@ -482,6 +487,7 @@ def diffusion_section(results: Results) -> str:
         ("diffusion_wkv", diffusion_wkv),
         ("diffusion_quality", diffusion_quality),
         ("diffusion_quality_45min_b", diffusion_quality),
+        ("diffusion_quality_45min_c", diffusion_quality),
         ("diffusion_speed_compiled", diffusion_speed),
         ("diffusion_quality_15min", diffusion_quality),
         ("diffusion_quality_3.5min", diffusion_quality),

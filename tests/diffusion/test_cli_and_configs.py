@@ -117,6 +117,20 @@ def test_bad_data_is_a_one_line_error_naming_the_file(tiny_overrides, tiny_data,
     assert "tokens/val.npy" in err and "out of range" in err and "first 999" in err
 
 
+@pytest.mark.parametrize("bad_id", [20, -1], ids=["too_large", "negative"])
+def test_bad_ids_with_compact_vocab_are_the_same_one_line_error(tiny_overrides, tiny_data, bad_id, capsys):
+    import numpy as np
+
+    token_file = f"{tiny_data['token_dir']}/train.npy"
+    ids = np.load(token_file)
+    ids[1, 0] = bad_id  # tiny_data's vocabulary has 20 ids
+    np.save(token_file, ids)
+    args = [*tiny_overrides, "data.compact_vocab=true", f"run_dir={tiny_data['root'] / 'r'}"]
+    assert main(["train", *args]) == 2
+    err = capsys.readouterr().err
+    assert "tokens/train.npy" in err and f"first {bad_id}" in err and len(err.strip().splitlines()) == 1
+
+
 @pytest.mark.real_model
 @pytest.mark.slow
 def test_real_precompute_train_eval(tmp_path, data_dir):
@@ -152,6 +166,7 @@ def test_real_precompute_train_eval(tmp_path, data_dir):
         "eval.num_samples=4",
         "sampling.num_steps=4",
         "eval.nelbo_samples=1",
+        "data.compact_vocab=true",
     ]
     assert main(["train", *common]) == 0
     evaluated = [f"run_dir={run_dir}", "eval.num_samples=4", "sampling.num_steps=4", "eval.nelbo_samples=1"]
@@ -180,9 +195,9 @@ def test_real_precompute_train_eval(tmp_path, data_dir):
         "top_k": 0,
         "top_p": 1.0,
     }
-    assert (run_dir / "eval" / "report.md").is_file() and (
-        run_dir / "eval" / "plots" / "t2l_cosine.png"
-    ).is_file()
+    assert (run_dir / "eval" / "plots" / "t2l_cosine.png").is_file()
+    unk = f"{metrics['heldout_tokens_mapped_to_unk']} of the {metrics['heldout_tokens']} held-out tokens"
+    assert f"{unk} mapped to [UNK]" in (run_dir / "eval" / "report.md").read_text()
     for order in ("together", "latent_first"):
         joint = ["sampling.mode=joint", "sampling.num_samples=2", f"sampling.joint_order={order}"]
         assert main(["sample", f"run_dir={run_dir}", *joint]) == 0

@@ -407,6 +407,8 @@ class CompactVocab:
                 "precompute-latents)"
             )
         original = np.union1d(np.unique(np.asarray(train_ids)), np.array(specials, dtype=np.int64))
+        if original[0] < 0 or original[-1] >= meta.vocab_size:  # sorted: the extremes suffice
+            raise ValueError(f"data.compact_vocab: training ids out of range [0, {meta.vocab_size})")
         id_map = np.full(meta.vocab_size, -1, dtype=np.int64)
         id_map[original] = np.arange(len(original))
         id_map[id_map < 0] = id_map[meta.unk_token_id]

@@ -768,6 +768,12 @@ def run_evaluation(task, run_dir: str | Path, model: LatentDiffusionLM | None = 
         f"top-p {s.top_p}, CFG scale {s.guidance_scale} (T2L {s.t2l_guidance}); generative perplexity "
         f"judged by {metrics['sampling']['judge']}."
     )
+    if "compact_vocab_size" in metrics:
+        report.text(
+            f"Compact vocabulary: {metrics['compact_vocab_size']} of the tokenizer's "
+            f"{metrics['tokenizer_vocab_size']} ids; {metrics['heldout_tokens_mapped_to_unk']} of the "
+            f"{metrics['heldout_tokens']} held-out tokens mapped to [UNK]."
+        )
     if not metrics["nelbo_finite"]:
         report.text("**The held-out NELBO bound overflowed** (recorded as inf): the bound is vacuous.")
     report.heading("Checklist")

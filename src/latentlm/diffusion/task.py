@@ -152,16 +152,16 @@ class DiffusionTask(Task):
             raise ValueError(
                 "stage1_coupling needs data.use_external_latents=true (the latents are its targets)"
             )
-        self.vocab = None
-        if d.compact_vocab:
-            train_ids = np.load(Path(d.token_dir) / "train.npy", mmap_mode="r")
-            if d.max_train_examples:
-                train_ids = train_ids[: d.max_train_examples]
-            self.vocab = CompactVocab.build(train_ids, self.token_meta)
-        self.model_config = self._fill_model_config(cfg.model)
-        # Fail at start-up, not mid-training: open (and check) both splits now.
+        # Fail at start-up, not mid-training: open (and range-check) both splits before the vocabulary.
         self._train_dataset = self._dataset("train", d.max_train_examples)
         self.val_dataset = self._dataset("val", cfg.eval.max_examples)
+        self.vocab = None
+        if d.compact_vocab:
+            train_ids = self._train_dataset.tokens[: len(self._train_dataset)]  # (N, L)
+            self.vocab = CompactVocab.build(train_ids, self.token_meta)
+            for dataset in (self._train_dataset, self.val_dataset):
+                dataset.id_map = torch.from_numpy(self.vocab.id_map)
+        self.model_config = self._fill_model_config(cfg.model)
         self.starts_from_checkpoint = bool(cfg.model.checkpoint_path)
 
     def _fill_model_config(self, m: ModelConfig) -> ModelConfig:
@@ -192,14 +192,7 @@ class DiffusionTask(Task):
 
     def _dataset(self, split: str, max_examples: int) -> DirectFileDataset:
         d = self.cfg.data
-        return DirectFileDataset(
-            d.token_dir,
-            d.latent_dir,
-            split,
-            d.use_external_latents,
-            max_examples,
-            id_map=None if self.vocab is None else self.vocab.id_map,
-        )
+        return DirectFileDataset(d.token_dir, d.latent_dir, split, d.use_external_latents, max_examples)
 
     def vocab_report(self) -> dict[str, int]:
         """Compact-vocabulary sizes and how many held-out tokens became [UNK] (empty when not compact)."""
