@@ -29,8 +29,9 @@ chosen at the largest selected K below it for the same corpus and recipe is reus
 the row says which). ``epochs`` is the epoch of the kept model, ``epochs_run`` how many ran,
 ``train_seconds`` the optimisation time up to the kept model (``train_seconds_total`` all of it); both
 exclude the LVD preparation (teacher embeddings + k-means, ``lvd_prepare_seconds``, cached across K),
-the evaluations and the start-up. Rows are merged into benchmarks/results/hmm_recipes.json by
-(corpus, K, recipe), so corpora can be run in separate jobs; plots: hmm_recipes_<corpus>_K<k>.png.
+the evaluations and the start-up. Rows are merged into benchmarks/results/<--name>.json (default:
+hmm_recipes.json, the benchmark of record) by (corpus, K, recipe), so corpora can be run in separate
+jobs; plots: <--name>_<corpus>_K<k>.png.
 
     python3 benchmarks/hmm_recipes.py --corpus ptb --states 256 1024 --select-states 256
     python3 benchmarks/hmm_recipes.py --corpus tinyshakespeare --states 256 1024 --select-states 256

@@ -230,10 +230,11 @@ def hmm_teacher_probe(data: dict) -> str:
 def hmm_section(results: Results) -> str:
     parts = []
     for name, render in (
+        ("hmm_recipes", hmm_recipes),
         ("hmm_recipes_distilled1m_stepwise", hmm_recipes),
         ("hmm_recipes_stepwise", hmm_recipes),
         ("hmm_recipes_ptb_cadence", hmm_recipes),
-        ("hmm_recipes", hmm_recipes),
+        ("hmm_recipes_fullbatch", hmm_recipes),
         ("hmm_recipes_distilled6k", hmm_recipes),
         ("hmm_recipes_distilled1m_batch1024", hmm_recipes),
         ("hmm_recipes_ptb4096_by_length", hmm_recipes),

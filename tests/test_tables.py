@@ -26,11 +26,11 @@ def test_hmm_matrix_table_and_missing_files(tmp_path, capsys):
     assert tables.main(["--system", "hmm", "--results", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert out.startswith(
-        "## hmm (docs/hmm.md)\n\n### hmm_recipes_distilled1m_stepwise\n\n_(not run)_\n\n"
+        "## hmm (docs/hmm.md)\n\n### hmm_recipes\n\n_(not run)_\n\n"
+        "### hmm_recipes_distilled1m_stepwise\n\n_(not run)_\n\n"
         "### hmm_recipes_stepwise\n\n_(not run)_\n\n"
         "### hmm_recipes_ptb_cadence\n\n_(not run)_\n\n"
-        "### hmm_recipes\n\n_(not run)_\n\n"
-        "### hmm_recipes_distilled6k\n\n_(not run)_\n"
+        "### hmm_recipes_fullbatch\n\n_(not run)_\n"
     )
     assert (
         "### hmm_matrix\n\n"
