@@ -147,6 +147,31 @@ def test_the_source_of_a_field_is_matched_exactly_before_by_suffix(tmp_path):
     assert str(err.value) == "command line: batch_size: must be >= 1, got 0"
 
 
+@dataclass
+class Pair:
+    low: int = 0
+    high: int = 1
+
+    def __post_init__(self):
+        if self.high <= self.low:
+            raise ValueError(f"high: must exceed low={self.low}, got {self.high}")
+
+
+def test_a_check_across_fields_names_the_command_line_when_an_override_broke_it(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("high: 3\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(Pair, path, ["low=5"])
+    assert str(err.value) == f"{path} + command line: high: must exceed low=5, got 3"
+    with pytest.raises(ConfigError) as err:  # both overridden: the command line alone
+        load_config(Pair, path, ["low=0", "high=0"])
+    assert str(err.value) == "command line: high: must exceed low=0, got 0"
+    path.write_text("low: 4\nhigh: 3\n")
+    with pytest.raises(ConfigError) as err:  # no override: the file alone
+        load_config(Pair, path, [])
+    assert str(err.value) == f"{path}: high: must exceed low=4, got 3"
+
+
 def test_empty_override_is_an_empty_string():
     assert load_config(CheckedRun, None, ["model.name="]).model.name == ""
     assert load_config(CheckedRun, None, ["model.name=a=b"]).model.name == "a=b"

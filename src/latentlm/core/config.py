@@ -182,8 +182,7 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequ
         key = getattr(err, "full_key", None)
         raise ConfigError(f"{_origin(key, set_by, path, overrides)}: {_describe(err)}") from err
     except (ValueError, TypeError) as err:
-        match = _FIELD_PREFIX.match(str(err))
-        raise ConfigError(f"{_origin(match and match.group(1), set_by, path, overrides)}: {err}") from err
+        raise ConfigError(f"{_origin_of_check(str(err), set_by, path, overrides)}: {err}") from err
     for key, original in env_fields.items():
         _ENV_FIELDS[key] = (OmegaConf.select(merged, key), original)
     return cfg
@@ -222,6 +221,21 @@ def _origin(
             if set_key.endswith("." + key) or set_key.startswith(key + "."):
                 return source
     return _sources(path, overrides)
+
+
+def _origin_of_check(
+    message: str, set_by: dict[str, str], path: str | Path | None, overrides: Sequence[str]
+) -> str:
+    """The source of the field a failed check names first, plus "command line" when the rest of the
+    message names a field set there (a check across fields blames the first one, which the file may have
+    set while the override broke it)."""
+    match = _FIELD_PREFIX.match(message)
+    origin = _origin(match and match.group(1), set_by, path, overrides)
+    rest = message[match.end() :] if match else ""
+    overridden = {key.rsplit(".", 1)[-1] for key, source in set_by.items() if source == "command line"}
+    if "command line" not in origin and any(re.search(rf"\b{re.escape(k)}\b", rest) for k in overridden):
+        origin += " + command line"
+    return origin
 
 
 def config_to_dict(cfg: Any) -> dict:
