@@ -97,3 +97,11 @@ def test_docs_python_snippet_runs_as_written(tiny_run, monkeypatch, capsys):
     monkeypatch.chdir(tiny_run.parent.parent)  # the snippet loads runs/hmm-tiny/model
     exec(compile(code, "docs/hmm.md", "exec"), {})
     assert re.search(r"perplexity \d+\.\d", capsys.readouterr().out)
+
+
+def test_quickstart_takes_overrides_only_and_says_so(capsys):
+    assert main(["quickstart", "configs/hmm/gelato.yaml"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "'configs/hmm/gelato.yaml'" in err and "latentlm hmm distill FILE" in err
+    assert main(["quickstart", "--help"]) == 0
+    assert capsys.readouterr().out.startswith("usage: latentlm hmm quickstart [key=value ...]\n")

@@ -106,11 +106,13 @@ def system_cli(system: str, doc: str, commands: Sequence[Command]) -> Callable[[
 def command_help(system: str, command: Command) -> str:
     """The `--help` text of one command: usage, its help, and every config field."""
     schema = command.config or command.on_run
-    usage = (
-        f"usage: latentlm {system} {command.name} run_dir=PATH [key=value ...]"
-        if command.on_run is not None
-        else f"usage: latentlm {system} {command.name} [config.yaml] [key=value ...]"
-    )
+    if command.on_run is not None:
+        arguments = "run_dir=PATH [key=value ...]"
+    elif command.config is not None:
+        arguments = "[config.yaml] [key=value ...]"
+    else:
+        arguments = "[key=value ...]"
+    usage = f"usage: latentlm {system} {command.name} {arguments}"
     lines = [usage, "", command.help]
     if schema is not None:
         lines += ["", f"config fields ({schema.__name__}; defaults ⊕ YAML file ⊕ key=value):"]

@@ -17,7 +17,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from latentlm.core.cli import Command, system_cli
-from latentlm.core.config import config_from_dict, config_to_dict
+from latentlm.core.config import ConfigError, config_from_dict, config_to_dict
 from latentlm.core.run import RunDir
 from latentlm.hmm.config import HMMRunConfig
 from latentlm.hmm.distill import sample_corpus
@@ -171,7 +171,14 @@ def train(cfg: HMMRunConfig) -> dict:
 
 
 def quickstart(args: list[str]) -> dict:
-    return distill(quickstart_config([a for a in args if "=" in a]))
+    """The embedded quick start; ``args`` are dotted overrides of its config (no YAML file)."""
+    positional = [a for a in args if "=" not in a]
+    if positional:
+        raise ConfigError(
+            f"command line: quickstart takes key=value overrides of its embedded config, not "
+            f"{positional[0]!r} (for a YAML file: latentlm hmm distill FILE)"
+        )
+    return distill(quickstart_config(args))
 
 
 main = system_cli(
