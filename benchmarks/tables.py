@@ -248,6 +248,7 @@ def hmm_section(results: Results) -> str:
         ("hmm_recipes_ptb1024_alpha", hmm_recipes),
         ("hmm_recipes_distilled4096_alpha", hmm_recipes),
         ("hmm_recipes_ptb1024_emission", hmm_recipes),
+        ("hmm_throughput_current", hmm_throughput),
         ("hmm_throughput", hmm_throughput),
         ("hmm_matrix", hmm_matrix),
         ("hmm_throughput_adjacent", hmm_throughput),
