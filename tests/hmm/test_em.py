@@ -17,6 +17,7 @@ from latentlm.hmm.estimate import count_estimate, em_step
 from latentlm.hmm.lvd import LatentStates, closed_form_counts, closed_form_estimate
 from latentlm.hmm.model import HMMLanguageModel
 from latentlm.hmm.task import HMMTask
+from tests.hmm.conftest import sentence_batches
 
 
 def toy_batch(seed=1, k=3, v=4, b=5, t=4):
@@ -235,11 +236,7 @@ def test_full_batch_em_on_the_engine_equals_reference_em_iterations(
     assert state.epoch + state.batch_in_epoch / len(task.groups) == 4  # one step = one epoch
     assert state.tokens_seen == 4 * corpus.train.num_tokens
     reference = HMMLanguageModel(cfg.model)
-    batches = [
-        (torch.from_numpy(corpus.train.sequence(i).astype(np.int64))[None], None)
-        for i in range(len(corpus.train))
-    ]
-    batches = [(o, torch.ones_like(o, dtype=torch.bool)) for o, _ in batches]
+    batches = sentence_batches(corpus.train)
     for _ in range(4):
         em_step(reference, batches, pseudocount=0.05)
     for a, b in zip(model.log_parameters(), reference.log_parameters(), strict=True):

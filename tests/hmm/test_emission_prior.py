@@ -12,6 +12,7 @@ from latentlm.hmm.em import EM
 from latentlm.hmm.estimate import em_step, normalise_counts, unigram_prior
 from latentlm.hmm.lvd import LatentStates, closed_form_estimate
 from latentlm.hmm.model import HMMLanguageModel
+from tests.hmm.conftest import sentence_batches
 from tests.hmm.test_em import fit, run_cfg
 
 
@@ -62,10 +63,7 @@ def test_em_with_unigram_prior_on_the_engine_equals_reference_em_steps(tmp_path,
     corpus = build_corpus(cfg.data)
     model, _, _ = fit(cfg, corpus)
     reference = HMMLanguageModel(cfg.model)
-    batches = []
-    for i in range(len(corpus.train)):
-        obs = torch.from_numpy(corpus.train.sequence(i).astype(np.int64))[None]  # (1, T)
-        batches.append((obs, torch.ones_like(obs, dtype=torch.bool)))
+    batches = sentence_batches(corpus.train)
     prior = unigram_prior(corpus.train.ids, len(corpus.vocab))
     for _ in range(3):
         em_step(reference, batches, pseudocount=0.05, emission_prior=prior)
@@ -135,10 +133,7 @@ def test_em_with_emission_pseudocount_on_the_engine_equals_reference_em_steps(tm
     corpus = build_corpus(cfg.data)
     model, _, _ = fit(cfg, corpus)
     reference = HMMLanguageModel(cfg.model)
-    batches = []
-    for i in range(len(corpus.train)):
-        obs = torch.from_numpy(corpus.train.sequence(i).astype(np.int64))[None]  # (1, T)
-        batches.append((obs, torch.ones_like(obs, dtype=torch.bool)))
+    batches = sentence_batches(corpus.train)
     for _ in range(3):
         em_step(reference, batches, pseudocount=0.05, emission_pseudocount=0.5)
     for a, b in zip(model.log_parameters(), reference.log_parameters(), strict=True):

@@ -6,7 +6,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 from benchmarks.hmm_recipes import (
     em_candidates,
     kept_point,
@@ -24,6 +23,7 @@ from latentlm.hmm.estimate import em_step, unigram_prior
 from latentlm.hmm.evaluate import heldout_metrics
 from latentlm.hmm.model import HMMLanguageModel
 from latentlm.hmm.task import HMMTask
+from tests.hmm.conftest import sentence_batches
 
 
 @pytest.fixture
@@ -105,10 +105,7 @@ def test_train_candidates_score_each_em_setting_by_its_dev_best_em_iteration(tmp
     )
     candidates = ["uniform:0.001", "uniform:0.3", "unigram:3", "uniform:0.001:0.3"]
     out = train_candidates(base, "random_em", 3, args, corpus, None, "toy", candidates)
-    batches = []
-    for i in range(len(corpus.train)):
-        obs = torch.from_numpy(corpus.train.sequence(i).astype(np.int64))[None]  # (1, T)
-        batches.append((obs, torch.ones_like(obs, dtype=torch.bool)))
+    batches = sentence_batches(corpus.train)
     expected = {}
     unigram = unigram_prior(corpus.train.ids, len(corpus.vocab))
     settings = ((0.001, None, None), (0.3, None, None), (3.0, unigram, None), (0.001, None, 0.3))
